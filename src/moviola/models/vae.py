@@ -1,0 +1,568 @@
+"""Moviola's causal video VAE: 4x temporal and 8x spatial compression, streamed through conv caches.
+
+A clip of 1 + 4k frames, (B, 3, T, H, W) in [-1, 1], maps to latents (B, C, 1 + k, H/8, W/8). Every
+temporal operation is causal: latent frame j sees input frames <= 4j, and decoded frame f sees latent
+frames <= ceil(f / 4). Frame 0 is encoded on its own, so an image is a one-frame video.
+
+Because nothing looks ahead in time and no normalisation mixes positions (RMSNorm over channels only),
+a clip can be processed in pieces: each causal conv carries its last input frames in a `StreamState`,
+and chunked output equals one-shot output. That is how a clip of any length is encoded or decoded in
+constant memory (`encode_stream`, `decode_stream`). Frames larger than the training size are split into
+overlapping spatial tiles whose seams are blended with linear ramps (`tile_latent=`).
+
+    vae = CausalVAE(PRESETS["default"])
+    z = vae.normalize(vae.encode(video).mean)           # (B, 16, 1 + (T-1)/4, H/8, W/8)
+    for frames in vae.decode_stream([vae.denormalize(z)], clamp=True):
+        writer.write(frames)                            # (B, 3, 1 or 4, H, W)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import tempfile
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+WEIGHTS_NAME = "vae.safetensors"
+CONFIG_NAME = "vae.json"
+
+
+# --- config --------------------------------------------------------------------------------------
+
+@dataclass
+class VAEConfig:
+    """Architecture of a CausalVAE. Level i works at 1/2^i resolution with base_channels * channel_mult[i]
+    channels; temporal_downsample[i] says whether going from level i to level i + 1 also halves time."""
+
+    in_channels: int = 3
+    latent_channels: int = 16
+    base_channels: int = 16
+    channel_mult: tuple[int, ...] = (1, 2, 4, 4)
+    num_res_blocks: int = 1  # residual blocks per level in the encoder
+    decoder_res_blocks: int = 2  # and in the decoder, which does more of the work
+    temporal_downsample: tuple[bool, ...] = (False, True, True)
+    full_res_temporal_kernel: int = 1  # temporal kernel at level 0; 1 = spatial-only convs, fast
+    padding_mode: str = "replicate"  # spatial padding, "replicate" or "zeros"; time is always zero-padded
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value, default = getattr(self, f.name), f.default
+            if isinstance(default, tuple):
+                if not isinstance(value, (list, tuple)):
+                    raise ValueError(f"VAEConfig.{f.name} must be a list, got {value!r}")
+                value = tuple(value)
+                setattr(self, f.name, value)
+                kinds = {type(v) for v in default}
+                if any(type(v) not in kinds for v in value):
+                    raise ValueError(f"VAEConfig.{f.name} must hold {kinds.pop().__name__}s, got {value!r}")
+            elif type(value) is not type(default):
+                raise ValueError(f"VAEConfig.{f.name} must be {type(default).__name__}, got {value!r}")
+        if len(self.temporal_downsample) != len(self.channel_mult) - 1:
+            raise ValueError("temporal_downsample needs one entry per downsampling (len(channel_mult) - 1)")
+        if self.padding_mode not in ("replicate", "zeros"):
+            raise ValueError(f"padding_mode must be 'replicate' or 'zeros', got {self.padding_mode!r}")
+        if self.full_res_temporal_kernel < 1 or min(self.channel_mult) < 1 or self.base_channels < 1:
+            raise ValueError("kernel sizes, channel_mult and base_channels must be positive")
+
+    @property
+    def channels(self) -> list[int]:
+        return [self.base_channels * m for m in self.channel_mult]
+
+    @property
+    def spatial_factor(self) -> int:
+        return 2 ** (len(self.channel_mult) - 1)
+
+    @property
+    def temporal_factor(self) -> int:
+        return 2 ** sum(self.temporal_downsample)
+
+    def to_dict(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> VAEConfig:
+        """Build from a JSON/TOML dict; an unknown key or a wrong type is a ValueError."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        for key in d:
+            if key not in known:
+                raise ValueError(f"unknown VAEConfig key {key!r} (known: {', '.join(sorted(known))})")
+        return cls(**d)
+
+
+PRESETS: dict[str, VAEConfig] = {
+    # a few thousand parameters: tests only
+    "tiny": VAEConfig(latent_channels=4, base_channels=4, channel_mult=(1, 2, 2, 2), num_res_blocks=1,
+                      decoder_res_blocks=1),
+    # the shipped model: ~1.5M parameters, heavy channels at 1/4 and 1/8 resolution only
+    "default": VAEConfig(),
+}
+
+
+# --- building blocks -----------------------------------------------------------------------------
+
+class StreamState:
+    """What every causal conv of one stream carries between chunks: its last unconsumed input frames.
+
+    One per stream (one clip, one spatial tile); two streams must not share one. Keyed by module.
+    """
+
+    def __init__(self) -> None:
+        self.frames: dict[nn.Module, Tensor] = {}
+        self.started: set[nn.Module] = set()  # upsamplers that have emitted the clip's first frame
+
+    def num_elements(self) -> int:
+        """Total cached tensor elements: constant once a stream is running, whatever its length."""
+        return sum(t.numel() for t in self.frames.values())
+
+
+class CausalConv3d(nn.Module):
+    """3D conv that pads only the past in time (kt - 1 zero frames) and 'same' in space.
+
+    Given a StreamState, the past frames are the previous chunk's last inputs instead of zeros, so a
+    clip fed in chunks gives the same output as the clip fed whole. A temporal stride s maps
+    T = s*m + 1 frames to m + 1: output frame j sees input frames s*j - kt + 1 .. s*j.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel: tuple[int, int, int] = (3, 3, 3),
+                 stride: tuple[int, int, int] = (1, 1, 1), padding_mode: str = "replicate") -> None:
+        super().__init__()
+        kt, kh, kw = kernel
+        self.kt, self.st = kt, stride[0]
+        self.space_pad = (kw // 2, kw // 2, kh // 2, kh // 2)
+        self.replicate = padding_mode == "replicate" and kh * kw > 1
+        builtin_pad = (0, 0, 0) if self.replicate else (0, kh // 2, kw // 2)
+        self.conv = nn.Conv3d(in_channels, out_channels, kernel, stride, padding=builtin_pad)
+
+    def forward(self, x: Tensor, state: StreamState | None = None) -> Tensor:
+        """x: (B, C, T, H, W) -> (B, C', T', H / sh, W / sw)."""
+        if self.kt > 1:
+            past = state.frames.get(self) if state is not None else None
+            if past is None:  # start of the clip: zeros
+                past = x.new_zeros(*x.shape[:2], self.kt - 1, *x.shape[3:])
+            x = torch.cat([past, x], dim=2)  # (B, C, kt - 1 + T, H, W) in one-shot and first chunk
+            if state is not None:  # keep what the next output window will need
+                used = ((x.shape[2] - self.kt) // self.st + 1) * self.st
+                state.frames[self] = x[:, :, used:].clone()
+        if self.replicate:
+            x = F.pad(x, (*self.space_pad, 0, 0), mode="replicate")
+        return self.conv(x)
+
+
+class RMSNorm(nn.Module):
+    """Normalises each position's channel vector to unit RMS with a learnable gain.
+
+    Nothing is pooled over time or space, which is what keeps the model causal and streamable
+    (GroupNorm over T*H*W would not be).
+    """
+
+    def __init__(self, channels: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.eps = eps
+        self.gain = nn.Parameter(torch.ones(channels))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x: (B, C, T, H, W) -> same."""
+        xf = x.float()  # no copy in fp32; low precision inputs are normalised in fp32
+        y = xf * torch.rsqrt(xf.pow(2).mean(dim=1, keepdim=True) + self.eps)
+        return y.to(x.dtype) * self.gain.view(1, -1, 1, 1, 1).to(x.dtype)
+
+
+class ResBlock(nn.Module):
+    """x + conv(silu(norm(conv(silu(norm(x)))))) at constant channels."""
+
+    def __init__(self, channels: int, kt: int, padding_mode: str) -> None:
+        super().__init__()
+        self.norm1 = RMSNorm(channels)
+        self.conv1 = CausalConv3d(channels, channels, (kt, 3, 3), padding_mode=padding_mode)
+        self.norm2 = RMSNorm(channels)
+        self.conv2 = CausalConv3d(channels, channels, (kt, 3, 3), padding_mode=padding_mode)
+
+    def forward(self, x: Tensor, state: StreamState | None = None) -> Tensor:
+        h = self.conv1(F.silu(self.norm1(x)), state)
+        h = self.conv2(F.silu(self.norm2(h)), state)
+        return x + h
+
+
+class Downsample(nn.Module):
+    """Stride-2 conv halving H and W, and time too when temporal: T = 2m + 1 -> m + 1, output frame j
+    sees input frames 2j - 2 .. 2j, so frame 0 stays alone."""
+
+    def __init__(self, in_channels: int, out_channels: int, temporal: bool, kt: int, padding_mode: str) -> None:
+        super().__init__()
+        kernel, stride = ((3, 3, 3), (2, 2, 2)) if temporal else ((kt, 3, 3), (1, 2, 2))
+        self.conv = CausalConv3d(in_channels, out_channels, kernel, stride, padding_mode)
+
+    def forward(self, x: Tensor, state: StreamState | None = None) -> Tensor:
+        return self.conv(x, state)  # (B, C', T', H/2, W/2)
+
+
+class Upsample(nn.Module):
+    """Doubles H and W (nearest + conv), and time too when temporal: a causal conv makes 2C channels that
+    are interleaved into 2T frames, and the clip's very first frame is dropped (T -> 2T - 1)."""
+
+    def __init__(self, in_channels: int, out_channels: int, temporal: bool, kt: int, padding_mode: str) -> None:
+        super().__init__()
+        self.time_conv = CausalConv3d(in_channels, 2 * in_channels, (3, 1, 1)) if temporal else None
+        self.conv = CausalConv3d(in_channels, out_channels, (kt, 3, 3), padding_mode=padding_mode)
+        if self.time_conv is not None:  # start as frame repetition: both new frames copy the current one
+            w = self.time_conv.conv.weight  # (2C, C, 3, 1, 1)
+            with torch.no_grad():
+                w.zero_()
+                eye = torch.eye(in_channels)
+                w[:in_channels, :, 2, 0, 0] = eye
+                w[in_channels:, :, 2, 0, 0] = eye
+                self.time_conv.conv.bias.zero_()
+
+    def forward(self, x: Tensor, state: StreamState | None = None) -> Tensor:
+        """x: (B, C, T, H, W) -> (B, C', 2T - 1 or 2T, 2H, 2W); 2T - 1 on the clip's first chunk."""
+        if self.time_conv is not None:
+            b, c, t, h, w = x.shape
+            y = self.time_conv(x, state).view(b, 2, c, t, h, w)  # (B, 2, C, T, H, W)
+            x = y.permute(0, 2, 3, 1, 4, 5).reshape(b, c, 2 * t, h, w)  # frames 2i, 2i+1 from input i
+            if state is None or self not in state.started:
+                x = x[:, :, 1:]  # frame 0 of the clip maps to one frame
+                if state is not None:
+                    state.started.add(self)
+        x = F.interpolate(x, scale_factor=(1.0, 2.0, 2.0), mode="nearest")  # (B, C, T', 2H, 2W)
+        return self.conv(x, state)
+
+
+def _level_kt(cfg: VAEConfig, level: int) -> int:
+    """Temporal kernel of the convs working at a resolution level (only level 0 may be spatial-only)."""
+    return cfg.full_res_temporal_kernel if level == 0 else 3
+
+
+class Encoder(nn.Module):
+    """(B, 3, 1 + 4k, H, W) -> moments (B, 2 * latent_channels, 1 + k, H/8, W/8): mean then logvar."""
+
+    def __init__(self, cfg: VAEConfig) -> None:
+        super().__init__()
+        ch, pm = cfg.channels, cfg.padding_mode
+        self.conv_in = CausalConv3d(cfg.in_channels, ch[0], (_level_kt(cfg, 0), 3, 3), padding_mode=pm)
+        layers: list[nn.Module] = []
+        for i, c in enumerate(ch):
+            layers += [ResBlock(c, _level_kt(cfg, i), pm) for _ in range(cfg.num_res_blocks)]
+            if i < len(ch) - 1:
+                layers.append(Downsample(c, ch[i + 1], cfg.temporal_downsample[i], _level_kt(cfg, i), pm))
+        layers.append(ResBlock(ch[-1], 3, pm))  # middle
+        self.layers = nn.ModuleList(layers)
+        self.norm_out = RMSNorm(ch[-1])
+        self.conv_out = CausalConv3d(ch[-1], 2 * cfg.latent_channels, (3, 3, 3), padding_mode=pm)
+
+    def forward(self, x: Tensor, state: StreamState | None = None) -> Tensor:
+        h = self.conv_in(x, state)  # (B, C0, T, H, W)
+        for layer in self.layers:
+            h = layer(h, state)  # down to (B, C3, t, H/8, W/8)
+        return self.conv_out(F.silu(self.norm_out(h)), state)  # (B, 2 * latent, t, H/8, W/8)
+
+
+class Decoder(nn.Module):
+    """(B, latent_channels, 1 + k, h, w) -> (B, 3, 1 + 4k, 8h, 8w), unbounded (about [-1, 1])."""
+
+    def __init__(self, cfg: VAEConfig) -> None:
+        super().__init__()
+        ch, pm = cfg.channels, cfg.padding_mode
+        self.conv_in = CausalConv3d(cfg.latent_channels, ch[-1], (3, 3, 3), padding_mode=pm)
+        layers: list[nn.Module] = [ResBlock(ch[-1], 3, pm)]  # middle
+        for i in reversed(range(len(ch))):
+            layers += [ResBlock(ch[i], _level_kt(cfg, i), pm) for _ in range(cfg.decoder_res_blocks)]
+            if i > 0:
+                layers.append(Upsample(ch[i], ch[i - 1], cfg.temporal_downsample[i - 1], _level_kt(cfg, i - 1), pm))
+        self.layers = nn.ModuleList(layers)
+        self.norm_out = RMSNorm(ch[0])
+        self.conv_out = CausalConv3d(ch[0], cfg.in_channels, (_level_kt(cfg, 0), 3, 3), padding_mode=pm)
+
+    def forward(self, z: Tensor, state: StreamState | None = None) -> Tensor:
+        h = self.conv_in(z, state)  # (B, C3, t, h, w)
+        for layer in self.layers:
+            h = layer(h, state)  # up to (B, C0, T, 8h, 8w)
+        return self.conv_out(F.silu(self.norm_out(h)), state)  # (B, 3, T, 8h, 8w)
+
+
+@dataclass
+class DiagonalGaussian:
+    """The encoder's posterior q(z | x) = N(mean, exp(logvar)); tensors (B, C, t, h, w)."""
+
+    mean: Tensor
+    logvar: Tensor
+
+    def __post_init__(self) -> None:
+        self.logvar = self.logvar.clamp(-30.0, 20.0)
+
+    def sample(self, generator: torch.Generator | None = None) -> Tensor:
+        noise = torch.randn(self.mean.shape, generator=generator, device=self.mean.device, dtype=self.mean.dtype)
+        return self.mean + torch.exp(0.5 * self.logvar) * noise
+
+    def kl(self) -> Tensor:
+        """KL(q || N(0, 1)) per latent element, (B, C, t, h, w); `.kl().mean()` is nats per element."""
+        return 0.5 * (self.mean.pow(2) + self.logvar.exp() - 1.0 - self.logvar)
+
+    @staticmethod
+    def cat(parts: list[DiagonalGaussian]) -> DiagonalGaussian:
+        """Join chunks along time."""
+        return DiagonalGaussian(torch.cat([p.mean for p in parts], 2), torch.cat([p.logvar for p in parts], 2))
+
+
+# --- tiling and chunking helpers -----------------------------------------------------------------
+
+def _tile_starts(size: int, tile: int, overlap: int) -> list[int]:
+    """Evenly spaced starts of tiles of length `tile` covering [0, size), neighbours overlapping >= overlap."""
+    if size <= tile:
+        return [0]
+    n = math.ceil((size - overlap) / (tile - overlap))
+    return [round(i * (size - tile) / (n - 1)) for i in range(n)]
+
+
+def _ramp(length: int, before: int, after: int) -> Tensor:
+    """Blend weights along one tile axis: linear ramps over the overlaps with the previous/next tile.
+    Where two tiles overlap by the same amount their ramps sum to one."""
+    i = torch.arange(length, dtype=torch.float32) + 0.5
+    w = torch.ones(length)
+    if before:
+        w = torch.minimum(w, i / before)
+    if after:
+        w = torch.minimum(w, (length - i) / after)
+    return w
+
+
+def _rechunk(chunks: Iterable[Tensor], first: int, size: int, multiple: int) -> Iterator[Tensor]:
+    """Regroup a stream of (B, C, T_i, H, W) chunks: `first` frames, then `size` at a time, then the rest,
+    which must be a multiple of `multiple` frames. Holds at most one regrouped chunk of frames."""
+    if isinstance(chunks, Tensor):
+        chunks = [chunks]
+    buffer: list[Tensor] = []
+    have, need = 0, first
+    for chunk in chunks:
+        buffer.append(chunk)
+        have += chunk.shape[2]
+        while have >= need:
+            x = torch.cat(buffer, dim=2) if len(buffer) > 1 else buffer[0]
+            buffer = [x[:, :, need:]] if have > need else []
+            have -= need
+            yield x[:, :, :need]
+            need = size
+    if have:
+        if have % multiple:
+            raise ValueError(f"stream length must be 1 + {multiple}k frames; {have} frames left over at the end")
+        yield torch.cat(buffer, dim=2)
+
+
+def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
+    """Write via a temporary file in the same directory, then rename over `path`."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+# --- the model -----------------------------------------------------------------------------------
+
+class CausalVAE(nn.Module):
+    """Causal video VAE with streaming (constant memory in time) and spatial tiling.
+
+    `forward` is the training path; `encode`/`decode` process a clip at once; `encode_stream`/
+    `decode_stream` process it chunk by chunk with identical results. Latents from `encode` are raw;
+    `normalize` maps them to the unit-scale space the diffusion model works in.
+    """
+
+    def __init__(self, config: VAEConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.encoder = Encoder(config)
+        self.decoder = Decoder(config)
+        self.register_buffer("latent_mean", torch.zeros(config.latent_channels))
+        self.register_buffer("latent_std", torch.ones(config.latent_channels))
+
+    @property
+    def temporal_factor(self) -> int:
+        return self.config.temporal_factor
+
+    @property
+    def spatial_factor(self) -> int:
+        return self.config.spatial_factor
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def latent_shape(self, frames: int, height: int, width: int) -> tuple[int, int, int, int]:
+        """(C, t, h, w) of the latents of a (3, frames, height, width) clip."""
+        self._check_video(frames, height, width)
+        s = self.spatial_factor
+        return (self.config.latent_channels, 1 + (frames - 1) // self.temporal_factor, height // s, width // s)
+
+    def _check_video(self, frames: int, height: int, width: int) -> None:
+        tf, s = self.temporal_factor, self.spatial_factor
+        if (frames - 1) % tf or frames < 1:
+            raise ValueError(f"clips must have 1 + {tf}k frames, got {frames}")
+        if height % s or width % s:
+            raise ValueError(f"height and width must be multiples of {s}, got {height}x{width}")
+
+    # --- one-shot ------------------------------------------------------------------------------
+
+    def encode(self, x: Tensor, tile_latent: tuple[int, int] | None = None, tile_overlap: int = 2) -> DiagonalGaussian:
+        """x: (B, 3, 1 + 4k, H, W) in [-1, 1] -> posterior over (B, C, 1 + k, H/8, W/8).
+
+        tile_latent=(h, w) encodes overlapping tiles of (8h, 8w) pixels, tile_overlap latents apart.
+        """
+        self._check_video(*x.shape[2:])
+        moments = self._tiled(self.encoder, x, tile_latent, tile_overlap, encode=True)
+        return DiagonalGaussian(*moments.chunk(2, dim=1))
+
+    def decode(self, z: Tensor, tile_latent: tuple[int, int] | None = None, tile_overlap: int = 2,
+               clamp: bool = False) -> Tensor:
+        """z: (B, C, 1 + k, h, w) raw latents -> (B, 3, 1 + 4k, 8h, 8w), about [-1, 1] (clamp=True: exactly)."""
+        x = self._tiled(self.decoder, z, tile_latent, tile_overlap, encode=False)
+        return x.clamp(-1.0, 1.0) if clamp else x
+
+    def forward(self, x: Tensor, sample: bool = True,
+                generator: torch.Generator | None = None) -> tuple[Tensor, DiagonalGaussian]:
+        """Training path: x (B, 3, T, H, W) -> (reconstruction (B, 3, T, H, W), posterior)."""
+        posterior = self.encode(x)
+        z = posterior.sample(generator) if sample else posterior.mean
+        return self.decoder(z), posterior
+
+    # --- streaming -----------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def encode_stream(self, chunks: Iterable[Tensor], frames_per_chunk: int = 4,
+                      tile_latent: tuple[int, int] | None = None, tile_overlap: int = 2) -> Iterator[DiagonalGaussian]:
+        """Encode a stream of frame chunks (B, 3, T_i, H, W) of any sizes, in constant memory.
+
+        Frames are regrouped as frame 0 alone, then `frames_per_chunk` (a multiple of 4) at a time; yields
+        the posterior of latent frame 0, then of each next frames_per_chunk / 4 latent frames. The stream
+        must total 1 + 4k frames. Concatenated, the output equals `encode` of the whole clip.
+        """
+        tf = self.temporal_factor
+        if frames_per_chunk % tf or frames_per_chunk < tf:
+            raise ValueError(f"frames_per_chunk must be a positive multiple of {tf}")
+        states: dict[tuple[int, int], StreamState] = {}
+        for x in _rechunk(chunks, 1, frames_per_chunk, tf):
+            moments = self._tiled(self.encoder, x, tile_latent, tile_overlap, encode=True, states=states)
+            yield DiagonalGaussian(*moments.chunk(2, dim=1))
+
+    @torch.no_grad()
+    def decode_stream(self, latent_chunks: Iterable[Tensor], latents_per_chunk: int = 1,
+                      tile_latent: tuple[int, int] | None = None, tile_overlap: int = 2,
+                      clamp: bool = False) -> Iterator[Tensor]:
+        """Decode a stream of raw latent chunks (B, C, t_i, h, w) in constant memory, yielding frames as they
+        are ready: (B, 3, 1, 8h, 8w) for latent frame 0, then (B, 3, 4 * latents_per_chunk, 8h, 8w).
+
+        Only the conv caches persist between chunks; no decoded frame is kept. Concatenated, the output
+        equals `decode` of the whole latent clip.
+        """
+        if latents_per_chunk < 1:
+            raise ValueError("latents_per_chunk must be >= 1")
+        states: dict[tuple[int, int], StreamState] = {}
+        for z in _rechunk(latent_chunks, 1, latents_per_chunk, 1):
+            x = self._tiled(self.decoder, z, tile_latent, tile_overlap, encode=False, states=states)
+            yield x.clamp(-1.0, 1.0) if clamp else x
+
+    def encode_video(self, x: Tensor, chunked: bool = True, **kwargs) -> DiagonalGaussian:
+        """Encode a whole clip (B, 3, 1 + 4k, H, W), through `encode_stream` when chunked."""
+        if not chunked:
+            return self.encode(x, **kwargs)
+        self._check_video(*x.shape[2:])
+        return DiagonalGaussian.cat(list(self.encode_stream([x], **kwargs)))
+
+    def decode_video(self, z: Tensor, chunked: bool = True, **kwargs) -> Tensor:
+        """Decode whole raw latents (B, C, t, h, w) to (B, 3, 1 + 4(t-1), 8h, 8w), through `decode_stream`
+        when chunked (the result is still held whole: stream with `decode_stream` to write as you go)."""
+        if not chunked:
+            return self.decode(z, **kwargs)
+        return torch.cat(list(self.decode_stream([z], **kwargs)), dim=2)
+
+    # --- tiling --------------------------------------------------------------------------------
+
+    def _tiled(self, fn: nn.Module, x: Tensor, tile_latent: tuple[int, int] | None, overlap: int, encode: bool,
+               states: dict[tuple[int, int], StreamState] | None = None) -> Tensor:
+        """Apply the encoder or decoder `fn` to overlapping spatial tiles of x and blend them.
+
+        Tiles are laid on the latent grid; each tile has its own StreamState when streaming. Blending uses
+        linear ramps across every overlap, normalised by the summed weights.
+        """
+        if tile_latent is None:
+            state = states.setdefault((0, 0), StreamState()) if states is not None else None
+            return fn(x, state)
+        s = self.spatial_factor
+        in_scale, out_scale = (s, 1) if encode else (1, s)
+        grid_h, grid_w = x.shape[-2] // in_scale, x.shape[-1] // in_scale
+        tile_h, tile_w = min(tile_latent[0], grid_h), min(tile_latent[1], grid_w)
+        if overlap * 2 > min(tile_h, tile_w):
+            raise ValueError(f"tile_overlap {overlap} must be at most half the tile size {tile_h}x{tile_w}")
+        ys, xs = _tile_starts(grid_h, tile_h, overlap), _tile_starts(grid_w, tile_w, overlap)
+        out = weight = None
+        for iy, y0 in enumerate(ys):
+            ramp_y = _ramp(tile_h * out_scale,
+                           (ys[iy - 1] + tile_h - y0) * out_scale if iy > 0 else 0,
+                           (y0 + tile_h - ys[iy + 1]) * out_scale if iy + 1 < len(ys) else 0)
+            for ix, x0 in enumerate(xs):
+                ramp_x = _ramp(tile_w * out_scale,
+                               (xs[ix - 1] + tile_w - x0) * out_scale if ix > 0 else 0,
+                               (x0 + tile_w - xs[ix + 1]) * out_scale if ix + 1 < len(xs) else 0)
+                state = states.setdefault((iy, ix), StreamState()) if states is not None else None
+                tile = x[..., y0 * in_scale:(y0 + tile_h) * in_scale, x0 * in_scale:(x0 + tile_w) * in_scale]
+                y = fn(tile, state)  # (B, C', T', tile_h * out_scale, tile_w * out_scale)
+                if out is None:
+                    out = y.new_zeros(*y.shape[:3], grid_h * out_scale, grid_w * out_scale, dtype=torch.float32)
+                    weight = torch.zeros(grid_h * out_scale, grid_w * out_scale, device=y.device)
+                w = (ramp_y[:, None] * ramp_x[None, :]).to(y.device)  # (th, tw)
+                oy, ox = y0 * out_scale, x0 * out_scale
+                out[..., oy:oy + w.shape[0], ox:ox + w.shape[1]] += y.float() * w
+                weight[oy:oy + w.shape[0], ox:ox + w.shape[1]] += w
+        return (out / weight).to(y.dtype)
+
+    # --- latent statistics ---------------------------------------------------------------------
+
+    def normalize(self, z: Tensor) -> Tensor:
+        """Raw latents (B, C, t, h, w) -> unit-scale latents for the diffusion model."""
+        return (z - self.latent_mean.view(1, -1, 1, 1, 1)) / self.latent_std.view(1, -1, 1, 1, 1)
+
+    def denormalize(self, z: Tensor) -> Tensor:
+        """Inverse of `normalize`."""
+        return z * self.latent_std.view(1, -1, 1, 1, 1) + self.latent_mean.view(1, -1, 1, 1, 1)
+
+    @torch.no_grad()
+    def set_latent_stats(self, mean: Tensor, std: Tensor) -> None:
+        """Store per-channel statistics (C,) of raw latents over the training data."""
+        self.latent_mean.copy_(torch.as_tensor(mean, dtype=self.latent_mean.dtype))
+        self.latent_std.copy_(torch.as_tensor(std, dtype=self.latent_std.dtype))
+
+    # --- files ---------------------------------------------------------------------------------
+
+    def save_pretrained(self, directory: str | os.PathLike) -> None:
+        """Write `vae.safetensors` (weights and latent stats) and `vae.json` (config and stats), atomically."""
+        from safetensors.torch import save_file
+
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        meta = self.config.to_dict() | {"latent_mean": self.latent_mean.tolist(), "latent_std": self.latent_std.tolist()}
+        _atomic_write(d / WEIGHTS_NAME, lambda p: save_file(tensors, p, metadata={"format": "pt"}))
+        _atomic_write(d / CONFIG_NAME, lambda p: Path(p).write_text(json.dumps(meta, indent=2) + "\n"))
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike, device: str | torch.device = "cpu") -> CausalVAE:
+        """Load what `save_pretrained` wrote; no network. Returns the model in eval mode on `device`."""
+        from safetensors.torch import load_file
+
+        d = Path(directory)
+        meta = json.loads((d / CONFIG_NAME).read_text())
+        meta.pop("latent_mean", None)  # informational: the safetensors copy is the one loaded
+        meta.pop("latent_std", None)
+        model = cls(VAEConfig.from_dict(meta))
+        model.load_state_dict(load_file(d / WEIGHTS_NAME, device=str(device)))
+        return model.to(device).eval()

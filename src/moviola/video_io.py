@@ -1,0 +1,864 @@
+"""Reading and writing video and images: the one module in Moviola that touches media files.
+
+Everywhere else in Moviola a clip is a uint8 array of shape (T, H, W, 3) in RGB, plus an fps. This
+module turns files into such arrays (``read_video``, ``read_image``, ``probe_video``), turns arrays into
+files (``write_video``, ``write_image``, ``write_frames_png``, ``encode_image``) and reshapes clips the
+way a model needs them (``fit_frames``, ``resample_fps``, ``thumbnail``, ``sprite_sheet``).
+
+Two rules hold throughout:
+
+- Every problem with a file surfaces as one ``VideoError`` that names the file and the problem, never a
+  raw PyAV or OS traceback, so a data loader can skip a bad clip and a server can answer clearly.
+- Every write is atomic (a temp file in the same directory, then ``os.replace``): an error or a crash
+  never leaves a half-written file where a finished one is expected. ``atomic_path`` and
+  ``atomic_write_bytes`` are public so that checkpoints and other outputs use the same mechanism.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import math
+import numbers
+import os
+import secrets
+import stat
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from fractions import Fraction
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import av
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+PathLike = str | os.PathLike[str]
+
+VIDEO_EXTENSIONS: tuple[str, ...] = (".mp4", ".mov", ".mkv", ".webm", ".gif", ".png")
+IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".webp")
+DEFAULT_FPS = 8.0  # used only when a file carries no timing at all (some GIFs, raw streams)
+QUALITIES: tuple[str, ...] = ("high", "default")
+FIT_MODES: tuple[str, ...] = ("crop", "pad", "stretch")
+
+# Constant-quality settings per encoder. "high" is near lossless on small synthetic clips, so colours
+# and thin edges survive a round trip; "default" is what a person would pick for sharing.
+_CRF: dict[str, dict[str, int]] = {
+    "libx264": {"high": 12, "default": 20},  # 0..51, lower is better
+    "libvpx-vp9": {"high": 15, "default": 32},  # 0..63
+    "libvpx": {"high": 4, "default": 10},  # VP8, 4..63
+}
+_VIDEO_CODECS: dict[str, tuple[str, ...]] = {  # first available wins
+    ".mp4": ("libx264",), ".mov": ("libx264",), ".mkv": ("libx264",),
+    ".webm": ("libvpx-vp9", "libvpx"),
+}
+_AUDIO_CODECS: dict[str, tuple[str, ...]] = {
+    ".mp4": ("aac",), ".mov": ("aac",), ".mkv": ("aac",), ".webm": ("libopus", "libvorbis"),
+}
+_RESIZE_CHUNK_BYTES = 64 * 2**20  # float32 working memory per interpolate call in _resize
+
+
+class VideoError(Exception):
+    """A media file could not be read or written; ``str()`` is ``"{path}: {problem}"``."""
+
+    def __init__(self, path: PathLike, problem: str) -> None:
+        self.path = os.fspath(path)
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}")
+
+    def __reduce__(self) -> tuple[Any, ...]:  # survive pickling (DataLoader workers, multiprocessing)
+        return (type(self), (self.path, self.problem))
+
+
+@dataclass
+class Video:
+    """A decoded clip: frames (T, H, W, 3) uint8 RGB, its fps, an optional mono audio track in [-1, 1]
+    (float32, ``sample_rate`` Hz) and the container's metadata tags."""
+
+    frames: np.ndarray
+    fps: float
+    audio: np.ndarray | None = None
+    sample_rate: int | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def num_frames(self) -> int:
+        return int(self.frames.shape[0])
+
+    @property
+    def height(self) -> int:
+        return int(self.frames.shape[1])
+
+    @property
+    def width(self) -> int:
+        return int(self.frames.shape[2])
+
+    @property
+    def duration(self) -> float:
+        """Seconds covered by the frames (T / fps)."""
+        return self.num_frames / self.fps
+
+
+# --- atomic writes ----------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def atomic_path(path: PathLike, *, fsync: bool = False) -> Iterator[Path]:
+    """Yield a temp path beside ``path``; on success ``os.replace`` it onto ``path``, on error delete it.
+
+    The temp name keeps the extension (``.clip.tmp-1a2b3c4d.mp4``) so muxers and image writers that pick
+    the format from the name still work. Parent directories are created. ``fsync=True`` flushes the file
+    to disk before the rename (worth it for checkpoints, not for thousands of PNG frames).
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.stem}.tmp-{secrets.token_hex(4)}{target.suffix}")
+    try:
+        yield tmp
+        if fsync:
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_bytes(path: PathLike, data: bytes, *, fsync: bool = False) -> Path:
+    """Write ``data`` to ``path`` atomically (readers see the old file or the new one, never a part)."""
+    target = Path(path)
+    with atomic_path(target, fsync=fsync) as tmp:
+        tmp.write_bytes(data)
+    return target
+
+
+# --- array validation -------------------------------------------------------------------------------
+
+def _to_numpy(x: Any) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu()
+        if x.dtype in (torch.float16, torch.bfloat16):
+            x = x.float()
+        return x.numpy()
+    return np.asarray(x)
+
+
+def _as_uint8_frames(frames: Any, name: str = "frames") -> np.ndarray:
+    """Validate a clip and return it as contiguous (T, H, W, 3) uint8.
+
+    Accepts numpy arrays or torch tensors that are uint8, other integers in [0, 255], or floats in
+    [0, 1]. Floats are clipped to [0, 1] (decoders overshoot slightly), but values far outside (below
+    -0.5 or above 1.5) raise: they mean a [-1, 1] or [0, 255] tensor was passed by mistake, which
+    clipping would silently turn into a black or white video.
+    """
+    arr = _to_numpy(frames)
+    if arr.ndim != 4 or arr.shape[-1] != 3:
+        raise ValueError(f"{name} must have shape (T, H, W, 3) in RGB; got {tuple(arr.shape)}")
+    if 0 in arr.shape:
+        raise ValueError(f"{name} is empty: shape {tuple(arr.shape)}")
+    if arr.dtype == np.uint8:
+        return np.ascontiguousarray(arr)
+    if arr.dtype == np.bool_:
+        raise ValueError(f"{name} must be uint8 or float in [0, 1]; got dtype bool")
+    if np.issubdtype(arr.dtype, np.integer):
+        if arr.min() < 0 or arr.max() > 255:
+            raise ValueError(f"{name} has integer values outside [0, 255]")
+        return arr.astype(np.uint8)
+    if np.issubdtype(arr.dtype, np.floating):
+        lo, hi = float(arr.min()), float(arr.max())
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            raise ValueError(f"{name} contains NaN or inf")
+        if lo < -0.5 or hi > 1.5:
+            raise ValueError(f"float {name} must lie in [0, 1]; got values in [{lo:.3g}, {hi:.3g}]")
+        return (np.clip(arr, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    raise ValueError(f"{name} must be uint8 or float in [0, 1]; got dtype {arr.dtype}")
+
+
+def _as_uint8_image(image: Any) -> np.ndarray:
+    """Validate one image, (H, W, 3) or grayscale (H, W) / (H, W, 1), and return (H, W, 3) uint8."""
+    arr = _to_numpy(image)
+    if arr.ndim == 2:
+        arr = arr[..., None]
+    if arr.ndim == 3 and arr.shape[-1] == 1:
+        arr = np.repeat(arr, 3, axis=-1)
+    if arr.ndim != 3:
+        raise ValueError(f"image must have shape (H, W, 3); got {tuple(arr.shape)}")
+    return _as_uint8_frames(arr[None], name="image")[0]
+
+
+def _as_mono_audio(audio: Any) -> np.ndarray:
+    """Validate a mono track, (N,) or (1, N) or (N, 1), and return float32 (N,) clipped to [-1, 1]."""
+    arr = _to_numpy(audio)
+    if arr.ndim == 2 and 1 in arr.shape:
+        arr = arr.reshape(-1)
+    if arr.ndim != 1 or arr.size == 0:
+        raise ValueError(f"audio must be a non-empty mono track of shape (N,); got {tuple(arr.shape)}")
+    if not np.issubdtype(arr.dtype, np.floating):
+        raise ValueError(f"audio must be float in [-1, 1]; got dtype {arr.dtype}")
+    arr = arr.astype(np.float32)
+    if not np.isfinite(arr).all():
+        raise ValueError("audio contains NaN or inf")
+    return np.clip(arr, -1.0, 1.0)
+
+
+def _fps_fraction(fps: float | Fraction) -> Fraction:
+    """Exact frame rate for the muxer: 29.97 -> 30000/1001 (NTSC family), 12.5 -> 25/2, 8 -> 8."""
+    if isinstance(fps, numbers.Rational):
+        rate = Fraction(fps)
+    else:
+        x = float(fps)
+        if not math.isfinite(x):
+            raise ValueError(f"fps must be a positive number; got {fps!r}")
+        n = round(x * 1.001)
+        # 23.976, 29.97, 59.94 ... are n/1.001 rounded to a few decimals; use the exact rational.
+        if n > 0 and abs(x - n / 1.001) < 5e-3 and abs(x - n) > 5e-3:
+            rate = Fraction(n * 1000, 1001)
+        else:
+            rate = Fraction(x).limit_denominator(1001)
+    if rate <= 0:
+        raise ValueError(f"fps must be a positive number; got {fps!r}")
+    return rate
+
+
+# --- writing ----------------------------------------------------------------------------------------
+
+@lru_cache(maxsize=None)
+def _has_encoder(name: str) -> bool:
+    try:
+        av.codec.Codec(name, "w")
+    except Exception:  # UnknownCodecError, or a build without this encoder
+        return False
+    return True
+
+
+def _pick_encoder(path: Path, names: tuple[str, ...]) -> str:
+    for name in names:
+        if _has_encoder(name):
+            return name
+    raise VideoError(path, f"this PyAV build has none of the encoders {', '.join(names)}")
+
+
+def _pad_to_even(frames: np.ndarray) -> np.ndarray:
+    """Pad (T, H, W, 3) to even H and W by repeating the last row/column (yuv420p needs even sizes)."""
+    _, h, w, _ = frames.shape
+    if h % 2 == 0 and w % 2 == 0:
+        return frames
+    return np.pad(frames, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), mode="edge")
+
+
+def _rgb_frame(rgb: np.ndarray) -> av.VideoFrame:
+    """One (H, W, 3) uint8 array as a PyAV frame (a seam that tests patch to fail mid-write)."""
+    return av.VideoFrame.from_ndarray(rgb, format="rgb24")
+
+
+def _encoded_audio_frames(stream: Any, audio: np.ndarray, sample_rate: int) -> list[av.AudioFrame]:
+    """Cut a mono float track into frames of the encoder's size, format and rate (pts in samples)."""
+    ctx = stream.codec_context
+    ctx.open()  # fixes frame_size (1024 for AAC, rate-dependent for Opus)
+    resampler = av.AudioResampler(format=ctx.format, layout="mono", rate=ctx.sample_rate,
+                                  frame_size=ctx.frame_size or None)
+    whole = av.AudioFrame.from_ndarray(audio[None, :], format="flt", layout="mono")
+    whole.sample_rate = sample_rate
+    whole.pts = 0
+    whole.time_base = Fraction(1, sample_rate)
+    return list(resampler.resample(whole)) + list(resampler.resample(None))
+
+
+def _add_audio_stream(container: Any, path: Path, ext: str, sample_rate: int) -> Any:
+    name = _pick_encoder(path, _AUDIO_CODECS[ext])
+    codec = av.codec.Codec(name, "w")
+    rates = codec.audio_rates
+    rate = sample_rate
+    if rates and sample_rate not in rates:  # e.g. Opus takes only 8/12/16/24/48 kHz
+        rate = min((r for r in rates if r >= sample_rate), default=max(rates))
+    stream = container.add_stream(name, rate=rate)
+    stream.codec_context.layout = "mono"
+    formats = [f.name for f in codec.audio_formats or ()]
+    for fmt in ("fltp", "flt"):  # float avoids a 16-bit requantisation where the encoder allows it
+        if fmt in formats:
+            stream.codec_context.format = fmt
+            break
+    stream.time_base = Fraction(1, rate)
+    return stream
+
+
+def _write_av(tmp: Path, target: Path, frames: np.ndarray, rate: Fraction, audio: np.ndarray | None,
+              sample_rate: int, metadata: dict[str, str], quality: str) -> None:
+    """Encode an H.264 / VP9 file (plus optional AAC / Opus audio) at ``tmp``."""
+    ext = target.suffix.lower()
+    frames = _pad_to_even(frames)
+    t, h, w, _ = frames.shape
+    # Without use_metadata_tags the mp4/mov muxer drops every key it has no atom for.
+    options = {"movflags": "use_metadata_tags"} if ext in (".mp4", ".mov") else {}
+    with av.open(str(tmp), "w", options=options) as container:
+        for key, value in metadata.items():
+            container.metadata[key] = value
+        codec = _pick_encoder(target, _VIDEO_CODECS[ext])
+        opts = {"crf": str(_CRF[codec][quality])}
+        if codec == "libx264":
+            opts["preset"] = "veryfast"
+        elif codec == "libvpx-vp9":  # constant quality needs b=0; cpu-used 5 is ~2x faster than default
+            opts.update({"b": "0", "deadline": "good", "cpu-used": "5", "row-mt": "1"})
+        else:  # VP8: crf is a floor under a bitrate cap, so set a generous cap
+            opts["b"] = "20M"
+        stream = container.add_stream(codec, rate=rate, options=opts)
+        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+        stream.time_base = 1 / rate  # pts = frame index, so the file reads back at exactly `rate`
+        stream.codec_context.gop_size = max(1, min(250, round(2 * rate)))  # a keyframe every ~2 s
+
+        pending: list[av.AudioFrame] = []
+        astream = None
+        if audio is not None:
+            astream = _add_audio_stream(container, target, ext, sample_rate)
+            pending = _encoded_audio_frames(astream, audio, sample_rate)
+        a = 0
+        for i in range(t):
+            # Interleave: mux the audio that starts before this video frame, so players and
+            # streaming readers never need to buffer one whole track to reach the other.
+            while astream is not None and a < len(pending) and \
+                    pending[a].pts / astream.codec_context.sample_rate <= i / rate:
+                container.mux(astream.encode(pending[a]))
+                a += 1
+            frame = _rgb_frame(frames[i])
+            frame.pts = i
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+        if astream is not None:
+            for frame in pending[a:]:
+                container.mux(astream.encode(frame))
+            container.mux(astream.encode())
+
+
+def _write_gif(tmp: Path, frames: np.ndarray, rate: Fraction) -> None:
+    """Encode a looping GIF with one 256-colour palette shared by all frames (no dithering, so flat
+    areas stay flat and frames do not flicker). GIF delays are whole centiseconds, so 8 fps is stored
+    as alternating 12/13 cs delays."""
+    t, h, w, _ = frames.shape
+    # Palette from up to 16 evenly spaced frames, subsampled to ~256 px per side for speed.
+    step = max(1, math.ceil(max(h, w) / 256))
+    picks = np.linspace(0, t - 1, min(t, 16)).round().astype(int)
+    sample = frames[picks, ::step, ::step]
+    mosaic = Image.fromarray(np.ascontiguousarray(sample.reshape(-1, sample.shape[2], 3)))
+    palette_image = mosaic.quantize(256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
+    colours = np.array(palette_image.getpalette()[: 256 * 3], np.uint8).reshape(-1, 3)
+    argb = np.zeros((256, 4), np.uint8)  # PyAV wants the pal8 palette as ARGB
+    argb[:, 0] = 255
+    argb[: len(colours), 1:] = colours
+    with av.open(str(tmp), "w", format="gif") as container:
+        stream = container.add_stream("gif", rate=rate)
+        stream.width, stream.height, stream.pix_fmt = w, h, "pal8"
+        stream.time_base = 1 / rate
+        for i in range(t):
+            indices = Image.fromarray(frames[i]).quantize(palette=palette_image, dither=Image.Dither.NONE)
+            frame = av.VideoFrame.from_ndarray((np.asarray(indices), argb), format="pal8")
+            frame.pts = i
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+
+
+def write_video(path: PathLike, frames: Any, fps: float | Fraction, *, audio: Any = None,
+                sample_rate: int = 16000, metadata: dict[str, str] | None = None,
+                quality: str = "high") -> Path:
+    """Write a clip atomically; the format follows the extension.
+
+    Args:
+        path: ``.mp4``/``.mov``/``.mkv`` (H.264, yuv420p), ``.webm`` (VP9, or VP8 if VP9 is missing),
+            ``.gif`` (palette) or ``.png`` (exactly one frame).
+        frames: (T, H, W, 3) RGB, numpy or torch, uint8 or float in [0, 1]. Odd H or W are padded to
+            even by repeating the last row/column (yuv420p needs even sizes), so the file reads back
+            at the padded size.
+        fps: frames per second; may be fractional (29.97 is stored as exactly 30000/1001). The file
+            reads back with this fps and exactly T frames.
+        audio: optional mono float track in [-1, 1] at ``sample_rate`` Hz (AAC in mp4/mov/mkv, Opus
+            in webm). Not allowed for gif/png.
+        metadata: str -> str container tags (values are converted with ``str``). mp4/mov keep keys as
+            given; mkv/webm store them upper-case and ``read_video`` returns them lower-case; gif and
+            png do not keep metadata.
+        quality: "high" (near lossless, crf 12 for x264) or "default" (crf 20).
+
+    Returns:
+        The written path. Raises ValueError for malformed arrays/arguments and VideoError for file
+        problems (unsupported extension, encoder failure); on any failure nothing is left on disk.
+    """
+    target = Path(path)
+    ext = target.suffix.lower()
+    if ext not in VIDEO_EXTENSIONS:
+        raise VideoError(target, f"unsupported extension {ext or '(none)'!r}; "
+                                 f"use one of {', '.join(VIDEO_EXTENSIONS)}")
+    if quality not in QUALITIES:
+        raise ValueError(f"quality must be one of {QUALITIES}; got {quality!r}")
+    clip = _as_uint8_frames(frames)
+    rate = _fps_fraction(fps)
+    track = _as_mono_audio(audio) if audio is not None else None
+    if track is not None and (not isinstance(sample_rate, numbers.Integral) or sample_rate <= 0):
+        raise ValueError(f"sample_rate must be a positive int; got {sample_rate!r}")
+    if track is not None and ext in (".gif", ".png"):
+        raise VideoError(target, f"{ext} cannot hold an audio track")
+    if ext == ".png" and len(clip) != 1:
+        raise VideoError(target, f".png holds one frame, got {len(clip)} "
+                                 "(use write_frames_png or a video extension)")
+    tags = {str(k): str(v) for k, v in (metadata or {}).items()}
+    try:
+        with atomic_path(target) as tmp:
+            if ext == ".png":
+                _save_image(tmp, clip[0], "png")
+            elif ext == ".gif":
+                _write_gif(tmp, clip, rate)
+            else:
+                _write_av(tmp, target, clip, rate, track, int(sample_rate), tags, quality)
+    except (av.FFmpegError, OSError) as e:
+        raise VideoError(target, f"could not write video ({_reason(e)})") from e
+    return target
+
+
+# --- images -----------------------------------------------------------------------------------------
+
+def _save_image(path: Path, image: np.ndarray, fmt: str) -> None:
+    img = Image.fromarray(image)
+    if fmt == "png":
+        img.save(path, format="PNG")
+    elif fmt == "jpeg":
+        img.save(path, format="JPEG", quality=95)
+    else:
+        img.save(path, format="WEBP", quality=90)
+
+
+_IMAGE_FORMATS = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".webp": "webp"}
+
+
+def write_image(path: PathLike, image: Any) -> Path:
+    """Write one (H, W, 3) image atomically as PNG, JPEG or WebP (chosen by extension)."""
+    target = Path(path)
+    fmt = _IMAGE_FORMATS.get(target.suffix.lower())
+    if fmt is None:
+        raise VideoError(target, f"unsupported image extension {target.suffix or '(none)'!r}; "
+                                 f"use one of {', '.join(IMAGE_EXTENSIONS)}")
+    rgb = _as_uint8_image(image)
+    try:
+        with atomic_path(target) as tmp:
+            _save_image(tmp, rgb, fmt)
+    except OSError as e:
+        raise VideoError(target, f"could not write image ({_reason(e)})") from e
+    return target
+
+
+def write_frames_png(directory: PathLike, frames: Any) -> list[Path]:
+    """Write each frame as ``directory/frame_00000.png``, ``frame_00001.png``, ... (each atomic)."""
+    clip = _as_uint8_frames(frames)
+    folder = Path(directory)
+    return [write_image(folder / f"frame_{i:05d}.png", frame) for i, frame in enumerate(clip)]
+
+
+def encode_image(image: Any, fmt: str = "png") -> bytes:
+    """Encode one (H, W, 3) image as PNG, JPEG or WebP bytes (for HTTP responses and data URLs)."""
+    key = {"png": "png", "jpeg": "jpeg", "jpg": "jpeg", "webp": "webp"}.get(fmt.lower())
+    if key is None:
+        raise ValueError(f"fmt must be 'png', 'jpeg' or 'webp'; got {fmt!r}")
+    buf = io.BytesIO()
+    _save_image(buf, _as_uint8_image(image), key)  # type: ignore[arg-type]  # PIL takes file objects
+    return buf.getvalue()
+
+
+def read_image(path: PathLike) -> np.ndarray:
+    """Read an image as (H, W, 3) uint8 RGB. EXIF orientation is applied; alpha is composited onto
+    black; grayscale and palette images are expanded to RGB."""
+    p = Path(path)
+    _check_file(p)
+    try:
+        with Image.open(p) as im:
+            im = ImageOps.exif_transpose(im)
+            if im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info:
+                rgba = im.convert("RGBA")
+                im = Image.alpha_composite(Image.new("RGBA", rgba.size, (0, 0, 0, 255)), rgba)
+            return np.array(im.convert("RGB"))
+    except UnidentifiedImageError:
+        raise VideoError(p, "not an image: unrecognised file format") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise VideoError(p, f"truncated or corrupt image ({_reason(e)})") from None
+
+
+# --- reading video ----------------------------------------------------------------------------------
+
+def _reason(e: BaseException) -> str:
+    """FFmpeg/OS error text without the file name (VideoError adds that itself)."""
+    return getattr(e, "strerror", None) or str(e) or type(e).__name__
+
+
+def _check_file(path: Path) -> None:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise VideoError(path, "no such file") from None
+    except OSError as e:
+        raise VideoError(path, f"cannot access file ({_reason(e)})") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise VideoError(path, "is a directory, not a file")
+    if st.st_size == 0:
+        raise VideoError(path, "empty file (0 bytes)")
+
+
+def _looks_like_container(path: Path) -> bool:
+    """True if the first bytes carry a known video container signature (so a failed open means a
+    damaged video rather than some other kind of file)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(16)
+    except OSError:
+        return False
+    return (head[4:8] in (b"ftyp", b"moov", b"mdat", b"free", b"wide", b"skip")  # mp4 / mov
+            or head[:4] == b"\x1a\x45\xdf\xa3"  # matroska / webm (EBML)
+            or (head[:4] == b"RIFF" and head[8:12] == b"AVI ")
+            or head[:6] in (b"GIF87a", b"GIF89a")
+            or head[:4] == b"OggS" or head[:3] == b"FLV")
+
+
+def _open(path: Path) -> Any:
+    """Open ``path`` for reading with PyAV, turning every failure into a VideoError."""
+    _check_file(path)
+    try:
+        return av.open(str(path), "r", metadata_errors="replace")
+    except PermissionError:
+        raise VideoError(path, "permission denied") from None
+    except (av.FFmpegError, OSError) as e:
+        if _looks_like_container(path):
+            raise VideoError(path, f"truncated or corrupt video ({_reason(e)})") from None
+        raise VideoError(path, "not a video: unrecognised file format") from None
+
+
+def _video_stream(path: Path, container: Any) -> Any:
+    """The first real video stream; still images and cover art are 'not a video'."""
+    fmt = container.format.name
+    # ffmpeg opens PNG/JPEG/... through image demuxers that expose one "video" stream of one frame.
+    if fmt == "image2" or (fmt.endswith("_pipe") and fmt != "gif_pipe"):
+        raise VideoError(path, "not a video: no video stream (a still image; use read_image)")
+    for stream in container.streams.video:
+        if not stream.disposition & av.stream.Disposition.attached_pic:  # album art in audio files
+            return stream
+    raise VideoError(path, "not a video: no video stream")
+
+
+def _stream_fps(container: Any, stream: Any) -> float | None:
+    """fps from the container: average_rate, then guessed_rate (the other way round for GIF, whose
+    centisecond delays make the average drift: 8 fps GIFs average 8.33)."""
+    rates = (stream.average_rate, stream.guessed_rate)
+    if container.format.name in ("gif", "gif_pipe"):
+        rates = rates[::-1]
+    for r in rates:
+        if r is not None and 0 < float(r) <= 1000:
+            return float(r)
+    return None
+
+
+def _container_metadata(container: Any) -> dict[str, str]:
+    tags = {str(k): str(v) for k, v in container.metadata.items()}
+    if "matroska" in container.format.name:  # matroska stores tag names upper-case
+        tags = {k.lower(): v for k, v in tags.items()}
+    return tags
+
+
+def _decode_frames(path: Path, container: Any, stream: Any, fps: float | None, start: float,
+                   end: float | None, max_frames: int | None) -> tuple[np.ndarray, list[float]]:
+    """Decode frames in presentation order whose timestamps fall in [start, end).
+
+    Returns (T, H, W, 3) uint8 and their timestamps in seconds from the stream start. Display
+    rotation (phone videos) is applied in multiples of 90 degrees.
+    """
+    stream.thread_type = "AUTO"
+    tb = stream.time_base
+    origin = stream.start_time or 0  # stream.time_base units
+    step = 1.0 / (fps or DEFAULT_FPS)
+    eps = 0.25 * step  # timestamps in ms (matroska) or cs (gif) are rounded; allow a quarter frame
+    if start > 0:
+        with contextlib.suppress(av.FFmpegError, OSError):  # unseekable input: decode from the top
+            container.seek(origin + int(start / tb), stream=stream, backward=True)
+    frames: list[np.ndarray] = []
+    times: list[float] = []
+    decoded = 0
+    size: tuple[int, int] | None = None
+    turns = 0
+    try:
+        for frame in container.decode(stream):
+            t = float((frame.pts - origin) * tb) if frame.pts is not None and tb else decoded * step
+            decoded += 1
+            if t < start - eps:
+                continue
+            if end is not None and t >= end - eps:
+                break
+            if size is None:
+                size = (frame.width, frame.height)
+                turns = round((frame.rotation or 0) / 90) % 4
+            if (frame.width, frame.height) == size:
+                rgb = frame.to_ndarray(format="rgb24")
+            else:  # resolution changed mid-stream: keep one shape for the whole clip
+                rgb = frame.to_ndarray(format="rgb24", width=size[0], height=size[1])
+            frames.append(np.rot90(rgb, turns) if turns else rgb)
+            times.append(t)
+            if max_frames is not None and len(frames) >= max_frames:
+                break
+    except (av.FFmpegError, OSError) as e:
+        raise VideoError(path, f"truncated or corrupt video (decoding failed after {decoded} frames: "
+                               f"{_reason(e)})") from None
+    if not frames:
+        if decoded == 0:
+            raise VideoError(path, "truncated or corrupt video (no decodable frames)")
+        window = f"[{start:g}, {end:g})" if end is not None else f"from {start:g} s"
+        raise VideoError(path, f"no frames in the requested time range {window}")
+    return np.stack(frames), times
+
+
+def _read_audio(path: Path, video_origin: float, start: float, stop: float | None
+                ) -> tuple[np.ndarray, int] | None:
+    """Decode the first audio track as mono float32 covering [start, stop) seconds of the video's
+    timeline (None: to the end). Returns None when the file has no audio."""
+    with _open(path) as container:
+        if not container.streams.audio:
+            return None
+        stream = container.streams.audio[0]
+        if start > 0:
+            with contextlib.suppress(av.FFmpegError, OSError):
+                container.seek(int((video_origin + start) * av.time_base), backward=True)
+        resampler = av.AudioResampler(format="flt", layout="mono")  # keeps the stream's rate
+        chunks: list[np.ndarray] = []
+        first: float | None = None
+        rate = stream.codec_context.sample_rate
+        try:
+            for frame in container.decode(stream):
+                if first is None:
+                    first = float(frame.time) if frame.time is not None else video_origin
+                for out in resampler.resample(frame):
+                    chunks.append(out.to_ndarray().reshape(-1))
+                    rate = out.sample_rate
+            for out in resampler.resample(None):
+                chunks.append(out.to_ndarray().reshape(-1))
+        except (av.FFmpegError, OSError) as e:
+            raise VideoError(path, f"truncated or corrupt audio ({_reason(e)})") from None
+    samples = np.concatenate(chunks).astype(np.float32) if chunks else np.zeros(0, np.float32)
+    # Place sample 0 on the video's timeline, then cut the requested window out of it.
+    lead = round(((first if first is not None else video_origin) - video_origin - start) * rate)
+    if lead > 0:
+        samples = np.concatenate([np.zeros(lead, np.float32), samples])
+    elif lead < 0:
+        samples = samples[-lead:]
+    if stop is not None:
+        samples = samples[: max(0, round((stop - start) * rate))]
+    return np.clip(samples, -1.0, 1.0), int(rate)
+
+
+def read_video(path: PathLike, *, max_frames: int | None = None, start: float = 0.0,
+               end: float | None = None, with_audio: bool = False) -> Video:
+    """Decode a video file (mp4, webm, mov, mkv, gif, avi: anything PyAV opens with a video stream).
+
+    Args:
+        path: the file.
+        max_frames: stop after this many frames.
+        start, end: keep frames whose timestamps (seconds from the start of the stream) lie in
+            [start, end).
+        with_audio: also decode the first audio track as mono float32, cut to the same time window
+            (the whole track when no window or limit is given).
+
+    Returns:
+        A Video in presentation order (B-frames are reordered by the decoder). fps comes from the
+        container (29.97 footage gives 30000/1001 as a float), else frame timestamps, else 8.
+        Raises VideoError for missing, empty, non-video, truncated or undecodable files.
+    """
+    p = Path(path)
+    if max_frames is not None and max_frames < 1:
+        raise ValueError(f"max_frames must be >= 1; got {max_frames}")
+    if start < 0 or (end is not None and end <= start):
+        raise ValueError(f"need 0 <= start < end; got start={start}, end={end}")
+    try:
+        with _open(p) as container:
+            stream = _video_stream(p, container)
+            fps = _stream_fps(container, stream)
+            frames, times = _decode_frames(p, container, stream, fps, start, end, max_frames)
+            metadata = _container_metadata(container)
+            origin = float((stream.start_time or 0) * stream.time_base) if stream.time_base else 0.0
+        if fps is None:  # no rate in the container: use the timestamps, else the GIF convention
+            span = times[-1] - times[0]
+            fps = (len(times) - 1) / span if len(times) > 1 and span > 0 else DEFAULT_FPS
+        audio = sample_rate = None
+        if with_audio:
+            whole = end is None and max_frames is None
+            t0 = times[0] if start > 0 else 0.0
+            stop = None if whole else times[-1] + 1.0 / fps
+            track = _read_audio(p, origin, t0, stop)
+            if track is not None:
+                audio, sample_rate = track
+    except VideoError:
+        raise
+    except (av.FFmpegError, OSError) as e:  # anything the steps above did not classify
+        raise VideoError(p, f"truncated or corrupt video ({_reason(e)})") from None
+    return Video(frames=frames, fps=fps, audio=audio, sample_rate=sample_rate, metadata=metadata)
+
+
+def _stream_duration(container: Any, stream: Any) -> float | None:
+    """Seconds of the video stream: its own duration, else matroska's per-stream DURATION tag
+    ("00:00:01.334000000"), else the container's (which may include a longer audio track)."""
+    if stream.duration and stream.time_base:
+        return float(stream.duration * stream.time_base)
+    tag = stream.metadata.get("DURATION") or stream.metadata.get("duration")
+    if tag:
+        with contextlib.suppress(ValueError):
+            hours, minutes, seconds = tag.split(":")
+            return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
+    if container.duration:
+        return container.duration / av.time_base
+    return None
+
+
+def probe_video(path: PathLike) -> dict[str, Any]:
+    """Cheap facts about a video without decoding it all (one frame is decoded, which also proves
+    the file is readable and gives the display rotation).
+
+    Returns a dict with width, height (as ``read_video`` returns them, i.e. after rotation), fps,
+    num_frames (from the container index, else duration * fps), duration (seconds), codec,
+    has_audio, container (format name) and rotation (degrees, counter-clockwise).
+    """
+    p = Path(path)
+    try:
+        with _open(p) as container:
+            stream = _video_stream(p, container)
+            fps = _stream_fps(container, stream) or DEFAULT_FPS
+            duration = _stream_duration(container, stream)
+            num_frames = stream.frames or (round(duration * fps) if duration else 0)
+            codec = stream.codec_context.name
+            has_audio = len(container.streams.audio) > 0
+            fmt = container.format.name
+            try:
+                first = next(iter(container.decode(stream)), None)
+            except (av.FFmpegError, OSError) as e:
+                raise VideoError(p, f"truncated or corrupt video ({_reason(e)})") from None
+            if first is None:
+                raise VideoError(p, "truncated or corrupt video (no decodable frames)")
+            rotation = int(round((first.rotation or 0) / 90) % 4 * 90)
+            width, height = first.width, first.height
+            if rotation in (90, 270):
+                width, height = height, width
+    except VideoError:
+        raise
+    except (av.FFmpegError, OSError) as e:
+        raise VideoError(p, f"truncated or corrupt video ({_reason(e)})") from None
+    return {"width": width, "height": height, "fps": fps, "num_frames": int(num_frames),
+            "duration": duration if duration is not None else num_frames / fps, "codec": codec,
+            "has_audio": has_audio, "container": fmt, "rotation": rotation}
+
+
+# --- reshaping clips --------------------------------------------------------------------------------
+
+def _resize(frames: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Antialiased bilinear resize of (T, H, W, 3) uint8 to (T, height, width, 3), in chunks of frames
+    so a long clip never needs more than ~64 MiB of float working memory."""
+    t, h, w, _ = frames.shape
+    if (h, w) == (height, width):
+        return np.array(frames)
+    out = np.empty((t, height, width, 3), np.uint8)
+    per_frame = 4 * 3 * (h * w + height * width)
+    chunk = max(1, _RESIZE_CHUNK_BYTES // per_frame)
+    for s in range(0, t, chunk):
+        x = torch.from_numpy(np.ascontiguousarray(frames[s : s + chunk])).permute(0, 3, 1, 2).float()
+        y = F.interpolate(x, size=(height, width), mode="bilinear", antialias=True, align_corners=False)
+        out[s : s + chunk] = y.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    return out
+
+
+def fit_frames(frames: Any, width: int, height: int, *, mode: str = "crop") -> np.ndarray:
+    """Resize a clip to exactly (T, height, width, 3) uint8 for a model.
+
+    mode "crop": scale to cover the target and centre-crop (keeps aspect ratio, loses edges);
+    "pad": scale to fit inside and pad with black (keeps everything); "stretch": plain resize.
+    """
+    clip = _as_uint8_frames(frames)
+    if not (isinstance(width, numbers.Integral) and isinstance(height, numbers.Integral)) \
+            or width < 1 or height < 1:
+        raise ValueError(f"width and height must be positive ints; got {width}x{height}")
+    if mode not in FIT_MODES:
+        raise ValueError(f"mode must be one of {FIT_MODES}; got {mode!r}")
+    t, h, w, _ = clip.shape
+    if mode == "stretch":
+        return _resize(clip, height, width)
+    if mode == "crop":
+        # Crop the source to the target's aspect ratio, then resize once: the same picture as
+        # scale-then-crop, without resampling pixels that would be thrown away.
+        if w * height > h * width:  # source is wider than the target
+            cw, ch = min(w, max(1, round(h * width / height))), h
+        else:
+            cw, ch = w, min(h, max(1, round(w * height / width)))
+        y0, x0 = (h - ch) // 2, (w - cw) // 2
+        return _resize(clip[:, y0 : y0 + ch, x0 : x0 + cw], height, width)
+    scale = min(width / w, height / h)
+    fw, fh = min(width, max(1, round(w * scale))), min(height, max(1, round(h * scale)))
+    out = np.zeros((t, height, width, 3), np.uint8)
+    y0, x0 = (height - fh) // 2, (width - fw) // 2
+    out[:, y0 : y0 + fh, x0 : x0 + fw] = _resize(clip, fh, fw)
+    return out
+
+
+def resample_fps(frames: Any, src_fps: float, dst_fps: float) -> Any:
+    """Change a clip's frame rate by picking frames, keeping its duration.
+
+    Output frame k shows time k / dst_fps and takes the latest source frame at or before it; the
+    output has round(T * dst_fps / src_fps) frames (at least 1), so 60 frames of 29.97 fps footage
+    (2.002 s) become 16 frames at 8 fps. Works on numpy arrays and torch tensors (same type back).
+    """
+    if not (src_fps > 0 and dst_fps > 0):
+        raise ValueError(f"fps must be positive; got src_fps={src_fps}, dst_fps={dst_fps}")
+    t = len(frames)
+    if t == 0:
+        raise ValueError("frames is empty")
+    n = max(1, round(t * float(dst_fps) / float(src_fps)))
+    # The 1e-6 keeps exact multiples (24 -> 8 fps: 3.0) from flooring to the frame before.
+    idx = np.minimum(np.floor(np.arange(n) * (float(src_fps) / float(dst_fps)) + 1e-6), t - 1)
+    idx = idx.astype(np.int64)
+    if isinstance(frames, torch.Tensor):
+        return frames[torch.from_numpy(idx).to(frames.device)]
+    return np.asarray(frames)[idx]
+
+
+def thumbnail(frames: Any, *, index: int | None = None, max_side: int | None = None) -> np.ndarray:
+    """One representative frame (H, W, 3) uint8: the middle one unless ``index`` is given, shrunk so
+    its longer side is at most ``max_side`` (aspect ratio kept; never enlarged)."""
+    t = len(frames)
+    if t == 0:
+        raise ValueError("frames is empty")
+    i = t // 2 if index is None else index
+    if not -t <= i < t:
+        raise IndexError(f"index {i} out of range for {t} frames")
+    i %= t
+    frame = _as_uint8_frames(frames[i : i + 1])
+    if max_side is not None:
+        if max_side < 1:
+            raise ValueError(f"max_side must be >= 1; got {max_side}")
+        _, h, w, _ = frame.shape
+        if max(h, w) > max_side:
+            s = max_side / max(h, w)
+            frame = _resize(frame, max(1, round(h * s)), max(1, round(w * s)))
+    return frame[0]
+
+
+def sprite_sheet(frames: Any, *, columns: int | None = None, count: int = 16,
+                 tile_width: int | None = None) -> np.ndarray:
+    """A grid of ``count`` evenly spaced frames (first and last included), row by row, as one
+    (rows * th, columns * tw, 3) uint8 image; unused cells are black. ``columns`` defaults to a
+    near-square grid; ``tile_width`` shrinks each tile (aspect ratio kept)."""
+    t = len(frames)
+    if t == 0:
+        raise ValueError("frames is empty")
+    if count < 1 or (columns is not None and columns < 1) or (tile_width is not None and tile_width < 1):
+        raise ValueError("count, columns and tile_width must be >= 1")
+    n = min(count, t)
+    idx = np.linspace(0, t - 1, n).round().astype(np.int64)
+    picked = frames[torch.from_numpy(idx)] if isinstance(frames, torch.Tensor) else np.asarray(frames)[idx]
+    tiles = _as_uint8_frames(picked)
+    _, h, w, _ = tiles.shape
+    if tile_width is not None:
+        h, w = max(1, round(h * tile_width / w)), tile_width
+        tiles = _resize(tiles, h, w)
+    cols = columns or math.ceil(math.sqrt(n))
+    rows = math.ceil(n / cols)
+    sheet = np.zeros((rows * h, cols * w, 3), np.uint8)
+    for k, tile in enumerate(tiles):
+        r, c = divmod(k, cols)
+        sheet[r * h : (r + 1) * h, c * w : (c + 1) * w] = tile
+    return sheet

@@ -1,0 +1,448 @@
+"""Tests for moviola.video_io: round trips through every container, the awkward files real data has
+(29.97 fps, B-frames, odd sizes, rotation, truncation), atomic writes, and the clip reshaping helpers.
+
+All footage is made on the fly in tmp_path; clips are tiny so the whole file runs in seconds.
+"""
+
+from __future__ import annotations
+
+import pickle
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from moviola import video_io
+from moviola.video_io import (
+    Video,
+    VideoError,
+    atomic_path,
+    atomic_write_bytes,
+    encode_image,
+    fit_frames,
+    probe_video,
+    read_image,
+    read_video,
+    resample_fps,
+    sprite_sheet,
+    thumbnail,
+    write_frames_png,
+    write_image,
+    write_video,
+)
+
+NTSC = 30000 / 1001
+
+
+# --- footage ----------------------------------------------------------------------------------------
+
+def gradient_clip(t: int = 16, h: int = 48, w: int = 64) -> np.ndarray:
+    """(t, h, w, 3) uint8: a smooth gradient with a red square moving left to right (easy to encode
+    almost losslessly, and the square's position tells frames apart)."""
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
+    base = np.stack([xx * 255 / max(w - 1, 1), yy * 255 / max(h - 1, 1), np.full_like(xx, 96.0)], -1)
+    frames = np.repeat(base[None], t, axis=0)
+    side = max(4, min(h, w) // 4)
+    for k in range(t):
+        x0 = k * (w - side) // max(t - 1, 1)
+        frames[k, h // 4 : h // 4 + side, x0 : x0 + side] = (230, 30, 30)
+    return frames.round().astype(np.uint8)
+
+
+def square_x(frame: np.ndarray) -> float:
+    """Column centre of the red square (red high, blue low: the background's blue is a flat 96)."""
+    mask = (frame[..., 0].astype(int) > 180) & (frame[..., 2].astype(int) < 60)
+    return float(np.nonzero(mask)[1].mean())
+
+
+def write_raw(path: Path, frames: np.ndarray, rate: Fraction | int, *, codec: str = "libx264",
+              pix_fmt: str = "yuv420p", options: dict[str, str] | None = None,
+              rotation: int | None = None) -> Path:
+    """Write with plain PyAV, independently of write_video (moov at the end of mp4s, any codec)."""
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(codec, rate=rate, options=options or {})
+        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], pix_fmt
+        if rotation is not None:
+            stream.set_display_rotation(rotation)
+        for i, rgb in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+            frame.pts = i
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    return path
+
+
+def mean_abs_diff(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.abs(a.astype(np.int16) - b.astype(np.int16)).mean())
+
+
+def sine(seconds: float = 1.0, rate: int = 16000, hz: float = 440.0) -> np.ndarray:
+    return (0.5 * np.sin(2 * np.pi * hz * np.arange(round(seconds * rate)) / rate)).astype(np.float32)
+
+
+def dominant_hz(audio: np.ndarray, rate: int) -> float:
+    spectrum = np.abs(np.fft.rfft(audio))
+    return float(np.fft.rfftfreq(len(audio), 1 / rate)[spectrum.argmax()])
+
+
+# --- round trips ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("fps, expected", [
+    (8, 8.0), (29.97, NTSC), (Fraction(30000, 1001), NTSC), (12.5, 12.5), (23.976, 24000 / 1001),
+])
+def test_mp4_round_trip_keeps_count_fps_and_pixels(tmp_path, fps, expected):
+    clip = gradient_clip()
+    path = write_video(tmp_path / "clip.mp4", clip, fps)
+    video = read_video(path)
+    assert isinstance(video, Video)
+    assert video.frames.shape == clip.shape and video.frames.dtype == np.uint8
+    assert video.fps == pytest.approx(expected, abs=1e-6)
+    assert video.duration == pytest.approx(len(clip) / expected)
+    assert mean_abs_diff(video.frames, clip) < 3.0
+    assert [square_x(f) for f in video.frames] == sorted(square_x(f) for f in video.frames)
+
+
+def test_default_quality_is_smaller_but_close(tmp_path):
+    clip = gradient_clip(t=8, h=64, w=96)
+    high = write_video(tmp_path / "high.mp4", clip, 8)
+    default = write_video(tmp_path / "default.mp4", clip, 8, quality="default")
+    assert default.stat().st_size < high.stat().st_size
+    assert mean_abs_diff(read_video(default).frames, clip) < 6.0
+    with pytest.raises(ValueError, match="quality"):
+        write_video(tmp_path / "x.mp4", clip, 8, quality="ultra")
+
+
+def test_webm_round_trip(tmp_path):
+    clip = gradient_clip(t=12)
+    video = read_video(write_video(tmp_path / "clip.webm", clip, 29.97, metadata={"prompt": "a ball"}))
+    assert video.frames.shape == clip.shape
+    assert video.fps == pytest.approx(NTSC, abs=1e-6)
+    assert mean_abs_diff(video.frames, clip) < 4.0
+    assert video.metadata["prompt"] == "a ball"  # matroska upper-cases tag names; we lower them
+    assert probe_video(tmp_path / "clip.webm")["codec"] in ("vp9", "vp8")
+
+
+def test_gif_round_trip_keeps_every_frame(tmp_path):
+    clip = gradient_clip(t=12)
+    clip[5] = clip[4]  # identical neighbours must stay two frames (some GIF writers merge them)
+    video = read_video(write_video(tmp_path / "clip.gif", clip, 8))
+    assert video.frames.shape == clip.shape
+    assert video.fps == pytest.approx(8.0, abs=0.05)
+    assert mean_abs_diff(video.frames, clip) < 8.0
+    assert abs(square_x(video.frames[7]) - square_x(clip[7])) < 1.0
+
+
+@pytest.mark.parametrize("ext", [".mov", ".mkv"])
+def test_mov_and_mkv_round_trip(tmp_path, ext):
+    clip = gradient_clip(t=10)
+    video = read_video(write_video(tmp_path / f"clip{ext}", clip, 24))
+    assert video.frames.shape == clip.shape
+    assert video.fps == pytest.approx(24.0)
+    assert mean_abs_diff(video.frames, clip) < 3.0
+
+
+def test_reads_files_from_other_writers(tmp_path):
+    """mkv and avi with MPEG-4 part 2: a different codec, container and timestamp scheme."""
+    clip = gradient_clip(t=10)
+    for name in ("other.mkv", "other.avi"):
+        path = write_raw(tmp_path / name, clip, 10, codec="mpeg4", options={"qscale": "2"})
+        video = read_video(path)
+        assert video.frames.shape == clip.shape
+        assert video.fps == pytest.approx(10.0)
+        assert mean_abs_diff(video.frames, clip) < 8.0
+
+
+def test_png_single_frame_and_multi_frame_refused(tmp_path):
+    clip = gradient_clip(t=2)
+    path = write_video(tmp_path / "still.png", clip[:1], 8)
+    assert np.array_equal(read_image(path), clip[0])  # PNG is lossless
+    with pytest.raises(VideoError, match="one frame"):
+        write_video(tmp_path / "two.png", clip, 8)
+    assert not (tmp_path / "two.png").exists()
+
+
+def test_accepts_torch_and_float_frames(tmp_path):
+    clip = gradient_clip(t=6)
+    from_torch = read_video(write_video(tmp_path / "t.mp4", torch.from_numpy(clip), 8)).frames
+    from_float = read_video(write_video(tmp_path / "f.mp4", clip / 255.0, 8)).frames
+    assert mean_abs_diff(from_torch, clip) < 3.0
+    assert mean_abs_diff(from_float, from_torch) < 1.0
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):  # a [-1, 1] tensor passed by mistake
+        write_video(tmp_path / "bad.mp4", clip / 127.5 - 1.0, 8)
+    for bad in (clip[0], clip[..., :2], clip.astype(np.complex64), clip[:0]):
+        with pytest.raises(ValueError):
+            write_video(tmp_path / "bad.mp4", bad, 8)
+    assert list(tmp_path.glob("bad*")) == [] and list(tmp_path.glob(".bad*")) == []
+
+
+# --- real-world awkwardness -------------------------------------------------------------------------
+
+def test_camera_style_clip_with_b_frames_reads_in_presentation_order(tmp_path):
+    """853x363 (2.35:1, odd sizes) at 30000/1001 fps with B-frames: frame k draws a bar at x=20+30k."""
+    t, h, w = 24, 363, 853
+    yy, xx = np.mgrid[0:h, 0:w]
+    background = np.stack([(xx // 4) % 64, (yy // 4) % 64, np.full_like(xx, 40)], -1).astype(np.uint8)
+    clip = np.repeat(background[None], t, axis=0)
+    for k in range(t):
+        clip[k, :, 20 + 30 * k : 28 + 30 * k] = 255
+    # yuv444p because H.264 4:2:0 cannot store odd sizes. b-adapt=0 forces the two B-frames per
+    # group: left to choose, x264 sees jumping bars and uses none.
+    path = write_raw(tmp_path / "camera.mp4", clip, Fraction(30000, 1001), pix_fmt="yuv444p",
+                     options={"crf": "18", "preset": "veryfast", "x264-params": "bframes=2:b-adapt=0"})
+    with av.open(str(path)) as container:  # decode order really differs from presentation order
+        stored_pts = [p.pts for p in container.demux(video=0) if p.pts is not None]
+    assert stored_pts != sorted(stored_pts)
+
+    video = read_video(path)
+    assert video.frames.shape == (t, h, w, 3)
+    assert video.fps == pytest.approx(NTSC, abs=1e-6)
+    bars = [int(np.argmax(frame.astype(int).sum(axis=(0, 2)))) for frame in video.frames]
+    assert bars == sorted(bars) and len(set(bars)) == t
+    assert all(20 + 30 * k <= x < 28 + 30 * k for k, x in enumerate(bars))
+
+    info = probe_video(path)
+    assert (info["width"], info["height"], info["num_frames"]) == (w, h, t)
+    assert info["fps"] == pytest.approx(NTSC) and info["duration"] == pytest.approx(t / NTSC, abs=1e-3)
+    for mode in ("crop", "pad", "stretch"):
+        assert fit_frames(video.frames, 64, 64, mode=mode).shape == (t, 64, 64, 3)
+        assert fit_frames(video.frames, 96, 64, mode=mode).shape == (t, 64, 96, 3)
+
+
+def test_odd_size_write_pads_to_even_by_repeating_edges(tmp_path):
+    clip = gradient_clip(t=6, h=37, w=63)
+    video = read_video(write_video(tmp_path / "odd.mp4", clip, 8))
+    assert video.frames.shape == (6, 38, 64, 3)
+    assert mean_abs_diff(video.frames[:, :37, :63], clip) < 3.0
+    assert mean_abs_diff(video.frames[:, 37, :63], clip[:, 36]) < 4.0  # padded row = last row
+    assert mean_abs_diff(video.frames[:, :37, 63], clip[:, :, 62]) < 4.0
+
+
+def test_display_rotation_is_applied(tmp_path):
+    clip = np.zeros((3, 32, 48, 3), np.uint8)
+    clip[:, :16, :24] = 255  # white top-left quadrant of a landscape frame
+    path = write_raw(tmp_path / "phone.mp4", clip, 8, rotation=90)
+    video = read_video(path)
+    assert video.frames.shape == (3, 48, 32, 3)  # 90 degrees counter-clockwise: portrait
+    assert video.frames[0, 40, 8].mean() > 200 and video.frames[0, 8, 8].mean() < 50  # now bottom-left
+    info = probe_video(path)
+    assert (info["width"], info["height"], info["rotation"]) == (32, 48, 90)
+
+
+def test_time_range_and_max_frames(tmp_path):
+    clip = gradient_clip(t=16)
+    path = write_video(tmp_path / "clip.mp4", clip, 8)
+    full = read_video(path).frames
+    part = read_video(path, start=0.5, end=1.5).frames  # frames 4..11
+    assert part.shape[0] == 8 and np.array_equal(part, full[4:12])
+    assert np.array_equal(read_video(path, max_frames=5).frames, full[:5])
+    assert np.array_equal(read_video(path, start=1.0, max_frames=3).frames, full[8:11])
+    with pytest.raises(VideoError, match="no frames in the requested time range"):
+        read_video(path, start=5.0)
+    with pytest.raises(ValueError):
+        read_video(path, start=1.0, end=0.5)
+
+
+@pytest.mark.parametrize("ext", [".mp4", ".webm"])
+def test_audio_round_trip(tmp_path, ext):
+    path = write_video(tmp_path / f"talk{ext}", gradient_clip(t=8), 8, audio=sine(), sample_rate=16000)
+    video = read_video(path, with_audio=True)
+    assert video.audio is not None and video.audio.dtype == np.float32 and video.audio.ndim == 1
+    assert len(video.audio) / video.sample_rate == pytest.approx(1.0, rel=0.05)
+    assert dominant_hz(video.audio, video.sample_rate) == pytest.approx(440.0, abs=5.0)
+    assert np.abs(video.audio).max() <= 1.0
+    assert read_video(path).audio is None  # audio only on request
+    assert probe_video(path)["has_audio"] is True
+    half = read_video(path, end=0.5, with_audio=True)  # audio is cut to the requested window
+    assert len(half.audio) / half.sample_rate == pytest.approx(0.5, rel=0.05)
+
+
+def test_audio_refused_for_gif(tmp_path):
+    with pytest.raises(VideoError, match="audio"):
+        write_video(tmp_path / "a.gif", gradient_clip(t=2), 8, audio=sine(0.1))
+
+
+def test_mp4_metadata_round_trip(tmp_path):
+    tags = {"prompt": "a red ball bounces", "seed": 42, "model": "moviola-tiny"}
+    video = read_video(write_video(tmp_path / "clip.mp4", gradient_clip(t=4), 8, metadata=tags))
+    assert {k: video.metadata.get(k) for k in tags} == {k: str(v) for k, v in tags.items()}
+
+
+# --- atomic writes ----------------------------------------------------------------------------------
+
+def test_failed_write_leaves_no_target_and_no_temp_files(tmp_path, monkeypatch):
+    target = tmp_path / "out.mp4"
+    target.write_bytes(b"previous good file")
+    calls = {"n": 0}
+    real = video_io._rgb_frame
+
+    def flaky(rgb):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise RuntimeError("encoder exploded")
+        return real(rgb)
+
+    monkeypatch.setattr(video_io, "_rgb_frame", flaky)
+    with pytest.raises(RuntimeError, match="exploded"):
+        write_video(target, gradient_clip(t=8), 8)
+    assert calls["n"] == 4  # it failed midway, after some frames were written
+    assert target.read_bytes() == b"previous good file"  # the old file is untouched
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.mp4"]
+
+    monkeypatch.undo()
+    fresh = tmp_path / "fresh.mp4"
+    with pytest.raises(ValueError):  # wrong shape: nothing written at all
+        write_video(fresh, np.zeros((4, 16, 16), np.uint8), 8)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.mp4"]
+
+
+def test_atomic_helpers(tmp_path):
+    path = atomic_write_bytes(tmp_path / "sub" / "ckpt.bin", b"abc", fsync=True)
+    assert path.read_bytes() == b"abc"
+    with pytest.raises(KeyError):
+        with atomic_path(tmp_path / "sub" / "ckpt.bin") as tmp:
+            assert tmp.parent == path.parent and tmp.suffix == ".bin" and tmp.name.startswith(".ckpt.")
+            tmp.write_bytes(b"half")
+            raise KeyError("crash")
+    assert path.read_bytes() == b"abc"
+    assert sorted(p.name for p in path.parent.iterdir()) == ["ckpt.bin"]
+
+
+# --- errors -----------------------------------------------------------------------------------------
+
+def _truncated_mp4(tmp_path: Path) -> Path:
+    whole = write_raw(tmp_path / "whole.mp4", gradient_clip(t=24), 8)  # PyAV puts moov at the end
+    data = whole.read_bytes()
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(data[: int(len(data) * 0.4)])
+    return cut
+
+
+@pytest.mark.parametrize("make, problem", [
+    (lambda d: d / "missing.mp4", "no such file"),
+    (lambda d: (d / "folder.mp4").mkdir() or d / "folder.mp4", "directory"),
+    (lambda d: (d / "empty.mp4").write_bytes(b"") and d / "empty.mp4" or d / "empty.mp4", "empty file"),
+    (lambda d: (d / "notes.mp4").write_text("just some text\n" * 50) and d / "notes.mp4",
+     "not a video"),
+    (_truncated_mp4, "truncated or corrupt"),
+    (lambda d: Image.new("RGB", (32, 24), "red").save(d / "photo.png") or d / "photo.png",
+     "not a video: no video stream"),
+    (lambda d: Image.new("RGB", (32, 24), "red").save(d / "photo.jpg") or d / "photo.jpg",
+     "not a video: no video stream"),
+])
+def test_bad_inputs_raise_video_error_naming_the_file(tmp_path, make, problem):
+    path = make(tmp_path)
+    for reader in (read_video, probe_video):
+        with pytest.raises(VideoError) as info:
+            reader(path)
+        assert problem in str(info.value)
+        assert path.name in str(info.value) and info.value.path == str(path)
+
+
+def test_unknown_extension_is_refused(tmp_path):
+    with pytest.raises(VideoError, match=r"\.mp4.*\.webm"):
+        write_video(tmp_path / "clip.avi", gradient_clip(t=2), 8)
+    with pytest.raises(VideoError, match="jpg"):
+        write_image(tmp_path / "x.tiff", gradient_clip(t=1)[0])
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_video_error_shape_and_pickling():
+    err = VideoError("clip.mp4", "truncated or corrupt video (no decodable frames)")
+    assert str(err) == "clip.mp4: truncated or corrupt video (no decodable frames)"
+    again = pickle.loads(pickle.dumps(err))
+    assert (again.path, again.problem) == (err.path, err.problem)
+
+
+# --- images -----------------------------------------------------------------------------------------
+
+def test_images_read_write_encode(tmp_path):
+    image = gradient_clip(t=1, h=24, w=40)[0]
+    assert np.array_equal(read_image(write_image(tmp_path / "a.png", image)), image)
+    assert mean_abs_diff(read_image(write_image(tmp_path / "a.jpg", image)), image) < 4.0
+    for fmt, pil_name in (("png", "PNG"), ("jpeg", "JPEG"), ("webp", "WEBP")):
+        with Image.open(__import__("io").BytesIO(encode_image(image, fmt))) as im:
+            assert (im.format, im.size) == (pil_name, (40, 24))
+    for mode in ("RGBA", "L", "P", "LA"):
+        Image.new(mode, (10, 6)).save(tmp_path / f"{mode}.png")
+        out = read_image(tmp_path / f"{mode}.png")
+        assert out.shape == (6, 10, 3) and out.dtype == np.uint8
+    (tmp_path / "text.png").write_text("hello")
+    with pytest.raises(VideoError, match="text.png: not an image"):
+        read_image(tmp_path / "text.png")
+    with pytest.raises(VideoError, match="no such file"):
+        read_image(tmp_path / "nope.png")
+
+
+def test_write_frames_png(tmp_path):
+    clip = gradient_clip(t=3, h=16, w=16)
+    paths = write_frames_png(tmp_path / "frames", clip)
+    assert [p.name for p in paths] == ["frame_00000.png", "frame_00001.png", "frame_00002.png"]
+    assert all(np.array_equal(read_image(p), f) for p, f in zip(paths, clip))
+
+
+# --- reshaping clips --------------------------------------------------------------------------------
+
+def test_fit_frames_modes_keep_the_right_content():
+    # A 2.35:1 frame in three vertical bands, red | green | blue; green covers the centre 363x363.
+    clip = np.zeros((2, 363, 853, 3), np.uint8)
+    clip[:, :, :200, 0] = 255
+    clip[:, :, 200:653, 1] = 255
+    clip[:, :, 653:, 2] = 255
+    crop = fit_frames(clip, 64, 64)  # centre crop of a wide frame: all green
+    assert crop.shape == (2, 64, 64, 3) and crop[..., 1].min() > 200 and crop[..., 0].max() < 30
+    pad = fit_frames(clip, 64, 64, mode="pad")  # letterbox: black bars above and below
+    assert pad[:, :10].max() == 0 and pad[:, -10:].max() == 0
+    assert pad[0, 32, 2, 0] > 200 and pad[0, 32, 32, 1] > 200 and pad[0, 32, 61, 2] > 200
+    stretch = fit_frames(clip, 96, 64, mode="stretch")  # all three bands survive, squeezed
+    assert stretch.shape == (2, 64, 96, 3)
+    assert stretch[0, 32, 5, 0] > 200 and stretch[0, 32, 48, 1] > 200 and stretch[0, 32, 90, 2] > 200
+    tall = fit_frames(clip[:, :, 300:500], 16, 64)  # narrow source into a tall target
+    assert tall.shape == (2, 64, 16, 3)
+    up = fit_frames(gradient_clip(t=1, h=9, w=7), 70, 90)  # upscaling tiny sources works too
+    assert up.shape == (1, 90, 70, 3)
+    with pytest.raises(ValueError):
+        fit_frames(clip, 64, 64, mode="zoom")
+
+
+def test_resample_fps_picks_frames_by_time():
+    clip = np.arange(60, dtype=np.uint8)[:, None, None, None] * np.ones((1, 2, 2, 3), np.uint8)
+    out = resample_fps(clip, NTSC, 8)
+    assert len(out) == round(60 / NTSC * 8) == 16
+    picked = out[:, 0, 0, 0].astype(int)
+    assert picked[0] == 0 and np.all(np.diff(picked) > 0)
+    assert list(picked) == [int(np.floor(k * NTSC / 8)) for k in range(16)]
+    assert list(resample_fps(clip[:4], 8, 24)[:, 0, 0, 0]) == [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3]
+    as_tensor = resample_fps(torch.from_numpy(clip), 24, 8)
+    assert isinstance(as_tensor, torch.Tensor) and as_tensor[:, 0, 0, 0].tolist() == list(range(0, 60, 3))
+
+
+def test_thumbnail_and_sprite_sheet():
+    clip = gradient_clip(t=10, h=48, w=64)
+    assert np.array_equal(thumbnail(clip), clip[5])
+    assert np.array_equal(thumbnail(clip, index=-1), clip[9])
+    small = thumbnail(torch.from_numpy(clip), max_side=32)
+    assert small.shape == (24, 32, 3) and small.dtype == np.uint8
+    assert thumbnail(clip, max_side=500).shape == (48, 64, 3)  # never enlarged
+    with pytest.raises(IndexError):
+        thumbnail(clip, index=10)
+
+    sheet = sprite_sheet(clip)  # 10 frames -> 4x3 grid of full-size tiles, first and last included
+    assert sheet.shape == (3 * 48, 4 * 64, 3)
+    assert np.array_equal(sheet[:48, :64], clip[0]) and np.array_equal(sheet[96:, 64:128], clip[9])
+    assert sheet[96:, 128:].max() == 0  # unused cells are black
+    sheet = sprite_sheet(clip, columns=2, count=4, tile_width=32)
+    assert sheet.shape == (2 * 24, 2 * 32, 3)
+
+
+def test_probe_video_fields(tmp_path):
+    path = write_video(tmp_path / "clip.mp4", gradient_clip(t=20), 29.97, audio=sine(0.5))
+    info = probe_video(path)
+    assert (info["width"], info["height"], info["num_frames"]) == (64, 48, 20)
+    assert info["fps"] == pytest.approx(NTSC) and info["duration"] == pytest.approx(20 / NTSC, abs=1e-3)
+    assert info["codec"] == "h264" and info["has_audio"] is True and info["rotation"] == 0
+    webm = probe_video(write_video(tmp_path / "clip.webm", gradient_clip(t=20), 10, audio=sine(3.0)))
+    assert webm["num_frames"] == 20 and webm["duration"] == pytest.approx(2.0, abs=0.01)  # not 3 s
