@@ -260,6 +260,18 @@ def test_audio_round_trip(tmp_path, ext):
     assert len(half.audio) / half.sample_rate == pytest.approx(0.5, rel=0.05)
 
 
+def test_audio_follows_the_requested_time_window(tmp_path):
+    rate = 16000
+    track = np.concatenate([sine(1.0, rate, 440.0), sine(1.0, rate, 880.0)])  # 440 Hz, then 880 Hz
+    path = write_video(tmp_path / "two_tones.mp4", gradient_clip(t=16), 8, audio=track, sample_rate=rate)
+    second = read_video(path, start=1.0, with_audio=True)
+    assert second.num_frames == 8
+    assert dominant_hz(second.audio, second.sample_rate) == pytest.approx(880.0, abs=5.0)
+    first = read_video(path, end=1.0, with_audio=True)
+    assert len(first.audio) == pytest.approx(rate, rel=0.02)
+    assert dominant_hz(first.audio, first.sample_rate) == pytest.approx(440.0, abs=5.0)
+
+
 def test_audio_refused_for_gif(tmp_path):
     with pytest.raises(VideoError, match="audio"):
         write_video(tmp_path / "a.gif", gradient_clip(t=2), 8, audio=sine(0.1))
@@ -313,33 +325,52 @@ def test_atomic_helpers(tmp_path):
 
 # --- errors -----------------------------------------------------------------------------------------
 
-def _truncated_mp4(tmp_path: Path) -> Path:
-    whole = write_raw(tmp_path / "whole.mp4", gradient_clip(t=24), 8)  # PyAV puts moov at the end
-    data = whole.read_bytes()
-    cut = tmp_path / "cut.mp4"
-    cut.write_bytes(data[: int(len(data) * 0.4)])
-    return cut
+def make_bad_file(kind: str, folder: Path) -> Path:
+    """A file (or non-file) that read_video must refuse, named after what is wrong with it."""
+    path = folder / {"png": "photo.png", "jpeg": "photo.jpg"}.get(kind, f"{kind}.mp4")
+    if kind == "directory":
+        path.mkdir()
+    elif kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "text":
+        path.write_text("just some text\n" * 50)
+    elif kind == "truncated":  # PyAV puts the mp4 index (moov) at the end, so 40% has none
+        whole = write_raw(folder / "whole.mp4", gradient_clip(t=24), 8)
+        path.write_bytes(whole.read_bytes()[: int(whole.stat().st_size * 0.4)])
+    elif kind in ("png", "jpeg"):
+        Image.new("RGB", (32, 24), "red").save(path)
+    return path  # "missing": nothing is created
 
 
-@pytest.mark.parametrize("make, problem", [
-    (lambda d: d / "missing.mp4", "no such file"),
-    (lambda d: (d / "folder.mp4").mkdir() or d / "folder.mp4", "directory"),
-    (lambda d: (d / "empty.mp4").write_bytes(b"") and d / "empty.mp4" or d / "empty.mp4", "empty file"),
-    (lambda d: (d / "notes.mp4").write_text("just some text\n" * 50) and d / "notes.mp4",
-     "not a video"),
-    (_truncated_mp4, "truncated or corrupt"),
-    (lambda d: Image.new("RGB", (32, 24), "red").save(d / "photo.png") or d / "photo.png",
-     "not a video: no video stream"),
-    (lambda d: Image.new("RGB", (32, 24), "red").save(d / "photo.jpg") or d / "photo.jpg",
-     "not a video: no video stream"),
+@pytest.mark.parametrize("kind, problem", [
+    ("missing", "no such file"),
+    ("directory", "is a directory"),
+    ("empty", "empty file"),
+    ("text", "not a video"),
+    ("truncated", "truncated or corrupt video"),
+    ("png", "not a video: no video stream"),
+    ("jpeg", "not a video: no video stream"),
 ])
-def test_bad_inputs_raise_video_error_naming_the_file(tmp_path, make, problem):
-    path = make(tmp_path)
+def test_bad_inputs_raise_video_error_naming_the_file(tmp_path, kind, problem):
+    path = make_bad_file(kind, tmp_path)
     for reader in (read_video, probe_video):
         with pytest.raises(VideoError) as info:
             reader(path)
         assert problem in str(info.value)
         assert path.name in str(info.value) and info.value.path == str(path)
+
+
+@pytest.mark.parametrize("ext", [".webm", ".mkv", ".mp4"])
+def test_cut_off_file_is_reported_not_silently_shortened(tmp_path, ext):
+    """Matroska, and mp4 with its index in front (write_video's faststart), decode without error up
+    to a cut; the stream duration in the header gives it away."""
+    whole = write_video(tmp_path / f"whole{ext}", gradient_clip(t=32), 8)
+    assert read_video(whole).num_frames == 32
+    cut = tmp_path / f"cut{ext}"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    with pytest.raises(VideoError, match=f"cut{ext}: truncated or corrupt video"):
+        read_video(cut)
+    assert read_video(cut, max_frames=4).num_frames == 4  # the intact part is still readable
 
 
 def test_unknown_extension_is_refused(tmp_path):

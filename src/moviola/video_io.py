@@ -290,8 +290,9 @@ def _write_av(tmp: Path, target: Path, frames: np.ndarray, rate: Fraction, audio
     ext = target.suffix.lower()
     frames = _pad_to_even(frames)
     t, h, w, _ = frames.shape
-    # Without use_metadata_tags the mp4/mov muxer drops every key it has no atom for.
-    options = {"movflags": "use_metadata_tags"} if ext in (".mp4", ".mov") else {}
+    # Without use_metadata_tags the mp4/mov muxer drops every key it has no atom for; faststart
+    # moves the index (moov) to the front so browsers can play a served file while it downloads.
+    options = {"movflags": "use_metadata_tags+faststart"} if ext in (".mp4", ".mov") else {}
     with av.open(str(tmp), "w", options=options) as container:
         for key, value in metadata.items():
             container.metadata[key] = value
@@ -551,6 +552,22 @@ def _stream_fps(container: Any, stream: Any) -> float | None:
     return None
 
 
+def _stream_duration(container: Any, stream: Any, *, allow_container: bool = True) -> float | None:
+    """Seconds of the video stream: its own duration, else matroska's per-stream DURATION tag
+    ("00:00:01.334000000"), else (if allowed) the container's, which may include a longer audio
+    track."""
+    if stream.duration and stream.time_base:
+        return float(stream.duration * stream.time_base)
+    tag = stream.metadata.get("DURATION") or stream.metadata.get("duration")
+    if tag:
+        with contextlib.suppress(ValueError):
+            hours, minutes, seconds = tag.split(":")
+            return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
+    if allow_container and container.duration:
+        return container.duration / av.time_base
+    return None
+
+
 def _container_metadata(container: Any) -> dict[str, str]:
     tags = {str(k): str(v) for k, v in container.metadata.items()}
     if "matroska" in container.format.name:  # matroska stores tag names upper-case
@@ -588,7 +605,7 @@ def _decode_frames(path: Path, container: Any, stream: Any, fps: float | None, s
                 break
             if size is None:
                 size = (frame.width, frame.height)
-                turns = round((frame.rotation or 0) / 90) % 4
+                turns = round((getattr(frame, "rotation", 0) or 0) / 90) % 4
             if (frame.width, frame.height) == size:
                 rgb = frame.to_ndarray(format="rgb24")
             else:  # resolution changed mid-stream: keep one shape for the whole clip
@@ -661,7 +678,8 @@ def read_video(path: PathLike, *, max_frames: int | None = None, start: float = 
     Returns:
         A Video in presentation order (B-frames are reordered by the decoder). fps comes from the
         container (29.97 footage gives 30000/1001 as a float), else frame timestamps, else 8.
-        Raises VideoError for missing, empty, non-video, truncated or undecodable files.
+        Raises VideoError for missing, empty, non-video, truncated or undecodable files, and
+        ValueError for bad arguments.
     """
     p = Path(path)
     if max_frames is not None and max_frames < 1:
@@ -675,9 +693,18 @@ def read_video(path: PathLike, *, max_frames: int | None = None, start: float = 
             frames, times = _decode_frames(p, container, stream, fps, start, end, max_frames)
             metadata = _container_metadata(container)
             origin = float((stream.start_time or 0) * stream.time_base) if stream.time_base else 0.0
+            expected = _stream_duration(container, stream, allow_container=False)
         if fps is None:  # no rate in the container: use the timestamps, else the GIF convention
             span = times[-1] - times[0]
             fps = (len(times) - 1) / span if len(times) > 1 and span > 0 else DEFAULT_FPS
+        if end is None and max_frames is None and expected:
+            # A cut-off mkv/webm (or an mp4 with its index in front) decodes without any error up
+            # to the cut; only the duration in its header tells. The margin tolerates headers that
+            # are off by a few frames but catches an interrupted download.
+            covered = times[-1] + 1.0 / fps
+            if expected - covered > max(0.5, 0.1 * expected):
+                raise VideoError(p, f"truncated or corrupt video (frames stop at {covered:.2f} s "
+                                    f"of {expected:.2f} s)")
         audio = sample_rate = None
         if with_audio:
             whole = end is None and max_frames is None
@@ -691,21 +718,6 @@ def read_video(path: PathLike, *, max_frames: int | None = None, start: float = 
     except (av.FFmpegError, OSError) as e:  # anything the steps above did not classify
         raise VideoError(p, f"truncated or corrupt video ({_reason(e)})") from None
     return Video(frames=frames, fps=fps, audio=audio, sample_rate=sample_rate, metadata=metadata)
-
-
-def _stream_duration(container: Any, stream: Any) -> float | None:
-    """Seconds of the video stream: its own duration, else matroska's per-stream DURATION tag
-    ("00:00:01.334000000"), else the container's (which may include a longer audio track)."""
-    if stream.duration and stream.time_base:
-        return float(stream.duration * stream.time_base)
-    tag = stream.metadata.get("DURATION") or stream.metadata.get("duration")
-    if tag:
-        with contextlib.suppress(ValueError):
-            hours, minutes, seconds = tag.split(":")
-            return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
-    if container.duration:
-        return container.duration / av.time_base
-    return None
 
 
 def probe_video(path: PathLike) -> dict[str, Any]:
@@ -732,7 +744,7 @@ def probe_video(path: PathLike) -> dict[str, Any]:
                 raise VideoError(p, f"truncated or corrupt video ({_reason(e)})") from None
             if first is None:
                 raise VideoError(p, "truncated or corrupt video (no decodable frames)")
-            rotation = int(round((first.rotation or 0) / 90) % 4 * 90)
+            rotation = int(round((getattr(first, "rotation", 0) or 0) / 90) % 4 * 90)
             width, height = first.width, first.height
             if rotation in (90, 270):
                 width, height = height, width

@@ -189,7 +189,6 @@ def _occlusion_bystander(rng, pair, direction, W, H, holdout) -> tuple[ObjectSpe
         if abs((z.y if horizontal else z.x) - lane) * M > R + reach + 1.0:
             return (z,)
     return ()
-    return objects, seconds
 
 
 def sample_scene(
@@ -238,3 +237,49 @@ def sample_dataset_specs(seed: int, n: int, *, start: int = 0, **kwargs) -> Iter
     """Specs ``start .. n - 1`` of the dataset ``seed``; spec i depends only on (seed, i)."""
     for i in range(start, n):
         yield sample_scene(np.random.default_rng([seed, i]), **kwargs)
+
+
+def scene_from_prompt(prompt, rng: np.random.Generator, *, width: int = 64, height: int = 64, fps: float = 8.0,
+                      seconds: float = 2.0) -> SceneSpec:
+    """A scene that a prompt describes, with random initial conditions (and a random size where the
+    prompt gives none). Used to render ground truth for a prompt; never by generation.
+
+    Args:
+        prompt: a parsed ``caption.Prompt``.
+    Raises:
+        SpecError: the canvas or duration cannot hold the prompt (e.g. an occlusion scene that is too short).
+    """
+    from moviola.world.spec import SpecError
+
+    W, H = width, height
+    words = [(o.color, o.shape, o.size or _pick(rng, list(SIZES)), o.motion) for o in prompt.objects]
+    if prompt.behind is None:
+        objects = tuple(_place_all(rng, words, W, H))
+        return SceneSpec(objects, prompt.background, W, H, fps, seconds).validate()
+    xi, yi = prompt.behind
+    direction = words[xi][3]
+    window = _occlusion_window(direction, W, H, seconds)
+    if window is None:
+        raise SpecError(f"a {W}x{H} clip of {seconds:g} s is too short or too small for an object to move "
+                        f"{direction} behind another and come out again; try more seconds")
+    s = min(W, H)
+    horizontal = DIRECTIONS[direction][0] != 0
+    L, M = (W, H) if horizontal else (H, W)
+    start = rng.uniform(*window)
+    half = MOVE_SPEED * s * seconds / 2
+    if DIRECTIONS[direction][0] + DIRECTIONS[direction][1] < 0:
+        start_px, mid = L - start, L - start - half
+    else:
+        start_px, mid = start, start + half
+    R = SIZES[words[yi][2]] * s
+    across = rng.uniform(R, M - R) / M
+    placed = _place_all(rng, words, W, H)
+    pos = {xi: (start_px / L, across), yi: (mid / L, across)}
+    objects = []
+    for i, o in enumerate(placed):
+        if i in pos:
+            a, b = pos[i]
+            x, y = (a, b) if horizontal else (b, a)
+            o = ObjectSpec(o.color, o.shape, o.size, o.motion, x, y, o.angle)
+        objects.append(o)
+    return SceneSpec(tuple(objects), prompt.background, W, H, fps, seconds, behind=(xi, yi)).validate()
