@@ -91,6 +91,56 @@ def cmd_score(args) -> int:
     return 0
 
 
+# --- training -------------------------------------------------------------------------------------
+
+def _overrides(extra: list[str]) -> list[str]:
+    """``--optim.lr=3e-4`` or ``--optim.lr 3e-4`` flags -> ["optim.lr=3e-4"]."""
+    out, i = [], 0
+    while i < len(extra):
+        a = extra[i]
+        if not a.startswith("--"):
+            raise ConfigError(f"unexpected argument {a!r}; overrides look like --section.key=value")
+        if "=" in a:
+            out.append(a[2:])
+        elif i + 1 < len(extra):
+            out.append(f"{a[2:]}={extra[i + 1]}")
+            i += 1
+        else:
+            raise ConfigError(f"override {a!r} has no value")
+        i += 1
+    return out
+
+
+def cmd_train_vae(args, extra: list[str]) -> int:
+    from moviola.config import load_config
+    from moviola.train.vae import TrainVAEConfig, train_vae
+
+    overrides = _overrides(extra)
+    if args.out:
+        overrides.append(f"out={json.dumps(args.out)}")
+    cfg = load_config(TrainVAEConfig, args.config, overrides)
+    with progress() as bar:
+        task = bar.add_task("train vae", total=cfg.optim.steps)
+
+        def on_step(step, total, m):
+            bar.update(task, completed=step, description=f"train vae  loss {m['loss']:.4f}")
+
+        path = train_vae(cfg, on_step=on_step)
+    print(f"saved {path}", file=sys.stderr)
+    return 0
+
+
+def cmd_eval_vae(args) -> int:
+    from moviola import DEFAULT_MODEL_DIR
+    from moviola.eval.vae import evaluate_vae
+
+    model = Path(args.model) if args.model else DEFAULT_MODEL_DIR
+    if not (model / "vae.safetensors").is_file():
+        raise FileNotFoundError(f"{model}: no vae.safetensors here (pass --model DIR)")
+    print(json.dumps(evaluate_vae(model, n=args.n), indent=1))
+    return 0
+
+
 # --- parser ----------------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -124,6 +174,22 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--holdout", default="", help='attribute combinations never shown, e.g. "purple+triangle,circle+grows"')
     d.set_defaults(func=cmd_world_dataset)
 
+    train = sub.add_parser("train", help="train models (config file plus --section.key=value overrides)")
+    tsub = train.add_subparsers(dest="train_verb", required=True, metavar="MODEL")
+    tv = tsub.add_parser("vae", help="train the causal video autoencoder",
+                         description="Train the VAE. Extra flags are dotted config overrides, e.g. "
+                                     "--optim.steps=4000 --data.sizes='[[64,64]]'. Rerun to resume.")
+    tv.add_argument("--config", help="TOML config (e.g. configs/vae/default.toml)")
+    tv.add_argument("--out", help="run folder (checkpoints, logs, model); overrides the config's 'out'")
+    tv.set_defaults(func=cmd_train_vae, takes_extra=True)
+
+    ev = sub.add_parser("eval", help="evaluate models")
+    esub = ev.add_subparsers(dest="eval_verb", required=True, metavar="MODEL")
+    evv = esub.add_parser("vae", help="VAE: PSNR/SSIM on held-out world and photo clips, speed, streaming memory")
+    evv.add_argument("--model", help="model folder (default: the shipped model)")
+    evv.add_argument("--n", type=int, default=16, help="held-out world clips (photo clips: n/2)")
+    evv.set_defaults(func=cmd_eval_vae)
+
     s = sub.add_parser("score", help="score a clip against a prompt with the world scorer (JSON on stdout)")
     s.add_argument("clip", help="a video file (mp4/webm/gif/...) or a PNG")
     s.add_argument("prompt")
@@ -136,8 +202,12 @@ def main(argv: list[str] | None = None) -> int:
     from moviola.world.caption import PromptError
     from moviola.world.spec import SpecError
 
-    args = build_parser().parse_args(argv)
+    args, extra = build_parser().parse_known_args(argv)
     try:
+        if getattr(args, "takes_extra", False):
+            return args.func(args, extra) or 0
+        if extra:
+            build_parser().error(f"unrecognized arguments: {' '.join(extra)}")
         return args.func(args) or 0
     except (VideoError, PromptError, SpecError, ConfigError, FileNotFoundError, ValueError) as e:
         print(f"moviola: error: {e}", file=sys.stderr)

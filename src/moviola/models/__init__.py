@@ -1,0 +1,1 @@
+"""Moviola's networks. The video autoencoder lives in `moviola.models.vae`."""

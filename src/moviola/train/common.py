@@ -1,0 +1,132 @@
+"""Pieces every trainer shares: optimiser config, warm-up schedule, EMA, checkpoints, logging, devices.
+
+Checkpoints hold model, EMA, optimiser, step, RNG state and the resolved config, written atomically, so a
+run killed at any moment resumes from its last checkpoint and continues the same loss curve (batches are
+a pure function of the step, see ``moviola.data.clips``).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from moviola.video_io import atomic_path
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.1  # cosine decay to lr * min_lr_ratio at the last step
+    warmup_steps: int = 200
+    weight_decay: float = 0.0
+    beta1: float = 0.9
+    beta2: float = 0.99
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    batch_size: int = 8
+    steps: int = 2000
+
+
+def lr_at(step: int, cfg: OptimConfig) -> float:
+    """Linear warm-up, then cosine decay to ``lr * min_lr_ratio``."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps))
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def make_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
+    # No weight decay on gains, biases and other 1-D parameters.
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}],
+                             lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
+
+
+class EMA:
+    """Exponential moving average of a model's parameters and buffers (a frozen copy)."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.decay = decay
+        self.model = copy.deepcopy(model).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: nn.Module, step: int) -> None:
+        # Warm the average up: early on, a short memory (1 + step) / (10 + step) tracks the fast changes.
+        d = min(self.decay, (1 + step) / (10 + step))
+        for e, p in zip(self.model.parameters(), model.parameters()):
+            e.lerp_(p.detach(), 1 - d)
+        for e, b in zip(self.model.buffers(), model.buffers()):
+            e.copy_(b)
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def autocast(device: torch.device):
+    """bf16 autocast on GPUs; plain fp32 on CPUs (bf16 is far slower than fp32 on this kind of CPU)."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return torch.autocast("cpu", enabled=False)
+
+
+def save_checkpoint(path: Path, *, model: nn.Module, ema: EMA, optimizer: torch.optim.Optimizer, step: int,
+                    config: dict, extra: dict | None = None) -> None:
+    """Everything needed to resume, written atomically (temp file, then rename)."""
+    state = {
+        "model": model.state_dict(),
+        "ema": ema.model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "step": step,
+        "config": config,
+        "rng": {"torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+        "extra": extra or {},
+    }
+    with atomic_path(path, fsync=True) as tmp:
+        torch.save(state, tmp)
+
+
+def load_checkpoint(path: Path, *, model: nn.Module, ema: EMA, optimizer: torch.optim.Optimizer) -> dict:
+    """Restore a checkpoint in place; returns it (step, config, extra)."""
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    model.load_state_dict(state["model"])
+    ema.model.load_state_dict(state["ema"])
+    optimizer.load_state_dict(state["optimizer"])
+    torch.set_rng_state(state["rng"]["torch"])
+    if state["rng"].get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+    return state
+
+
+class JsonlLog:
+    """Append-only JSONL scalars (one line per logged step), flushed each write."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.t0 = time.time()
+
+    def write(self, **row) -> None:
+        row = {"time": round(time.time() - self.t0, 2), **row}
+        with open(self.path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+    def truncate_after(self, step: int) -> None:
+        """Drop lines past ``step`` (a resumed run rewrites them)."""
+        if not self.path.exists():
+            return
+        keep = [ln for ln in self.path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= step]
+        with atomic_path(self.path) as tmp:
+            tmp.write_text("".join(ln + "\n" for ln in keep))

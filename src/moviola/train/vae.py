@@ -1,0 +1,220 @@
+"""Train the causal video autoencoder.
+
+    moviola train vae --config configs/vae/default.toml [--optim.steps=4000] [--out runs/vae]
+
+Loss: L1 + a multi-scale structural (SSIM) term + a small KL, and an optional adversarial term (a
+per-frame patch discriminator with a hinge loss) behind ``loss.gan_weight > 0``. AdamW with warm-up and
+cosine decay, EMA weights, bf16 autocast on GPU. A checkpoint in ``out/ckpt.pt`` holds everything needed
+to resume; rerunning the same command resumes and continues the same loss curve. At the end the EMA
+model gets per-channel latent statistics and is saved with ``save_pretrained`` to ``out/model``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from moviola.config import save_config, to_dict
+from moviola.data.clips import ClipBatches, ClipDataConfig, eval_clips, psnr
+from moviola.models.vae import CausalVAE, VAEConfig
+from moviola.train.common import (EMA, JsonlLog, OptimConfig, autocast, load_checkpoint, lr_at, make_optimizer,
+                                  pick_device, save_checkpoint)
+
+
+@dataclass
+class VAELossConfig:
+    l1: float = 1.0
+    ssim: float = 0.2  # weight of (1 - SSIM), averaged over two scales
+    kl: float = 1e-6
+    gan_weight: float = 0.0  # > 0 turns the adversarial term on
+    gan_start: int = 1000  # step from which the adversarial term is used
+
+
+@dataclass
+class TrainVAEConfig:
+    model: VAEConfig = field(default_factory=VAEConfig)
+    data: ClipDataConfig = field(default_factory=ClipDataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    loss: VAELossConfig = field(default_factory=VAELossConfig)
+    out: str = "runs/vae"
+    device: str = "auto"
+    threads: int = 0  # torch CPU threads; 0 = torch's default
+    log_every: int = 25
+    eval_every: int = 500
+    ckpt_every: int = 250
+    stats_batches: int = 16  # batches used for the latent mean / std
+
+
+# --- losses --------------------------------------------------------------------------------------
+
+def _gauss_window(size: int = 7, sigma: float = 1.5) -> torch.Tensor:
+    x = torch.arange(size, dtype=torch.float32) - (size - 1) / 2
+    g = torch.exp(-x ** 2 / (2 * sigma ** 2))
+    return (g / g.sum())
+
+
+def ssim(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Mean SSIM of image batches (N, C, H, W) in [-1, 1] (data range 2), separable Gaussian window."""
+    c1, c2 = (0.01 * 2) ** 2, (0.03 * 2) ** 2
+    g = _gauss_window().to(a)
+    C = a.shape[1]
+    kx = g.view(1, 1, 1, -1).repeat(C, 1, 1, 1)
+    ky = g.view(1, 1, -1, 1).repeat(C, 1, 1, 1)
+
+    def blur(x):
+        return F.conv2d(F.conv2d(x, kx, groups=C), ky, groups=C)
+
+    mu_a, mu_b = blur(a), blur(b)
+    saa = blur(a * a) - mu_a ** 2
+    sbb = blur(b * b) - mu_b ** 2
+    sab = blur(a * b) - mu_a * mu_b
+    s = ((2 * mu_a * mu_b + c1) * (2 * sab + c2)) / ((mu_a ** 2 + mu_b ** 2 + c1) * (saa + sbb + c2))
+    return s.mean()
+
+
+def frames_of(x: torch.Tensor) -> torch.Tensor:
+    """(B, C, T, H, W) -> (B*T, C, H, W)."""
+    B, C, T, H, W = x.shape
+    return x.transpose(1, 2).reshape(B * T, C, H, W)
+
+
+def structural_loss(rec: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """1 - SSIM at full and half resolution, per frame."""
+    a, b = frames_of(rec), frames_of(x)
+    full = 1 - ssim(a, b)
+    half = 1 - ssim(F.avg_pool2d(a, 2), F.avg_pool2d(b, 2))
+    return 0.5 * (full + half)
+
+
+class PatchDiscriminator(nn.Module):
+    """A small per-frame PatchGAN: (N, 3, H, W) -> (N, 1, H/8, W/8) logits."""
+
+    def __init__(self, ch: int = 32):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv2d(3, ch, 4, 2, 1), nn.LeakyReLU(0.2),
+            nn.Conv2d(ch, ch * 2, 4, 2, 1), nn.LeakyReLU(0.2),
+            nn.Conv2d(ch * 2, ch * 4, 4, 2, 1), nn.LeakyReLU(0.2),
+            nn.Conv2d(ch * 4, 1, 3, 1, 1),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+# --- training --------------------------------------------------------------------------------------
+
+@torch.no_grad()
+def evaluate(model: CausalVAE, device: torch.device, n: int = 4) -> dict:
+    """PSNR on small fixed held-out sets (world seeds and photos never used in training)."""
+    out = {}
+    for kind in ("world", "photo"):
+        x = eval_clips(kind, n, frames=9).to(device)
+        with autocast(device):
+            rec = model.decode(model.encode(x).mean)
+        out[f"psnr_{kind}"] = round(psnr(rec.float(), x), 2)
+    return out
+
+
+@torch.no_grad()
+def latent_stats(model: CausalVAE, batches: ClipBatches, n: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and std of posterior means over ``n`` batches the model never trained on."""
+    zs = []
+    for i in range(n):
+        x = batches.batch(10_000_000 + i).to(device)
+        z = model.encode(x).mean.float()  # (B, C, t, h, w)
+        zs.append(z.transpose(0, 1).reshape(z.shape[1], -1))
+    z = torch.cat(zs, 1)
+    return z.mean(1).cpu(), z.std(1).clamp_min(1e-4).cpu()
+
+
+def train_vae(cfg: TrainVAEConfig, *, on_step=None) -> Path:
+    """Train (or resume) and return the saved model folder.
+
+    Args:
+        on_step: optional callback ``on_step(step, total, metrics)`` for progress bars.
+    """
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = pick_device(cfg.device)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.json")
+    torch.manual_seed(cfg.data.seed)
+    model = CausalVAE(cfg.model).to(device)
+    ema = EMA(model, cfg.optim.ema_decay)
+    opt = make_optimizer(model, cfg.optim)
+    disc = disc_opt = None
+    if cfg.loss.gan_weight > 0:
+        disc = PatchDiscriminator().to(device)
+        disc_opt = torch.optim.AdamW(disc.parameters(), lr=cfg.optim.lr, betas=(0.5, 0.9))
+    log = JsonlLog(out / "log.jsonl")
+    ckpt = out / "ckpt.pt"
+    step = 0
+    if ckpt.exists():
+        state = load_checkpoint(ckpt, model=model, ema=ema, optimizer=opt)
+        step = state["step"]
+        if disc is not None and "disc" in state["extra"]:
+            disc.load_state_dict(state["extra"]["disc"])
+            disc_opt.load_state_dict(state["extra"]["disc_opt"])
+        log.truncate_after(step)
+    batches = ClipBatches(cfg.data, cfg.optim.batch_size)
+    t_last, seen = time.time(), 0
+    while step < cfg.optim.steps:
+        lr = lr_at(step, cfg.optim)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        x = batches.batch(step).to(device)
+        model.train()
+        with autocast(device):
+            post = model.encode(x)
+            rec = model.decode(post.sample())
+            rec, xf = rec.float(), x.float()
+            l1 = (rec - xf).abs().mean()
+            st = structural_loss(rec, xf)
+            kl = post.kl().mean()
+            loss = cfg.loss.l1 * l1 + cfg.loss.ssim * st + cfg.loss.kl * kl
+            use_gan = disc is not None and step >= cfg.loss.gan_start
+            if use_gan:
+                g_loss = -disc(frames_of(rec)).mean()
+                loss = loss + cfg.loss.gan_weight * g_loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+        opt.step()
+        if use_gan:
+            with autocast(device):
+                d_real = disc(frames_of(xf))
+                d_fake = disc(frames_of(rec.detach()))
+                d_loss = F.relu(1 - d_real).mean() + F.relu(1 + d_fake).mean()
+            disc_opt.zero_grad(set_to_none=True)
+            d_loss.backward()
+            disc_opt.step()
+        ema.update(model, step)
+        step += 1
+        seen += x.shape[0]
+        metrics = {"loss": loss.item(), "l1": l1.item(), "ssim_term": st.item(), "kl": kl.item(),
+                   "grad_norm": float(gnorm), "lr": lr}
+        if step % cfg.log_every == 0 or step == cfg.optim.steps:
+            dt = time.time() - t_last
+            log.write(step=step, clips_per_s=round(seen / max(dt, 1e-9), 2), **{k: round(v, 6) for k, v in metrics.items()})
+            t_last, seen = time.time(), 0
+        if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.optim.steps):
+            ev = evaluate(ema.model, device)
+            log.write(step=step, **ev)
+            metrics.update(ev)
+        if step % cfg.ckpt_every == 0 or step == cfg.optim.steps:
+            extra = {"disc": disc.state_dict(), "disc_opt": disc_opt.state_dict()} if disc is not None else {}
+            save_checkpoint(ckpt, model=model, ema=ema, optimizer=opt, step=step, config=to_dict(cfg), extra=extra)
+        if on_step:
+            on_step(step, cfg.optim.steps, metrics)
+    final = ema.model
+    mean, std = latent_stats(final, batches, cfg.stats_batches, device)
+    final.set_latent_stats(mean, std)
+    final.cpu().save_pretrained(out / "model")
+    return out / "model"
