@@ -340,14 +340,17 @@ def _tile_starts(size: int, tile: int, overlap: int) -> list[int]:
 
 
 def _ramp(length: int, before: int, after: int) -> Tensor:
-    """Blend weights along one tile axis: linear ramps over the overlaps with the previous/next tile.
-    Where two tiles overlap by the same amount their ramps sum to one."""
+    """Blend weights (length,) along one tile axis, given its overlaps with the previous and next tile.
+
+    Each overlap is cross-faded linearly over its middle half; its outer quarter, where the tile's own
+    border padding distorts it most, gets no weight. Two tiles' weights over a shared overlap sum to one.
+    """
     i = torch.arange(length, dtype=torch.float32) + 0.5
     w = torch.ones(length)
-    if before:
-        w = torch.minimum(w, i / before)
-    if after:
-        w = torch.minimum(w, (length - i) / after)
+    for overlap, distance in ((before, i), (after, length - i)):
+        if overlap:
+            margin = overlap // 4
+            w = torch.minimum(w, ((distance - margin) / (overlap - 2 * margin)).clamp(0.0, 1.0))
     return w
 
 
@@ -430,7 +433,7 @@ class CausalVAE(nn.Module):
 
     # --- one-shot ------------------------------------------------------------------------------
 
-    def encode(self, x: Tensor, tile_latent: tuple[int, int] | None = None, tile_overlap: int = 2) -> DiagonalGaussian:
+    def encode(self, x: Tensor, tile_latent: tuple[int, int] | None = None, tile_overlap: int = 4) -> DiagonalGaussian:
         """x: (B, 3, 1 + 4k, H, W) in [-1, 1] -> posterior over (B, C, 1 + k, H/8, W/8).
 
         tile_latent=(h, w) encodes overlapping tiles of (8h, 8w) pixels, tile_overlap latents apart.
@@ -439,7 +442,7 @@ class CausalVAE(nn.Module):
         moments = self._tiled(self.encoder, x, tile_latent, tile_overlap, encode=True)
         return DiagonalGaussian(*moments.chunk(2, dim=1))
 
-    def decode(self, z: Tensor, tile_latent: tuple[int, int] | None = None, tile_overlap: int = 2,
+    def decode(self, z: Tensor, tile_latent: tuple[int, int] | None = None, tile_overlap: int = 4,
                clamp: bool = False) -> Tensor:
         """z: (B, C, 1 + k, h, w) raw latents -> (B, 3, 1 + 4k, 8h, 8w), about [-1, 1] (clamp=True: exactly)."""
         x = self._tiled(self.decoder, z, tile_latent, tile_overlap, encode=False)
@@ -456,7 +459,7 @@ class CausalVAE(nn.Module):
 
     @torch.no_grad()
     def encode_stream(self, chunks: Iterable[Tensor], frames_per_chunk: int = 4,
-                      tile_latent: tuple[int, int] | None = None, tile_overlap: int = 2) -> Iterator[DiagonalGaussian]:
+                      tile_latent: tuple[int, int] | None = None, tile_overlap: int = 4) -> Iterator[DiagonalGaussian]:
         """Encode a stream of frame chunks (B, 3, T_i, H, W) of any sizes, in constant memory.
 
         Frames are regrouped as frame 0 alone, then `frames_per_chunk` (a multiple of 4) at a time; yields
@@ -472,7 +475,7 @@ class CausalVAE(nn.Module):
 
     @torch.no_grad()
     def decode_stream(self, latent_chunks: Iterable[Tensor], latents_per_chunk: int = 1,
-                      tile_latent: tuple[int, int] | None = None, tile_overlap: int = 2,
+                      tile_latent: tuple[int, int] | None = None, tile_overlap: int = 4,
                       clamp: bool = False) -> Iterator[Tensor]:
         """Decode a stream of raw latent chunks (B, C, t_i, h, w) in constant memory, yielding frames as they
         are ready: (B, 3, 1, 8h, 8w) for latent frame 0, then (B, 3, 4 * latents_per_chunk, 8h, 8w).
@@ -487,14 +490,14 @@ class CausalVAE(nn.Module):
             yield self.decode_chunk(z, state, tile_latent, tile_overlap, clamp)
 
     def encode_chunk(self, x: Tensor, state: StreamState, tile_latent: tuple[int, int] | None = None,
-                     tile_overlap: int = 2) -> DiagonalGaussian:
+                     tile_overlap: int = 4) -> DiagonalGaussian:
         """Encode the next frames of a stream: (B, 3, 1, H, W) first, then (B, 3, 4m, H, W) ->
         posterior over (B, C, 1 or m, H/8, W/8). `state` carries the causal context between calls."""
         moments = self._tiled(self.encoder, x, tile_latent, tile_overlap, encode=True, state=state)
         return DiagonalGaussian(*moments.chunk(2, dim=1))
 
     def decode_chunk(self, z: Tensor, state: StreamState, tile_latent: tuple[int, int] | None = None,
-                     tile_overlap: int = 2, clamp: bool = False) -> Tensor:
+                     tile_overlap: int = 4, clamp: bool = False) -> Tensor:
         """Decode the next raw latent frames of a stream: (B, C, m, h, w) -> (B, 3, 4m, 8h, 8w), or
         4m - 3 frames on the stream's first call. `state` carries the causal context between calls."""
         x = self._tiled(self.decoder, z, tile_latent, tile_overlap, encode=False, state=state)

@@ -1,0 +1,78 @@
+"""The command line: world render, score, dataset (resumable), clear errors with exit status 2."""
+
+import json
+
+import numpy as np
+
+from moviola.cli import main
+from moviola.video_io import read_video
+from moviola.world.dataset import read_manifest
+
+
+def test_render_then_score_roundtrip(tmp_path, capsys):
+    out = tmp_path / "clip.mp4"
+    truth = tmp_path / "truth.json"
+    prompt = "a large blue square spins while a small yellow triangle falls on a white background"
+    assert main(["world", "render", prompt, "-o", str(out), "--size", "96x64", "--seconds", "3",
+                 "--seed", "3", "--truth", str(truth)]) == 0
+    vid = read_video(out)
+    assert vid.frames.shape == (24, 64, 96, 3) and abs(vid.fps - 8) < 1e-6
+    t = json.loads(truth.read_text())
+    assert len(t["tracks"]) == 2 and len(t["tracks"][0]["x"]) == 24 and t["events"]
+    capsys.readouterr()
+    assert main(["score", str(out), prompt]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["overall"] == 1.0
+    assert all(v == 1.0 for v in report["attributes"].values())
+    # The same clip against a different prompt scores lower on exactly the changed attribute.
+    assert main(["score", str(out), prompt.replace("yellow triangle", "green triangle")]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["attributes"]["color"] < 1.0 and report["attributes"]["background"] == 1.0
+
+
+def test_render_png_single_frame(tmp_path):
+    out = tmp_path / "still.png"
+    assert main(["world", "render", "a red circle stays still", "-o", str(out)]) == 0
+    assert out.stat().st_size > 0
+
+
+def test_errors_are_one_line_with_status_2(tmp_path, capsys):
+    assert main(["world", "render", "a red hexagon falls", "-o", str(tmp_path / "x.mp4")]) == 2
+    err = capsys.readouterr().err
+    assert "hexagon" in err and "Traceback" not in err
+    bad = tmp_path / "bad.mp4"
+    bad.write_text("not a video")
+    assert main(["score", str(bad), "a red circle falls"]) == 2
+    assert "bad.mp4" in capsys.readouterr().err
+    assert main(["world", "render", "a red circle falls", "-o", str(tmp_path / "y.mp4"), "--size", "60x64"]) == 2
+    assert "multiple of 8" in capsys.readouterr().err
+    assert main(["world", "render", "a red circle falls", "-o", str(tmp_path / "y.xyz")]) == 2
+    assert not (tmp_path / "y.xyz").exists()
+
+
+def test_dataset_streams_and_resumes(tmp_path):
+    d = tmp_path / "ds"
+    assert main(["world", "dataset", str(d), "--n", "3", "--seed", "5", "--holdout", "purple+triangle"]) == 0
+    first = read_manifest(d)
+    assert [r["index"] for r in first] == [0, 1, 2]
+    # A crash mid-line leaves a torn last line: the resume drops it and continues.
+    with open(d / "captions.jsonl", "a") as f:
+        f.write('{"index": 3, "pa')
+    assert main(["world", "dataset", str(d), "--n", "5", "--seed", "5", "--holdout", "purple+triangle"]) == 0
+    rows = read_manifest(d)
+    assert [r["index"] for r in rows] == [0, 1, 2, 3, 4] and rows[:3] == first
+    for r in rows:
+        assert (d / r["path"]).is_file() and r["caption"] and r["detailed_caption"]
+        assert not any(o["color"] == "purple" and o["shape"] == "triangle" for o in r["spec"]["objects"])
+    # Clip i depends only on (seed, i): a fresh build gives the same manifest.
+    d2 = tmp_path / "ds2"
+    assert main(["world", "dataset", str(d2), "--n", "5", "--seed", "5", "--holdout", "purple+triangle"]) == 0
+    assert read_manifest(d2) == rows
+    a = read_video(d / rows[4]["path"]).frames
+    b = read_video(d2 / rows[4]["path"]).frames
+    assert np.array_equal(a, b)
+
+
+def test_unknown_holdout_word(tmp_path, capsys):
+    assert main(["world", "dataset", str(tmp_path / "d"), "--n", "1", "--holdout", "pink+circle"]) == 2
+    assert "pink" in capsys.readouterr().err
