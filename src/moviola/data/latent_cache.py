@@ -1,0 +1,174 @@
+"""World clips encoded once: VAE latents per (size, frames) bucket and text embeddings per caption.
+
+Training a diffusion model on a CPU is only affordable if the autoencoder and the text encoder run once
+per clip, not once per step. ``build_world_cache`` renders clips, encodes them with the VAE (posterior
+means, normalised to unit scale) and stores them in shards of safetensors, resumable part by part;
+captions are embedded once per unique string.
+
+Layout of a cache folder:
+    bucket_64x64x17/part_0000.safetensors   latents (n, C, t, h, w) float16
+    bucket_64x64x17/part_0000.json          per clip: short and detailed captions, spec
+    text.safetensors + text.json            token embeddings (N, L, D) float16, masks, caption -> row
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from moviola.video_io import atomic_path, atomic_write_bytes
+
+PART = 256  # clips per shard
+
+
+@dataclass
+class Bucket:
+    width: int
+    height: int
+    frames: int  # 4k + 1
+    weight: float
+
+    @property
+    def name(self) -> str:
+        return f"{self.width}x{self.height}x{self.frames}"
+
+
+@dataclass
+class WorldCacheConfig:
+    n_clips: int = 6000
+    # (width, height, seconds, weight): the shipped model covers 64x64, 96x64, 64x96 and 1 to 4 s.
+    buckets: list[tuple[int, int, float, float]] = field(default_factory=lambda: [
+        (64, 64, 2.0, 0.45), (64, 64, 1.0, 0.1), (64, 64, 3.0, 0.1), (64, 64, 4.0, 0.1),
+        (96, 64, 2.0, 0.125), (64, 96, 2.0, 0.125)])
+    fps: float = 8.0
+    holdout: str = "default"  # "default": the generalisation-test combinations; "": none; or "a+b,c+d"
+    occlusion_prob: float = 0.1
+    seed: int = 0
+
+
+def holdout_combos(text: str) -> list[frozenset[str]]:
+    from moviola.world.spec import DEFAULT_HOLDOUT, parse_holdout
+
+    return list(DEFAULT_HOLDOUT) if text == "default" else parse_holdout(text)
+
+
+def buckets_of(cfg: WorldCacheConfig) -> list[Bucket]:
+    from moviola.pipeline import frames_for
+
+    return [Bucket(w, h, frames_for(sec, cfg.fps)[0], wt) for w, h, sec, wt in cfg.buckets]
+
+
+def _render_part(cfg: WorldCacheConfig, b_index: int, bucket: Bucket, start: int, count: int):
+    from moviola.world.caption import caption
+    from moviola.world.render import render
+    from moviola.world.sample import sample_scene
+    from moviola.world.truth import spec_to_dict
+
+    seconds = (bucket.frames - 1) / cfg.fps
+    holdout = holdout_combos(cfg.holdout)
+    clips, rows = [], []
+    for i in range(start, start + count):
+        rng = np.random.default_rng([cfg.seed, b_index, i])
+        spec = sample_scene(rng, sizes=[(bucket.width, bucket.height)], fps_choices=[cfg.fps],
+                            seconds_range=(max(seconds, 1.0), max(seconds, 1.0)), holdout=holdout,
+                            occlusion_prob=cfg.occlusion_prob)
+        clip = render(spec, num_frames=bucket.frames)
+        clips.append(torch.from_numpy(clip.frames).permute(3, 0, 1, 2))
+        rows.append({"short": caption(spec, rng=rng), "detailed": caption(spec, detailed=True, rng=rng),
+                     "canonical": caption(spec, detailed=True), "spec": spec_to_dict(spec)})
+    return torch.stack(clips), rows
+
+
+@torch.no_grad()
+def build_world_cache(out: Path, cfg: WorldCacheConfig, vae, text_encoder, *,
+                      on_progress: Callable[[int, int], None] | None = None, batch: int = 16) -> None:
+    """Render, encode and store ``cfg.n_clips`` clips across the buckets; skips parts already written."""
+    from safetensors.torch import save_file
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    buckets = buckets_of(cfg)
+    total_w = sum(b.weight for b in buckets)
+    plan = [(bi, b, max(1, round(cfg.n_clips * b.weight / total_w))) for bi, b in enumerate(buckets)]
+    total = sum(n for _, _, n in plan)
+    done = 0
+    device = next(vae.parameters()).device
+    for bi, b, n in plan:
+        d = out / f"bucket_{b.name}"
+        d.mkdir(exist_ok=True)
+        for part, start in enumerate(range(0, n, PART)):
+            count = min(PART, n - start)
+            path = d / f"part_{part:04d}.safetensors"
+            if path.exists() and (d / f"part_{part:04d}.json").exists():
+                done += count
+                if on_progress:
+                    on_progress(done, total)
+                continue
+            frames, rows = _render_part(cfg, bi, b, start, count)
+            lat = []
+            for k in range(0, count, batch):
+                x = frames[k:k + batch].to(device).float().div(127.5).sub(1)
+                lat.append(vae.normalize(vae.encode(x).mean).half().cpu())
+                done += min(batch, count - k)
+                if on_progress:
+                    on_progress(done, total)
+            with atomic_path(path) as tmp:
+                save_file({"latents": torch.cat(lat).contiguous()}, str(tmp))
+            atomic_write_bytes(d / f"part_{part:04d}.json", json.dumps(rows).encode())
+    _build_text(out, text_encoder)
+
+
+@torch.no_grad()
+def _build_text(out: Path, text_encoder, batch: int = 64) -> None:
+    """Embed every unique caption of the cache (and the empty prompt) once."""
+    from safetensors.torch import save_file
+
+    caps = {""}
+    for meta in sorted(out.glob("bucket_*/part_*.json")):
+        for r in json.loads(meta.read_text()):
+            caps.update((r["short"], r["detailed"], r["canonical"]))
+    caps = sorted(caps)
+    index_path = out / "text.json"
+    if index_path.exists() and json.loads(index_path.read_text())["captions"] == caps:
+        return
+    toks, masks = [], []
+    for k in range(0, len(caps), batch):
+        t, m = text_encoder.encode(caps[k:k + batch])
+        toks.append(t.half().cpu())
+        masks.append(m.cpu())
+    L = max(t.shape[1] for t in toks)
+    toks = [torch.nn.functional.pad(t, (0, 0, 0, L - t.shape[1])) for t in toks]
+    masks = [torch.nn.functional.pad(m, (0, L - m.shape[1])) for m in masks]
+    with atomic_path(out / "text.safetensors") as tmp:
+        save_file({"tokens": torch.cat(toks).contiguous(), "mask": torch.cat(masks).contiguous()}, str(tmp))
+    atomic_write_bytes(index_path, json.dumps({"captions": caps}).encode())
+
+
+class LatentCache:
+    """A built cache loaded in memory: latents per bucket, caption rows, text embeddings."""
+
+    def __init__(self, root: Path, buckets: Iterable[Bucket]):
+        from safetensors.torch import load_file
+
+        root = Path(root)
+        self.buckets = list(buckets)
+        self.latents: list[torch.Tensor] = []
+        self.rows: list[list[dict]] = []
+        for b in self.buckets:
+            d = root / f"bucket_{b.name}"
+            parts = sorted(d.glob("part_*.safetensors"))
+            if not parts:
+                raise FileNotFoundError(f"{d}: no cached latents (build the cache first)")
+            self.latents.append(torch.cat([load_file(str(p))["latents"] for p in parts]))
+            self.rows.append([r for p in parts for r in json.loads(p.with_suffix(".json").read_text())])
+        text = load_file(str(root / "text.safetensors"))
+        self.text_tokens, self.text_mask = text["tokens"], text["mask"]
+        self.caption_row = {c: i for i, c in enumerate(json.loads((root / "text.json").read_text())["captions"])}
+
+    def captions(self) -> set[str]:
+        return {c for rows in self.rows for r in rows for c in (r["short"], r["detailed"], r["canonical"])}

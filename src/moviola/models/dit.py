@@ -1,0 +1,380 @@
+"""Moviola's diffusion transformer: a DiT over spacetime patches of VAE latents, conditioned on text.
+
+The model maps noisy latents x_t, the flow time t in [0, 1] and text tokens to a velocity of the same
+shape as the latents; it knows nothing of noise schedules (those live in `moviola.flow`).
+
+    x (B, C, T, H, W) --patchify--> tokens (B, N, D), N = T/pt * H/ph * W/pw
+    t (B,) -> sinusoid -> MLP (+ pooled text) = c (B, D) --adaLN--> shift/scale/gate of every block
+    context (B, L, text_dim) -> MLP -> (B, L, D), plus one learned null token every query may attend to
+    blocks: x += gate * SelfAttn(modulate(LN(x)))      QK-RMSNorm, 3D RoPE over (t, h, w), SDPA
+            x += CrossAttn(LN(x), context)             keys/values from real text tokens only
+            x += gate * MLP(modulate(LN(x)))
+    final: modulate(LN(x)) -> Linear -> unpatchify -> v (B, C, T, H, W)
+
+Positions enter only through RoPE on integer patch coordinates, so one model handles any duration, size
+and aspect ratio. adaLN gates, the cross-attention output and the final layer start at zero: every block
+is the identity and the fresh model outputs exactly zero (DiT's adaLN-zero).
+
+    model = DiT(PRESETS["small"])
+    v = model(x, t, context, context_mask)              # (B, 16, T, H, W)
+    model.save_pretrained("weights/dit"); model = DiT.from_pretrained("weights/dit")
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+from torch.utils.checkpoint import checkpoint
+
+from moviola.config import from_dict, to_dict
+from moviola.models.layers import MLP, RMSNorm, TimestepEmbedder, apply_rope, rope_3d, rope_axis_dims
+
+WEIGHTS_NAME = "dit.safetensors"
+CONFIG_NAME = "dit.json"
+
+
+# --- config --------------------------------------------------------------------------------------
+
+@dataclass
+class DiTConfig:
+    """Architecture of a DiT. JSON-serialisable via `to_dict` / `from_dict`."""
+
+    in_channels: int = 16  # latent channels; the output (velocity) has as many
+    cond_channels: int = 0  # extra input channels (e.g. image conditioning + mask) that only widen patchify
+    patch: tuple[int, int, int] = (1, 2, 2)  # (pt, ph, pw) in latent frames / pixels
+    dim: int = 192
+    depth: int = 6
+    heads: int = 6
+    mlp_ratio: float = 4.0
+    ffn_dim: int = 0  # MLP hidden width; 0 means round(mlp_ratio * dim)
+    text_dim: int = 384  # width of the text encoder's token embeddings (all-MiniLM-L6-v2)
+    qk_norm: bool = True  # RMSNorm of queries and keys per head, in self- and cross-attention
+    pooled_text: bool = True  # add the masked mean of the text tokens to the timestep conditioning
+    shared_adaln: bool = False  # Wan-style: one adaLN projection for all blocks + a learned table per block
+    freq_dim: int = 256  # sinusoidal timestep embedding width
+    time_scale: float = 1000.0  # t in [0, 1] is embedded as t * time_scale
+    rope_theta: float = 10000.0
+    eps: float = 1e-6
+    gradient_checkpointing: bool = False  # recompute each block in backward (large presets on GPU)
+
+    def __post_init__(self) -> None:
+        self.patch = tuple(self.patch)
+        if len(self.patch) != 3 or min(self.patch) < 1:
+            raise ValueError(f"patch must be three positive ints (pt, ph, pw), got {self.patch!r}")
+        if min(self.in_channels, self.dim, self.depth, self.heads, self.text_dim) < 1 or self.cond_channels < 0:
+            raise ValueError("in_channels, dim, depth, heads and text_dim must be positive")
+        if self.dim % self.heads:
+            raise ValueError(f"dim {self.dim} is not divisible by heads {self.heads}")
+        rope_axis_dims(self.head_dim)  # raises if the head can't be split between t, h and w
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.heads
+
+    @property
+    def mlp_dim(self) -> int:
+        return self.ffn_dim or round(self.mlp_ratio * self.dim)
+
+    def to_dict(self) -> dict:
+        return to_dict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> DiTConfig:
+        """Build from a JSON/TOML dict; an unknown key or a wrong type is a ValueError (ConfigError)."""
+        return from_dict(cls, d)
+
+
+PRESETS: dict[str, DiTConfig] = {
+    "tiny": DiTConfig(dim=32, depth=2, heads=2, freq_dim=64),  # tests
+    "small": DiTConfig(dim=192, depth=6, heads=6),  # ~5M params, the CPU default
+    "base": DiTConfig(dim=384, depth=12, heads=6),
+    # Wan2.1-T2V-1.3B's dimensions (umT5-XXL text, one shared adaLN projection): the code that scales.
+    "wan-1.3b": DiTConfig(dim=1536, depth=30, heads=12, ffn_dim=8960, text_dim=4096, shared_adaln=True,
+                          gradient_checkpointing=True),
+}
+
+
+# --- patches -------------------------------------------------------------------------------------
+
+def patchify(x: Tensor, patch: tuple[int, int, int]) -> Tensor:
+    """(B, C, T, H, W) -> (B, N, pt * ph * pw * C), tokens in row-major (t, h, w) order, each token's
+    features ordered (pt, ph, pw, C). T, H and W must be multiples of the patch."""
+    B, C, T, H, W = x.shape
+    pt, ph, pw = patch
+    x = x.view(B, C, T // pt, pt, H // ph, ph, W // pw, pw)  # (B, C, T', pt, H', ph, W', pw)
+    x = x.permute(0, 2, 4, 6, 3, 5, 7, 1)  # (B, T', H', W', pt, ph, pw, C)
+    return x.reshape(B, (T // pt) * (H // ph) * (W // pw), pt * ph * pw * C)  # (B, N, P * C)
+
+
+def unpatchify(tokens: Tensor, patch: tuple[int, int, int], grid: tuple[int, int, int]) -> Tensor:
+    """The inverse of `patchify`: (B, N, pt * ph * pw * C) and the (T', H', W') grid -> (B, C, T, H, W)."""
+    B = tokens.shape[0]
+    (pt, ph, pw), (nt, nh, nw) = patch, grid
+    x = tokens.view(B, nt, nh, nw, pt, ph, pw, -1)  # (B, T', H', W', pt, ph, pw, C)
+    x = x.permute(0, 7, 1, 4, 2, 5, 3, 6)  # (B, C, T', pt, H', ph, W', pw)
+    return x.reshape(B, x.shape[1], nt * pt, nh * ph, nw * pw)  # (B, C, T, H, W)
+
+
+# --- blocks --------------------------------------------------------------------------------------
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention over video tokens: fused qkv, per-head QK-RMSNorm, 3D RoPE, SDPA."""
+
+    def __init__(self, dim: int, heads: int, qk_norm: bool, eps: float) -> None:
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.norm_q = RMSNorm(dim // heads, eps) if qk_norm else nn.Identity()
+        self.norm_k = RMSNorm(dim // heads, eps) if qk_norm else nn.Identity()
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: Tensor, rope: Tensor) -> Tensor:
+        """x: (B, N, D); rope: complex (N, 1, head_dim / 2) -> (B, N, D)."""
+        q, k, v = self.qkv(x).unflatten(-1, (3, self.heads, -1)).unbind(2)  # 3 x (B, N, H, d)
+        q = apply_rope(self.norm_q(q), rope)  # (B, N, H, d)
+        k = apply_rope(self.norm_k(k), rope)  # (B, N, H, d)
+        out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))  # (B, H, N, d)
+        return self.proj(out.transpose(1, 2).flatten(2))  # (B, N, D)
+
+
+class CrossAttention(nn.Module):
+    """Video tokens (queries) attend to text tokens (keys, values); `bias` masks out padding."""
+
+    def __init__(self, dim: int, heads: int, qk_norm: bool, eps: float) -> None:
+        super().__init__()
+        self.heads = heads
+        self.q = nn.Linear(dim, dim)
+        self.kv = nn.Linear(dim, 2 * dim)
+        self.norm_q = RMSNorm(dim // heads, eps) if qk_norm else nn.Identity()
+        self.norm_k = RMSNorm(dim // heads, eps) if qk_norm else nn.Identity()
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: Tensor, context: Tensor, bias: Tensor | None) -> Tensor:
+        """x: (B, N, D); context: (B, L, D); bias: additive (B, 1, 1, L), 0 or -inf, or None -> (B, N, D)."""
+        q = self.norm_q(self.q(x).unflatten(-1, (self.heads, -1)))  # (B, N, H, d)
+        k, v = self.kv(context).unflatten(-1, (2, self.heads, -1)).unbind(2)  # 2 x (B, L, H, d)
+        k = self.norm_k(k)  # (B, L, H, d)
+        if bias is not None:
+            bias = bias.to(q.dtype)  # SDPA wants a float mask in the queries' dtype (bf16 under autocast)
+        out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                             attn_mask=bias)  # (B, H, N, d)
+        return self.proj(out.transpose(1, 2).flatten(2))  # (B, N, D)
+
+
+class DiTBlock(nn.Module):
+    """Pre-norm block: adaLN-modulated self-attention and MLP with zero-initialised gates, and plain
+    pre-norm cross-attention to the text in between (as in Wan)."""
+
+    def __init__(self, cfg: DiTConfig) -> None:
+        super().__init__()
+        dim = cfg.dim
+        self.eps = cfg.eps
+        self.attn = SelfAttention(dim, cfg.heads, cfg.qk_norm, cfg.eps)
+        self.norm_cross = nn.LayerNorm(dim, eps=cfg.eps)
+        self.cross = CrossAttention(dim, cfg.heads, cfg.qk_norm, cfg.eps)
+        self.mlp = MLP(dim, cfg.mlp_dim)
+        if cfg.shared_adaln:  # the model projects c once; each block adds its own learned offsets
+            self.adaln = None
+            self.adaln_table = nn.Parameter(torch.zeros(6, dim))
+        else:  # DiT: each block projects c itself
+            self.adaln = nn.Linear(dim, 6 * dim)
+            self.adaln_table = None
+
+    def forward(self, x: Tensor, c: Tensor, context: Tensor, bias: Tensor | None, rope: Tensor) -> Tensor:
+        """x: (B, N, D); c: SiLU(conditioning) (B, D), or with `shared_adaln` the shared projection (B, 6, D);
+        context: (B, L, D); bias: (B, 1, 1, L) or None; rope: complex (N, 1, head_dim / 2) -> (B, N, D)."""
+        D = x.shape[-1]
+        mod = self.adaln(c).unflatten(1, (6, D)) if self.adaln is not None else c + self.adaln_table  # (B, 6, D)
+        shift1, scale1, gate1, shift2, scale2, gate2 = mod.unsqueeze(2).unbind(1)  # 6 x (B, 1, D)
+        h = torch.addcmul(shift1, F.layer_norm(x, (D,), eps=self.eps), 1 + scale1)  # (B, N, D)
+        x = torch.addcmul(x, gate1, self.attn(h, rope))  # (B, N, D)
+        x = x + self.cross(self.norm_cross(x), context, bias)  # (B, N, D)
+        h = torch.addcmul(shift2, F.layer_norm(x, (D,), eps=self.eps), 1 + scale2)  # (B, N, D)
+        return torch.addcmul(x, gate2, self.mlp(h))  # (B, N, D)
+
+
+class FinalLayer(nn.Module):
+    """adaLN-modulated LayerNorm, then a Linear to the patch values; both zero-initialised."""
+
+    def __init__(self, dim: int, out_dim: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.adaln = nn.Linear(dim, 2 * dim)
+        self.linear = nn.Linear(dim, out_dim)
+
+    def forward(self, x: Tensor, c: Tensor) -> Tensor:
+        """x: (B, N, D); c: SiLU(conditioning) (B, D) -> (B, N, out_dim)."""
+        D = x.shape[-1]
+        shift, scale = self.adaln(c).unsqueeze(1).chunk(2, dim=-1)  # 2 x (B, 1, D)
+        return self.linear(torch.addcmul(shift, F.layer_norm(x, (D,), eps=self.eps), 1 + scale))  # (B, N, out)
+
+
+# --- the model -----------------------------------------------------------------------------------
+
+class DiT(nn.Module):
+    """Text-conditioned diffusion transformer over spacetime latent patches; predicts a velocity.
+
+    Blocks live in `self.blocks` (an nn.ModuleList) so a trainer can wrap each one for FSDP.
+    """
+
+    def __init__(self, config: DiTConfig) -> None:
+        super().__init__()
+        self.config = cfg = config
+        self.gradient_checkpointing = cfg.gradient_checkpointing
+        patch_volume = math.prod(cfg.patch)
+        self.patch_embed = nn.Linear(patch_volume * (cfg.in_channels + cfg.cond_channels), cfg.dim)
+        self.time_embed = TimestepEmbedder(cfg.dim, cfg.freq_dim, cfg.time_scale)
+        self.text_embed = MLP(cfg.text_dim, cfg.dim, cfg.dim)
+        self.pooled_embed = nn.Linear(cfg.text_dim, cfg.dim) if cfg.pooled_text else None
+        # Always attendable, so a query never sees an all-masked row (an empty prompt): no NaNs.
+        self.null_token = nn.Parameter(torch.randn(1, 1, cfg.dim) * 0.02)
+        self.adaln = nn.Linear(cfg.dim, 6 * cfg.dim) if cfg.shared_adaln else None
+        self.blocks = nn.ModuleList([DiTBlock(cfg) for _ in range(cfg.depth)])
+        self.final = FinalLayer(cfg.dim, patch_volume * cfg.in_channels, cfg.eps)
+        self._rope_cache: dict[tuple, Tensor] = {}
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """DiT's initialisation: Xavier Linears with zero biases, N(0, 0.02) timestep MLP, and zeros for
+        every adaLN projection, the cross-attention outputs and the final Linear (so blocks start as the
+        identity and the output as zero)."""
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
+        nn.init.normal_(self.time_embed.fc1.weight, std=0.02)
+        nn.init.normal_(self.time_embed.fc2.weight, std=0.02)
+        zero = [self.final.adaln, self.final.linear] + ([self.adaln] if self.adaln is not None else [])
+        for block in self.blocks:
+            zero.append(block.cross.proj)
+            if block.adaln is not None:
+                zero.append(block.adaln)
+        for m in zero:
+            nn.init.zeros_(m.weight)
+            nn.init.zeros_(m.bias)
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def grid(self, frames: int, height: int, width: int) -> tuple[int, int, int]:
+        """Latent (T, H, W) -> the token grid (T', H', W'); a ValueError if the patch doesn't divide it."""
+        pt, ph, pw = self.config.patch
+        if frames % pt or height % ph or width % pw:
+            raise ValueError(f"latent size (T={frames}, H={height}, W={width}) must be a multiple of the "
+                             f"patch {self.config.patch}")
+        return frames // pt, height // ph, width // pw
+
+    def rope(self, grid: tuple[int, int, int], device: torch.device) -> Tensor:
+        """Cached RoPE rotations for a token grid: complex64 (N, 1, head_dim / 2) on `device`."""
+        key = (grid, str(device))
+        freqs = self._rope_cache.get(key)
+        if freqs is None:
+            freqs = rope_3d(grid, self.config.head_dim, self.config.rope_theta, device)[:, None]  # (N, 1, d/2)
+            self._rope_cache[key] = freqs
+        return freqs
+
+    def forward(self, x: Tensor, t: Tensor, context: Tensor, context_mask: Tensor | None = None,
+                cond: Tensor | None = None) -> Tensor:
+        """Predict the flow velocity.
+
+        Args:
+            x: (B, in_channels, T, H, W) noisy latents; T, H, W multiples of the patch.
+            t: (B,) or () float flow time in [0, 1].
+            context: (B, L, text_dim) text token embeddings (L may be 0).
+            context_mask: (B, L) bool, True for real tokens; None means all real.
+            cond: (B, cond_channels, T, H, W) conditioning channels, required iff cond_channels > 0.
+        Returns:
+            (B, in_channels, T, H, W) velocity.
+        """
+        cfg = self.config
+        B, C, T, H, W = x.shape
+        if C != cfg.in_channels:
+            raise ValueError(f"x has {C} channels, the model expects in_channels={cfg.in_channels}")
+        grid = self.grid(T, H, W)
+        if cfg.cond_channels:
+            if cond is None or cond.shape != (B, cfg.cond_channels, T, H, W):
+                raise ValueError(f"cond must have shape {(B, cfg.cond_channels, T, H, W)}, got "
+                                 f"{None if cond is None else tuple(cond.shape)}")
+            x = torch.cat([x, cond], dim=1)  # (B, C + cond_channels, T, H, W)
+        elif cond is not None:
+            raise ValueError("cond given but the model has cond_channels=0")
+
+        # Conditioning vector: time (+ pooled text) -> c (B, D)
+        c = self.time_embed(t.expand(B))  # (B, D)
+        if self.pooled_embed is not None:
+            c = c + self.pooled_embed(_masked_mean(context, context_mask))  # (B, D)
+        c = F.silu(c)  # (B, D), the input of every adaLN projection
+        block_c = c if self.adaln is None else self.adaln(c).unflatten(1, (6, -1))  # (B, D) or (B, 6, D)
+
+        # Text tokens, plus the null token that every query can attend to
+        ctx = torch.cat([self.text_embed(context), self.null_token.expand(B, -1, -1)], dim=1)  # (B, L + 1, D)
+        bias = None
+        if context_mask is not None:
+            keep = F.pad(context_mask.bool(), (0, 1), value=True)  # (B, L + 1)
+            bias = torch.zeros(keep.shape, device=x.device).masked_fill_(~keep, float("-inf"))  # (B, L + 1)
+            bias = bias[:, None, None, :]  # (B, 1, 1, L + 1)
+
+        rope = self.rope(grid, x.device)  # (N, 1, head_dim / 2) complex
+        h = self.patch_embed(patchify(x, cfg.patch))  # (B, N, D)
+        for block in self.blocks:
+            if self.gradient_checkpointing and torch.is_grad_enabled():
+                h = checkpoint(block, h, block_c, ctx, bias, rope, use_reentrant=False)  # (B, N, D)
+            else:
+                h = block(h, block_c, ctx, bias, rope)  # (B, N, D)
+        out = self.final(h, c)  # (B, N, P * C)
+        return unpatchify(out, cfg.patch, grid)  # (B, C, T, H, W)
+
+    # --- persistence -----------------------------------------------------------------------------
+
+    def save_pretrained(self, directory: str | os.PathLike) -> None:
+        """Write `dit.safetensors` (weights) and `dit.json` (config), each atomically."""
+        from safetensors.torch import save_file
+
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        _atomic_write(d / WEIGHTS_NAME, lambda p: save_file(tensors, p, metadata={"format": "pt"}))
+        _atomic_write(d / CONFIG_NAME, lambda p: Path(p).write_text(json.dumps(self.config.to_dict(), indent=2) + "\n"))
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike, device: str | torch.device = "cpu") -> DiT:
+        """Load what `save_pretrained` wrote; no network. Returns the model in eval mode on `device`."""
+        from safetensors.torch import load_file
+
+        d = Path(directory)
+        if not (d / CONFIG_NAME).is_file() or not (d / WEIGHTS_NAME).is_file():
+            raise FileNotFoundError(f"{d} must hold {CONFIG_NAME} and {WEIGHTS_NAME} (see DiT.save_pretrained)")
+        model = cls(DiTConfig.from_dict(json.loads((d / CONFIG_NAME).read_text())))
+        model.load_state_dict(load_file(d / WEIGHTS_NAME, device=str(device)))
+        return model.to(device).eval()
+
+
+def _masked_mean(context: Tensor, mask: Tensor | None) -> Tensor:
+    """Mean over real tokens: (B, L, E), (B, L) bool -> (B, E); zeros where a sample has none."""
+    if mask is None:
+        return context.mean(dim=1) if context.shape[1] else context.new_zeros(context.shape[0], context.shape[2])
+    w = mask.to(context.dtype)[..., None]  # (B, L, 1)
+    return (context * w).sum(dim=1) / w.sum(dim=1).clamp(min=1.0)  # (B, E)
+
+
+def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
+    """Write via a temporary file in the same directory, then rename over `path`."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise

@@ -1,0 +1,124 @@
+"""Small building blocks shared by Moviola's transformers: RMSNorm, an MLP, sinusoidal timestep
+embeddings and 3D rotary position embeddings (RoPE) over (time, height, width) patch coordinates.
+
+RoPE is stored as complex rotations, one per pair of channels: rotating a (..., d) real vector by a
+(..., d/2) complex table is a single complex multiply, and <rope(q, i), rope(k, j)> depends only on
+the offset i - j along each axis, so one model handles any duration, size and aspect ratio.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square norm over the last dimension with a learned gain (no mean, no bias)."""
+
+    def __init__(self, dim: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x: (..., dim) -> (..., dim), same dtype."""
+        return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
+
+
+class MLP(nn.Module):
+    """Linear -> GELU (tanh) -> Linear, the feed-forward of every block and the text/time embedders."""
+
+    def __init__(self, in_dim: int, hidden_dim: int, out_dim: int | None = None) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(in_dim, hidden_dim)
+        self.fc2 = nn.Linear(hidden_dim, out_dim or in_dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x: (..., in_dim) -> (..., out_dim)."""
+        return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
+
+
+def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
+    """Sinusoidal embedding of (possibly fractional) timesteps, as in DiT and diffusers' `Timesteps`.
+
+    t: (B,) float -> (B, dim) float32, [cos | sin] halves with geometric frequencies 1 .. 1/max_period.
+    """
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    args = t.float()[:, None] * freqs[None]  # (B, half)
+    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)  # (B, 2 * half)
+    if dim % 2:
+        emb = F.pad(emb, (0, 1))  # (B, dim)
+    return emb
+
+
+class TimestepEmbedder(nn.Module):
+    """Flow time t in [0, 1] -> (B, dim): sinusoid of t * time_scale, then an MLP (Linear, SiLU, Linear).
+
+    Scaling t to [0, 1000] spreads the sinusoid's frequencies over the range a unit interval needs.
+    """
+
+    def __init__(self, dim: int, freq_dim: int = 256, time_scale: float = 1000.0) -> None:
+        super().__init__()
+        self.freq_dim = freq_dim
+        self.time_scale = time_scale
+        self.fc1 = nn.Linear(freq_dim, dim)
+        self.fc2 = nn.Linear(dim, dim)
+
+    def forward(self, t: Tensor) -> Tensor:
+        """t: (B,) float in [0, 1] -> (B, dim)."""
+        emb = timestep_embedding(t * self.time_scale, self.freq_dim)  # (B, freq_dim)
+        return self.fc2(F.silu(self.fc1(emb)))  # (B, dim)
+
+
+# --- rotary position embeddings ------------------------------------------------------------------
+
+def rope_axis_dims(head_dim: int) -> tuple[int, int, int]:
+    """Split a head's channels between (time, height, width) as Wan does: 2 * (d // 6) channels each
+    for height and width, the rest (at least as many) for time. Each part is even."""
+    if head_dim % 2 or head_dim < 6:
+        raise ValueError(f"3D RoPE needs an even head_dim >= 6, got {head_dim}")
+    hw = 2 * (head_dim // 6)
+    return head_dim - 2 * hw, hw, hw
+
+
+def rope_1d(dim: int, positions: Tensor, theta: float = 10000.0) -> Tensor:
+    """Rotations for one axis: positions (P,) -> complex64 (P, dim // 2), angle p * theta^(-2i/dim).
+    Angles are computed in float64 so long sequences keep their precision."""
+    inv_freq = theta ** (-torch.arange(0, dim, 2, dtype=torch.float64, device=positions.device) / dim)
+    angles = positions.to(torch.float64)[:, None] * inv_freq[None]  # (P, dim // 2)
+    return torch.polar(torch.ones_like(angles), angles).to(torch.complex64)
+
+
+def rope_3d(grid: tuple[int, int, int], head_dim: int, theta: float = 10000.0,
+            device: torch.device | str | None = None) -> Tensor:
+    """Rotations for every cell of a (T', H', W') patch grid, in the row-major token order of patchify.
+
+    Returns complex64 (T' * H' * W', head_dim // 2): [time | height | width] channel pairs, each axis
+    rotated by its integer patch coordinate.
+    """
+    nt, nh, nw = grid
+    dt, dh, dw = rope_axis_dims(head_dim)
+    ft = rope_1d(dt, torch.arange(nt, device=device), theta)  # (T', dt/2)
+    fh = rope_1d(dh, torch.arange(nh, device=device), theta)  # (H', dh/2)
+    fw = rope_1d(dw, torch.arange(nw, device=device), theta)  # (W', dw/2)
+    freqs = torch.cat([
+        ft[:, None, None].expand(nt, nh, nw, -1),
+        fh[None, :, None].expand(nt, nh, nw, -1),
+        fw[None, None, :].expand(nt, nh, nw, -1),
+    ], dim=-1)  # (T', H', W', head_dim/2)
+    return freqs.reshape(nt * nh * nw, head_dim // 2)
+
+
+def apply_rope(x: Tensor, freqs: Tensor) -> Tensor:
+    """Rotate consecutive channel pairs (x[2i], x[2i+1]) of x by the complex table `freqs`.
+
+    x: (..., d) real, any float dtype (rotated in float32); freqs: complex, broadcastable to (..., d/2).
+    Returns (..., d) in x's dtype. Needs x's last dimension contiguous (true for views of a Linear output).
+    """
+    xc = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))  # (..., d/2) complex
+    return torch.view_as_real(xc * freqs).flatten(-2).type_as(x)  # (..., d)
