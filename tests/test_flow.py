@@ -208,7 +208,7 @@ def mixture_velocity(x, t):
     xd, td = x.double(), t.double()[:, None]
     var = (1 - td) ** 2 * MIX_S**2 + td**2  # (B, 1)
     logp = torch.cat([math.log(w) - ((xd - (1 - td) * m) ** 2).sum(1, keepdim=True) / (2 * var)
-                      for w, m in zip(MIX_W, MIX_MU)], dim=1)  # (B, 2): log pi_k N(x), up to a shared constant
+                      for w, m in zip(MIX_W, MIX_MU)], dim=1)  # (B, 2): log pi_k N(x) + shared constant
     resp = logp.softmax(dim=1)
     s = torch.full((2,), MIX_S, dtype=torch.float64)
     fields = torch.stack([gaussian_velocity(xd, t, m, s) for m in MIX_MU], dim=1)  # (B, 2, 2)
@@ -268,8 +268,8 @@ class CountingModel:
 def cond_pair(batch=2):
     cond = {"context": randn(batch, 5, 3, seed=10), "context_mask": torch.ones(batch, 5, dtype=torch.bool),
             "flag": None}
-    uncond = {"context": randn(batch, 5, 3, seed=11), "context_mask": torch.tensor([[1, 1, 0, 0, 0]] * batch).bool(),
-              "flag": None}
+    uncond = {"context": randn(batch, 5, 3, seed=11),
+              "context_mask": torch.tensor([[1, 1, 0, 0, 0]] * batch).bool(), "flag": None}
     return cond, uncond
 
 

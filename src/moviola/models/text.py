@@ -46,7 +46,7 @@ MODEL_CLASSES = {
     "clip_text_model": "CLIPTextModel",
     "clip": "CLIPTextModel",  # a full CLIP checkpoint: only its text tower is loaded
 }
-SUPPORTED = ("minilm (the default)", "local folders with a config.json model_type of "
+SUPPORTED = ("minilm (the default), or a local folder whose config.json model_type is "
              + ", ".join(MODEL_CLASSES))
 
 
@@ -174,14 +174,15 @@ def _model_type(folder: Path, spec: str) -> str:
     """The folder's config.json model_type, or a TextEncoderError saying why there is none."""
     config = folder / "config.json"
     if not config.is_file():
-        raise TextEncoderError(f"text encoder folder {spec!r} has no config.json; supported: {'; '.join(SUPPORTED)}")
+        raise TextEncoderError(f"text encoder folder {spec!r} has no config.json; "
+                               f"supported: {SUPPORTED}")
     try:
         model_type = json.loads(config.read_text()).get("model_type")
     except (OSError, ValueError) as e:
         raise TextEncoderError(f"cannot read {config}: {e}") from e
     if model_type not in MODEL_CLASSES:
-        raise TextEncoderError(f"text encoder {spec!r} has model_type {model_type!r}, which is not supported; "
-                               f"supported: {'; '.join(SUPPORTED)}")
+        raise TextEncoderError(f"text encoder {spec!r} has model_type {model_type!r}, which is not "
+                               f"supported. Supported: {SUPPORTED}")
     return model_type
 
 
@@ -203,22 +204,33 @@ def load_text_encoder(spec: str | os.PathLike | None = None, *, max_length: int 
                 raise TextEncoderError(
                     f"text encoder {name!r} is not a local folder; it looks like a Hugging Face hub id, and "
                     f"Moviola never downloads. Fetch it yourself (e.g. `huggingface-cli download {name} "
-                    f"--local-dir DIR`) and pass DIR. Supported: {'; '.join(SUPPORTED)}")
-            raise TextEncoderError(f"text encoder folder {name!r} does not exist; supported: {'; '.join(SUPPORTED)}")
+                    f"--local-dir DIR`) and pass DIR. Supported: {SUPPORTED}")
+            raise TextEncoderError(f"text encoder folder {name!r} does not exist; "
+                                   f"supported: {SUPPORTED}")
         if not folder.is_dir():
             raise TextEncoderError(f"text encoder {name!r} is a file, not a model folder; "
-                                   f"supported: {'; '.join(SUPPORTED)}")
+                                   f"supported: {SUPPORTED}")
         model_type = _model_type(folder, name)
         kind, name = model_type, str(folder.resolve())
     transformers = _offline_transformers()
     model_cls = getattr(transformers, MODEL_CLASSES[model_type])
-    extra = {"add_pooling_layer": False} if model_type == "bert" else {}  # token states only
+    hf_logging = transformers.utils.logging
+    # Quiet while loading: a "Loading weights" bar on every start, and a report listing every vision
+    # weight a full CLIP checkpoint carries that the text tower does not use, are noise here.
+    bars, verbosity = hf_logging.is_progress_bar_enabled(), hf_logging.get_verbosity()
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
     try:
         tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
-        model = model_cls.from_pretrained(str(folder), local_files_only=True, dtype=dtype, **extra)
+        model = model_cls.from_pretrained(str(folder), local_files_only=True, dtype=dtype)
     except Exception as e:  # transformers raises OSError, ValueError, KeyError... for broken folders
         raise TextEncoderError(f"cannot load the {model_type} text encoder from {folder}: {e}") from e
-    encoder = TextEncoder(model, tokenizer, kind=kind, path=name, max_length=max_length, cache_size=cache_size)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+    encoder = TextEncoder(model, tokenizer, kind=kind, path=name, max_length=max_length,
+                          cache_size=cache_size)
     return encoder.to(device)
 
 

@@ -18,6 +18,7 @@ settings as a pipeline folder, ``out/model``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from dataclasses import asdict, dataclass, field
@@ -38,7 +39,7 @@ from moviola.train.common import (EMA, JsonlLog, OptimConfig, autocast, load_che
 
 @dataclass
 class TrainDiTConfig:
-    model: DiTConfig = field(default_factory=lambda: PRESETS["small"])
+    model: DiTConfig = field(default_factory=lambda: dataclasses.replace(PRESETS["small"]))
     vae: str = ""  # folder with vae.safetensors; "" = the shipped default model folder
     text_encoder: str = "minilm"
     data: WorldCacheConfig = field(default_factory=WorldCacheConfig)

@@ -333,14 +333,20 @@ def _track_colour(name: str, per: list[list[Detection]], n: int, unit: float, wi
             # predicted inside it, or one merged with its owner in the last frame and not yet apart.
             new_partner: list[int | None] = [None] * n
             owner = {c: a for a, c in enumerate(best) if c >= 0}
-            for a, c in enumerate(best):
-                if c >= 0:
-                    continue
-                px, py, _ = preds[a]
-                for cb, d in enumerate(cands):
-                    b = owner.get(cb)
-                    x0, y0, x1, y1 = d.box
-                    if (b is not None and partner[a] == b) or (x0 <= px < x1 and y0 <= py < y1):
+            pad = 0.05 * unit
+            for by_partner in (False, True):
+                for a in range(n):
+                    if tracks[a].dets[k] is not None:
+                        continue
+                    px, py, _ = preds[a]
+                    for cb, d in enumerate(cands):
+                        b = owner.get(cb)
+                        x0, y0, x1, y1 = d.box
+                        if by_partner:
+                            if b is None or partner[a] != b:
+                                continue
+                        elif not (x0 - pad <= px < x1 + pad and y0 - pad <= py < y1 + pad):
+                            continue
                         tracks[a].dets[k] = d
                         if b is None:
                             owner[cb] = a

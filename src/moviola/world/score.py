@@ -90,20 +90,27 @@ def classify_track(tr: ObjectTrack, fps: float, unit: float, width: int, height:
 
 def _motion(tr: ObjectTrack, ks: list[int], dets: list[Detection], fps: float, unit: float) -> str:
     """The track's motion word (an object that grows or shrinks also gets its radius at t = 0)."""
-    t = np.array(ks, np.float64) / fps
-    x = np.array([d.cx for d in dets]) / unit
-    y = np.array([d.cy for d in dets]) / unit
-    dev = np.hypot(x - np.median(x), y - np.median(y))
+    # Whether it stays in place is judged on the frames where it touches nothing, when there are
+    # enough: a growing object that is being covered can keep its area and still lose its centroid.
+    free = [k for k in ks if not tr.dets[k].touch]
+    base = free if len(free) >= 3 and (free[-1] - free[0]) / fps >= 0.25 else ks
+    bx = np.array([tr.dets[k].cx for k in base]) / unit
+    by = np.array([tr.dets[k].cy for k in base]) / unit
+    dev = np.hypot(bx - np.median(bx), by - np.median(by))
     spread = float(np.percentile(dev, 75))
     tr.info["spread"] = spread
-    if spread < max(1.5 * IN_PLACE_TOL, 0.05 * MOVE_SPEED * (t[-1] - t[0])):
+    # The slowest mover covers 0.35 s per second; a short look needs a finer threshold than a long one.
+    if spread < max(0.012, min(2 * IN_PLACE_TOL, 0.25 * MOVE_SPEED * (base[-1] - base[0]) / fps)):
         # In place. A covered object's centroid leaves its place, so the frames showing it whole are
         # those (of all frames, touching or not) whose centroid stays home.
-        hx, hy = float(np.median(x)), float(np.median(y))
+        hx, hy = float(np.median(bx)), float(np.median(by))
         tol = min(IN_PLACE_TOL, 0.1 * tr.radius)
         home = [k for k in tr.frames() if not tr.merged[k]
                 and math.hypot(tr.dets[k].cx / unit - hx, tr.dets[k].cy / unit - hy) < tol]
         return _in_place_motion(tr, home if len(home) >= 2 else ks, fps, unit)
+    t = np.array(ks, np.float64) / fps
+    x = np.array([d.cx for d in dets]) / unit
+    y = np.array([d.cy for d in dets]) / unit
     return _moving_motion(tr, np.array(ks), t, x, y)
 
 
@@ -133,14 +140,16 @@ def _moving_motion(tr: ObjectTrack, ks: np.ndarray, t: np.ndarray, x: np.ndarray
 
 
 def _vertical_acceleration(ks: np.ndarray, t: np.ndarray, y: np.ndarray) -> float:
-    """Median second divided difference of y over runs of close samples: gravity for a falling object
-    (its floor bounces are a minority of the triples), zero for one moving at constant speed."""
+    """Median second divided difference of y over runs of close samples: gravity for a falling object,
+    zero for one moving at constant speed. Triples around a floor bounce (down, then up) are left out."""
     acc = []
     for i in range(1, len(ks) - 1):
         if ks[i + 1] - ks[i - 1] > 4:
             continue
         v1 = (y[i] - y[i - 1]) / (t[i] - t[i - 1])
         v2 = (y[i + 1] - y[i]) / (t[i + 1] - t[i])
+        if v1 > 0 > v2:
+            continue
         acc.append(2 * (v2 - v1) / (t[i + 1] - t[i - 1]))
     return float(np.median(acc)) if acc else 0.0
 
@@ -195,8 +204,8 @@ def _fall_physics(tr: ObjectTrack, fps: float, unit: float) -> float | None:
         return None
     t = np.array(ks, np.float64) / fps
     y = np.array([tr.dets[k].cy for k in ks]) / unit
-    end = 1
-    while end < len(y) and y[end] >= y[end - 1] - 0.005:
+    end = 1  # the drop: samples from the first while y grows, with no long gap between them
+    while end < len(y) and y[end] >= y[end - 1] - 0.005 and ks[end] - ks[end - 1] <= 2:
         end += 1
     # The last sample before y turns may already be past the floor contact: leave it out when the rest
     # is enough for a fit.
