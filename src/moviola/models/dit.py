@@ -37,7 +37,7 @@ from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
 from moviola.config import from_dict, to_dict
-from moviola.models.layers import MLP, RMSNorm, TimestepEmbedder, apply_rope, rope_3d, rope_axis_dims
+from moviola.models.layers import MLP, QKNorm, RMSNorm, TimestepEmbedder, apply_rope, rope_3d, rope_axis_dims
 
 WEIGHTS_NAME = "dit.safetensors"
 CONFIG_NAME = "dit.json"
@@ -128,23 +128,23 @@ def unpatchify(tokens: Tensor, patch: tuple[int, int, int], grid: tuple[int, int
 # --- blocks --------------------------------------------------------------------------------------
 
 class SelfAttention(nn.Module):
-    """Multi-head self-attention over video tokens: fused qkv, per-head QK-RMSNorm, 3D RoPE, SDPA."""
+    """Multi-head self-attention over video tokens: fused qkv, per-head QK-RMSNorm, 3D RoPE, SDPA.
+    Queries and keys stay stacked through normalisation and rotation: one kernel each for both."""
 
     def __init__(self, dim: int, heads: int, qk_norm: bool, eps: float) -> None:
         super().__init__()
         self.heads = heads
         self.qkv = nn.Linear(dim, 3 * dim)
-        self.norm_q = RMSNorm(dim // heads, eps) if qk_norm else nn.Identity()
-        self.norm_k = RMSNorm(dim // heads, eps) if qk_norm else nn.Identity()
+        self.norm_qk = QKNorm(dim // heads, eps) if qk_norm else nn.Identity()
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, x: Tensor, rope: Tensor) -> Tensor:
-        """x: (B, N, D); rope: complex (N, 1, head_dim / 2) -> (B, N, D)."""
-        q, k, v = self.qkv(x).unflatten(-1, (3, self.heads, -1)).unbind(2)  # 3 x (B, N, H, d)
-        q = apply_rope(self.norm_q(q), rope)  # (B, N, H, d)
-        k = apply_rope(self.norm_k(k), rope)  # (B, N, H, d)
+        """x: (B, N, D); rope: complex (N, 1, 1, head_dim / 2) -> (B, N, D)."""
+        qkv = self.qkv(x).unflatten(-1, (3, self.heads, -1))  # (B, N, 3, H, d)
+        qk = apply_rope(self.norm_qk(qkv[:, :, :2]), rope)  # (B, N, 2, H, d)
+        q, k, v = qk[:, :, 0], qk[:, :, 1], qkv[:, :, 2]  # 3 x (B, N, H, d), views
         out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))  # (B, H, N, d)
-        return self.proj(out.transpose(1, 2).flatten(2))  # (B, N, D)
+        return self.proj(out.transpose(1, 2).flatten(2))  # (B, N, D); SDPA's output is (B, N, H, d) in memory
 
 
 class CrossAttention(nn.Module):
@@ -192,7 +192,7 @@ class DiTBlock(nn.Module):
 
     def forward(self, x: Tensor, c: Tensor, context: Tensor, bias: Tensor | None, rope: Tensor) -> Tensor:
         """x: (B, N, D); c: SiLU(conditioning) (B, D), or with `shared_adaln` the shared projection (B, 6, D);
-        context: (B, L, D); bias: (B, 1, 1, L) or None; rope: complex (N, 1, head_dim / 2) -> (B, N, D)."""
+        context: (B, L, D); bias: (B, 1, 1, L) or None; rope: complex (N, 1, 1, head_dim / 2) -> (B, N, D)."""
         D = x.shape[-1]
         mod = self.adaln(c).unflatten(1, (6, D)) if self.adaln is not None else c + self.adaln_table  # (B, 6, D)
         shift1, scale1, gate1, shift2, scale2, gate2 = mod.unsqueeze(2).unbind(1)  # 6 x (B, 1, D)
@@ -275,11 +275,11 @@ class DiT(nn.Module):
         return frames // pt, height // ph, width // pw
 
     def rope(self, grid: tuple[int, int, int], device: torch.device) -> Tensor:
-        """Cached RoPE rotations for a token grid: complex64 (N, 1, head_dim / 2) on `device`."""
+        """Cached RoPE rotations for a token grid: complex64 (N, 1, 1, head_dim / 2) on `device`."""
         key = (grid, str(device))
         freqs = self._rope_cache.get(key)
         if freqs is None:
-            freqs = rope_3d(grid, self.config.head_dim, self.config.rope_theta, device)[:, None]  # (N, 1, d/2)
+            freqs = rope_3d(grid, self.config.head_dim, self.config.rope_theta, device)[:, None, None]  # (N, 1, 1, d/2)
             self._rope_cache[key] = freqs
         return freqs
 
@@ -324,7 +324,7 @@ class DiT(nn.Module):
             bias = torch.zeros(keep.shape, device=x.device).masked_fill_(~keep, float("-inf"))  # (B, L + 1)
             bias = bias[:, None, None, :]  # (B, 1, 1, L + 1)
 
-        rope = self.rope(grid, x.device)  # (N, 1, head_dim / 2) complex
+        rope = self.rope(grid, x.device)  # (N, 1, 1, head_dim / 2) complex
         h = self.patch_embed(patchify(x, cfg.patch))  # (B, N, D)
         for block in self.blocks:
             if self.gradient_checkpointing and torch.is_grad_enabled():

@@ -29,6 +29,30 @@ class RMSNorm(nn.Module):
         return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
 
 
+class QKNorm(nn.Module):
+    """RMSNorm of queries and keys stacked as (..., 2, heads, head_dim), each with its own gain: one
+    normalisation for both (they come out of one fused qkv projection) instead of two."""
+
+    def __init__(self, head_dim: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(2, 1, head_dim))  # (q/k, heads, head_dim)
+
+    def forward(self, qk: Tensor) -> Tensor:
+        """qk: (..., 2, H, d) -> (..., 2, H, d), contiguous."""
+        return F.rms_norm(qk, qk.shape[-1:], eps=self.eps) * self.weight
+
+
+def gelu_tanh(x: Tensor) -> Tensor:
+    """GELU, tanh approximation. Without autograd on the CPU it is computed through the identity
+    0.5 * (1 + tanh(z)) = sigmoid(2z), in place, which is about twice as fast as ATen's tanh kernel
+    there; the result matches `F.gelu(x, approximate="tanh")` to float32 rounding."""
+    if x.device.type != "cpu" or (torch.is_grad_enabled() and x.requires_grad):
+        return F.gelu(x, approximate="tanh")
+    a = 2 * math.sqrt(2 / math.pi)  # x * sigmoid(a * (x + 0.044715 x^3))
+    return (x * x).mul_(a * 0.044715).add_(a).mul_(x).sigmoid_().mul_(x)
+
+
 class MLP(nn.Module):
     """Linear -> GELU (tanh) -> Linear, the feed-forward of every block and the text/time embedders."""
 
@@ -39,7 +63,7 @@ class MLP(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """x: (..., in_dim) -> (..., out_dim)."""
-        return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
+        return self.fc2(gelu_tanh(self.fc1(x)))
 
 
 def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:

@@ -41,6 +41,9 @@ _SHAPE_AREA = {"circle": math.pi, "square": 4.0, "triangle": 3 * math.sqrt(3) / 
 WHOLE_AREA = 0.95  # a touching object whose area is at least this share of its own is not covered
 WHOLE_RADIUS = 0.03  # likewise for the radius of an object in place, against its fitted growth
 IN_PLACE_TOL = 0.02  # s: an object that stays in place keeps its centre this close
+# s: closer still in the frames that show it whole; cover that takes 5 % of an object's area moves its
+# centroid by about 0.005 s, and compressed video keeps a centroid to about 0.002 s
+HOME_TOL = 0.004
 FALL_RMS = 0.02  # s: largest rms misfit of a fall to y0 + g t^2 / 2
 
 
@@ -57,19 +60,18 @@ def _vote_shape(dets: list[Detection]) -> str:
 
 def reliable_frames(tr: ObjectTrack) -> list[int]:
     """Frames whose detection shows the whole object: it touches nothing, or its area is whole next to
-    its untouched area at the nearest times (objects that grow or shrink change area over time)."""
+    its untouched area at the nearest times (objects that grow or shrink change area over time), or,
+    for an object never seen alone, next to the largest areas it shows."""
     ks = [k for k in tr.frames() if not tr.merged[k]]
+    if not ks:
+        return []
     free = [k for k in ks if not tr.dets[k].touch]
-    if not free:
-        return ks  # never seen alone: what there is must do
-    fk = np.array(free, np.float64)
-    fr = np.sqrt([tr.dets[k].area for k in free])
-    out = []
-    for k in ks:
-        d = tr.dets[k]
-        if not d.touch or d.area >= WHOLE_AREA * float(np.interp(k, fk, fr)) ** 2:
-            out.append(k)
-    return out
+    areas = np.array([tr.dets[k].area for k in ks])
+    if free:
+        ref = np.interp(ks, free, np.sqrt([tr.dets[k].area for k in free])) ** 2
+    else:
+        ref = np.full(len(ks), np.percentile(areas, 90))
+    return [k for k, a, r in zip(ks, areas, ref) if not tr.dets[k].touch or a >= WHOLE_AREA * r]
 
 
 def classify_track(tr: ObjectTrack, fps: float, unit: float, width: int, height: int) -> None:
@@ -81,7 +83,7 @@ def classify_track(tr: ObjectTrack, fps: float, unit: float, width: int, height:
     tr.info = {"fill": float(np.median([d.fill for d in whole])), "frames": len(tr.frames()),
                "reliable": len(tr.reliable)}
     ks = tr.reliable
-    if len(ks) < 3:  # too little seen whole for motion: use the partly covered views too
+    if len(ks) < 2:  # too little seen whole for motion: use the partly covered views too
         ks = [k for k in tr.frames() if not tr.merged[k]] or tr.frames()
     dets = [tr.dets[k] for k in ks]
     tr.motion = _motion(tr, ks, dets, fps, unit) if len(ks) >= 2 else "static"
@@ -104,7 +106,7 @@ def _motion(tr: ObjectTrack, ks: list[int], dets: list[Detection], fps: float, u
         # In place. A covered object's centroid leaves its place, so the frames showing it whole are
         # those (of all frames, touching or not) whose centroid stays home.
         hx, hy = float(np.median(bx)), float(np.median(by))
-        tol = min(IN_PLACE_TOL, 0.1 * tr.radius)
+        tol = max(HOME_TOL, 0.03 * tr.radius)
         home = [k for k in tr.frames() if not tr.merged[k]
                 and math.hypot(tr.dets[k].cx / unit - hx, tr.dets[k].cy / unit - hy) < tol]
         return _in_place_motion(tr, home if len(home) >= 2 else ks, fps, unit)
