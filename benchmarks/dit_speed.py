@@ -1,26 +1,36 @@
 """One forward step of Moviola's DiT against diffusers' WanTransformer3DModel of the same shape.
 
-Both models get random weights, the same inputs, the same machine and the same thread count; each is
-warmed up, then the two are timed alternately (so a background load hits both alike) and the min and
-median over the repeats are printed with the ratio Wan / ours (> 1: ours is faster).
+All models get random weights (our zero-initialised gates and output layer made non-zero), the same
+inputs, the same machine and the same thread count; each is warmed up, then they are timed round robin
+(so a background load hits all alike). Printed: wall-clock min and median and, on the CPU, the min of
+process CPU time (robust to being preempted), with the ratio Wan / ours (> 1: ours is faster). Ours is
+timed twice: as the preset ships (DiT's adaLN, one Linear per block) and with `shared_adaln=True`
+(Wan's layout: one projection for all blocks plus a table per block).
 
     PYTHONPATH=src python benchmarks/dit_speed.py                       # small@5x8x8 (80 tokens), base@5x16x16
-    PYTHONPATH=src python benchmarks/dit_speed.py --cases small:5x8x8 --repeats 50 --threads 1
+    PYTHONPATH=src python benchmarks/dit_speed.py --cases small:5x8x8 --repeats 50 --threads 2
     PYTHONPATH=src python benchmarks/dit_speed.py --device cuda --bf16   # on a GPU, under bf16 autocast
+
+One thread by default: on a 2-core box that is also running something else, OpenMP's hand-offs between
+two threads stall for whole scheduler slices and the timings say more about the load than the models.
+Pass --threads N on an idle machine.
 
 Identical on both sides: width, depth, heads (and head_dim), patch (1, 2, 2), in/out channels, ffn dim,
 text dim, 256-wide sinusoidal time embedding, text MLP (text_dim -> dim -> dim, GELU tanh), per-block
-LayerNorm before cross-attention, QK-RMSNorm, 3D RoPE with Wan's t/h/w channel split, GELU-tanh MLPs,
-token count, text length, batch. Different: ours passes a text mask (Wan's forward takes none) and
+LayerNorm before cross-attention, QK-RMSNorm in both attentions, 3D RoPE with Wan's t/h/w channel split,
+SDPA, GELU-tanh MLPs, un-gated cross-attention, adaLN shift/scale/gate on self-attention and MLP, token
+count, text length, batch, fp32. Different: ours passes a text mask (Wan's forward takes none) and
 appends one learned null text token (L + 1 keys); ours adds a pooled-text projection to the time
-embedding and gives each block its own adaLN Linear (dim -> 6 dim, DiT) where Wan shares one projection
-plus a per-block table (so ours has more parameters at these sizes); Wan's QK-RMSNorm spans all heads,
-ours is per head; ours fuses qkv into one Linear and rotates q and k with one complex multiply each.
+embedding; the preset gives each block its own adaLN Linear (DiT) where Wan shares one (hence the second
+row); Wan's QK-RMSNorm spans all heads, ours is per head; Wan embeds patches with a Conv3d, ours with a
+Linear; ours fuses qkv (and the cross-attention kv) into one Linear, normalises and rotates q and k
+together with one complex multiply, and computes GELU-tanh through a sigmoid on the CPU without autograd.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import time
 
@@ -64,9 +74,11 @@ def run_case(preset: str, latent: tuple[int, int, int], args) -> None:
     cfg = PRESETS[preset]
     device = torch.device(args.device)
     torch.manual_seed(0)
-    ours = DiT(cfg).to(device).eval()
-    randomize_(ours)
-    wan = build_wan(cfg).to(device).eval()
+    models = {"ours": DiT(cfg), "ours, shared adaLN": DiT(dataclasses.replace(cfg, shared_adaln=True)),
+              "wan": build_wan(cfg)}
+    for model in models.values():
+        randomize_(model)
+        model.to(device).eval()
 
     B, (T, H, W) = args.batch, latent
     x = torch.randn(B, cfg.in_channels, T, H, W, device=device)
@@ -76,39 +88,45 @@ def run_case(preset: str, latent: tuple[int, int, int], args) -> None:
     pt, ph, pw = cfg.patch
     tokens = (T // pt) * (H // ph) * (W // pw)
 
-    def step_ours():
-        return ours(x, t, context, mask)
+    steps = {name: (lambda m=m: m(x, t, context, mask)) for name, m in models.items() if name != "wan"}
+    steps["wan"] = lambda: models["wan"](x, t * 1000, context, return_dict=False)[0]  # Wan's t is in [0, 1000]
 
-    def step_wan():
-        return wan(x, t * 1000, context, return_dict=False)[0]  # diffusers' Wan takes t in [0, 1000]
-
-    def timed(fn) -> float:
+    def timed(fn) -> tuple[float, float]:
+        """(wall, CPU) seconds of one call; CPU time (all threads) shrugs off being preempted by other jobs."""
         if device.type == "cuda":
             torch.cuda.synchronize()
-        start = time.perf_counter()
+        wall, cpu = time.perf_counter(), time.process_time()
         fn()
         if device.type == "cuda":
             torch.cuda.synchronize()
-        return time.perf_counter() - start
+        return time.perf_counter() - wall, time.process_time() - cpu
 
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16)
+    times: dict[str, list[tuple[float, float]]] = {name: [] for name in steps}
     with torch.inference_mode(), autocast:
-        assert step_ours().shape == step_wan().shape == x.shape
+        assert all(step().shape == x.shape for step in steps.values())
         for _ in range(args.warmup):
-            step_ours(), step_wan()
-        times_ours, times_wan = [], []
-        for _ in range(args.repeats):  # alternate, so background load affects both alike
-            times_ours.append(timed(step_ours))
-            times_wan.append(timed(step_wan))
+            for step in steps.values():
+                step()
+        for _ in range(args.repeats):  # round robin, so background load affects all alike
+            for name, step in steps.items():
+                times[name].append(timed(step))
 
-    ours_min, wan_min = min(times_ours), min(times_wan)
-    print(f"{preset} (dim {cfg.dim}, depth {cfg.depth}, heads {cfg.heads}, ffn {cfg.mlp_dim}), "
-          f"latents {cfg.in_channels}x{T}x{H}x{W} = {tokens} tokens, batch {B}, text {args.text_len} tokens")
-    print(f"  params: ours {ours.num_params() / 1e6:.2f}M, wan {sum(p.numel() for p in wan.parameters()) / 1e6:.2f}M")
-    print(f"  ours  min {ours_min * 1e3:8.2f} ms   median {statistics.median(times_ours) * 1e3:8.2f} ms")
-    print(f"  wan   min {wan_min * 1e3:8.2f} ms   median {statistics.median(times_wan) * 1e3:8.2f} ms")
-    print(f"  wan / ours: {wan_min / ours_min:.2f}x (min)   "
-          f"{statistics.median(times_wan) / statistics.median(times_ours):.2f}x (median)")
+    print(f"{preset} (dim {cfg.dim}, depth {cfg.depth}, heads {cfg.heads}, ffn {cfg.mlp_dim}), latents "
+          f"{cfg.in_channels}x{T}x{H}x{W} = {tokens} tokens, batch {B}, text {args.text_len} tokens, "
+          f"{args.repeats} repeats")
+    stats = {}
+    for name, ts in times.items():
+        wall, cpu = [w for w, _ in ts], [c for _, c in ts]
+        stats[name] = (min(wall), statistics.median(wall), min(cpu))
+        params = sum(p.numel() for p in models[name].parameters()) / 1e6
+        cpu_note = f"   CPU min {min(cpu) * 1e3:8.2f} ms" if device.type == "cpu" else ""
+        print(f"  {name:20s} {params:6.2f}M params   wall min {min(wall) * 1e3:8.2f} ms   "
+              f"median {statistics.median(wall) * 1e3:8.2f} ms{cpu_note}")
+    for name in (n for n in stats if n != "wan"):
+        ratios = [w / o for w, o in zip(stats["wan"], stats[name])]
+        cpu_note = f"   {ratios[2]:.2f}x (CPU min)" if device.type == "cpu" else ""
+        print(f"  wan / {name}: {ratios[0]:.2f}x (wall min)   {ratios[1]:.2f}x (wall median){cpu_note}")
 
 
 def main() -> None:
@@ -119,7 +137,7 @@ def main() -> None:
     ap.add_argument("--text-len", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    ap.add_argument("--threads", type=int, default=1, help="intra-op threads, the same for both models")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--bf16", action="store_true", help="bf16 autocast (GPU)")
     args = ap.parse_args()

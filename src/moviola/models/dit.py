@@ -141,10 +141,10 @@ class SelfAttention(nn.Module):
     def forward(self, x: Tensor, rope: Tensor) -> Tensor:
         """x: (B, N, D); rope: complex (N, 1, 1, head_dim / 2) -> (B, N, D)."""
         qkv = self.qkv(x).unflatten(-1, (3, self.heads, -1))  # (B, N, 3, H, d)
-        qk = apply_rope(self.norm_qk(qkv[:, :, :2]), rope)  # (B, N, 2, H, d)
+        qk = apply_rope(self.norm_qk(qkv[:, :, :2]), rope).to(qkv.dtype)  # (B, N, 2, H, d)
         q, k, v = qk[:, :, 0], qk[:, :, 1], qkv[:, :, 2]  # 3 x (B, N, H, d), views
         out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))  # (B, H, N, d)
-        return self.proj(out.transpose(1, 2).flatten(2))  # (B, N, D); SDPA's output is (B, N, H, d) in memory
+        return self.proj(out.transpose(1, 2).flatten(2))  # (B, N, D), no copy: SDPA's output is (B, N, H, d) in memory
 
 
 class CrossAttention(nn.Module):
@@ -237,7 +237,7 @@ class DiT(nn.Module):
         self.text_embed = MLP(cfg.text_dim, cfg.dim, cfg.dim)
         self.pooled_embed = nn.Linear(cfg.text_dim, cfg.dim) if cfg.pooled_text else None
         # Always attendable, so a query never sees an all-masked row (an empty prompt): no NaNs.
-        self.null_token = nn.Parameter(torch.randn(1, 1, cfg.dim) * 0.02)
+        self.null_token = nn.Parameter(torch.empty(1, 1, cfg.dim))
         self.adaln = nn.Linear(cfg.dim, 6 * cfg.dim) if cfg.shared_adaln else None
         self.blocks = nn.ModuleList([DiTBlock(cfg) for _ in range(cfg.depth)])
         self.final = FinalLayer(cfg.dim, patch_volume * cfg.in_channels, cfg.eps)
@@ -245,13 +245,14 @@ class DiT(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """DiT's initialisation: Xavier Linears with zero biases, N(0, 0.02) timestep MLP, and zeros for
+        """DiT's initialisation: Xavier Linears with zero biases, N(0, 0.02) timestep MLP and null token, zeros for
         every adaLN projection, the cross-attention outputs and the final Linear (so blocks start as the
         identity and the output as zero)."""
         for m in self.modules():
             if isinstance(m, nn.Linear):
                 nn.init.xavier_uniform_(m.weight)
                 nn.init.zeros_(m.bias)
+        nn.init.normal_(self.null_token, std=0.02)
         nn.init.normal_(self.time_embed.fc1.weight, std=0.02)
         nn.init.normal_(self.time_embed.fc2.weight, std=0.02)
         zero = [self.final.adaln, self.final.linear] + ([self.adaln] if self.adaln is not None else [])
@@ -294,13 +295,17 @@ class DiT(nn.Module):
             context_mask: (B, L) bool, True for real tokens; None means all real.
             cond: (B, cond_channels, T, H, W) conditioning channels, required iff cond_channels > 0.
         Returns:
-            (B, in_channels, T, H, W) velocity.
+            (B, in_channels, T, H, W) velocity, in x's dtype.
         """
         cfg = self.config
         B, C, T, H, W = x.shape
         if C != cfg.in_channels:
             raise ValueError(f"x has {C} channels, the model expects in_channels={cfg.in_channels}")
         grid = self.grid(T, H, W)
+        if context.ndim != 3 or context.shape[0] != B or context.shape[2] != cfg.text_dim:
+            raise ValueError(f"context must be (B={B}, L, text_dim={cfg.text_dim}), got {tuple(context.shape)}")
+        if context_mask is not None and context_mask.shape != context.shape[:2]:
+            raise ValueError(f"context_mask must be {tuple(context.shape[:2])}, got {tuple(context_mask.shape)}")
         if cfg.cond_channels:
             if cond is None or cond.shape != (B, cfg.cond_channels, T, H, W):
                 raise ValueError(f"cond must have shape {(B, cfg.cond_channels, T, H, W)}, got "
@@ -325,14 +330,15 @@ class DiT(nn.Module):
             bias = bias[:, None, None, :]  # (B, 1, 1, L + 1)
 
         rope = self.rope(grid, x.device)  # (N, 1, 1, head_dim / 2) complex
-        h = self.patch_embed(patchify(x, cfg.patch))  # (B, N, D)
+        # The residual stream stays float32: under bf16 autocast only the matmuls run in bf16
+        h = self.patch_embed(patchify(x, cfg.patch)).float()  # (B, N, D)
         for block in self.blocks:
             if self.gradient_checkpointing and torch.is_grad_enabled():
                 h = checkpoint(block, h, block_c, ctx, bias, rope, use_reentrant=False)  # (B, N, D)
             else:
                 h = block(h, block_c, ctx, bias, rope)  # (B, N, D)
         out = self.final(h, c)  # (B, N, P * C)
-        return unpatchify(out, cfg.patch, grid)  # (B, C, T, H, W)
+        return unpatchify(out, cfg.patch, grid).to(x.dtype)  # (B, C, T, H, W)
 
     # --- persistence -----------------------------------------------------------------------------
 

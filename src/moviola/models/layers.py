@@ -17,7 +17,8 @@ from torch import Tensor
 
 
 class RMSNorm(nn.Module):
-    """Root-mean-square norm over the last dimension with a learned gain (no mean, no bias)."""
+    """Root-mean-square norm over the last dimension with a learned gain (no mean, no bias), computed
+    in float32 (free for float32 inputs) and returned in the input's dtype."""
 
     def __init__(self, dim: int, eps: float = 1e-6) -> None:
         super().__init__()
@@ -26,7 +27,7 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """x: (..., dim) -> (..., dim), same dtype."""
-        return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
+        return F.rms_norm(x.float(), self.weight.shape, self.weight, self.eps).type_as(x)
 
 
 class QKNorm(nn.Module):
@@ -39,8 +40,8 @@ class QKNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(2, 1, head_dim))  # (q/k, heads, head_dim)
 
     def forward(self, qk: Tensor) -> Tensor:
-        """qk: (..., 2, H, d) -> (..., 2, H, d), contiguous."""
-        return F.rms_norm(qk, qk.shape[-1:], eps=self.eps) * self.weight
+        """qk: (..., 2, H, d) -> (..., 2, H, d) contiguous, float32 (the rotary embedding follows)."""
+        return F.rms_norm(qk.float(), qk.shape[-1:], eps=self.eps) * self.weight
 
 
 def gelu_tanh(x: Tensor) -> Tensor:
@@ -54,7 +55,7 @@ def gelu_tanh(x: Tensor) -> Tensor:
 
 
 class MLP(nn.Module):
-    """Linear -> GELU (tanh) -> Linear, the feed-forward of every block and the text/time embedders."""
+    """Linear -> GELU (tanh) -> Linear: the feed-forward of every block and the text embedder."""
 
     def __init__(self, in_dim: int, hidden_dim: int, out_dim: int | None = None) -> None:
         super().__init__()

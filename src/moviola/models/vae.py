@@ -51,7 +51,7 @@ class VAEConfig:
     decoder_res_blocks: int = 2  # and in the decoder, which does more of the work
     temporal_downsample: tuple[bool, ...] = (False, True, True)
     full_res_temporal_kernel: int = 1  # temporal kernel at level 0; 1 = spatial-only convs, fast
-    padding_mode: str = "replicate"  # spatial padding, "replicate" or "zeros"; time is always zero-padded
+    padding_mode: str = "zeros"  # spatial padding, "zeros" or "replicate"; time is always zero-padded
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -139,7 +139,7 @@ class CausalConv3d(nn.Module):
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel: tuple[int, int, int] = (3, 3, 3),
-                 stride: tuple[int, int, int] = (1, 1, 1), padding_mode: str = "replicate") -> None:
+                 stride: tuple[int, int, int] = (1, 1, 1), padding_mode: str = "zeros") -> None:
         super().__init__()
         kt, kh, kw = kernel
         self.kt, self.st = kt, stride[0]
@@ -189,7 +189,7 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """x: (B, C, T, H, W) -> same."""
-        xf = x.float()  # no copy in fp32; low precision inputs are normalised in fp32
+        xf = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x  # low precision: normalise in fp32
         y = xf * torch.rsqrt(xf.pow(2).mean(dim=1, keepdim=True) + self.eps)
         return y.to(x.dtype) * self.gain.view(1, -1, 1, 1, 1).to(x.dtype)
 

@@ -29,10 +29,11 @@ from moviola.world.spec import BACKGROUNDS, COLORS, MAX_OBJECTS, SIZES
 NAMES = list(COLORS)
 PALETTE = np.array([COLORS[c] for c in NAMES], dtype=np.float32)  # (7, 3)
 CORE_DIST = 48.0  # max RGB distance of a pixel counted as an object colour's core
-MIX_RESIDUAL = 48.0  # max RGB distance of a pixel from the mixing line it is read on
+MIX_RESIDUAL = 30.0  # max distance (luma-weighted, see _METRIC) of a pixel from the mixing line it is read on
 # The smallest object the world draws (a small triangle shrunk to 0.6 r) covers 1.3 (0.048 s)^2; a blob
 # needs a third of that in core pixels.
 MIN_CORE_FRAC = 0.35 * 1.299 * (0.6 * SIZES["small"]) ** 2
+EDGE_REACH = 2.9  # px: how far from an object's core its soft edge is read (two pixels, diagonals too)
 # Pieces of one object cut apart by another lie within this radius (s) of their middle: the widest
 # object, a large one grown by 1.6, reaches 0.26 s.
 FRAGMENT_REACH = 0.27
@@ -105,15 +106,22 @@ def _sq_dist(pixels: np.ndarray, colours: np.ndarray) -> np.ndarray:
             + (colours * colours).sum(-1))
 
 
+# Coverage is read in YCbCr with the colour-difference channels down-weighted: video codecs keep luma
+# at full resolution but store chroma at half, so luma places edges better wherever it has contrast.
+_YCC = np.array([[0.299, 0.587, 0.114], [-0.169, -0.331, 0.5], [0.5, -0.419, -0.081]], np.float32)
+CHROMA_WEIGHT = 0.25
+_METRIC = (_YCC.T @ np.diag([1.0, CHROMA_WEIGHT, CHROMA_WEIGHT]).astype(np.float32) @ _YCC)  # (3, 3)
+
+
 def _project(patch: np.ndarray, base: np.ndarray, col: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Coverage of ``col`` over ``base`` for each pixel of ``patch`` (h, w, 3), and the distance of the
-    pixel from that mixing line."""
+    pixel from that mixing point (in the same chroma-light metric)."""
     d = col - base
     q = patch - base
-    dd = float(d @ d)
-    dot = q @ d
-    alpha = dot / dd
-    resid = np.sqrt(np.maximum((q * q).sum(-1) - dot * alpha, 0.0))
+    md = _METRIC @ d
+    alpha = (q @ md) / float(d @ md)
+    e = q - alpha[..., None] * d
+    resid = np.sqrt(np.maximum(((e @ _METRIC) * e).sum(-1), 0.0))
     return alpha, resid
 
 
@@ -224,27 +232,28 @@ def _measure(group: list[int], blobs: list, ids: np.ndarray, idx: np.ndarray, f:
     y0, x0 = box[0].start, box[1].start
     lab = ids[box]
     mine = np.isin(lab, group)
-    own = ndimage.binary_dilation(mine, EIGHT, iterations=2)
-    others = (lab != 0) & ~mine
-    touch = bool((own & ndimage.binary_dilation(others, EIGHT)).any())
+    others = (lab != 0) & ~mine  # other objects' core pixels, any colour
+    # A pixel off every core belongs to the nearest one, within the reach of an anti-aliased (or
+    # codec-smeared) edge.
+    d_mine = ndimage.distance_transform_edt(~mine)
+    d_other = ndimage.distance_transform_edt(~others) if others.any() else np.full(mine.shape, np.inf)
+    own = (d_mine <= EDGE_REACH) & (d_mine <= d_other)
+    touch = bool((own & (d_other <= 1.5)).any())
     patch = f[box]
     col = PALETTE[ci]
     alpha, resid = _project(patch, bg, col)
     alpha = np.clip(alpha, -0.25, 1.25)
     if touch:
-        # Next to another object a pixel may mix this colour with that one, not with the background.
+        # Where it meets another object a pixel may mix this colour with that one, not the background.
+        contact = own & (d_other <= 1.5)
         for cj in np.unique(idx[box][others]):
             if cj == ci:
                 continue
             a2, r2 = _project(patch, PALETTE[cj], col)
-            better = r2 < resid
+            better = contact & (r2 < resid)
             alpha = np.where(better, np.clip(a2, 0.0, 1.0), alpha)
-            resid = np.minimum(resid, r2)
-    # Same-colour blobs nearby are other objects; their pixels (and their rims) are not ours.
-    same = (lab != 0) & ~mine & (idx[box] == ci)
-    if same.any():
-        own &= ~ndimage.binary_dilation(same, EIGHT)
-    alpha = alpha * (own & ~others & (resid < MIX_RESIDUAL))
+            resid = np.where(better, r2, resid)
+    alpha = alpha * (own & (resid < MIX_RESIDUAL))
     pos = np.clip(alpha, 0.0, 1.0)
     area = float(alpha.sum())
     if area <= 0 or pos.sum() <= 0:

@@ -40,10 +40,13 @@ _SIZE_SPLIT = math.sqrt(SIZES["small"] * SIZES["large"])  # radius threshold bet
 _SHAPE_AREA = {"circle": math.pi, "square": 4.0, "triangle": 3 * math.sqrt(3) / 4}  # area / r^2
 WHOLE_AREA = 0.95  # a touching object whose area is at least this share of its own is not covered
 WHOLE_RADIUS = 0.03  # likewise for the radius of an object in place, against its fitted growth
-IN_PLACE_TOL = 0.02  # s: an object that stays in place keeps its centre this close
+IN_PLACE_SPEED = 0.1  # s/s: slower than this, an object stays in place (the slowest mover does 0.35)
+PLACE_LOOK = 0.25  # s: the time over which that speed is measured
 # s: closer still in the frames that show it whole; cover that takes 5 % of an object's area moves its
 # centroid by about 0.005 s, and compressed video keeps a centroid to about 0.002 s
 HOME_TOL = 0.004
+REFLECT_WINDOW = 0.4  # s: positions this close to a reversal give the velocities before and after it
+REFLECT_GAP = 0.03  # s: largest distance of a reflection from the wall (the object's extent touching it)
 FALL_RMS = 0.02  # s: largest rms misfit of a fall to y0 + g t^2 / 2
 
 
@@ -92,20 +95,21 @@ def classify_track(tr: ObjectTrack, fps: float, unit: float, width: int, height:
 
 def _motion(tr: ObjectTrack, ks: list[int], dets: list[Detection], fps: float, unit: float) -> str:
     """The track's motion word (an object that grows or shrinks also gets its radius at t = 0)."""
-    # Whether it stays in place is judged on the frames where it touches nothing, when there are
-    # enough: a growing object that is being covered can keep its area and still lose its centroid.
+    # Whether it stays in place is judged on the frames where it touches nothing, when they tell: a
+    # growing object that is being covered can keep its area and still lose its centroid.
     free = [k for k in ks if not tr.dets[k].touch]
-    base = free if len(free) >= 3 and (free[-1] - free[0]) / fps >= 0.25 else ks
-    bx = np.array([tr.dets[k].cx for k in base]) / unit
-    by = np.array([tr.dets[k].cy for k in base]) / unit
-    dev = np.hypot(bx - np.median(bx), by - np.median(by))
-    spread = float(np.percentile(dev, 75))
-    tr.info["spread"] = spread
-    # The slowest mover covers 0.35 s per second; a short look needs a finer threshold than a long one.
-    if spread < max(0.012, min(2 * IN_PLACE_TOL, 0.25 * MOVE_SPEED * (base[-1] - base[0]) / fps)):
+    speed = None
+    for base in (free, ks, [k for k in tr.frames() if not tr.merged[k]]):
+        speed = _place_speed(tr, base, fps, unit)
+        if speed is not None:
+            break
+    tr.info["place_speed"] = speed
+    if speed is None or speed < IN_PLACE_SPEED:
         # In place. A covered object's centroid leaves its place, so the frames showing it whole are
         # those (of all frames, touching or not) whose centroid stays home.
-        hx, hy = float(np.median(bx)), float(np.median(by))
+        anchor = free or ks
+        hx = float(np.median([tr.dets[k].cx for k in anchor])) / unit
+        hy = float(np.median([tr.dets[k].cy for k in anchor])) / unit
         tol = max(HOME_TOL, 0.03 * tr.radius)
         home = [k for k in tr.frames() if not tr.merged[k]
                 and math.hypot(tr.dets[k].cx / unit - hx, tr.dets[k].cy / unit - hy) < tol]
@@ -114,6 +118,22 @@ def _motion(tr: ObjectTrack, ks: list[int], dets: list[Detection], fps: float, u
     x = np.array([d.cx for d in dets]) / unit
     y = np.array([d.cy for d in dets]) / unit
     return _moving_motion(tr, np.array(ks), t, x, y)
+
+
+def _place_speed(tr: ObjectTrack, ks: list[int], fps: float, unit: float) -> float | None:
+    """Median speed (s per second) of the centre between samples about a quarter second apart (long
+    enough for noise to wash out, short enough not to straddle a return from a wall); None if ``ks``
+    holds no such pair."""
+    t = np.array(ks, np.float64) / fps
+    p = np.array([(tr.dets[k].cx, tr.dets[k].cy) for k in ks]).reshape(-1, 2) / unit
+    speeds = []
+    for i in range(len(ks)):
+        j = int(np.searchsorted(t, t[i] + PLACE_LOOK - 1e-9))
+        if j < len(ks) and t[j] - t[i] <= 2.5 * PLACE_LOOK:
+            speeds.append(float(np.hypot(*(p[j] - p[i]))) / (t[j] - t[i]))
+    if not speeds and len(ks) >= 2 and t[-1] > t[0]:
+        speeds = [float(np.hypot(*(p[-1] - p[0]))) / (t[-1] - t[0])]  # a short look is all there is
+    return float(np.median(speeds)) if speeds else None
 
 
 def _steps(ks: np.ndarray, max_gap: int) -> np.ndarray:
@@ -161,15 +181,17 @@ def _in_place_motion(tr: ObjectTrack, ks: list[int], fps: float, unit: float) ->
     place. Sets ``tr.reliable`` to the frames that show it whole."""
     t = np.array(ks, np.float64) / fps
     r = np.array([_radius(tr.dets[k], tr.shape, unit) for k in ks])
-    # r(t) = r0 (1 + c u), u = min(t, 2 s) / 2 s: c = 0.6 grows, -0.4 shrinks, 0 otherwise. Cover only
-    # ever takes area away, so frames well below the fitted line are dropped and the line refitted.
+    # r(t) = r0 (1 + c u), u = min(t, 2 s) / 2 s: c = 0.6 grows, -0.4 shrinks, 0 otherwise. Frames off
+    # the fitted line (cover takes area away; a neighbour's smeared edge can add some) are dropped and
+    # the line refitted.
     u = np.minimum(t, SCALE_SECONDS) / SCALE_SECONDS
     whole = np.ones(len(ks), bool)
     c = 0.0
     if len(ks) >= 2 and np.ptp(u) >= 0.1:
         for _ in range(3):
             slope, r0 = np.polyfit(u[whole], r[whole], 1)
-            keep = r >= (r0 + slope * u) * (1 - WHOLE_RADIUS)
+            fit = r0 + slope * u
+            keep = (r >= fit * (1 - WHOLE_RADIUS)) & (r <= fit * (1 + 2 * WHOLE_RADIUS))
             if keep.sum() < 2 or np.ptp(u[keep]) < 0.1 or (keep == whole).all():
                 break
             whole = keep
@@ -223,7 +245,9 @@ def _fall_physics(tr: ObjectTrack, fps: float, unit: float) -> float | None:
 
 
 def _reflection_physics(tr: ObjectTrack, fps: float, unit: float, width: int, height: int) -> float | None:
-    """Fraction of velocity reversals that happen with the object's extent at a wall (speed kept)."""
+    """Fraction of velocity reversals that are elastic reflections at a wall: lines fitted to the
+    positions just before and just after the reversal meet with the object's extent at the wall, and
+    the speed is kept."""
     ks = tr.reliable
     if len(ks) < 3:
         return None
@@ -239,18 +263,48 @@ def _reflection_physics(tr: ObjectTrack, fps: float, unit: float, width: int, he
         for i in range(1, len(p) - 1):
             if v[i - 1] * v[i] >= 0:
                 continue
-            # The contact lies in one of the two intervals around the extremum i, so the speeds before
-            # and after are read one interval further out where the clip has them.
-            before = v[i - 2] if i >= 2 else v[i - 1]
-            after = v[i + 1] if i + 1 < len(v) else v[i]
-            if max(abs(before), abs(after)) < 0.1:
+            fit = _reflection_fit(t, p, i)
+            if fit is None:
+                continue
+            vb, va, pc = fit
+            if max(abs(vb), abs(va)) < 0.1:
                 continue
             total += 1
-            step = max(abs(before), abs(after)) * max(t[i] - t[i - 1], t[i + 1] - t[i])
-            gap = min(p[i] - tr.radius, size[axis] - tr.radius - p[i])
-            kept = (i < 2 or i + 1 >= len(v)) or abs(abs(after) - abs(before)) < 0.25 * max(abs(before), abs(after))
-            ok += int(gap < step + 0.02 and kept)
+            gap = min(abs(pc - tr.radius), abs(size[axis] - tr.radius - pc))
+            kept = abs(abs(va) - abs(vb)) < 0.25 * max(abs(va), abs(vb))
+            ok += int(vb * va < 0 and gap < REFLECT_GAP and kept)
     return ok / total if total else None
+
+
+def _reflection_fit(t: np.ndarray, p: np.ndarray, i: int) -> tuple[float, float, float] | None:
+    """Velocities before and after a reversal at sample i and the position where the two motions meet.
+
+    The contact lies between samples i - 1 and i + 1, and sample i may be on either side of it, so the
+    lines are fitted to up to three samples each side of it, not to it. A side with one sample only takes
+    the other side's speed, mirrored (the elastic reflection it is tested for).
+    """
+    before = [j for j in range(max(0, i - 3), i) if t[i] - t[j] <= REFLECT_WINDOW]
+    after = [j for j in range(i + 1, min(len(p), i + 4)) if t[j] - t[i] <= REFLECT_WINDOW]
+    if not before or not after or (len(before) < 2 and len(after) < 2):
+        return None
+    vb, pb = _line(t[before], p[before]) if len(before) >= 2 else (None, None)
+    va, pa = _line(t[after], p[after]) if len(after) >= 2 else (None, None)
+    if vb is None:
+        vb = -va
+        pb = p[before[-1]] - vb * t[before[-1]]
+    if va is None:
+        va = -vb
+        pa = p[after[0]] - va * t[after[0]]
+    if vb == va:
+        return None
+    tc = (pa - pb) / (vb - va)  # where the two lines meet
+    return vb, va, pb + vb * tc
+
+
+def _line(t: np.ndarray, p: np.ndarray) -> tuple[float, float]:
+    """Least-squares slope and intercept of p(t)."""
+    slope, icpt = np.polyfit(t, p, 1)
+    return float(slope), float(icpt)
 
 
 def _permanence(tr: ObjectTrack, unit: float) -> float:
