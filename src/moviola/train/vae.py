@@ -147,10 +147,6 @@ def train_vae(cfg: TrainVAEConfig, *, on_step=None) -> Path:
     save_config(cfg, out / "config.json")
     torch.manual_seed(cfg.data.seed)
     model = CausalVAE(cfg.model).to(device)
-    with torch.no_grad():
-        # Start with a small posterior variance (log-variance bias -6): full-variance sampling noise at
-        # initialisation drowns the latents and slows early learning badly on a short budget.
-        model.encoder.conv_out.conv.bias[cfg.model.latent_channels:] -= 6.0
     ema = EMA(model, cfg.optim.ema_decay)
     opt = make_optimizer(model, cfg.optim)
     disc = disc_opt = None

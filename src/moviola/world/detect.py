@@ -238,7 +238,8 @@ def _measure(group: list[int], blobs: list, ids: np.ndarray, idx: np.ndarray, f:
     d_mine = ndimage.distance_transform_edt(~mine)
     d_other = ndimage.distance_transform_edt(~others) if others.any() else np.full(mine.shape, np.inf)
     own = (d_mine <= EDGE_REACH) & (d_mine <= d_other)
-    touch = bool((own & (d_other <= 1.5)).any())
+    # Touching: another core within reach of this one's edge (codecs smear a few pixels between them).
+    touch = bool(((d_mine <= EDGE_REACH) & (d_other <= 1.5)).any())
     patch = f[box]
     col = PALETTE[ci]
     alpha, resid = _project(patch, bg, col)

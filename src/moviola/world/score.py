@@ -45,6 +45,7 @@ PLACE_LOOK = 0.25  # s: the time over which that speed is measured
 # s: closer still in the frames that show it whole; cover that takes 5 % of an object's area moves its
 # centroid by about 0.005 s, and compressed video keeps a centroid to about 0.002 s
 HOME_TOL = 0.004
+ACC_SPAN = 0.8  # s: longest time over which three samples give an acceleration
 REFLECT_WINDOW = 0.4  # s: positions this close to a reversal give the velocities before and after it
 REFLECT_GAP = 0.03  # s: largest distance of a reflection from the wall (the object's extent touching it)
 FALL_RMS = 0.02  # s: largest rms misfit of a fall to y0 + g t^2 / 2
@@ -57,8 +58,12 @@ def _radius(d: Detection, shape: str, unit: float) -> float:
 
 
 def _vote_shape(dets: list[Detection]) -> str:
-    votes = [d.shape for d in dets]
-    return max(sorted(set(votes)), key=votes.count) if votes else "circle"
+    """The shape most of the object's views show, each view weighted by its area (a small view's
+    harmonics are the least sure)."""
+    votes: dict[str, float] = {}
+    for d in dets:
+        votes[d.shape] = votes.get(d.shape, 0.0) + max(d.area, 0.0)
+    return max(sorted(votes), key=votes.get) if votes else "circle"
 
 
 def reliable_frames(tr: ObjectTrack) -> list[int]:
@@ -99,9 +104,10 @@ def _motion(tr: ObjectTrack, ks: list[int], dets: list[Detection], fps: float, u
     # growing object that is being covered can keep its area and still lose its centroid.
     free = [k for k in ks if not tr.dets[k].touch]
     speed = None
-    for base in (free, ks, [k for k in tr.frames() if not tr.merged[k]]):
-        speed = _place_speed(tr, base, fps, unit)
-        if speed is not None:
+    for base, need in ((free, 3), (ks, 1), ([k for k in tr.frames() if not tr.merged[k]], 1)):
+        speeds = _place_speeds(tr, base, fps, unit)
+        if len(speeds) >= need:
+            speed = float(np.median(speeds))
             break
     tr.info["place_speed"] = speed
     if speed is None or speed < IN_PLACE_SPEED:
@@ -120,20 +126,20 @@ def _motion(tr: ObjectTrack, ks: list[int], dets: list[Detection], fps: float, u
     return _moving_motion(tr, np.array(ks), t, x, y)
 
 
-def _place_speed(tr: ObjectTrack, ks: list[int], fps: float, unit: float) -> float | None:
-    """Median speed (s per second) of the centre between samples about a quarter second apart (long
-    enough for noise to wash out, short enough not to straddle a return from a wall); None if ``ks``
-    holds no such pair."""
+def _place_speeds(tr: ObjectTrack, ks: list[int], fps: float, unit: float) -> list[float]:
+    """Speeds (s per second) of the centre between samples about a quarter second apart (long enough
+    for noise to wash out, short enough not to straddle a return from a wall), or closer where the
+    samples are sparse."""
     t = np.array(ks, np.float64) / fps
     p = np.array([(tr.dets[k].cx, tr.dets[k].cy) for k in ks]).reshape(-1, 2) / unit
     speeds = []
-    for i in range(len(ks)):
+    for i in range(len(ks) - 1):
         j = int(np.searchsorted(t, t[i] + PLACE_LOOK - 1e-9))
-        if j < len(ks) and t[j] - t[i] <= 2.5 * PLACE_LOOK:
+        if j >= len(ks) or t[j] - t[i] > 2.5 * PLACE_LOOK:
+            j = int(np.searchsorted(t, t[i] + 2.5 * PLACE_LOOK + 1e-9)) - 1  # the farthest one in reach
+        if j > i:
             speeds.append(float(np.hypot(*(p[j] - p[i]))) / (t[j] - t[i]))
-    if not speeds and len(ks) >= 2 and t[-1] > t[0]:
-        speeds = [float(np.hypot(*(p[-1] - p[0]))) / (t[-1] - t[0])]  # a short look is all there is
-    return float(np.median(speeds)) if speeds else None
+    return speeds
 
 
 def _steps(ks: np.ndarray, max_gap: int) -> np.ndarray:
@@ -163,10 +169,11 @@ def _moving_motion(tr: ObjectTrack, ks: np.ndarray, t: np.ndarray, x: np.ndarray
 
 def _vertical_acceleration(ks: np.ndarray, t: np.ndarray, y: np.ndarray) -> float:
     """Median second divided difference of y over runs of close samples: gravity for a falling object,
-    zero for one moving at constant speed. Triples around a floor bounce (down, then up) are left out."""
+    zero for one moving at constant speed. Triples around a floor bounce (down, then up) are left out,
+    and so are those spread over more than ACC_SPAN seconds."""
     acc = []
     for i in range(1, len(ks) - 1):
-        if ks[i + 1] - ks[i - 1] > 4:
+        if t[i + 1] - t[i - 1] > ACC_SPAN:
             continue
         v1 = (y[i] - y[i - 1]) / (t[i] - t[i - 1])
         v2 = (y[i + 1] - y[i]) / (t[i + 1] - t[i])
