@@ -380,6 +380,7 @@ def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
     """Write via a temporary file in the same directory, then rename over `path`."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
+    os.chmod(tmp, 0o644)  # mkstemp makes it owner-only
     try:
         write(tmp)
         os.replace(tmp, path)
@@ -493,6 +494,7 @@ class CausalVAE(nn.Module):
                      tile_overlap: int = 4) -> DiagonalGaussian:
         """Encode the next frames of a stream: (B, 3, 1, H, W) first, then (B, 3, 4m, H, W) ->
         posterior over (B, C, 1 or m, H/8, W/8). `state` carries the causal context between calls."""
+        self._check_video(1, *x.shape[3:])
         moments = self._tiled(self.encoder, x, tile_latent, tile_overlap, encode=True, state=state)
         return DiagonalGaussian(*moments.chunk(2, dim=1))
 
@@ -581,7 +583,8 @@ class CausalVAE(nn.Module):
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
         tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        meta = self.config.to_dict() | {"latent_mean": self.latent_mean.tolist(), "latent_std": self.latent_std.tolist()}
+        stats = {"latent_mean": self.latent_mean.tolist(), "latent_std": self.latent_std.tolist()}
+        meta = self.config.to_dict() | stats  # the stats are informational here; the safetensors copy loads
         _atomic_write(d / WEIGHTS_NAME, lambda p: save_file(tensors, p, metadata={"format": "pt"}))
         _atomic_write(d / CONFIG_NAME, lambda p: Path(p).write_text(json.dumps(meta, indent=2) + "\n"))
 

@@ -1,18 +1,23 @@
-"""Pixels to objects for the world's scorer: find palette-coloured blobs in frames and link them into tracks.
+"""Pixels to objects for the world's scorer: find palette-coloured blobs in frames, link them into tracks.
 
-Detection, per frame: every pixel within CORE_DIST of a palette colour is that colour's core; core pixels
-of one colour that lie within two pixels of each other form one blob (video codecs cut a thin rim off an
-object's edge; a gap that narrow is never two objects apart). Each blob's soft coverage is read by
-projecting pixel colours onto the line from what lies under it (the background, or a touching object)
-to its colour, so anti-aliased and compressed edges count by the fraction they cover. From the coverage
-come area, centroid, and the normalised angular harmonics m3, m4 used for shape and orientation.
+Detection, per frame (``detect_objects``):
+- A frame that is mostly neither background nor palette colour is noise and shows no objects.
+- Every pixel within CORE_DIST of a palette colour is that colour's core. Core pixels of one colour
+  within two pixels of each other form one blob (a video codec cuts a thin rim off an edge; a gap that
+  narrow never separates two objects). Blend lines (red meeting yellow looks orange) are dropped, and so
+  are clumps whose rim does not fade into what lies under them (noise).
+- Pieces of one object cut apart by another drawn over it are measured as one.
+- Soft coverage: each pixel near the blob is read as a mix of its colour and what lies under it (the
+  background, or a touching object), in a luma-weighted metric since codecs halve chroma resolution.
+  From it come area, centroid, the angular harmonics m3, m4 (shape and orientation) and the sub-pixel
+  extent, with which of its sides are clear of other objects.
 
-Tracking, per colour: the number of objects is the most blobs seen in enough frames; blobs are linked
-frame to frame by a constant-velocity prediction (reflected at the walls) and the shape and area they
-had when seen alone. When same-colour objects overlap, their shared blob is given to each of them and
-marked ``merged``: its centroid belongs to neither.
+Tracking, per colour (``build_tracks``): the number of objects is the most blobs seen in enough
+frames; blobs are linked frame to frame by a constant-velocity prediction (reflected at the walls) and
+the shape and area seen at an anchor frame. When same-colour objects overlap, their shared blob goes to
+each of them, marked ``merged``: its centroid belongs to neither.
 
-Every length is in pixels here; the scorer converts to the world's unit s = min(W, H).
+Every length here is in pixels; the scorer converts to the world's unit s = min(W, H).
 """
 
 from __future__ import annotations
@@ -33,12 +38,19 @@ MIX_RESIDUAL = 30.0  # max distance (luma-weighted, see _METRIC) of a pixel from
 # The smallest object the world draws (a small triangle shrunk to 0.6 r) covers 1.3 (0.048 s)^2; a blob
 # needs a third of that in core pixels.
 MIN_CORE_FRAC = 0.35 * 1.299 * (0.6 * SIZES["small"]) ** 2
+MIN_RIM_FIT = 0.5  # share of a blob's rim pixels that must read as its colour over what lies under it
 EDGE_REACH = 2.9  # px: how far from an object's core its soft edge is read (two pixels, diagonals too)
+CLEAR_REACH = 3.5  # px: a side of an object with another object's core this close is not its own edge
 # Pieces of one object cut apart by another lie within this radius (s) of their middle: the widest
 # object, a large one grown by 1.6, reaches 0.26 s.
 FRAGMENT_REACH = 0.27
 MAX_BLOBS = 6  # per colour and frame: the world has at most 3; more is noise
 EIGHT = np.ones((3, 3), bool)
+# Every palette colour lies over 100 from every background, so no pixel this close to the background
+# can be an object's core.
+_BG_MARGIN = min(float(np.linalg.norm(PALETTE - np.asarray(b, np.float32), axis=1).min())
+                 for b in BACKGROUNDS.values()) - CORE_DIST - 1.0
+assert _BG_MARGIN > 0, "a palette colour is too close to a background colour"
 
 
 @dataclass
@@ -59,6 +71,15 @@ class Detection:
     m4: complex
     touch: bool
     box: tuple[int, int, int, int]  # x0, y0, x1, y1
+    # Sub-pixel extent of the coverage (left, top, right, bottom) and, per side, whether that side is
+    # clear of other objects: a clear side of a partly covered object is still its own edge.
+    extent: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)
+    clear: tuple[bool, bool, bool, bool] = (True, True, True, True)
+    # Angular harmonics 3 and 4 of the coverage's edge normals, over edges clear of other objects, and
+    # the amount of such edge: a partly covered object's own edges still tell its shape.
+    edge_m3: complex = 0j
+    edge_m4: complex = 0j
+    edge_weight: float = 0.0
 
     @property
     def shape(self) -> str:
@@ -68,6 +89,19 @@ class Detection:
         if a4 > 0.22:
             return "square"
         return "circle"
+
+
+def edge_shape(d: Detection) -> str | None:
+    """The shape told by a view's clear edges alone (None where they do not tell: a single straight
+    edge looks the same to both harmonics)."""
+    a3, a4 = abs(d.edge_m3), abs(d.edge_m4)
+    if a4 > 0.5 and a4 > a3 + 0.2:
+        return "square"
+    if a3 > 0.5 and a3 > a4 + 0.2:
+        return "triangle"
+    if max(a3, a4) < 0.3:
+        return "circle"
+    return None
 
 
 @dataclass
@@ -83,6 +117,9 @@ class ObjectTrack:
     motion: str = "static"
     radius: float = 0.0  # initial radius in units of s
     reliable: list[int] = field(default_factory=list)  # frames whose detection shows the whole object
+    # Per axis ("x", "y"): frames and centre coordinates (pixels) known there, from whole views and
+    # from the clear sides of partly covered ones.
+    samples: dict = field(default_factory=dict)
     info: dict = field(default_factory=dict)
 
     def frames(self) -> list[int]:
@@ -145,9 +182,19 @@ def detect_objects(frame: np.ndarray, background: str, k: int = 0, unit: float |
     H, W = frame.shape[:2]
     unit = unit or float(min(H, W))
     f = frame.astype(np.float32)
-    d2 = _sq_dist(f, PALETTE)  # (H, W, 7)
-    idx = d2.argmin(-1)
-    core = np.take_along_axis(d2, idx[..., None], -1)[..., 0] < CORE_DIST ** 2
+    bg = np.asarray(BACKGROUNDS[background], np.float32)
+    cand = ((f - bg) ** 2).sum(-1) > _BG_MARGIN ** 2
+    idx = np.zeros((H, W), np.int64)
+    core = np.zeros((H, W), bool)
+    if cand.any():
+        d2 = _sq_dist(f[cand], PALETTE)  # (N, 7)
+        near = d2.argmin(-1)
+        idx[cand] = near
+        core[cand] = d2[np.arange(len(near)), near] < CORE_DIST ** 2
+    # Objects cover at most about 60 % of a world frame and are mostly their palette colour; a frame
+    # that is mostly neither background nor palette colour is noise, and shows no objects.
+    if cand.mean() > 0.5 and core.sum() < 0.4 * cand.sum():
+        return []
     min_core = max(3, int(round(MIN_CORE_FRAC * unit * unit)))
 
     # Pass 1: blobs of each colour, big enough to be an object. ``ids`` labels their core pixels.
@@ -155,8 +202,11 @@ def detect_objects(frame: np.ndarray, background: str, k: int = 0, unit: float |
     blobs = []  # (colour index, slice)
     for ci in np.unique(idx[core]):
         mask = core & (idx == ci)
-        joined, n = ndimage.label(ndimage.binary_dilation(mask, EIGHT), EIGHT)
-        lab = joined * mask
+        lab = np.zeros((H, W), np.int32)
+        rows, cols = np.nonzero(mask.any(1))[0], np.nonzero(mask.any(0))[0]
+        win = _grow((slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1)), 1, H, W)
+        joined, n = ndimage.label(ndimage.binary_dilation(mask[win], EIGHT), EIGHT)
+        lab[win] = joined * mask[win]
         sizes = np.bincount(lab.ravel(), minlength=n + 1)
         sizes[0] = 0
         keep = np.nonzero(sizes >= min_core)[0]
@@ -186,12 +236,14 @@ def detect_objects(frame: np.ndarray, background: str, k: int = 0, unit: float |
 
     # Pass 3: an object cut in two by one drawn over it shows as two blobs of its colour that both touch
     # the cutter and together span no more than one object; such blobs are measured as one.
-    touching = {b: _neighbours(ids, b, blobs[b - 1][1], H, W) for b in kept}
+    colours = [blobs[b - 1][0] for b in kept]
+    touching = {b: _neighbours(ids, b, blobs[b - 1][1], H, W) for b, c in zip(kept, colours)
+                if colours.count(c) > 1}
     groups = {b: {b} for b in kept}
     reach = 2 * FRAGMENT_REACH * unit
     for b1, b2 in itertools.combinations(kept, 2):
-        (c1, s1), (c2, s2) = blobs[b1 - 1], blobs[b2 - 1]
-        if c1 != c2 or groups[b1] is groups[b2]:
+        c1, c2 = blobs[b1 - 1][0], blobs[b2 - 1][0]
+        if c1 != c2 or groups[b1] is groups[b2]:  # (blobs of a shared colour have neighbour sets)
             continue
         common = {o for o in touching[b1] & touching[b2] if blobs[o - 1][0] != c1}
         u = groups[b1] | groups[b2]
@@ -202,7 +254,6 @@ def detect_objects(frame: np.ndarray, background: str, k: int = 0, unit: float |
                 groups[g] = u
     seen: set[int] = set()
     out = []
-    bg = np.asarray(BACKGROUNDS[background], np.float32)
     for b in kept:
         if b in seen:
             continue
@@ -231,7 +282,7 @@ def _measure(group: list[int], blobs: list, ids: np.ndarray, idx: np.ndarray, f:
                  slice(min(s[1].start for s in sls), max(s[1].stop for s in sls))), 3, H, W)
     y0, x0 = box[0].start, box[1].start
     lab = ids[box]
-    mine = np.isin(lab, group)
+    mine = (lab == group[0]) if len(group) == 1 else np.isin(lab, group)
     others = (lab != 0) & ~mine  # other objects' core pixels, any colour
     # A pixel off every core belongs to the nearest one, within the reach of an anti-aliased (or
     # codec-smeared) edge.
@@ -254,16 +305,34 @@ def _measure(group: list[int], blobs: list, ids: np.ndarray, idx: np.ndarray, f:
             better = contact & (r2 < resid)
             alpha = np.where(better, np.clip(a2, 0.0, 1.0), alpha)
             resid = np.where(better, r2, resid)
-    alpha = alpha * (own & (resid < MIX_RESIDUAL))
+    fits = resid < MIX_RESIDUAL
+    # An object's rim is its colour fading into what lies under it; around a clump of like-coloured
+    # noise pixels the colours are anything.
+    rim = own & (d_mine > 0) & (d_mine <= 1.5)
+    if rim.any() and fits[rim].mean() < MIN_RIM_FIT:
+        return None
+    alpha = alpha * (own & fits)
     pos = np.clip(alpha, 0.0, 1.0)
     area = float(alpha.sum())
     if area <= 0 or pos.sum() <= 0:
         return None
     cx, cy, m3, m4 = _harmonics(pos, x0, y0)
-    w = float(pos.max(0).sum())
-    h = float(pos.max(1).sum())
-    return Detection(NAMES[ci], k, cx, cy, area, area / max(w * h, 1e-6), m3, m4, touch,
-                     (x0, y0, box[1].stop, box[0].stop))
+    colmax, rowmax = pos.max(0), pos.max(1)
+    cols, rows = np.nonzero(colmax > 0.02)[0], np.nonzero(rowmax > 0.02)[0]
+    # The outermost column (row) is covered to the depth of its largest coverage.
+    extent = (x0 + cols[0] + 1 - colmax[cols[0]], y0 + rows[0] + 1 - rowmax[rows[0]],
+              x0 + cols[-1] + colmax[cols[-1]], y0 + rows[-1] + rowmax[rows[-1]])
+    crowded = (pos > 0.02) & (d_other <= CLEAR_REACH)
+    clear = (not crowded[:, cols[0]:cols[0] + 2].any(), not crowded[rows[0]:rows[0] + 2].any(),
+             not crowded[:, max(cols[-1] - 1, 0):cols[-1] + 1].any(),
+             not crowded[max(rows[-1] - 1, 0):rows[-1] + 1].any())
+    gx, gy = ndimage.sobel(pos, axis=1), ndimage.sobel(pos, axis=0)
+    w = np.hypot(gx, gy) * (d_other > CLEAR_REACH)
+    wsum = float(w.sum())
+    theta = np.arctan2(gy, gx)
+    e3, e4 = ((complex((w * np.exp(1j * n * theta)).sum()) / wsum if wsum > 0 else 0j) for n in (3, 4))
+    return Detection(NAMES[ci], k, cx, cy, area, area / max(float(colmax.sum() * rowmax.sum()), 1e-6), m3, m4,
+                     touch, (x0, y0, box[1].stop, box[0].stop), tuple(map(float, extent)), clear, e3, e4, wsum)
 
 
 def _grow(sl: tuple[slice, slice], m: int, H: int, W: int) -> tuple[slice, slice]:
@@ -344,7 +413,7 @@ def _track_colour(name: str, per: list[list[Detection]], n: int, unit: float, wi
             new_partner: list[int | None] = [None] * n
             owner = {c: a for a, c in enumerate(best) if c >= 0}
             pad = 0.05 * unit
-            for by_partner in (False, True):
+            for how in ("inside", "partner", "area"):
                 for a in range(n):
                     if tracks[a].dets[k] is not None:
                         continue
@@ -352,10 +421,14 @@ def _track_colour(name: str, per: list[list[Detection]], n: int, unit: float, wi
                     for cb, d in enumerate(cands):
                         b = owner.get(cb)
                         x0, y0, x1, y1 = d.box
-                        if by_partner:
-                            if b is None or partner[a] != b:
-                                continue
-                        elif not (x0 - pad <= px < x1 + pad and y0 - pad <= py < y1 + pad):
+                        if how == "inside":
+                            hit = x0 - pad <= px < x1 + pad and y0 - pad <= py < y1 + pad
+                        elif how == "partner":
+                            hit = b is not None and partner[a] == b
+                        else:  # a blob much larger than its owner, near where this one should be
+                            gap = math.hypot(max(x0 - px, 0.0, px - x1), max(y0 - py, 0.0, py - y1)) / unit
+                            hit = b is not None and d.area > 1.3 * sig[b].area and gap < 0.15
+                        if not hit:
                             continue
                         tracks[a].dets[k] = d
                         if b is None:

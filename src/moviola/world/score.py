@@ -11,9 +11,13 @@ triangle, |m4| for a square, neither for a circle): they are rotation invariant,
 still a square, and their phase gives the orientation used to detect spinning. The bounding-box fill
 ratio of WORLD.md is reported beside them.
 
-Objects overlap. A partly covered object's centroid and area are wrong, so each track keeps a list of
-``reliable`` frames: those where it touches nothing, or where its area is whole (it lies on top of what
-it touches). Shape, size, motion and physics are measured on those frames.
+Objects overlap, and a partly covered object's centroid and area are wrong. So each track keeps its
+``reliable`` frames, those showing it whole: it touches nothing, or its area is whole next to its
+untouched views (it lies on top of what it touches). Shape and size are read there. Motion first asks
+whether the object stays in place (its centre's speed, over untouched views where they suffice): if so,
+static / spins / grows / shrinks come from the views whose centroid sits at its place; if not, the
+direction, bounce or fall comes from its centre over time, where a partly covered view still places the
+centre along an axis by its own edge on a side clear of other objects.
 
 Every threshold is in the world's unit s = min(W, H) and in seconds, so it holds at every size and fps.
 """
@@ -28,7 +32,7 @@ import numpy as np
 
 from moviola.world.caption import Prompt, parse_prompt
 from moviola.world.detect import (
-    Detection, ObjectTrack, build_tracks, detect_background, detect_objects,
+    Detection, ObjectTrack, build_tracks, detect_background, detect_objects, edge_shape,
 )
 from moviola.world.spec import (
     BOUNCE_SPEED, GRAVITY, GROW_FACTOR, LINEAR_MOTIONS, MOVE_SPEED, SCALE_SECONDS, SHRINK_FACTOR, SIZES,
@@ -42,11 +46,14 @@ WHOLE_AREA = 0.95  # a touching object whose area is at least this share of its 
 WHOLE_RADIUS = 0.03  # likewise for the radius of an object in place, against its fitted growth
 IN_PLACE_SPEED = 0.1  # s/s: slower than this, an object stays in place (the slowest mover does 0.35)
 PLACE_LOOK = 0.25  # s: the time over which that speed is measured
-# s: closer still in the frames that show it whole; cover that takes 5 % of an object's area moves its
-# centroid by about 0.005 s, and compressed video keeps a centroid to about 0.002 s
+# s: an object in place shows itself whole where its centroid is within this of its place (or 3 % of its
+# radius): cover taking 5 % of its area moves the centroid about 0.005 s; H.264 keeps it to 0.002 s.
 HOME_TOL = 0.004
+MIN_SCALE_LOOK = 0.2  # s: growth is judged over at least this long (grows: +6 % of r, shrinks: -4 %)
+ACC_STEP = 0.125  # s: spacing of the samples an acceleration is read from
 ACC_SPAN = 0.8  # s: longest time over which three samples give an acceleration
 REFLECT_WINDOW = 0.4  # s: positions this close to a reversal give the velocities before and after it
+REFLECT_SPAN = 0.1  # s: the least time a side of a reversal must be seen over to give a speed
 REFLECT_GAP = 0.03  # s: largest distance of a reflection from the wall (the object's extent touching it)
 FALL_RMS = 0.02  # s: largest rms misfit of a fall to y0 + g t^2 / 2
 
@@ -66,6 +73,16 @@ def _vote_shape(dets: list[Detection]) -> str:
     return max(sorted(votes), key=votes.get) if votes else "circle"
 
 
+def _vote_edge_shape(dets: list[Detection]) -> str | None:
+    """The shape the views' clear edges tell, each view weighted by how much clear edge it shows."""
+    votes: dict[str, float] = {}
+    for d in dets:
+        shape = edge_shape(d)
+        if shape is not None:
+            votes[shape] = votes.get(shape, 0.0) + d.edge_weight
+    return max(sorted(votes), key=votes.get) if votes else None
+
+
 def reliable_frames(tr: ObjectTrack) -> list[int]:
     """Frames whose detection shows the whole object: it touches nothing, or its area is whole next to
     its untouched area at the nearest times (objects that grow or shrink change area over time), or,
@@ -82,23 +99,43 @@ def reliable_frames(tr: ObjectTrack) -> list[int]:
     return [k for k, a, r in zip(ks, areas, ref) if not tr.dets[k].touch or a >= WHOLE_AREA * r]
 
 
-def classify_track(tr: ObjectTrack, fps: float, unit: float, width: int, height: int) -> None:
+def classify_track(tr: ObjectTrack, fps: float, unit: float) -> None:
     """Fill in shape, size, radius, reliable frames and motion of a track (and diagnostic info)."""
     tr.reliable = reliable_frames(tr)
     whole = [tr.dets[k] for k in tr.reliable] or [tr.dets[k] for k in tr.frames()]
     tr.shape = _vote_shape(whole)
+    views = [tr.dets[k] for k in tr.frames() if not tr.merged[k]]
+    never_alone = bool(views) and all(d.touch for d in views)
+    if never_alone:
+        # Never seen alone, perhaps never whole: the edges it shows clear of others tell its shape.
+        tr.shape = _vote_edge_shape(views) or tr.shape
     tr.radius = float(np.median([_radius(d, tr.shape, unit) for d in whole]))
     tr.info = {"fill": float(np.median([d.fill for d in whole])), "frames": len(tr.frames()),
                "reliable": len(tr.reliable)}
     ks = tr.reliable
     if len(ks) < 2:  # too little seen whole for motion: use the partly covered views too
         ks = [k for k in tr.frames() if not tr.merged[k]] or tr.frames()
-    dets = [tr.dets[k] for k in ks]
-    tr.motion = _motion(tr, ks, dets, fps, unit) if len(ks) >= 2 else "static"
+    tr.motion = _motion(tr, ks, fps, unit) if len(ks) >= 2 else "static"
+    if never_alone and tr.motion != "spins":
+        # Area and extent of a covered view both fall short of the whole; where the area falls much
+        # shorter (a bite out of the middle of an edge), the extent is the closer.
+        t0 = views[0].frame
+        first = [d for d in views if d.frame - t0 <= PLACE_LOOK * fps]  # the size word names the start
+        r_ext = float(np.median([_extent_radius(d, tr.shape) for d in first])) / unit
+        if tr.radius < 0.8 * r_ext:
+            tr.radius = r_ext
     tr.size = "small" if tr.radius < _SIZE_SPLIT else "large"
 
 
-def _motion(tr: ObjectTrack, ks: list[int], dets: list[Detection], fps: float, unit: float) -> str:
+def _extent_radius(d: Detection, shape: str) -> float:
+    """Radius (pixels) of an upright shape whose bounding box holds the view's extent."""
+    w, h = d.extent[2] - d.extent[0], d.extent[3] - d.extent[1]
+    if shape == "triangle":  # circumradius r: width r sqrt(3), height 1.5 r
+        return max(w / math.sqrt(3), h / 1.5)
+    return max(w, h) / 2
+
+
+def _motion(tr: ObjectTrack, ks: list[int], fps: float, unit: float) -> str:
     """The track's motion word (an object that grows or shrinks also gets its radius at t = 0)."""
     # Whether it stays in place is judged on the frames where it touches nothing, when they tell: a
     # growing object that is being covered can keep its area and still lose its centroid.
@@ -120,10 +157,39 @@ def _motion(tr: ObjectTrack, ks: list[int], dets: list[Detection], fps: float, u
         home = [k for k in tr.frames() if not tr.merged[k]
                 and math.hypot(tr.dets[k].cx / unit - hx, tr.dets[k].cy / unit - hy) < tol]
         return _in_place_motion(tr, home if len(home) >= 2 else ks, fps, unit)
-    t = np.array(ks, np.float64) / fps
-    x = np.array([d.cx for d in dets]) / unit
-    y = np.array([d.cy for d in dets]) / unit
-    return _moving_motion(tr, np.array(ks), t, x, y)
+    tr.samples = axis_samples(tr, tr.reliable or ks, fallback=ks)
+    return _moving_motion(tr, fps, unit)
+
+
+def axis_samples(tr: ObjectTrack, ks: list[int], fallback: list[int] = ()) -> dict[str, tuple]:
+    """Per axis, the frames where the object's centre is known and its coordinate there (pixels).
+
+    Frames ``ks`` (whole views) give their centroids. A partly covered view still shows its own edge
+    on the sides clear of other objects; that edge, plus the centre-to-edge offset seen in the whole
+    views, places the centre along that axis. An axis left with fewer than two samples takes the
+    centroids of the ``fallback`` frames.
+    """
+    whole = [tr.dets[k] for k in ks]
+    offsets = [float(np.median([(d.cx, d.cy)[i % 2] - d.extent[i] for d in whole])) for i in range(4)]
+    out = {}
+    for axis, (lo, hi) in (("x", (0, 2)), ("y", (1, 3))):
+        a = 0 if axis == "x" else 1
+        span = offsets[lo] - offsets[hi]  # the whole object's extent along the axis
+        known = {k: (tr.dets[k].cx, tr.dets[k].cy)[a] for k in ks}
+        for k in tr.frames():
+            d = tr.dets[k]
+            if k in known or tr.merged[k]:
+                continue
+            sides = [i for i in (lo, hi) if d.clear[i]]
+            if len(sides) == 2 and abs(d.extent[hi] - d.extent[lo] - span) > 0.1 * span:
+                continue  # both look clear, yet the view is short: one of them is not the object's edge
+            if sides:
+                known[k] = float(np.mean([d.extent[i] + offsets[i] for i in sides]))
+        if len(known) < 2:
+            known.update({k: (tr.dets[k].cx, tr.dets[k].cy)[a] for k in fallback})
+        order = sorted(known)
+        out[axis] = (np.array(order), np.array([known[k] for k in order], np.float64))
+    return out
 
 
 def _place_speeds(tr: ObjectTrack, ks: list[int], fps: float, unit: float) -> list[float]:
@@ -148,15 +214,15 @@ def _steps(ks: np.ndarray, max_gap: int) -> np.ndarray:
     return i if len(i) else np.arange(len(ks) - 1)
 
 
-def _moving_motion(tr: ObjectTrack, ks: np.ndarray, t: np.ndarray, x: np.ndarray, y: np.ndarray) -> str:
-    """left / right / up / down / bounces / falls from a moving object's reliable centres (in s)."""
-    i = _steps(ks, 2)
-    vx = (x[i + 1] - x[i]) / (t[i + 1] - t[i])
-    vy = (y[i + 1] - y[i]) / (t[i + 1] - t[i])
+def _moving_motion(tr: ObjectTrack, fps: float, unit: float) -> str:
+    """left / right / up / down / bounces / falls from a moving object's centres (``tr.samples``)."""
+    (kx, x), (ky, y) = tr.samples["x"], tr.samples["y"]
+    vx, vy = _velocities(kx, x / unit, fps), _velocities(ky, y / unit, fps)
     # Reflections flip a velocity component's sign but keep its magnitude, so medians of |v| are the
     # object's speed along each axis whatever walls it met.
-    sx, sy = float(np.median(np.abs(vx))), float(np.median(np.abs(vy)))
-    acc = _vertical_acceleration(ks, t, y)
+    sx = float(np.median(np.abs(vx))) if len(vx) else 0.0
+    sy = float(np.median(np.abs(vy))) if len(vy) else 0.0
+    acc = _vertical_acceleration(ky, ky / fps, y / unit)
     tr.info.update(speed_x=sx, speed_y=sy, acc=acc)
     if acc > 0.5 * GRAVITY and sx < 0.1:
         return "falls"
@@ -167,19 +233,32 @@ def _moving_motion(tr: ObjectTrack, ks: np.ndarray, t: np.ndarray, x: np.ndarray
     return "down" if np.median(vy[:3]) > 0 else "up"
 
 
+def _velocities(ks: np.ndarray, p: np.ndarray, fps: float) -> np.ndarray:
+    """Velocities between successive samples at most two frames apart (any two if none are)."""
+    if len(ks) < 2:
+        return np.zeros(0)
+    i = _steps(ks, 2)
+    return (p[i + 1] - p[i]) / ((ks[i + 1] - ks[i]) / fps)
+
+
 def _vertical_acceleration(ks: np.ndarray, t: np.ndarray, y: np.ndarray) -> float:
-    """Median second divided difference of y over runs of close samples: gravity for a falling object,
-    zero for one moving at constant speed. Triples around a floor bounce (down, then up) are left out,
-    and so are those spread over more than ACC_SPAN seconds."""
+    """Median second divided difference of y over triples of samples about ACC_STEP apart: gravity for
+    a falling object, zero for one moving at constant speed. (Closer samples, at a high frame rate,
+    would leave gravity's curve under the codec's noise.) Triples around a floor bounce (down, then up)
+    are left out, and so are those spread over more than ACC_SPAN seconds."""
     acc = []
-    for i in range(1, len(ks) - 1):
-        if t[i + 1] - t[i - 1] > ACC_SPAN:
+    for i in range(len(ks) - 2):
+        j = max(i + 1, int(np.searchsorted(t, t[i] + ACC_STEP - 1e-9)))
+        if j >= len(ks) - 1:
+            break
+        m = max(j + 1, int(np.searchsorted(t, t[j] + ACC_STEP - 1e-9)))
+        if m >= len(ks) or t[m] - t[i] > ACC_SPAN:
             continue
-        v1 = (y[i] - y[i - 1]) / (t[i] - t[i - 1])
-        v2 = (y[i + 1] - y[i]) / (t[i + 1] - t[i])
+        v1 = (y[j] - y[i]) / (t[j] - t[i])
+        v2 = (y[m] - y[j]) / (t[m] - t[j])
         if v1 > 0 > v2:
             continue
-        acc.append(2 * (v2 - v1) / (t[i + 1] - t[i - 1]))
+        acc.append(2 * (v2 - v1) / (t[m] - t[i]))
     return float(np.median(acc)) if acc else 0.0
 
 
@@ -194,12 +273,15 @@ def _in_place_motion(tr: ObjectTrack, ks: list[int], fps: float, unit: float) ->
     u = np.minimum(t, SCALE_SECONDS) / SCALE_SECONDS
     whole = np.ones(len(ks), bool)
     c = 0.0
-    if len(ks) >= 2 and np.ptp(u) >= 0.1:
+    # Growth is judged over at least MIN_SCALE_LOOK seconds; half as long again when every view
+    # touches another object (one creeping over it takes area away much as shrinking does).
+    look = MIN_SCALE_LOOK * (1.5 if all(tr.dets[k].touch for k in ks) else 1.0) / SCALE_SECONDS
+    if len(ks) >= 2 and np.ptp(u) >= look:
         for _ in range(3):
             slope, r0 = np.polyfit(u[whole], r[whole], 1)
             fit = r0 + slope * u
             keep = (r >= fit * (1 - WHOLE_RADIUS)) & (r <= fit * (1 + 2 * WHOLE_RADIUS))
-            if keep.sum() < 2 or np.ptp(u[keep]) < 0.1 or (keep == whole).all():
+            if keep.sum() < 2 or np.ptp(u[keep]) < look or (keep == whole).all():
                 break
             whole = keep
         c = float(slope / max(r0, 1e-6))
@@ -230,11 +312,11 @@ def _in_place_motion(tr: ObjectTrack, ks: list[int], fps: float, unit: float) ->
 def _fall_physics(tr: ObjectTrack, fps: float, unit: float) -> float | None:
     """1 if the drop before the first floor contact fits y0 + g t^2 / 2 (at rest at t = 0, the world's
     gravity), else 0; None when too little of the drop is seen."""
-    ks = tr.reliable
+    ks, y = _whole_samples(tr)["y"]
     if len(ks) < 3:
         return None
-    t = np.array(ks, np.float64) / fps
-    y = np.array([tr.dets[k].cy for k in ks]) / unit
+    t = ks / fps
+    y = y / unit
     end = 1  # the drop: samples from the first while y grows, with no long gap between them
     while end < len(y) and y[end] >= y[end - 1] - 0.005 and ks[end] - ks[end - 1] <= 2:
         end += 1
@@ -255,15 +337,14 @@ def _reflection_physics(tr: ObjectTrack, fps: float, unit: float, width: int, he
     """Fraction of velocity reversals that are elastic reflections at a wall: lines fitted to the
     positions just before and just after the reversal meet with the object's extent at the wall, and
     the speed is kept."""
-    ks = tr.reliable
-    if len(ks) < 3:
-        return None
-    t = np.array(ks, np.float64) / fps
-    pos = {"x": np.array([tr.dets[k].cx for k in ks]) / unit, "y": np.array([tr.dets[k].cy for k in ks]) / unit}
     size = {"x": width / unit, "y": height / unit}
     ok, total = 0, 0
     for axis in ("x", "y"):
-        p = pos[axis]
+        ks, p = _whole_samples(tr)[axis]
+        if len(ks) < 3:
+            continue
+        t = ks / fps
+        p = p / unit
         v = np.diff(p) / np.diff(t)
         if np.median(np.abs(v)) < 0.1:  # no motion along this axis, nothing to reflect
             continue
@@ -283,19 +364,34 @@ def _reflection_physics(tr: ObjectTrack, fps: float, unit: float, width: int, he
     return ok / total if total else None
 
 
+def _whole_samples(tr: ObjectTrack) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per-axis centre samples from the views showing the whole object only: the physics checks want
+    centroids, not centres placed from edges (a codec moves an edge by a pixel)."""
+    ks = tr.reliable or [k for k in tr.frames() if not tr.merged[k]]
+    kk = np.array(ks, dtype=np.int64)
+    return {"x": (kk, np.array([tr.dets[k].cx for k in ks], np.float64)),
+            "y": (kk, np.array([tr.dets[k].cy for k in ks], np.float64))}
+
+
 def _reflection_fit(t: np.ndarray, p: np.ndarray, i: int) -> tuple[float, float, float] | None:
     """Velocities before and after a reversal at sample i and the position where the two motions meet.
 
     The contact lies between samples i - 1 and i + 1, and sample i may be on either side of it, so the
-    lines are fitted to up to three samples each side of it, not to it. A side with one sample only takes
+    lines are fitted to the samples within REFLECT_WINDOW each side of it, not to it. A side with one sample only takes
     the other side's speed, mirrored (the elastic reflection it is tested for).
     """
-    before = [j for j in range(max(0, i - 3), i) if t[i] - t[j] <= REFLECT_WINDOW]
-    after = [j for j in range(i + 1, min(len(p), i + 4)) if t[j] - t[i] <= REFLECT_WINDOW]
-    if not before or not after or (len(before) < 2 and len(after) < 2):
+    before = [j for j in range(i) if t[i] - t[j] <= REFLECT_WINDOW]
+    after = [j for j in range(i + 1, len(p)) if t[j] - t[i] <= REFLECT_WINDOW]
+    if not before or not after:
         return None
-    vb, pb = _line(t[before], p[before]) if len(before) >= 2 else (None, None)
-    va, pa = _line(t[after], p[after]) if len(after) >= 2 else (None, None)
+    # A side seen over less than REFLECT_SPAN gives no trustworthy speed (a codec's jitter over a
+    # frame or two at a high frame rate): it lends only its position.
+    fit_b = t[before[-1]] - t[before[0]] >= REFLECT_SPAN
+    fit_a = t[after[-1]] - t[after[0]] >= REFLECT_SPAN
+    if not (fit_b or fit_a):
+        return None
+    vb, pb = _line(t[before], p[before]) if fit_b else (None, None)
+    va, pa = _line(t[after], p[after]) if fit_a else (None, None)
     if vb is None:
         vb = -va
         pb = p[before[-1]] - vb * t[before[-1]]
@@ -343,7 +439,7 @@ def _consistency(tr: ObjectTrack, unit: float, boxes: dict[int, list]) -> tuple[
     hidden behind another object), and the share of reliable frames whose radius stays near the median."""
     ks = tr.frames()
     missing = [k for k in range(ks[0], ks[-1] + 1) if tr.dets[k] is None]
-    known = np.array([k for k in (tr.reliable or ks)], np.float64)
+    known = np.array(ks, np.float64)
     xs = np.array([tr.dets[int(k)].cx for k in known])
     ys = np.array([tr.dets[int(k)].cy for k in known])
     pad = max(tr.radius * unit, 2.0)
@@ -364,18 +460,30 @@ def _consistency(tr: ObjectTrack, unit: float, boxes: dict[int, list]) -> tuple[
 
 # --- the report ------------------------------------------------------------------------------------
 
-def analyse(frames: np.ndarray, fps: float) -> tuple[str, list[ObjectTrack], list[list[Detection]]]:
-    """Background, classified object tracks and per-frame detections of a clip (T, H, W, 3) uint8."""
+def _as_uint8(frames) -> np.ndarray:
+    """(T, H, W, 3) uint8 from uint8 frames, or float frames in [0, 1]; one frame (H, W, 3) is a clip of one."""
     frames = np.asarray(frames)
     if frames.ndim == 3:
         frames = frames[None]
+    if frames.ndim != 4 or frames.shape[-1] != 3 or 0 in frames.shape:
+        raise ValueError(f"frames must be (T, H, W, 3) or (H, W, 3) RGB, got shape {frames.shape}")
+    if frames.dtype != np.uint8:
+        if not np.issubdtype(frames.dtype, np.floating):
+            raise ValueError(f"frames must be uint8, or float in [0, 1]; got {frames.dtype}")
+        frames = np.clip(np.rint(frames * 255.0), 0, 255).astype(np.uint8)
+    return frames
+
+
+def analyse(frames: np.ndarray, fps: float) -> tuple[str, list[ObjectTrack], list[list[Detection]]]:
+    """Background, classified object tracks and per-frame detections of a clip (T, H, W, 3) uint8."""
+    frames = _as_uint8(frames)
     T, H, W, _ = frames.shape
     unit = float(min(H, W))
     bg = detect_background(frames)
     dets = [detect_objects(fr, bg, k, unit) for k, fr in enumerate(frames)]
     tracks = build_tracks(dets, fps, unit, W, H)
     for tr in tracks:
-        classify_track(tr, fps, unit, W, H)
+        classify_track(tr, fps, unit)
     return bg, tracks, dets
 
 
@@ -391,31 +499,25 @@ def score_clip(frames: np.ndarray, prompt: str | Prompt, fps: float = 8.0) -> di
         per-object findings, "physics", "permanence", "consistency" (None where not applicable).
     """
     p = parse_prompt(prompt) if isinstance(prompt, str) else prompt
-    frames = np.asarray(frames)
-    if frames.ndim == 3:
-        frames = frames[None]
-    if frames.ndim != 4 or frames.shape[-1] != 3:
-        raise ValueError(f"frames must be (T, H, W, 3) or (H, W, 3) RGB, got shape {frames.shape}")
+    frames = _as_uint8(frames)
     T, H, W, _ = frames.shape
     unit = float(min(H, W))
     bg, tracks, dets = analyse(frames, fps)
     score_motion = T >= 2
-    # Match prompt objects to tracks, maximising agreeing attributes (colour first).
+    # Match prompt objects to found objects, maximising agreeing attributes (colour first). A prompt
+    # object whose colour is nowhere may still answer to an object of another colour: then only its
+    # colour is wrong.
     n_p, n_t = len(p.objects), len(tracks)
-    best, best_val = [], -1.0
-    for perm in itertools.permutations(range(n_t), min(n_p, n_t)):
-        val = 0.0
-        for po, ti in zip(p.objects, perm):
-            tr = tracks[ti]
-            if tr.color == po.color:
-                val += 10 + (tr.shape == po.shape) * 2 + (po.size in (None, tr.size)) + (tr.motion == po.motion)
+    best, best_val = [-1] * n_p, -1.0
+    for perm in itertools.permutations(list(range(n_t)) + [-1] * n_p, n_p):
+        val = sum(_agreement(po, tracks[ti]) for po, ti in zip(p.objects, perm) if ti >= 0)
         if val > best_val:
             best, best_val = list(perm), val
     objects, acc = [], {a: [] for a in ("color", "shape", "size", "motion")}
     fall, refl, perm_scores, cons_c, cons_s = [], [], [], [], []
     boxes = {k: [d.box for d in fr] for k, fr in enumerate(dets)}
     for i, po in enumerate(p.objects):
-        tr = tracks[best[i]] if i < len(best) and tracks[best[i]].color == po.color else None
+        tr = tracks[best[i]] if best[i] >= 0 else None
         row = {"expected": {"color": po.color, "shape": po.shape, "size": po.size, "motion": po.motion}}
         if tr is None:
             row["found"] = None
@@ -430,7 +532,7 @@ def score_clip(frames: np.ndarray, prompt: str | Prompt, fps: float = 8.0) -> di
             continue
         row["found"] = {"color": tr.color, "shape": tr.shape, "size": tr.size, "motion": tr.motion,
                         "radius": round(tr.radius, 4), **{k: _round(v) for k, v in tr.info.items()}}
-        acc["color"].append(1.0)
+        acc["color"].append(float(tr.color == po.color))
         acc["shape"].append(float(tr.shape == po.shape))
         if po.size is not None:
             acc["size"].append(float(tr.size == po.size))
@@ -460,7 +562,7 @@ def score_clip(frames: np.ndarray, prompt: str | Prompt, fps: float = 8.0) -> di
         "count": {"expected": n_p, "found": n_t},
         "objects": objects,
         "extra_objects": [{"color": t.color, "shape": t.shape, "size": t.size, "motion": t.motion}
-                          for j, t in enumerate(tracks) if j not in best[:n_p]],
+                          for j, t in enumerate(tracks) if j not in best],
         "attributes": attributes,
         "overall": float(np.mean(scored)),
         "physics": {"fall": _mean(fall), "reflection": _mean(refl)},
@@ -478,6 +580,12 @@ def score_file(path: str | Path, prompt: str | Prompt) -> dict:
         return score_clip(read_image(path), prompt, fps=8.0)
     vid = read_video(path)
     return score_clip(vid.frames, prompt, fps=vid.fps)
+
+
+def _agreement(po, tr: ObjectTrack) -> float:
+    """How well a found object answers a prompt object (colour outweighs the rest together)."""
+    return (1.0 + 10.0 * (tr.color == po.color) + 2.0 * (tr.shape == po.shape)
+            + (po.size in (None, tr.size)) + (tr.motion == po.motion))
 
 
 def _mean(values: list) -> float | None:

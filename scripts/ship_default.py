@@ -1,0 +1,31 @@
+"""Copy a trained pipeline folder into the package's default model folder, the DiT stored in fp16.
+
+    python scripts/ship_default.py runs/dit-default/model
+
+The shipped weights must stay within 20 MB together; fp16 halves the DiT (loading casts back to the
+fp32 parameters, so inference is unchanged apart from fp16 rounding of the weights). The VAE stays fp32.
+"""
+
+import shutil
+import sys
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from moviola import DEFAULT_MODEL_DIR
+
+
+def main(src: str) -> None:
+    src_dir, dst = Path(src), DEFAULT_MODEL_DIR
+    dst.mkdir(parents=True, exist_ok=True)
+    for name in ("vae.safetensors", "vae.json", "dit.json", "pipeline.json", "training_captions.json"):
+        shutil.copyfile(src_dir / name, dst / name)
+    dit = {k: (v.half() if v.is_floating_point() else v) for k, v in load_file(str(src_dir / "dit.safetensors")).items()}
+    save_file(dit, str(dst / "dit.safetensors"), metadata={"format": "pt", "dtype": "float16"})
+    total = sum(p.stat().st_size for p in dst.glob("*.safetensors"))
+    print(f"shipped to {dst}: weights {total / 2 ** 20:.2f} MiB")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
