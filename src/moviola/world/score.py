@@ -377,8 +377,9 @@ def _reflection_fit(t: np.ndarray, p: np.ndarray, i: int) -> tuple[float, float,
     """Velocities before and after a reversal at sample i and the position where the two motions meet.
 
     The contact lies between samples i - 1 and i + 1, and sample i may be on either side of it, so the
-    lines are fitted to the samples within REFLECT_WINDOW each side of it, not to it. A side with one sample only takes
-    the other side's speed, mirrored (the elastic reflection it is tested for).
+    lines are fitted to the samples within REFLECT_WINDOW each side of it, not to it. A side seen too
+    briefly takes the other side's speed, mirrored (the elastic reflection it is tested for), through
+    its sample nearest the reversal.
     """
     before = [j for j in range(i) if t[i] - t[j] <= REFLECT_WINDOW]
     after = [j for j in range(i + 1, len(p)) if t[j] - t[i] <= REFLECT_WINDOW]
