@@ -265,10 +265,10 @@ def detect_objects(frame: np.ndarray, background: str, k: int = 0, unit: float |
 
 
 def _neighbours(ids: np.ndarray, b: int, sl: tuple[slice, slice], H: int, W: int) -> set[int]:
-    """Blobs within two pixels of blob b."""
-    box = _grow(sl, 3, H, W)
+    """Blobs within a few pixels of blob b (a codec smears the seam between two objects)."""
+    box = _grow(sl, 5, H, W)
     lab = ids[box]
-    near = ndimage.binary_dilation(lab == b, EIGHT, iterations=2)
+    near = ndimage.binary_dilation(lab == b, EIGHT, iterations=4)
     return set(np.unique(lab[near]).tolist()) - {0, b}
 
 

@@ -20,6 +20,9 @@ direction, bounce or fall comes from its centre over time, where a partly covere
 centre along an axis by its own edge on a side clear of other objects.
 
 Every threshold is in the world's unit s = min(W, H) and in seconds, so it holds at every size and fps.
+
+Limits: objects of one colour that overlap for a whole clip are one blob and count as one; an object
+that is never more than about half visible (covered in every frame) can have its shape or size misread.
 """
 
 from __future__ import annotations
