@@ -187,6 +187,20 @@ def cmd_train_vae(args, extra: list[str]) -> int:
     return 0
 
 
+def cmd_data_check(args) -> int:
+    from moviola.data.folder import check_folder
+
+    report = check_folder(args.folder, manifest=args.manifest, min_seconds=args.min_seconds)
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=1))
+    else:
+        for p in report.problems:
+            print(f"skip  {p.path}: {p.problem}")
+        d = report.to_dict()
+        print(f"{d['usable']} usable clips ({d['seconds']:g} s), {d['skipped']} skipped")
+    return 0 if report.clips else 1
+
+
 def cmd_eval_vae(args) -> int:
     from moviola import DEFAULT_MODEL_DIR
     from moviola.eval.vae import evaluate_vae
@@ -297,6 +311,15 @@ def build_parser() -> argparse.ArgumentParser:
     evw.add_argument("--guidance", type=float)
     evw.add_argument("--no-baselines", action="store_true", help="skip the renderer and random-weights rows")
     evw.set_defaults(func=cmd_eval_world)
+
+    data = sub.add_parser("data", help="your own footage: check a folder of captioned videos")
+    dsub = data.add_subparsers(dest="data_verb", required=True, metavar="VERB")
+    dc = dsub.add_parser("check", help="validate every video and caption in a folder; list each problem with its file")
+    dc.add_argument("folder")
+    dc.add_argument("--manifest", help="JSONL or CSV manifest (default: FOLDER/manifest.jsonl or .csv, else sidecar .txt)")
+    dc.add_argument("--min-seconds", type=float, default=0.5, help="shortest usable clip")
+    dc.add_argument("--json", action="store_true", help="print the full report as JSON")
+    dc.set_defaults(func=cmd_data_check)
 
     s = sub.add_parser("score", help="score a clip against a prompt with the world scorer (JSON on stdout)")
     s.add_argument("clip", help="a video file (mp4/webm/gif/...) or a PNG")

@@ -1,0 +1,158 @@
+"""A folder of the user's own videos as a captioned dataset, checked before anything trains on it.
+
+Captions come from a manifest in the folder (``manifest.jsonl`` or ``manifest.csv``: path, caption and
+optional start / end seconds, licence, consent, source) or, for videos the manifest does not list, from a
+sidecar ``NAME.txt`` beside ``NAME.mp4``. ``check_folder`` opens every video once (a header probe plus
+one decoded frame) and returns the usable clips and every problem with its file; training uses the
+clips and skips the rest, so one bad file never stops a run.
+
+    report = check_folder("footage/")
+    for p in report.problems:
+        print(p.path, p.problem)          # e.g. "clip7.mp4: truncated or corrupt video (...)"
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+VIDEO_EXTENSIONS = (".mp4", ".webm", ".mov", ".mkv", ".gif", ".avi", ".m4v")
+MANIFEST_NAMES = ("manifest.jsonl", "manifest.csv")
+MANIFEST_FIELDS = ("path", "caption", "start", "end", "licence", "consent", "source")
+
+
+class DatasetError(ValueError):
+    """The folder or its manifest cannot be used at all (as opposed to one bad clip)."""
+
+
+@dataclass
+class ClipEntry:
+    """One usable clip: a file, its caption, the time span to use and where the rights come from."""
+
+    path: str
+    caption: str
+    start: float = 0.0
+    end: float | None = None  # None: to the end of the file
+    licence: str = ""
+    consent: str = ""
+    source: str = ""
+    width: int = 0
+    height: int = 0
+    fps: float = 0.0
+    duration: float = 0.0  # seconds of the span that will be used
+
+
+@dataclass
+class Problem:
+    path: str
+    problem: str
+
+
+@dataclass
+class FolderReport:
+    root: str
+    clips: list[ClipEntry] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {"root": self.root, "usable": len(self.clips), "skipped": len(self.problems),
+                "seconds": round(sum(c.duration for c in self.clips), 2),
+                "problems": [asdict(p) for p in self.problems], "clips": [asdict(c) for c in self.clips]}
+
+
+def _number(value, what: str, where: str) -> float | None:
+    if value in (None, ""):
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise DatasetError(f"{where}: {what} must be a number of seconds, got {value!r}") from None
+
+
+def read_manifest(path: str | Path) -> list[dict]:
+    """Rows of a JSONL or CSV manifest, each with the known fields (missing ones empty).
+
+    A row without ``path``, an unknown field, or a line that is not JSON is a DatasetError naming the line.
+    """
+    path = Path(path)
+    rows: list[tuple[str, dict]] = []
+    if path.suffix == ".jsonl":
+        for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DatasetError(f"{path}:{i}: not a JSON object ({e.msg})") from None
+            if not isinstance(row, dict):
+                raise DatasetError(f"{path}:{i}: not a JSON object")
+            rows.append((f"{path}:{i}", row))
+    elif path.suffix == ".csv":
+        with path.open(newline="", encoding="utf-8") as f:
+            for i, row in enumerate(csv.DictReader(f), 2):
+                rows.append((f"{path}:{i}", row))
+    else:
+        raise DatasetError(f"{path}: a manifest must be .jsonl or .csv")
+    out = []
+    for where, row in rows:
+        unknown = sorted(set(row) - set(MANIFEST_FIELDS))
+        if unknown:
+            raise DatasetError(f"{where}: unknown field {unknown[0]!r} (known: {', '.join(MANIFEST_FIELDS)})")
+        if not row.get("path"):
+            raise DatasetError(f"{where}: no 'path'")
+        clean = {k: row.get(k) or "" for k in MANIFEST_FIELDS}
+        clean["start"] = _number(row.get("start"), "start", where) or 0.0
+        clean["end"] = _number(row.get("end"), "end", where)
+        clean["where"] = where
+        out.append(clean)
+    return out
+
+
+def check_folder(root: str | Path, *, manifest: str | Path | None = None, min_seconds: float = 0.5) -> FolderReport:
+    """Validate every video under ``root``; see the module docstring."""
+    from moviola.video_io import VideoError, probe_video
+
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"{root}: no such folder")
+    if manifest is None:
+        manifest = next((root / n for n in MANIFEST_NAMES if (root / n).is_file()), None)
+    rows = read_manifest(manifest) if manifest else []
+    report = FolderReport(str(root))
+    listed: set[Path] = set()
+    items: list[tuple[Path, dict | None]] = []
+    for row in rows:
+        p = Path(row["path"])
+        p = p if p.is_absolute() else root / p
+        listed.add(p.resolve())
+        if not p.is_file():
+            report.problems.append(Problem(str(p), f"listed in the manifest ({row['where']}) but missing"))
+            continue
+        items.append((p, row))
+    for p in sorted(root.rglob("*")):
+        if p.suffix.lower() in VIDEO_EXTENSIONS and p.is_file() and p.resolve() not in listed:
+            items.append((p, None))
+    for p, row in items:
+        if row is None:
+            side = p.with_suffix(".txt")
+            caption = side.read_text(encoding="utf-8").strip() if side.is_file() else ""
+            row = {"caption": caption, "start": 0.0, "end": None, "licence": "", "consent": "", "source": ""}
+        if not str(row["caption"]).strip():
+            report.problems.append(Problem(str(p), "no caption (add it to the manifest or a sidecar .txt)"))
+            continue
+        try:
+            info = probe_video(p)
+        except VideoError as e:
+            report.problems.append(Problem(str(p), e.problem))
+            continue
+        end = info["duration"] if row["end"] is None else min(row["end"], info["duration"])
+        span = end - row["start"]
+        if span < min_seconds:
+            report.problems.append(Problem(str(p), f"too short: {max(span, 0):.2f} s usable, need {min_seconds:g} s"))
+            continue
+        report.clips.append(ClipEntry(str(p), str(row["caption"]).strip(), row["start"], row["end"], row["licence"],
+                                      row["consent"], row["source"], info["width"], info["height"], info["fps"],
+                                      round(span, 3)))
+    return report
