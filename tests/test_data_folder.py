@@ -84,3 +84,14 @@ def test_csv_manifest_and_bad_rows(tmp_path):
     (tmp_path / "bad2.csv").write_text("path,caption,end\na.mp4,hello,soon\n")
     with pytest.raises(DatasetError, match="end must be a number"):
         read_manifest(tmp_path / "bad2.csv")
+
+
+def test_autoencoder_batches_skip_bad_files(footage):
+    """Training on a user's folder never dies on one bad file: it is skipped, and named."""
+    from moviola.data.clips import ClipBatches, ClipDataConfig
+
+    cfg = ClipDataConfig(sizes=[(32, 32)], frames=5, world_weight=0.0, folder=str(footage))
+    batches = ClipBatches(cfg, batch_size=3)
+    assert {Path(p.path).name for p in batches.skipped} >= {"broken.mp4", "notvideo.mp4"}
+    x = batches.batch(0)
+    assert x.shape == (3, 3, 5, 32, 32) and x.abs().max() <= 1.0

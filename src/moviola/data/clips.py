@@ -128,12 +128,15 @@ class ClipBatches:
             raise ValueError(f"frames must be 4k+1, got {cfg.frames}")
         self.videos = []
         if cfg.folder:
-            root = Path(cfg.folder)
-            if not root.is_dir():
-                raise ValueError(f"{root}: no such folder of videos")
-            self.videos = sorted(p for p in root.rglob("*") if p.suffix.lower() in VIDEO_EXTENSIONS)
+            from moviola.data.folder import check_folder
+
+            # Checked once up front: unreadable or too-short files are skipped (and counted), not fatal.
+            report = check_folder(cfg.folder, min_seconds=0.0, need_captions=False)
+            self.skipped = report.problems
+            self.videos = [Path(c.path) for c in report.clips]
             if not self.videos:
-                raise ValueError(f"{root}: no videos ({', '.join(VIDEO_EXTENSIONS)}) found")
+                raise ValueError(f"{cfg.folder}: no usable videos ({len(report.problems)} skipped; "
+                                 f"run 'moviola data check {cfg.folder}')")
 
     def batch(self, index: int) -> torch.Tensor:
         cfg = self.cfg

@@ -110,8 +110,10 @@ def read_manifest(path: str | Path) -> list[dict]:
     return out
 
 
-def check_folder(root: str | Path, *, manifest: str | Path | None = None, min_seconds: float = 0.5) -> FolderReport:
-    """Validate every video under ``root``; see the module docstring."""
+def check_folder(root: str | Path, *, manifest: str | Path | None = None, min_seconds: float = 0.5,
+                 need_captions: bool = True) -> FolderReport:
+    """Validate every video under ``root``; see the module docstring. With ``need_captions=False`` (an
+    autoencoder trains on pixels alone) a clip without a caption is still usable."""
     from moviola.video_io import VideoError, probe_video
 
     root = Path(root)
@@ -139,7 +141,7 @@ def check_folder(root: str | Path, *, manifest: str | Path | None = None, min_se
             side = p.with_suffix(".txt")
             caption = side.read_text(encoding="utf-8").strip() if side.is_file() else ""
             row = {"caption": caption, "start": 0.0, "end": None, "licence": "", "consent": "", "source": ""}
-        if not str(row["caption"]).strip():
+        if need_captions and not str(row["caption"]).strip():
             report.problems.append(Problem(str(p), "no caption (add it to the manifest or a sidecar .txt)"))
             continue
         try:
