@@ -54,9 +54,7 @@ def test_selftest_mp4(tmp_path):
         failed = _all_perfect(score_clip(frames, caption(spec, detailed=True), fps=spec.fps))
         if failed:
             bad.append((i, caption(spec, detailed=True), failed))
-    # Target: every clip perfect. Known gap (open): after H.264 one scene of these 20 (two growing
-    # circles beside a bouncing triangle) has a motion misread, so the bar here is 19 of 20.
-    assert len(bad) <= 1, bad
+    assert not bad, bad
 
 
 @pytest.mark.parametrize("fps", [12.0, 24.0])

@@ -45,6 +45,7 @@ CLEAR_REACH = 3.5  # px: a side of an object with another object's core this clo
 # object, a large one grown by 1.6, reaches 0.26 s.
 FRAGMENT_REACH = 0.27
 MAX_BLOBS = 6  # per colour and frame: the world has at most 3; more is noise
+MIN_SEEN = 0.2  # s: an object is counted once seen apart from others of its colour for this long
 EIGHT = np.ones((3, 3), bool)
 # Every palette colour lies over 100 from every background, so no pixel this close to the background
 # can be an object's core.
@@ -348,11 +349,11 @@ def _sub(inner: tuple[slice, slice], outer: tuple[slice, slice]) -> tuple[slice,
 
 # --- tracking -------------------------------------------------------------------------------------
 
-def robust_count(counts: list[int]) -> int:
-    """Largest n seen in at least a tenth of the frames, and in two at least (objects of one colour can
-    overlap for most of a clip; a one-frame blip is not an object)."""
+def robust_count(counts: list[int], fps: float) -> int:
+    """Largest n seen in frames covering at least MIN_SEEN seconds, and two frames at least (objects of
+    one colour can overlap for most of a clip; a one-frame blip is not an object)."""
     T = len(counts)
-    need = min(T, max(2, math.ceil(0.1 * T)))
+    need = min(T, max(2, math.ceil(MIN_SEEN * fps - 1e-9)))
     best = 0
     for n in range(1, max(counts, default=0) + 1):
         if sum(c >= n for c in counts) >= need:
@@ -365,7 +366,7 @@ def build_tracks(dets: list[list[Detection]], fps: float, unit: float, width: in
     tracks: list[ObjectTrack] = []
     for name in NAMES:
         per = [[d for d in fr if d.color == name] for fr in dets]
-        n = min(robust_count([len(p) for p in per]), MAX_OBJECTS)
+        n = min(robust_count([len(p) for p in per], fps), MAX_OBJECTS)
         if n:
             tracks += _track_colour(name, per, n, unit, width, height)
     return tracks

@@ -157,9 +157,9 @@ def _motion(tr: ObjectTrack, ks: list[int], fps: float, unit: float) -> str:
         hx = float(np.median([tr.dets[k].cx for k in anchor])) / unit
         hy = float(np.median([tr.dets[k].cy for k in anchor])) / unit
         tol = max(HOME_TOL, 0.03 * tr.radius)
-        home = [k for k in tr.frames() if not tr.merged[k]
-                and math.hypot(tr.dets[k].cx / unit - hx, tr.dets[k].cy / unit - hy) < tol]
-        return _in_place_motion(tr, home if len(home) >= 2 else ks, fps, unit)
+        views = [k for k in tr.frames() if not tr.merged[k]]
+        home = [k for k in views if math.hypot(tr.dets[k].cx / unit - hx, tr.dets[k].cy / unit - hy) < tol]
+        return _in_place_motion(tr, home if len(home) >= 2 else ks, fps, unit, views)
     tr.samples = axis_samples(tr, tr.reliable or ks, fallback=ks)
     return _moving_motion(tr, fps, unit)
 
@@ -197,8 +197,8 @@ def axis_samples(tr: ObjectTrack, ks: list[int], fallback: list[int] = ()) -> di
 
 def _place_speeds(tr: ObjectTrack, ks: list[int], fps: float, unit: float) -> list[float]:
     """Speeds (s per second) of the centre between samples about a quarter second apart (long enough
-    for noise to wash out, short enough not to straddle a return from a wall), or closer where the
-    samples are sparse."""
+    for noise to wash out, short enough not to straddle a return from a wall), or between neighbours
+    where the samples are sparse."""
     t = np.array(ks, np.float64) / fps
     p = np.array([(tr.dets[k].cx, tr.dets[k].cy) for k in ks]).reshape(-1, 2) / unit
     speeds = []
@@ -206,8 +206,8 @@ def _place_speeds(tr: ObjectTrack, ks: list[int], fps: float, unit: float) -> li
         j = int(np.searchsorted(t, t[i] + PLACE_LOOK - 1e-9))
         if j >= len(ks) or t[j] - t[i] > 2.5 * PLACE_LOOK:
             j = int(np.searchsorted(t, t[i] + 2.5 * PLACE_LOOK + 1e-9)) - 1  # the farthest one in reach
-        if j > i:
-            speeds.append(float(np.hypot(*(p[j] - p[i]))) / (t[j] - t[i]))
+            j = max(j, i + 1)  # or, where none is in reach, the next one however far
+        speeds.append(float(np.hypot(*(p[j] - p[i]))) / (t[j] - t[i]))
     return speeds
 
 
@@ -265,20 +265,73 @@ def _vertical_acceleration(ks: np.ndarray, t: np.ndarray, y: np.ndarray) -> floa
     return float(np.median(acc)) if acc else 0.0
 
 
-def _in_place_motion(tr: ObjectTrack, ks: list[int], fps: float, unit: float) -> str:
+def _scale_u(ks, fps: float) -> np.ndarray:
+    """u = min(t, 2 s) / 2 s of frames ks: an object that grows or shrinks has radius r0 (1 + c u)."""
+    return np.minimum(np.asarray(ks, np.float64) / fps, SCALE_SECONDS) / SCALE_SECONDS
+
+
+def _scale_look(tr: ObjectTrack, ks: list[int]) -> float:
+    """The least span of u growth is judged over: MIN_SCALE_LOOK seconds, half as long again when every
+    view touches another object (one creeping over it takes area away much as shrinking does)."""
+    return MIN_SCALE_LOOK * (1.5 if all(tr.dets[k].touch for k in ks) else 1.0) / SCALE_SECONDS
+
+
+# Share of a covered object's area growth (shrinking) that its clear edges must show moving out (in)
+EDGE_AGREE = 0.5
+# Per side (left, top, right, bottom): distance from an upright shape's centre to that side, over r.
+_SIDE_REACH = {"circle": (1.0, 1.0, 1.0, 1.0), "square": (1.0, 1.0, 1.0, 1.0),
+               "triangle": (math.sqrt(3) / 2, 1.0, math.sqrt(3) / 2, 0.5)}
+
+
+def _edge_scale_slope(tr: ObjectTrack, ks: list[int], fps: float, unit: float) -> float | None:
+    """d r / d u (s) of an object in place told by its own edges: every side clear of other objects
+    lies r times a fixed reach from the fixed centre, so it moves out as the object grows and stays
+    put when only cover changes. Least squares over all clear sides (one offset each, one slope);
+    None where no side is seen clear over the span growth is judged on."""
+    reach = _SIDE_REACH[tr.shape]
+    u = _scale_u(ks, fps)
+    num = den = 0.0
+    spans = False
+    for i in range(4):
+        rows = [(uk, (1.0 if i >= 2 else -1.0) * tr.dets[k].extent[i] / reach[i])
+                for k, uk in zip(ks, u) if tr.dets[k].clear[i]]
+        if len(rows) < 2:
+            continue
+        x, y = np.array(rows).T
+        spans |= bool(np.ptp(x) >= _scale_look(tr, ks))
+        x = x - x.mean()
+        num += float((x * (y - y.mean())).sum())
+        den += float((x * x).sum())
+    return num / den / unit if spans and den > 0 else None
+
+
+def _in_place_motion(tr: ObjectTrack, ks: list[int], fps: float, unit: float, views: list[int] = ()) -> str:
     """static, spins, grows or shrinks for an object that stays in place, from frames showing it at its
-    place. Sets ``tr.reliable`` to the frames that show it whole."""
+    place. Sets ``tr.reliable`` to the frames that show it whole.
+
+    An object covered at its place for nearly all the clip may show it whole too briefly to judge
+    growth; then its partly covered ``views`` are read, and an area that grows (shrinks) counts only if
+    its clear edges move out (in) with it: a change in cover alone moves no edge of its own."""
+    look = _scale_look(tr, ks)
+    covered = len(ks) < 2 or np.ptp(_scale_u(ks, fps)) < look
+    if covered and len(views) >= 2 and np.ptp(_scale_u(views, fps)) >= _scale_look(tr, views):
+        found = _in_place_motion(tr, list(views), fps, unit)
+        if found in ("grows", "shrinks"):
+            slope = tr.info["scale_rate"] * tr.radius
+            edge = _edge_scale_slope(tr, list(views), fps, unit)
+            tr.info["edge_scale_rate"] = None if edge is None else edge / max(tr.radius, 1e-6)
+            if edge is not None and edge * np.sign(slope) >= EDGE_AGREE * abs(slope):
+                return found
+        tr.info.pop("scale_rate", None)
+        return _in_place_motion(tr, ks, fps, unit)
     t = np.array(ks, np.float64) / fps
     r = np.array([_radius(tr.dets[k], tr.shape, unit) for k in ks])
     # r(t) = r0 (1 + c u), u = min(t, 2 s) / 2 s: c = 0.6 grows, -0.4 shrinks, 0 otherwise. Frames off
     # the fitted line (cover takes area away; a neighbour's smeared edge can add some) are dropped and
     # the line refitted.
-    u = np.minimum(t, SCALE_SECONDS) / SCALE_SECONDS
+    u = _scale_u(ks, fps)
     whole = np.ones(len(ks), bool)
     c = 0.0
-    # Growth is judged over at least MIN_SCALE_LOOK seconds; half as long again when every view
-    # touches another object (one creeping over it takes area away much as shrinking does).
-    look = MIN_SCALE_LOOK * (1.5 if all(tr.dets[k].touch for k in ks) else 1.0) / SCALE_SECONDS
     if len(ks) >= 2 and np.ptp(u) >= look:
         for _ in range(3):
             slope, r0 = np.polyfit(u[whole], r[whole], 1)
