@@ -23,6 +23,8 @@ def main(src: str) -> None:
         shutil.copyfile(src_dir / name, dst / name)
     dit = {k: (v.half() if v.is_floating_point() else v) for k, v in load_file(str(src_dir / "dit.safetensors")).items()}
     save_file(dit, str(dst / "dit.safetensors"), metadata={"format": "pt", "dtype": "float16"})
+    for p in dst.iterdir():  # readable by everyone (the writers may leave mkstemp's 0600)
+        p.chmod(0o644)
     total = sum(p.stat().st_size for p in dst.glob("*.safetensors"))
     print(f"shipped to {dst}: weights {total / 2 ** 20:.2f} MiB")
 
