@@ -144,8 +144,10 @@ def _motion(tr: ObjectTrack, ks: list[int], fps: float, unit: float) -> str:
     # growing object that is being covered can keep its area and still lose its centroid.
     free = [k for k in ks if not tr.dets[k].touch]
     speed = None
-    for base, need in ((free, 3), (ks, 1), ([k for k in tr.frames() if not tr.merged[k]], 1)):
-        speeds = _place_speeds(tr, base, fps, unit)
+    # Free frames far apart can alias a periodic motion (a ball seen free only at its floor contacts),
+    # so they tell only through pairs of samples within reach of each other.
+    for base, need, near in ((free, 3, True), (ks, 1, False), ([k for k in tr.frames() if not tr.merged[k]], 1, False)):
+        speeds = _place_speeds(tr, base, fps, unit, near=near)
         if len(speeds) >= need:
             speed = float(np.median(speeds))
             break
@@ -195,7 +197,7 @@ def axis_samples(tr: ObjectTrack, ks: list[int], fallback: list[int] = ()) -> di
     return out
 
 
-def _place_speeds(tr: ObjectTrack, ks: list[int], fps: float, unit: float) -> list[float]:
+def _place_speeds(tr: ObjectTrack, ks: list[int], fps: float, unit: float, near: bool = False) -> list[float]:
     """Speeds (s per second) of the centre between samples about a quarter second apart (long enough
     for noise to wash out, short enough not to straddle a return from a wall), or between neighbours
     where the samples are sparse."""
@@ -207,6 +209,8 @@ def _place_speeds(tr: ObjectTrack, ks: list[int], fps: float, unit: float) -> li
         if j >= len(ks) or t[j] - t[i] > 2.5 * PLACE_LOOK:
             j = int(np.searchsorted(t, t[i] + 2.5 * PLACE_LOOK + 1e-9)) - 1  # the farthest one in reach
             j = max(j, i + 1)  # or, where none is in reach, the next one however far
+            if near and t[j] - t[i] > 2.5 * PLACE_LOOK:
+                continue  # (unless only pairs within reach are asked for)
         speeds.append(float(np.hypot(*(p[j] - p[i]))) / (t[j] - t[i]))
     return speeds
 
