@@ -116,9 +116,6 @@ def folder_clip(paths: list[Path], width: int, height: int, frames: int, rng: np
     return torch.from_numpy(arr).permute(3, 0, 1, 2).float().div(127.5).sub(1)
 
 
-VIDEO_EXTENSIONS = (".mp4", ".webm", ".mov", ".mkv", ".gif", ".avi")
-
-
 class ClipBatches:
     """Deterministic batches: ``batch(i)`` depends only on (config.seed, i)."""
 

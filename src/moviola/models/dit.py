@@ -17,7 +17,7 @@ is the identity and the fresh model outputs exactly zero (DiT's adaLN-zero).
 
     model = DiT(PRESETS["small"])
     v = model(x, t, context, context_mask)              # (B, 16, T, H, W)
-    model.save_pretrained("weights/dit"); model = DiT.from_pretrained("weights/dit")
+    model.save_pretrained(folder); model = DiT.from_pretrained(folder)   # a local folder; nothing is downloaded
 """
 
 from __future__ import annotations

@@ -107,8 +107,6 @@ PRESETS: dict[str, VAEConfig] = {
     # a few thousand parameters: tests only
     "tiny": VAEConfig(latent_channels=4, base_channels=4, channel_mult=(1, 1, 1, 1), num_res_blocks=1,
                       decoder_res_blocks=1),
-    "tiny_plain": VAEConfig(latent_channels=4, base_channels=4, channel_mult=(1, 1, 1, 1), num_res_blocks=1,
-                            decoder_res_blocks=1, shortcuts=False),
     # the shipped model: 1.87M parameters (7.5 MB in fp32); 64 channels only at 1/4 and 1/8 resolution,
     # 16 spatial-only channels at full resolution, so decoding 17 frames of 64x64 takes ~0.1 s on 2 cores
     "default": VAEConfig(),

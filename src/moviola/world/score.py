@@ -398,9 +398,10 @@ def _reflection_physics(tr: ObjectTrack, fps: float, unit: float, width: int, he
     positions just before and just after the reversal meet with the object's extent at the wall, and
     the speed is kept."""
     size = {"x": width / unit, "y": height / unit}
+    samples = _whole_samples(tr)
     ok, total = 0, 0
     for axis in ("x", "y"):
-        ks, p = _whole_samples(tr)[axis]
+        ks, p = samples[axis]
         if len(ks) < 3:
             continue
         t = ks / fps
