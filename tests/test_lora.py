@@ -1,0 +1,101 @@
+"""LoRA adapters on a tiny DiT: identity at start, only adapters train, merge = unmerged, save/load, errors."""
+
+import pytest
+import torch
+
+from moviola.models.dit import DiT, DiTConfig
+from moviola.models.lora import (LoRAConfig, LoRAError, LoRALinear, inject_lora, load_lora, lora_modules,
+                                 lora_state_dict, merge_lora, save_lora)
+
+TINY = DiTConfig(dim=32, depth=2, heads=2, in_channels=4, freq_dim=64)
+
+
+def _inputs(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(2, 4, 2, 4, 4, generator=g)
+    t = torch.rand(2, generator=g)
+    ctx = torch.randn(2, 5, TINY.text_dim, generator=g)
+    return x, t, ctx
+
+
+def _model(seed=0):
+    torch.manual_seed(seed)
+    m = DiT(TINY)
+    with torch.no_grad():  # adaLN-zero makes the fresh model output zeros; give every weight a value
+        for p in m.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    return m.eval()
+
+
+def test_fresh_adapter_is_identity_and_only_adapters_train():
+    m = _model()
+    x, t, ctx = _inputs()
+    with torch.no_grad():  # (the MLP's GELU takes another, equally exact, path under autograd)
+        before = m(x, t, ctx)
+    names = inject_lora(m, LoRAConfig(rank=4, alpha=8, targets=["attn.qkv", "cross.kv", "mlp.fc2"]))
+    assert names == ["blocks.0.attn.qkv", "blocks.1.attn.qkv", "blocks.0.cross.kv", "blocks.1.cross.kv",
+                     "blocks.0.mlp.fc2", "blocks.1.mlp.fc2"]
+    with torch.no_grad():
+        assert torch.equal(m(x, t, ctx), before)  # B starts at zero
+    trainable = {n for n, p in m.named_parameters() if p.requires_grad}
+    assert trainable and all(n.endswith(("lora_A", "lora_B")) for n in trainable)
+    assert len(trainable) == 2 * len(names)
+    # one optimiser step moves the output, and the frozen base weights stay put
+    base_w = m.blocks[0].attn.qkv.base.weight.clone()
+    opt = torch.optim.SGD([p for p in m.parameters() if p.requires_grad], lr=0.5)
+    m(x, t, ctx).square().mean().backward()
+    opt.step()
+    opt.zero_grad()
+    m(x, t, ctx).square().mean().backward()  # B moved in step 1, so A has a gradient in step 2
+    opt.step()
+    assert not torch.allclose(m(x, t, ctx), before)
+    assert torch.equal(m.blocks[0].attn.qkv.base.weight, base_w)
+
+
+def _trained_adapter(m):
+    inject_lora(m, LoRAConfig(rank=3, alpha=6, targets=["attn.qkv", "cross.q", "final.linear"]))
+    with torch.no_grad():
+        for mod in lora_modules(m).values():
+            mod.lora_B.normal_(0, 0.1)
+    return m
+
+
+def test_merge_equals_unmerged_and_save_load_round_trip(tmp_path):
+    x, t, ctx = _inputs(1)
+    m = _trained_adapter(_model())
+    with_lora = m(x, t, ctx)
+    save_lora(m, tmp_path / "ad", LoRAConfig(rank=3, alpha=6, targets=["attn.qkv", "cross.q", "final.linear"]))
+    sd = lora_state_dict(m)
+    assert set(sd) == {f"{n}.{k}" for n in lora_modules(m) for k in ("lora_A", "lora_B")}
+    assert (tmp_path / "ad" / "lora.safetensors").is_file() and (tmp_path / "ad" / "lora.json").is_file()
+
+    assert merge_lora(m) == 5
+    assert not lora_modules(m) and isinstance(m.blocks[0].attn.qkv, torch.nn.Linear)
+    assert torch.allclose(m(x, t, ctx), with_lora, atol=1e-5)
+    assert set(m.state_dict()) == set(DiT(TINY).state_dict())  # a plain DiT again: loadable anywhere
+
+    base = _model()
+    plain = base(x, t, ctx)
+    load_lora(base, tmp_path / "ad")
+    assert torch.allclose(base(x, t, ctx), with_lora, atol=1e-5)
+    load_lora(base, tmp_path / "ad" / "lora.safetensors", scale=0.0)  # replaces; scale 0 = the base
+    assert torch.allclose(base(x, t, ctx), plain, atol=1e-6)
+    assert all(isinstance(mod, LoRALinear) for mod in lora_modules(base).values())
+
+
+def test_clear_errors(tmp_path):
+    m = _model()
+    with pytest.raises(LoRAError, match="'attn.qkvz' matches no Linear"):
+        inject_lora(m, LoRAConfig(rank=2, targets=["attn.qkvz"]))
+    with pytest.raises(LoRAError, match="rank must be at least 1"):
+        inject_lora(m, LoRAConfig(rank=0, targets=["attn.qkv"]))
+    m = _trained_adapter(_model())
+    save_lora(m, tmp_path / "ad", LoRAConfig(rank=3, targets=["attn.qkv"]))
+    other = DiT(DiTConfig(dim=64, depth=2, heads=2, in_channels=4, freq_dim=64))
+    with pytest.raises(LoRAError, match="different base model \\(dim 32, this model has 64\\)"):
+        load_lora(other, tmp_path / "ad")
+    with pytest.raises(FileNotFoundError, match="not a LoRA adapter"):
+        load_lora(_model(), tmp_path)
+    (tmp_path / "ad" / "lora.safetensors").write_bytes(b"junk")
+    with pytest.raises(LoRAError, match="unreadable LoRA adapter"):
+        load_lora(_model(), tmp_path / "ad")
