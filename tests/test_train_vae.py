@@ -55,3 +55,24 @@ def test_training_learns_and_saves_a_loadable_model(tmp_path):
     assert m.decode(m.encode(x).mean).shape == x.shape
     saved = json.loads((out / "config.json").read_text())
     assert saved["optim"]["steps"] == 100
+
+
+def test_decoder_phase_keeps_the_latent_space_and_resumes_exactly(tmp_path):
+    # Phase 1 alone, then phase 1 + 4 decoder-only steps, and the same interrupted inside phase 2.
+    base = TINY + ["optim.steps=3", "ckpt_every=2"]
+    only = train_vae(load_config(TrainVAEConfig, None, base + [f"out='{tmp_path / 'p1'}'"]))
+    tuned_cfg = base + ["decoder.steps=4", "decoder.warmup_steps=1", "decoder.lr=3e-3"]
+    tuned = train_vae(load_config(TrainVAEConfig, None, tuned_cfg + [f"out='{tmp_path / 'p2'}'"]))
+    a, b = CausalVAE.from_pretrained(only), CausalVAE.from_pretrained(tuned)
+    for (name, pa), pb in zip(a.encoder.state_dict().items(), b.encoder.state_dict().values()):
+        assert torch.equal(pa, pb), name  # the encoder, hence the latent space, is untouched
+    assert torch.equal(a.latent_mean, b.latent_mean) and torch.equal(a.latent_std, b.latent_std)
+    assert any(not torch.equal(pa, pb) for pa, pb in zip(a.decoder.parameters(), b.decoder.parameters()))
+
+    cut = tmp_path / "cut"
+    cfg = load_config(TrainVAEConfig, None, tuned_cfg + [f"out='{cut}'"])
+    cfg.decoder.steps = 1  # interrupted at step 4 (inside phase 2), then resumed to the end
+    train_vae(cfg)
+    train_vae(load_config(TrainVAEConfig, None, tuned_cfg + [f"out='{cut}'"]))
+    assert len(losses(cut)) == 7
+    assert torch.allclose(torch.tensor(losses(tmp_path / "p2")), torch.tensor(losses(cut)), rtol=1e-5, atol=1e-6)

@@ -7,10 +7,16 @@ per-frame patch discriminator with a hinge loss) behind ``loss.gan_weight > 0``.
 cosine decay, EMA weights, bf16 autocast on GPU. A checkpoint in ``out/ckpt.pt`` holds everything needed
 to resume; rerunning the same command resumes and continues the same loss curve. At the end the EMA
 model gets per-channel latent statistics and is saved with ``save_pretrained`` to ``out/model``.
+
+An optional second phase (``decoder.steps > 0``, the recipe of Stable Diffusion's fine-tuned VAE decoders)
+continues from the EMA weights with the encoder frozen and trains only the decoder, with its own warm-up
+and cosine schedule: the latent space (and any diffusion model trained in it) stays exactly as it was,
+while reconstructions get sharper for the cost of decoder-only steps.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,11 +42,20 @@ class VAELossConfig:
 
 
 @dataclass
+class DecoderTuneConfig:
+    steps: int = 0  # > 0: after optim.steps, this many decoder-only steps (encoder frozen)
+    lr: float = 4e-4
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.05
+
+
+@dataclass
 class TrainVAEConfig:
     model: VAEConfig = field(default_factory=VAEConfig)
     data: ClipDataConfig = field(default_factory=ClipDataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     loss: VAELossConfig = field(default_factory=VAELossConfig)
+    decoder: DecoderTuneConfig = field(default_factory=DecoderTuneConfig)
     out: str = "runs/vae"
     device: str = "auto"
     threads: int = 0  # torch CPU threads; 0 = torch's default
@@ -133,6 +148,24 @@ def latent_stats(model: CausalVAE, batches: ClipBatches, n: int, device: torch.d
     return z.mean(1).cpu(), z.std(1).clamp_min(1e-4).cpu()
 
 
+def _decoder_optim(cfg: TrainVAEConfig) -> OptimConfig:
+    """The decoder phase's schedule, counted from its own first step."""
+    return dataclasses.replace(cfg.optim, lr=cfg.decoder.lr, warmup_steps=cfg.decoder.warmup_steps,
+                               min_lr_ratio=cfg.decoder.min_lr_ratio, steps=cfg.decoder.steps)
+
+
+def _start_decoder_phase(model: CausalVAE, ema: EMA, cfg: TrainVAEConfig) -> torch.optim.Optimizer:
+    """Continue from the EMA weights with the encoder frozen; returns the decoder's optimiser.
+
+    The encoder is set to the EMA encoder, so the EMA encoder (the one saved) stays fixed from here on.
+    """
+    model.load_state_dict(ema.model.state_dict())
+    model.encoder.requires_grad_(False)
+    for p in model.encoder.parameters():
+        p.grad = None  # phase 1's last gradients would otherwise count in the clipped norm
+    return make_optimizer(model, _decoder_optim(cfg))
+
+
 def train_vae(cfg: TrainVAEConfig, *, on_step=None) -> Path:
     """Train (or resume) and return the saved model folder.
 
@@ -148,13 +181,18 @@ def train_vae(cfg: TrainVAEConfig, *, on_step=None) -> Path:
     torch.manual_seed(cfg.data.seed)
     model = CausalVAE(cfg.model).to(device)
     ema = EMA(model, cfg.optim.ema_decay)
-    opt = make_optimizer(model, cfg.optim)
+    total = cfg.optim.steps + cfg.decoder.steps
+    ckpt = out / "ckpt.pt"
+    resume_step = torch.load(ckpt, map_location="cpu", weights_only=False)["step"] if ckpt.exists() else 0
+    if cfg.decoder.steps and resume_step > cfg.optim.steps:
+        opt = _start_decoder_phase(model, ema, cfg)  # shapes for the optimiser state; reloaded below
+    else:
+        opt = make_optimizer(model, cfg.optim)
     disc = disc_opt = None
     if cfg.loss.gan_weight > 0:
         disc = PatchDiscriminator().to(device)
         disc_opt = torch.optim.AdamW(disc.parameters(), lr=cfg.optim.lr, betas=(0.5, 0.9))
     log = JsonlLog(out / "log.jsonl")
-    ckpt = out / "ckpt.pt"
     step = 0
     if ckpt.exists():
         state = load_checkpoint(ckpt, model=model, ema=ema, optimizer=opt)
@@ -165,14 +203,21 @@ def train_vae(cfg: TrainVAEConfig, *, on_step=None) -> Path:
         log.truncate_after(step)
     batches = ClipBatches(cfg.data, cfg.optim.batch_size)
     t_last, seen = time.time(), 0
-    while step < cfg.optim.steps:
-        lr = lr_at(step, cfg.optim)
+    while step < total:
+        decoder_phase = step >= cfg.optim.steps
+        if decoder_phase and step == cfg.optim.steps:
+            opt = _start_decoder_phase(model, ema, cfg)
+        lr = lr_at(step - cfg.optim.steps, _decoder_optim(cfg)) if decoder_phase else lr_at(step, cfg.optim)
         for g in opt.param_groups:
             g["lr"] = lr
         x = batches.batch(step).to(device)
         model.train()
         with autocast(device):
-            post = model.encode(x)
+            if decoder_phase:
+                with torch.no_grad():
+                    post = model.encode(x)
+            else:
+                post = model.encode(x)
             rec = model.decode(post.sample())
             rec, xf = rec.float(), x.float()
             l1 = (rec - xf).abs().mean()
@@ -185,7 +230,7 @@ def train_vae(cfg: TrainVAEConfig, *, on_step=None) -> Path:
                 loss = loss + cfg.loss.gan_weight * g_loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+        gnorm = torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], cfg.optim.grad_clip)
         opt.step()
         if use_gan:
             with autocast(device):
@@ -200,19 +245,19 @@ def train_vae(cfg: TrainVAEConfig, *, on_step=None) -> Path:
         seen += x.shape[0]
         metrics = {"loss": loss.item(), "l1": l1.item(), "ssim_term": st.item(), "kl": kl.item(),
                    "grad_norm": float(gnorm), "lr": lr}
-        if step % cfg.log_every == 0 or step == cfg.optim.steps:
+        if step % cfg.log_every == 0 or step == total:
             dt = time.time() - t_last
             log.write(step=step, clips_per_s=round(seen / max(dt, 1e-9), 2), **{k: round(v, 6) for k, v in metrics.items()})
             t_last, seen = time.time(), 0
-        if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.optim.steps):
+        if cfg.eval_every and (step % cfg.eval_every == 0 or step == total):
             ev = evaluate(ema.model, device)
             log.write(step=step, **ev)
             metrics.update(ev)
-        if step % cfg.ckpt_every == 0 or step == cfg.optim.steps:
+        if step % cfg.ckpt_every == 0 or step == total:
             extra = {"disc": disc.state_dict(), "disc_opt": disc_opt.state_dict()} if disc is not None else {}
             save_checkpoint(ckpt, model=model, ema=ema, optimizer=opt, step=step, config=to_dict(cfg), extra=extra)
         if on_step:
-            on_step(step, cfg.optim.steps, metrics)
+            on_step(step, total, metrics)
     final = ema.model
     mean, std = latent_stats(final, batches, cfg.stats_batches, device)
     final.set_latent_stats(mean, std)
