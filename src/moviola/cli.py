@@ -114,6 +114,8 @@ def cmd_generate(args) -> int:
     if out.suffix.lower() not in (".mp4", ".webm", ".mov", ".mkv", ".gif", ".png"):
         raise ValueError(f"{out}: output must end in .mp4, .webm, .mov, .mkv, .gif or .png")
     pipe = Pipeline.from_pretrained(_model_dir(args.model))
+    if args.lora:
+        pipe.load_lora(args.lora, scale=args.lora_scale)
     fps = args.fps or pipe.config.fps
     with progress() as bar:
         task = bar.add_task("sampling", total=args.steps or pipe.config.steps)
@@ -127,6 +129,7 @@ def cmd_generate(args) -> int:
             "moviola_seed": str(args.seed), "moviola_steps": str(args.steps or pipe.config.steps),
             "moviola_guidance": str(pipe.config.guidance if args.guidance is None else args.guidance),
             "moviola_sampler": args.sampler or pipe.config.sampler,
+            **({"moviola_lora": f"{args.lora} (scale {args.lora_scale:g})"} if args.lora else {}),
             "creation_time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     if out.suffix.lower() == ".png":
         write_image(out, frames[0])
@@ -222,15 +225,26 @@ def cmd_train_dit(args, extra: list[str]) -> int:
     if args.vae:
         overrides.append(f"vae={json.dumps(args.vae)}")
     cfg = load_config(TrainDiTConfig, args.config, overrides)
+    import os
+
+    main_rank = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 reports
+    tty = sys.stderr.isatty()
     with progress() as bar:
-        cache = bar.add_task("latent cache", total=None)
-        task = bar.add_task("train dit", total=cfg.optim.steps)
+        cache = bar.add_task("latent cache", total=None, visible=main_rank)
+        task = bar.add_task("train dit", total=cfg.optim.steps, visible=main_rank)
+        rate = [0.0]
 
         def on_step(step, total, m):
-            bar.update(task, completed=step, description=f"train dit  loss {m['loss']:.4f}")
+            # tokens/s smoothed over ~20 steps; the bar's own columns add elapsed time and the ETA
+            rate[0] = m["tokens_per_s"] if not rate[0] else 0.95 * rate[0] + 0.05 * m["tokens_per_s"]
+            text = f"step {step}/{total}  loss {m['loss']:.4f}  {rate[0]:,.0f} tok/s"
+            bar.update(task, completed=step, description=f"train dit  {text}")
+            if not tty and (step % max(cfg.log_every, 1) == 0 or step == total):  # logs, CI: plain lines
+                print(text, file=sys.stderr, flush=True)
 
         path = train_dit(cfg, on_step=on_step, on_cache=lambda i, n: bar.update(cache, completed=i, total=n))
-    print(f"saved {path}", file=sys.stderr)
+    if main_rank:
+        print(f"saved {path}", file=sys.stderr)
     return 0
 
 
@@ -281,6 +295,8 @@ def build_parser() -> argparse.ArgumentParser:
     td.add_argument("--config", help="TOML config (e.g. configs/dit/default.toml)")
     td.add_argument("--out", help="run folder; overrides the config's 'out'")
     td.add_argument("--vae", help="folder with the trained vae.safetensors (default: the shipped model)")
+    td.epilog = ("Fine-tune with --init_from=default (or a model folder) and --lora.rank=8. Several processes: "
+                 "torchrun --nproc_per_node=N -m moviola.cli train dit ... (DDP; --parallel=fsdp on GPUs).")
     td.set_defaults(func=cmd_train_dit, takes_extra=True)
 
     g = sub.add_parser("generate", help="generate a video from a prompt with a trained model (default: the shipped one)")
@@ -295,6 +311,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--sampler", help="euler, heun, dpm++ or unipc (default: the model's)")
     g.add_argument("--negative-prompt", default="", help="what the unconditional pass steers away from")
     g.add_argument("--model", help="model folder (default: the shipped model)")
+    g.add_argument("--lora", help="a LoRA adapter to apply (folder with lora.safetensors + lora.json)")
+    g.add_argument("--lora-scale", type=float, default=1.0, help="strength of the adapter (default 1)")
     g.add_argument("--threads", type=int, default=0, help="CPU threads (default: torch's)")
     g.set_defaults(func=cmd_generate)
 

@@ -99,6 +99,16 @@ class Pipeline:
         self.dit.save_pretrained(d)
         atomic_write_bytes(d / PIPELINE_FILE, (json.dumps(asdict(self.config), indent=2) + "\n").encode())
 
+    def load_lora(self, path: str | Path, scale: float = 1.0) -> "Pipeline":
+        """Apply a LoRA adapter (``moviola train dit`` with ``[lora]``: a folder with lora.safetensors and
+        lora.json) to the DiT, replacing any applied before; ``scale`` 0 gives the base model back. A
+        LoRAError (a ValueError) if it was trained on another base model."""
+        from moviola.models.lora import load_lora
+
+        load_lora(self.dit, path, scale=scale)
+        self.dit.to(self.device).eval()
+        return self
+
     # --- validation ----------------------------------------------------------------------------
 
     def check_request(self, width: int, height: int, seconds: float | None, num_frames: int | None,

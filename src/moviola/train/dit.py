@@ -1,25 +1,35 @@
-"""Train the text-to-video diffusion transformer on world clips (flow matching in the VAE's latent space).
+"""Train (or fine-tune) the text-to-video diffusion transformer: flow matching in the VAE's latent space.
 
     moviola train dit --config configs/dit/default.toml [--optim.steps=6000] [--out runs/dit]
+    torchrun --nproc_per_node=2 -m moviola.cli train dit --config configs/dit/default.toml   # DDP, same curve
+    moviola train dit --config configs/dit/lora_pink.toml      # LoRA fine-tune of the shipped default
 
 Two phases, both resumable by rerunning the same command:
 1. a latent cache: world clips rendered per (size, frames) bucket, encoded once by the VAE, captions
-   embedded once by the text encoder (``moviola.data.latent_cache``);
+   embedded once by the text encoder (``moviola.data.latent_cache``); or ``data.cache_dir``, a cache of
+   your own footage made by ``moviola data cache``;
 2. training: each step draws one bucket (so a batch has one shape) with a batch size that keeps the
    token count per step constant, captions short or detailed, dropped to "" with ``caption_dropout``
    for classifier-free guidance; flow-matching loss with logit-normal times shifted by token count;
-   AdamW with warm-up and cosine decay; EMA. Batches and noise are a pure function of (seed, step), so a
-   resumed run continues the same loss curve. Every ``eval_every`` steps the EMA model generates a few
-   clips for fixed prompts and the world scorer grades them (the scorer is watched during training).
+   AdamW with warm-up and cosine decay; EMA. The global batch and its noise are a pure function of
+   (seed, step): every rank draws the same one and keeps its slice (``train.distributed``), so a resumed
+   run, or one on another number of processes, continues the same loss curve. Every ``eval_every``
+   steps the EMA model generates a few clips for fixed prompts and the world scorer grades them; every
+   ``sample_every`` steps it writes clips for ``sample_prompts`` to out/samples/.
 
-At the end (or when ``max_minutes`` runs out) the EMA model is saved with the VAE and the text-encoder
-settings as a pipeline folder, ``out/model``.
+Fine-tuning: ``init_from`` names a model folder ("default" = the shipped one) whose DiT is the start and
+whose VAE and text encoder are used. ``[lora] rank > 0`` trains low-rank adapters only
+(``moviola.models.lora``); the result is ``out/lora`` (adapter: ``moviola generate --lora out/lora``) or,
+with ``lora.merge = true``, a normal model folder ``out/model``.
+
+Only rank 0 writes: config, logs (JSONL, optional TensorBoard), samples, checkpoints and the model.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -31,20 +41,46 @@ from moviola.config import save_config, to_dict
 from moviola.data.latent_cache import LatentCache, WorldCacheConfig, build_world_cache, buckets_of
 from moviola.flow.path import add_noise, flow_loss, sample_time, shift_for_tokens
 from moviola.models.dit import DiT, DiTConfig, PRESETS
+from moviola.models.lora import LoRAConfig, inject_lora, merge_lora, save_lora
 from moviola.models.text import load_text_encoder
 from moviola.models.vae import CausalVAE
-from moviola.train.common import (EMA, JsonlLog, OptimConfig, autocast, load_checkpoint, lr_at, make_optimizer,
-                                  pick_device, save_checkpoint)
+from moviola.train import distributed as D
+from moviola.train.common import EMA, JsonlLog, OptimConfig, autocast, lr_at, make_optimizer
+from moviola.video_io import atomic_path
+
+
+@dataclass
+class DataConfig(WorldCacheConfig):
+    """World clips (the fields of WorldCacheConfig), or a cache of your own footage."""
+
+    cache_dir: str = ""  # a cache made by `moviola data cache` (its buckets and batch sizes rule); "" = world clips
+
+
+EVAL_PROMPTS = [
+    "a small red circle moves right on a black background",
+    "a large blue square spins on a white background",
+    "a large green triangle falls on a gray background",
+    "a small yellow circle bounces on a navy background",
+    "a large cyan circle moves left while a small orange square stays still on a black background",
+    "a small purple circle grows on a white background",
+    "a large yellow square shrinks on a navy background",
+    "a small blue triangle moves down on a gray background",
+]
 
 
 @dataclass
 class TrainDiTConfig:
-    model: DiTConfig = field(default_factory=lambda: dataclasses.replace(PRESETS["small"]))
-    vae: str = ""  # folder with vae.safetensors; "" = the shipped default model folder
-    text_encoder: str = "minilm"
-    data: WorldCacheConfig = field(default_factory=WorldCacheConfig)
+    model: DiTConfig = field(default_factory=lambda: dataclasses.replace(PRESETS["small"]))  # unused with init_from
+    vae: str = ""  # folder with vae.safetensors; "" = the shipped default model folder (or init_from's)
+    text_encoder: str = "minilm"  # unused with init_from (the folder's pipeline.json names it)
+    init_from: str = ""  # a model folder to fine-tune ("default" = the shipped one); "" = train from scratch
+    lora: LoRAConfig = field(default_factory=LoRAConfig)  # rank 0 = train every weight
+    data: DataConfig = field(default_factory=DataConfig)
+    extra_colors: list[str] = field(default_factory=list)  # opt-in colours beyond WORLD.md's (e.g. ["pink"])
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=5e-4, warmup_steps=300, batch_size=32,
                                                                    steps=6000, ema_decay=0.998, min_lr_ratio=0.1))
+    grad_accum: int = 1  # micro-batches per rank and step (same global batch, less memory)
+    parallel: str = "ddp"  # under torchrun: "ddp", or "fsdp" (FSDP2 per block, GPUs)
     caption_dropout: float = 0.1
     detailed_prob: float = 0.5  # share of steps' captions that are the detailed ones (else short)
     time_mean: float = 0.0  # logit-normal time sampling
@@ -55,33 +91,56 @@ class TrainDiTConfig:
     threads: int = 0
     max_minutes: float = 0.0  # > 0: stop (and save) when the wall-clock budget is spent
     log_every: int = 25
+    log_tensorboard: bool = False  # also write scalars to out/tensorboard (needs the tensorboard package)
     ckpt_every: int = 250
     eval_every: int = 500
     eval_prompts: int = 8
     eval_steps: int = 12
+    sample_every: int = 0  # > 0: write 64x64 2 s clips of sample_prompts to out/samples/ every N steps
+    sample_prompts: list[str] = field(default_factory=lambda: EVAL_PROMPTS[:2])
+    sample_steps: int = 16
     guidance: float = 4.0
 
 
 def _resolve_vae_dir(cfg: TrainDiTConfig) -> Path:
     from moviola import DEFAULT_MODEL_DIR
 
-    d = Path(cfg.vae) if cfg.vae else DEFAULT_MODEL_DIR
+    d = Path(cfg.vae) if cfg.vae else (init_dir(cfg) or DEFAULT_MODEL_DIR)
     if not (d / "vae.safetensors").is_file():
         raise FileNotFoundError(f"{d}: no vae.safetensors (train one with 'moviola train vae' and pass --vae)")
     return d
 
 
-class Batches:
-    """Training batches as a pure function of (seed, step)."""
+def init_dir(cfg: TrainDiTConfig) -> Path | None:
+    """The model folder to fine-tune, or None to train from scratch."""
+    from moviola import DEFAULT_MODEL_DIR
 
-    def __init__(self, cache: LatentCache, cfg: TrainDiTConfig):
+    if not cfg.init_from:
+        return None
+    d = DEFAULT_MODEL_DIR if cfg.init_from == "default" else Path(cfg.init_from)
+    for name in ("pipeline.json", "dit.safetensors", "dit.json", "vae.safetensors"):
+        if not (d / name).is_file():
+            raise FileNotFoundError(f"init_from {cfg.init_from!r}: {d} is not a Moviola model folder (missing {name})")
+    return d
+
+
+def _row_text(r: dict, detailed: bool) -> str:
+    """A clip's caption: world caches hold short and detailed ones, footage caches one ``caption``."""
+    return r.get("detailed" if detailed else "short") or r.get("caption") or r.get("short") or ""
+
+
+class Batches:
+    """Global training batches as a pure function of (seed, step); ``local`` is one rank's slice."""
+
+    def __init__(self, cache, cfg: TrainDiTConfig, patch: tuple[int, int, int]):
         self.cache, self.cfg = cache, cfg
         w = np.array([b.weight for b in cache.buckets], dtype=np.float64)
         self.weights = w / w.sum()
-        p = cfg.model.patch
-        self.tokens = [int(np.prod([s // q for s, q in zip(lat.shape[2:], p)])) for lat in cache.latents]
+        self.tokens = [int(np.prod([s // q for s, q in zip(lat.shape[2:], patch)])) for lat in cache.latents]
         base = self.tokens[int(np.argmax(self.weights))]  # the main bucket gets optim.batch_size
-        self.sizes = [max(1, round(cfg.optim.batch_size * base / t)) for t in self.tokens]
+        # A bucket's own batch size wins (footage caches); else one that keeps the tokens per step constant.
+        self.sizes = [getattr(b, "batch_size", 0) or max(1, round(cfg.optim.batch_size * base / t))
+                      for b, t in zip(cache.buckets, self.tokens)]
         self.empty = cache.caption_row[""]
 
     def batch(self, step: int) -> dict:
@@ -97,8 +156,7 @@ class Batches:
             if rng.random() < cfg.caption_dropout:
                 rows.append(self.empty)
             else:
-                text = r["detailed"] if rng.random() < cfg.detailed_prob else r["short"]
-                rows.append(self.cache.caption_row[text])
+                rows.append(self.cache.caption_row[_row_text(r, rng.random() < cfg.detailed_prob)])
         rows_t = torch.tensor(rows)
         g = torch.Generator().manual_seed(int(rng.integers(2 ** 62)))
         noise = torch.randn(x0.shape, generator=g)
@@ -107,17 +165,13 @@ class Batches:
         return {"x0": x0, "noise": noise, "t": t, "context": self.cache.text_tokens[rows_t].float(),
                 "context_mask": self.cache.text_mask[rows_t], "bucket": b}
 
-
-EVAL_PROMPTS = [
-    "a small red circle moves right on a black background",
-    "a large blue square spins on a white background",
-    "a large green triangle falls on a gray background",
-    "a small yellow circle bounces on a navy background",
-    "a large cyan circle moves left while a small orange square stays still on a black background",
-    "a small purple circle grows on a white background",
-    "a large yellow square shrinks on a navy background",
-    "a small blue triangle moves down on a gray background",
-]
+    def local(self, step: int, world: D.World) -> dict:
+        """This rank's slice of step's global batch; ``n`` is the global batch size."""
+        b = self.batch(step)
+        sl = D.local_slice(b["x0"].shape[0], world)
+        out = {k: (v[sl] if torch.is_tensor(v) else v) for k, v in b.items()}
+        out["n"] = b["x0"].shape[0]
+        return out
 
 
 @torch.no_grad()
@@ -138,83 +192,275 @@ def watch_scorer(pipe, n: int, steps: int, guidance: float) -> dict:
             **{f"eval_{k}": round(100 * float(np.mean(v)), 1) for k, v in attrs.items()}}
 
 
+@torch.no_grad()
+def write_samples(pipe, prompts: list[str], folder: Path, step: int, steps: int, guidance: float) -> list[Path]:
+    """One 64x64 2 s clip per fixed prompt (fixed seeds), as out/samples/step_NNNNNN_K.mp4."""
+    from moviola.video_io import write_video
+
+    paths = []
+    for k, p in enumerate(prompts):
+        frames = pipe(p, width=64, height=64, seconds=2, steps=steps, guidance=guidance, seed=2000 + k)
+        path = folder / f"step_{step:06d}_{k}.mp4"
+        write_video(path, frames, pipe.config.fps, metadata={"comment": f"moviola training sample; step {step}",
+                                                              "moviola_prompt": p})
+        paths.append(path)
+    return paths
+
+
+def _open_cache(cfg: TrainDiTConfig, vae, text, out: Path, world: D.World, on_cache):
+    """The latent cache this run trains on: a footage cache, or world clips built here (rank 0 builds)."""
+    if cfg.data.cache_dir:
+        from moviola.data import folder_cache  # lands with `moviola data cache`
+
+        return folder_cache.open_cache(cfg.data.cache_dir)
+    cache_dir = out / "cache"
+    if world.main:
+        from moviola.world.extra import extra_colors
+
+        with extra_colors(*cfg.extra_colors):
+            build_world_cache(cache_dir, cfg.data, vae, text, on_progress=on_cache)
+    D.barrier(world)
+    return LatentCache(cache_dir, buckets_of(cfg.data))
+
+
+def _build_model(cfg: TrainDiTConfig, base_dir: Path | None, device: torch.device) -> DiT:
+    if base_dir is None:
+        torch.manual_seed(cfg.data.seed)
+        return DiT(cfg.model)
+    model = DiT.from_pretrained(base_dir).train()
+    model.gradient_checkpointing = cfg.model.gradient_checkpointing or model.config.gradient_checkpointing
+    return model
+
+
+def _save_checkpoint(path: Path, model, ema: EMA, opt, step: int, cfg: TrainDiTConfig, world: D.World) -> None:
+    """Full (unsharded) tensors, the same layout for any world size; rank 0 writes, atomically."""
+    state = {"model": D.full_state_dict(model), "ema": D.full_state_dict(ema.model),
+             "optimizer": D.full_optimizer_state(opt), "step": step, "config": to_dict(cfg),
+             "rng": {"torch": torch.get_rng_state(),
+                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+             "extra": {"world_size": world.size, "parallel": world.parallel}}
+    if world.main:
+        with atomic_path(path, fsync=True) as tmp:
+            torch.save(state, tmp)
+    D.barrier(world)
+
+
+def _plain_ema(ema: EMA, world: D.World, template) -> DiT | None:
+    """The EMA model as an ordinary module on rank 0 (gathered under FSDP; a collective); None elsewhere."""
+    if not (world.distributed and world.parallel == "fsdp"):
+        return ema.model if world.main else None
+    sd = D.full_state_dict(ema.model)
+    if not world.main:
+        return None
+    m = template()
+    m.load_state_dict(sd)
+    return m.eval()
+
+
+class _Scalars:
+    """JSONL log, and TensorBoard when asked for (rank 0 only)."""
+
+    def __init__(self, out: Path, cfg: TrainDiTConfig, main: bool):
+        self.main = main
+        self.jsonl = JsonlLog(out / "log.jsonl") if main else None
+        self.tb = None
+        if main and cfg.log_tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                raise ValueError("log_tensorboard = true needs the tensorboard package "
+                                 "(pip install 'moviola[tensorboard]')") from None
+            self.tb = SummaryWriter(str(out / "tensorboard"))
+
+    def write(self, step: int, **row) -> None:
+        if not self.main:
+            return
+        self.jsonl.write(step=step, **row)
+        if self.tb is not None:
+            for k, v in row.items():
+                if isinstance(v, (int, float)) and not isinstance(v, bool):
+                    self.tb.add_scalar(k, v, step)
+            self.tb.flush()
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
 def train_dit(cfg: TrainDiTConfig, *, on_step=None, on_cache=None) -> Path:
-    """Build the cache if needed, train (or resume), and save the pipeline folder; returns its path."""
-    from moviola.pipeline import Pipeline, PipelineConfig
+    """Build the cache if needed, train (or resume), and save the model folder (or LoRA adapter) on rank 0;
+    returns its path (on every rank)."""
+    from moviola.pipeline import PIPELINE_FILE, Pipeline, PipelineConfig
 
     t_start = time.time()
+    if cfg.grad_accum < 1:
+        raise ValueError(f"grad_accum must be at least 1, got {cfg.grad_accum}")
+    if cfg.init_from and cfg.vae:
+        raise ValueError("give init_from (its folder's VAE is used) or vae, not both")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    device = pick_device(cfg.device)
+    torch.set_flush_denormal(True)  # denormals make CPU kernels 10-100x slower late in training
+    world = D.setup(cfg.device, cfg.parallel)
+    device = world.device
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.json")
-    vae_dir = _resolve_vae_dir(cfg)
-    vae = CausalVAE.from_pretrained(vae_dir, device=device)
-    text = load_text_encoder(None if cfg.text_encoder == "minilm" else cfg.text_encoder)
-    if cfg.model.text_dim != text.dim:
-        raise ValueError(f"model.text_dim {cfg.model.text_dim} does not match the text encoder's {text.dim}")
-    if cfg.model.in_channels != vae.config.latent_channels:
-        raise ValueError(f"model.in_channels {cfg.model.in_channels} != the VAE's latent channels "
-                         f"{vae.config.latent_channels}")
-    cache_dir = out / "cache"
-    build_world_cache(cache_dir, cfg.data, vae, text, on_progress=on_cache)
-    cache = LatentCache(cache_dir, buckets_of(cfg.data))
-    batches = Batches(cache, cfg)
+    try:
+        base_dir = init_dir(cfg)
+        if world.main:
+            out.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, out / "config.json")
+        vae_dir = _resolve_vae_dir(cfg)
+        vae = CausalVAE.from_pretrained(vae_dir, device=device)
+        if base_dir is not None:
+            pcfg = PipelineConfig.from_dict(json.loads((base_dir / PIPELINE_FILE).read_text()))
+        else:
+            pcfg = PipelineConfig(text_encoder=cfg.text_encoder, fps=cfg.data.fps, guidance=cfg.guidance)
+        text = load_text_encoder(None if pcfg.text_encoder == "minilm" else pcfg.text_encoder)
+        model = _build_model(cfg, base_dir, device)
+        mcfg = model.config
+        if mcfg.text_dim != text.dim:
+            raise ValueError(f"model.text_dim {mcfg.text_dim} does not match the text encoder's {text.dim}")
+        if mcfg.in_channels != vae.config.latent_channels:
+            raise ValueError(f"model.in_channels {mcfg.in_channels} != the VAE's latent channels "
+                             f"{vae.config.latent_channels}")
+        cache = _open_cache(cfg, vae, text, out, world, on_cache)
+        if cache.text_tokens.shape[-1] != mcfg.text_dim:
+            raise ValueError(f"{cfg.data.cache_dir}: cached text embeddings are {cache.text_tokens.shape[-1]}-d, "
+                             f"the model wants {mcfg.text_dim}-d (cache with the model's text encoder)")
+        batches = Batches(cache, cfg, mcfg.patch)
+        provenance = _write_provenance(cache, out, world)
 
-    torch.manual_seed(cfg.data.seed)
-    model = DiT(cfg.model).to(device)
-    ema = EMA(model, cfg.optim.ema_decay)
-    opt = make_optimizer(model, cfg.optim)
-    log = JsonlLog(out / "log.jsonl")
-    ckpt = out / "ckpt.pt"
-    step = 0
-    if ckpt.exists():
-        step = load_checkpoint(ckpt, model=model, ema=ema, optimizer=opt)["step"]
-        log.truncate_after(step)
-    pcfg = PipelineConfig(text_encoder=cfg.text_encoder, fps=cfg.data.fps, guidance=cfg.guidance)
-    t_last, n_tok = time.time(), 0
-    while step < cfg.optim.steps:
-        if cfg.max_minutes and (time.time() - t_start) / 60 > cfg.max_minutes:
-            log.write(step=step, stopped="max_minutes")
-            break
-        lr = lr_at(step, cfg.optim)
-        for g in opt.param_groups:
-            g["lr"] = lr
-        b = batches.batch(step)
-        x0, noise, t = b["x0"].to(device), b["noise"].to(device), b["t"].to(device)
-        model.train()
-        with autocast(device):
-            xt = add_noise(x0, noise, t)
-            v = model(xt, t, b["context"].to(device), b["context_mask"].to(device))
-            loss = flow_loss(v.float(), x0, noise)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
-        opt.step()
-        ema.update(model, step)
-        step += 1
-        n_tok += x0.shape[0] * batches.tokens[b["bucket"]]
-        metrics = {"loss": loss.item(), "grad_norm": float(gnorm), "lr": lr}
-        if step % cfg.log_every == 0 or step == cfg.optim.steps:
-            dt = time.time() - t_last
-            log.write(step=step, tokens_per_s=round(n_tok / max(dt, 1e-9)), **{k: round(x, 6) for k, x in metrics.items()})
-            t_last, n_tok = time.time(), 0
-        if cfg.eval_every and step % cfg.eval_every == 0:
-            ev = watch_scorer(Pipeline(vae, ema.model, text, pcfg, device), cfg.eval_prompts, cfg.eval_steps,
-                              cfg.guidance)
-            log.write(step=step, **ev)
-            metrics.update(ev)
-        if step % cfg.ckpt_every == 0 or step == cfg.optim.steps:
-            save_checkpoint(ckpt, model=model, ema=ema, optimizer=opt, step=step, config=to_dict(cfg))
-        if on_step:
-            on_step(step, cfg.optim.steps, metrics)
-    save_checkpoint(ckpt, model=model, ema=ema, optimizer=opt, step=step, config=to_dict(cfg))
-    pcfg.extra = {"trained_steps": step, "train_minutes": round((time.time() - t_start) / 60, 1),
-                  "vae": str(vae_dir), "data": asdict(cfg.data)}
-    pipe = Pipeline(vae, ema.model, text, pcfg, device)
-    model_dir = out / "model"
-    pipe.save_pretrained(model_dir)
-    # The captions trained on, so evaluation can use prompts the model never saw verbatim.
-    (model_dir / "training_captions.json").write_text(json.dumps(sorted(cache.captions())))
-    return model_dir
+        lora = cfg.lora.rank > 0
+        if lora:
+            inject_lora(model, cfg.lora)
+
+        def template() -> DiT:  # a plain copy of the architecture (with adapters), for FSDP's gathered EMA
+            m = DiT(mcfg)
+            if lora:
+                inject_lora(m, cfg.lora, freeze=False)
+            return m
+
+        ckpt = out / "ckpt.pt"
+        step, state = 0, None
+        if ckpt.exists():
+            state = torch.load(ckpt, map_location="cpu", weights_only=False)
+            model.load_state_dict(state["model"])
+            step = state["step"]
+        model.to(device)
+        ema = EMA(model, cfg.optim.ema_decay)
+        if state is not None:
+            ema.model.load_state_dict(state["ema"])
+        D.shard_like(ema.model, world)
+        trained = D.wrap(model, world)
+        opt = make_optimizer(trained, cfg.optim)
+        if state is not None:
+            D.load_optimizer_state(opt, state["optimizer"])
+            torch.set_rng_state(state["rng"]["torch"])
+            del state
+        log = _Scalars(out, cfg, world.main)
+        if world.main and step:
+            log.jsonl.truncate_after(step)
+
+        t_last, n_tok, t_prev = time.time(), 0, time.time()
+        while step < cfg.optim.steps:
+            if cfg.max_minutes:  # every rank stops at the same step: rank 0's clock decides
+                late = torch.tensor([float((time.time() - t_start) / 60 > cfg.max_minutes and world.main)])
+                if D.all_sum(late, world).item() > 0:
+                    log.write(step=step, stopped="max_minutes")
+                    break
+            lr = lr_at(step, cfg.optim)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            b = batches.local(step, world)
+            n_local = b["x0"].shape[0]
+            trained.train()
+            opt.zero_grad(set_to_none=True)
+            loss_sum = torch.zeros((), device=device)
+            micro = [slice(i, min(i + -(-n_local // cfg.grad_accum), n_local))
+                     for i in range(0, n_local, -(-n_local // cfg.grad_accum))] if n_local else []
+            for k, sl in enumerate(micro):
+                x0, noise, t = b["x0"][sl].to(device), b["noise"][sl].to(device), b["t"][sl].to(device)
+                with D.no_sync(trained, k < len(micro) - 1), autocast(device):
+                    v = trained(add_noise(x0, noise, t), t, b["context"][sl].to(device),
+                                b["context_mask"][sl].to(device))
+                    per = flow_loss(v.float(), x0, noise)  # mean over this micro-batch
+                    # DDP averages gradients over ranks; this weighting makes the result the gradient of
+                    # the global batch's mean loss, whatever the slice and micro-batch sizes.
+                    (per * (x0.shape[0] * world.size / b["n"])).backward()
+                loss_sum += per.detach() * x0.shape[0]
+            if not micro:  # a rank with an empty slice (global batch < world size) still joins the all-reduce
+                with D.no_sync(trained, False):
+                    sum(p.sum() * 0 for p in trained.parameters() if p.requires_grad).backward()
+            gnorm = torch.nn.utils.clip_grad_norm_([p for p in trained.parameters() if p.requires_grad],
+                                                   cfg.optim.grad_clip)
+            opt.step()
+            ema.update(D.unwrap(trained), step)
+            step += 1
+            loss = (D.all_sum(loss_sum, world) / b["n"]).item()
+            n_tok += b["n"] * batches.tokens[b["bucket"]]
+            now = time.time()
+            metrics = {"loss": loss, "grad_norm": float(D.full_tensor(gnorm)), "lr": lr,
+                       "tokens_per_s": b["n"] * batches.tokens[b["bucket"]] / max(now - t_prev, 1e-9)}
+            t_prev = now
+            if step % cfg.log_every == 0 or step == cfg.optim.steps:
+                row = {k: round(x, 6) for k, x in metrics.items()}
+                row["tokens_per_s"] = round(n_tok / max(now - t_last, 1e-9))  # over the logging interval
+                log.write(step=step, **row)
+                t_last, n_tok = now, 0
+            want_eval = cfg.eval_every and step % cfg.eval_every == 0
+            want_samples = cfg.sample_every and step % cfg.sample_every == 0
+            if want_eval or want_samples:
+                dit = _plain_ema(ema, world, template)
+                if dit is not None:
+                    pipe = Pipeline(vae, dit, text, pcfg, device)
+                    if want_eval:
+                        ev = watch_scorer(pipe, cfg.eval_prompts, cfg.eval_steps, cfg.guidance)
+                        log.write(step=step, **ev)
+                        metrics.update(ev)
+                    if want_samples:
+                        write_samples(pipe, cfg.sample_prompts, out / "samples", step, cfg.sample_steps, cfg.guidance)
+            if step % cfg.ckpt_every == 0 or step == cfg.optim.steps:
+                _save_checkpoint(ckpt, trained, ema, opt, step, cfg, world)
+            if on_step and world.main:
+                on_step(step, cfg.optim.steps, metrics)
+        _save_checkpoint(ckpt, trained, ema, opt, step, cfg, world)
+        log.close()
+        dit = _plain_ema(ema, world, template)
+        result = out / ("lora" if lora and not cfg.lora.merge else "model")
+        if world.main:
+            _save_result(cfg, result, dit, vae, text, pcfg, base_dir, vae_dir, step, t_start, cache, provenance)
+        D.barrier(world)
+        return result
+    finally:
+        D.teardown(world)
+
+
+def _write_provenance(cache, out: Path, world: D.World) -> Path | None:
+    """The clips this run trains on (path, hash, caption, licence...), when the cache can say."""
+    if not (world.main and hasattr(cache, "provenance")):
+        return None
+    rows = cache.provenance()
+    path = out / "provenance.jsonl"
+    with atomic_path(path) as tmp:
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def _save_result(cfg, result: Path, dit: DiT, vae, text, pcfg, base_dir, vae_dir, step, t_start, cache,
+                 provenance: Path | None) -> None:
+    from moviola.pipeline import Pipeline
+
+    info = {"trained_steps": step, "train_minutes": round((time.time() - t_start) / 60, 1), "vae": str(vae_dir),
+            "data": asdict(cfg.data), **({"extra_colors": cfg.extra_colors} if cfg.extra_colors else {})}
+    if base_dir is not None:
+        info["init_from"] = str(base_dir)
+    if cfg.lora.rank > 0 and not cfg.lora.merge:
+        save_lora(dit, result, cfg.lora, extra={"base_model": str(base_dir) if base_dir else None, **info})
+    else:
+        if cfg.lora.rank > 0:
+            merge_lora(dit)
+        pcfg.extra = {**({"base": pcfg.extra} if base_dir is not None and pcfg.extra else {}), **info}
+        Pipeline(vae, dit, text, pcfg, vae.latent_mean.device).save_pretrained(result)
+        # The captions trained on, so evaluation can use prompts the model never saw verbatim.
+        (result / "training_captions.json").write_text(json.dumps(sorted(cache.captions())))
+    if provenance is not None:
+        shutil.copyfile(provenance, result / provenance.name)
