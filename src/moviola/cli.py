@@ -193,7 +193,7 @@ def cmd_train_vae(args, extra: list[str]) -> int:
 def cmd_data_check(args) -> int:
     from moviola.data.folder import check_folder
 
-    report = check_folder(args.folder, manifest=args.manifest, min_seconds=args.min_seconds)
+    report = check_folder(args.folder, manifest=args.manifest, min_seconds=args.min_seconds, deep=args.deep)
     if args.json:
         print(json.dumps(report.to_dict(), indent=1))
     else:
@@ -202,6 +202,48 @@ def cmd_data_check(args) -> int:
         d = report.to_dict()
         print(f"{d['usable']} usable clips ({d['seconds']:g} s), {d['skipped']} skipped")
     return 0 if report.clips else 1
+
+
+def cmd_data_cache(args) -> int:
+    import torch
+
+    from moviola.data.buckets import parse_buckets
+    from moviola.data.folder_cache import FolderCacheConfig, build_folder_cache, vae_fingerprint
+    from moviola.data.shots import ShotConfig
+    from moviola.models.text import load_text_encoder
+    from moviola.models.vae import CausalVAE
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    folder = Path(args.folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: no such folder")
+    out = Path(args.out) if args.out else folder.resolve().parent / f"{folder.resolve().name}-cache"
+    cfg = FolderCacheConfig(fps=args.fps, min_seconds=args.min_seconds, clips_per_shot=args.clips_per_shot,
+                            shots=ShotConfig(enabled=args.shots, threshold=args.shot_threshold))
+    if args.buckets:
+        cfg.buckets = parse_buckets(args.buckets)
+    model = _model_dir(args.model)
+    if not (model / "vae.safetensors").is_file():
+        raise FileNotFoundError(f"{model}: no vae.safetensors here (pass --model DIR)")
+    text_name = args.text_encoder
+    if text_name is None:  # the model folder says which text encoder its DiT was trained with
+        pj = model / "pipeline.json"
+        text_name = json.loads(pj.read_text()).get("text_encoder", "minilm") if pj.is_file() else "minilm"
+    vae = CausalVAE.from_pretrained(model)
+    text = load_text_encoder(None if text_name == "minilm" else text_name)
+    with progress() as bar:
+        tasks = {"scan": bar.add_task("decoding files", total=None), "encode": bar.add_task("encoding clips", total=None)}
+        summary = build_folder_cache(folder, out, vae, text, cfg, vae_fp=vae_fingerprint(model),
+                                     text_encoder_name=text_name, manifest=args.manifest,
+                                     on_progress=lambda stage, i, n: bar.update(tasks[stage], completed=i, total=n))
+    for p in summary["skipped"]:
+        print(f"skip  {p['path']}: {p['problem']}")
+    n = sum(summary["clips"].values())
+    per = ", ".join(f"{k}: {v}" for k, v in summary["clips"].items())
+    print(f"{n} clips ({per}), {len(summary['skipped'])} skipped; {summary['parts_encoded']} parts encoded, "
+          f"{summary['parts_reused']} reused; cache at {out}")
+    return 0
 
 
 def cmd_eval_vae(args) -> int:
@@ -245,6 +287,70 @@ def cmd_train_dit(args, extra: list[str]) -> int:
         path = train_dit(cfg, on_step=on_step, on_cache=lambda i, n: bar.update(cache, completed=i, total=n))
     if main_rank:
         print(f"saved {path}", file=sys.stderr)
+    return 0
+
+
+# --- server ---------------------------------------------------------------------------------------
+
+def _server_db(args) -> str:
+    from moviola.server.db import sqlite_url
+
+    return args.db or sqlite_url(Path(args.storage) / "moviola.db")
+
+
+def cmd_serve(args) -> int:
+    from moviola.server.app import ServerConfig, serve
+    from moviola.server.db import DatabaseError
+
+    Path(args.storage).mkdir(parents=True, exist_ok=True)
+    cfg = ServerConfig(storage=args.storage, db=args.db, model=args.model, host=args.host, port=args.port,
+                       workers=args.workers, steps=args.steps, poll_after_ms=args.poll_after_ms,
+                       ttl_seconds=args.ttl_seconds, lease_seconds=args.lease_seconds, worker_threads=args.threads)
+    try:
+        return serve(cfg)
+    except DatabaseError as e:
+        raise ValueError(str(e)) from None
+
+
+def cmd_worker(args) -> int:
+    from moviola.server.db import DatabaseError
+    from moviola.server.worker import WorkerConfig, main as worker_main
+
+    Path(args.storage).mkdir(parents=True, exist_ok=True)
+    cfg = WorkerConfig(db=_server_db(args), storage=args.storage, model=args.model, lease_seconds=args.lease_seconds,
+                       poll_seconds=args.poll_seconds, ttl_seconds=args.ttl_seconds, threads=args.threads,
+                       max_jobs=args.max_jobs)
+    try:
+        return worker_main(cfg)
+    except DatabaseError as e:
+        raise ValueError(str(e)) from None
+
+
+def cmd_keys(args) -> int:
+    from moviola.server import keys
+    from moviola.server.db import Database, DatabaseError
+
+    Path(args.storage).mkdir(parents=True, exist_ok=True)
+    try:
+        db = Database(_server_db(args))
+        if args.keys_verb == "create":
+            token, rec = keys.create_key(db, args.name, quota_seconds_per_day=args.quota_seconds_per_day,
+                                         rate_per_minute=args.rate_per_minute, admin=args.admin)
+            print(token)
+            print(f"created key {rec['name']!r}; this is the only time it is shown", file=sys.stderr)
+        elif args.keys_verb == "list":
+            rows = keys.list_keys(db)
+            if args.json:
+                print(json.dumps(rows, indent=1))
+            for r in [] if args.json else rows:
+                state = "revoked" if r["revoked_at"] else "active"
+                print(f"{r['name']:<24} {r['prefix']}...  {state:<8} admin={str(r['admin']).lower():<5} "
+                      f"quota_s/day={r['quota_seconds_per_day']}  rate/min={r['rate_per_minute']}")
+        else:
+            keys.revoke_key(db, args.name)
+            print(f"revoked key {args.name!r}", file=sys.stderr)
+    except DatabaseError as e:
+        raise ValueError(str(e)) from None
     return 0
 
 
@@ -330,19 +436,90 @@ def build_parser() -> argparse.ArgumentParser:
     evw.add_argument("--no-baselines", action="store_true", help="skip the renderer and random-weights rows")
     evw.set_defaults(func=cmd_eval_world)
 
-    data = sub.add_parser("data", help="your own footage: check a folder of captioned videos")
+    data = sub.add_parser("data", help="your own footage: check a folder of captioned videos, cache it")
     dsub = data.add_subparsers(dest="data_verb", required=True, metavar="VERB")
     dc = dsub.add_parser("check", help="validate every video and caption in a folder; list each problem with its file")
     dc.add_argument("folder")
     dc.add_argument("--manifest", help="JSONL or CSV manifest (default: FOLDER/manifest.jsonl or .csv, else sidecar .txt)")
     dc.add_argument("--min-seconds", type=float, default=0.5, help="shortest usable clip")
     dc.add_argument("--json", action="store_true", help="print the full report as JSON")
+    dc.add_argument("--deep", action="store_true", help="decode every file to the end (slower; also catches files "
+                                                        "cut off mid-way, as 'data cache' does)")
     dc.set_defaults(func=cmd_data_check)
+    dk = dsub.add_parser("cache", help="encode every clip to VAE latents and every caption to text embeddings, once",
+                         description="Check the folder, split it into clips (optionally at scene cuts), fit each "
+                                     "to a bucket and encode it. Resumable: rerun the same command after an "
+                                     "interruption; done parts are kept.")
+    dk.add_argument("folder")
+    dk.add_argument("--out", help="cache folder (default: FOLDER-cache beside the folder)")
+    dk.add_argument("--model", help="model folder with vae.safetensors (and pipeline.json naming its text "
+                                    "encoder); default: the shipped model")
+    dk.add_argument("--text-encoder", help="minilm or a local T5/CLIP folder (default: the model's)")
+    dk.add_argument("--buckets", help="bucket file (.toml/.json: [{width, height, frames, batch_size, weight}]) or "
+                                      "inline WxHxFRAMES[:BATCH[:WEIGHT]],... (default: 64x64, 96x64, 64x96, 112x48 "
+                                      "at 17 and 9 frames)")
+    dk.add_argument("--fps", type=float, default=8.0, help="frame rate clips are sampled at (default 8)")
+    dk.add_argument("--shots", action="store_true", help="split videos at scene cuts first")
+    dk.add_argument("--shot-threshold", type=float, default=0.1, help="minimum change score of a cut (0..1)")
+    dk.add_argument("--clips-per-shot", type=int, default=1, help="up to this many clips from one long shot")
+    dk.add_argument("--manifest", help="JSONL or CSV manifest (default: FOLDER/manifest.jsonl or .csv)")
+    dk.add_argument("--min-seconds", type=float, default=0.5, help="shortest usable file")
+    dk.add_argument("--threads", type=int, default=0, help="CPU threads (default: torch's)")
+    dk.set_defaults(func=cmd_data_cache)
 
     s = sub.add_parser("score", help="score a clip against a prompt with the world scorer (JSON on stdout)")
     s.add_argument("clip", help="a video file (mp4/webm/gif/...) or a PNG")
     s.add_argument("prompt")
     s.set_defaults(func=cmd_score)
+    def _store(q):
+        q.add_argument("--storage", default="moviola-data", help="folder for videos, uploads and the default "
+                                                                  "SQLite database (default: ./moviola-data)")
+        q.add_argument("--db", help="database URL: sqlite:///PATH or postgresql://USER:PW@HOST/DB "
+                                    "(default: sqlite:///STORAGE/moviola.db)")
+
+    sv = sub.add_parser("serve", help="the Videos API (OpenAI SDK compatible) and the web studio, with workers",
+                        description="Serve OpenAI's Videos API under /v1 and the studio at /. Make a key first "
+                                    "with `moviola keys create --name NAME`.")
+    _store(sv)
+    sv.add_argument("--host", default="127.0.0.1")
+    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--model", help="model folder (default: the shipped model)")
+    sv.add_argument("--workers", type=int, default=1, help="worker processes to start here (0: API only)")
+    sv.add_argument("--steps", type=int, help="sampler steps for every job (default: the model's)")
+    sv.add_argument("--poll-after-ms", type=int, default=1000, help="the openai-poll-after-ms header")
+    sv.add_argument("--ttl-seconds", type=float, default=86400.0, help="completed videos expire after this (0: never)")
+    sv.add_argument("--lease-seconds", type=float, default=30.0, help="job lease of the workers started here")
+    sv.add_argument("--threads", type=int, default=0, help="CPU threads per worker (default: torch's)")
+    sv.set_defaults(func=cmd_serve)
+
+    wk = sub.add_parser("worker", help="claim and run generation jobs from the server's database",
+                        description="Any number of workers, on any machines sharing --db and --storage, share one "
+                                    "queue. SIGTERM gives the running job back to the queue.")
+    _store(wk)
+    wk.add_argument("--model", help="model folder (default: the shipped model)")
+    wk.add_argument("--lease-seconds", type=float, default=30.0, help="a job held longer without a heartbeat is "
+                                                                       "taken over by another worker")
+    wk.add_argument("--poll-seconds", type=float, default=0.5, help="wait between looks at an empty queue")
+    wk.add_argument("--ttl-seconds", type=float, default=86400.0, help="completed videos expire after this (0: never)")
+    wk.add_argument("--threads", type=int, default=0, help="CPU threads (default: torch's)")
+    wk.add_argument("--max-jobs", type=int, default=0, help="exit after this many jobs (0: never)")
+    wk.set_defaults(func=cmd_worker)
+
+    ky = sub.add_parser("keys", help="API keys of the server: create, list, revoke")
+    ksub = ky.add_subparsers(dest="keys_verb", required=True, metavar="VERB")
+    kc = ksub.add_parser("create", help="make a key and print it (shown only once; stored hashed)")
+    _store(kc)
+    kc.add_argument("--name", required=True)
+    kc.add_argument("--quota-seconds-per-day", type=float, help="seconds of video per rolling 24 h")
+    kc.add_argument("--rate-per-minute", type=int, help="video-creating requests per minute")
+    kc.add_argument("--admin", action="store_true", help="may manage keys and read the audit log via /v1/admin")
+    kl = ksub.add_parser("list", help="list keys (never the keys themselves)")
+    _store(kl)
+    kl.add_argument("--json", action="store_true")
+    kr = ksub.add_parser("revoke", help="revoke a key by name; it fails from its next request on")
+    _store(kr)
+    kr.add_argument("name")
+    ky.set_defaults(func=cmd_keys)
     return p
 
 

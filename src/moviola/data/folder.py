@@ -3,8 +3,9 @@
 Captions come from a manifest in the folder (``manifest.jsonl`` or ``manifest.csv``: path, caption and
 optional start / end seconds, licence, consent, source) or, for videos the manifest does not list, from a
 sidecar ``NAME.txt`` beside ``NAME.mp4``. ``check_folder`` opens every video once (a header probe plus
-one decoded frame) and returns the usable clips and every problem with its file; training uses the
-clips and skips the rest, so one bad file never stops a run.
+one decoded frame, or with ``deep`` every frame) and returns the usable clips and every problem with its
+file; training uses the clips and skips the rest, so one bad file never stops a run. ``load_clip`` cuts
+one clip out of a file for a model: frames at a target fps, resized and centre-cropped.
 
     report = check_folder("footage/")
     for p in report.problems:
@@ -111,9 +112,12 @@ def read_manifest(path: str | Path) -> list[dict]:
 
 
 def check_folder(root: str | Path, *, manifest: str | Path | None = None, min_seconds: float = 0.5,
-                 need_captions: bool = True) -> FolderReport:
+                 need_captions: bool = True, deep: bool = False) -> FolderReport:
     """Validate every video under ``root``; see the module docstring. With ``need_captions=False`` (an
-    autoencoder trains on pixels alone) a clip without a caption is still usable."""
+    autoencoder trains on pixels alone) a clip without a caption is still usable. ``deep=True`` decodes
+    every file to its end (``shots.scan_video``), which also catches a file cut off mid-way whose header
+    and first frame are intact, and measures durations from the frames rather than the header."""
+    from moviola.data.shots import scan_video
     from moviola.video_io import VideoError, probe_video
 
     root = Path(root)
@@ -146,6 +150,8 @@ def check_folder(root: str | Path, *, manifest: str | Path | None = None, min_se
             continue
         try:
             info = probe_video(p)
+            if deep:
+                info["duration"] = scan_video(p).duration
         except VideoError as e:
             report.problems.append(Problem(str(p), e.problem))
             continue
@@ -158,3 +164,36 @@ def check_folder(root: str | Path, *, manifest: str | Path | None = None, min_se
                                       row["consent"], row["source"], info["width"], info["height"], info["fps"],
                                       round(span, 3)))
     return report
+
+
+def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file's bytes (the content hash provenance records)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def load_clip(path: str | Path, start: float, *, frames: int, width: int, height: int, fps: float,
+              src_fps: float) -> "np.ndarray":
+    """(frames, height, width, 3) uint8: ``frames`` frames at ``fps`` from ``start`` seconds of the video,
+    scaled to cover (width, height) and centre-cropped.
+
+    Frame k shows source time start + k / fps (the latest source frame at or before it), so 29.97 fps
+    footage sampled at 8 fps keeps its real speed. Raises VideoError if the file cannot be decoded there
+    or ends more than one frame early.
+    """
+    import numpy as np
+
+    from moviola.video_io import VideoError, fit_frames, read_video
+
+    # One source frame of margin past the last needed time; read_video seeks, so long files stay cheap.
+    vid = read_video(path, start=start, end=start + (frames - 1) / fps + 1.5 / src_fps)
+    idx = np.floor(np.arange(frames) * (vid.fps / fps) + 1e-6).astype(np.int64)
+    if idx[-1] > vid.num_frames:  # more than one frame missing: the span is not really there
+        raise VideoError(path, f"only {vid.num_frames} frames from {start:.2f} s, need {frames} at {fps:g} fps")
+    clip = vid.frames[np.minimum(idx, vid.num_frames - 1)]
+    return fit_frames(clip, width, height, mode="crop")

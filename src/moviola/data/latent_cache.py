@@ -13,6 +13,7 @@ Layout of a cache folder:
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -28,10 +29,13 @@ PART = 256  # clips per shard
 
 @dataclass
 class Bucket:
+    """One training shape: every clip in it is (3, frames, height, width); ``weight`` is its share of steps."""
+
     width: int
     height: int
     frames: int  # 4k + 1
     weight: float
+    batch_size: int = 0  # clips per step; 0 = the trainer's rule (constant tokens per step)
 
     @property
     def name(self) -> str:
@@ -80,7 +84,8 @@ def _render_part(cfg: WorldCacheConfig, b_index: int, bucket: Bucket, start: int
         clip = render(spec, num_frames=bucket.frames)
         clips.append(torch.from_numpy(clip.frames).permute(3, 0, 1, 2))
         rows.append({"short": caption(spec, rng=rng), "detailed": caption(spec, detailed=True, rng=rng),
-                     "canonical": caption(spec, detailed=True), "spec": spec_to_dict(spec)})
+                     "canonical": caption(spec, detailed=True), "spec": spec_to_dict(spec),
+                     "seed": [cfg.seed, b_index, i]})  # the clip is a pure function of this seed
     return torch.stack(clips), rows
 
 
@@ -123,16 +128,22 @@ def build_world_cache(out: Path, cfg: WorldCacheConfig, vae, text_encoder, *,
     _build_text(out, text_encoder)
 
 
-@torch.no_grad()
-def _build_text(out: Path, text_encoder, batch: int = 64) -> None:
+def _build_text(out: Path, text_encoder) -> None:
     """Embed every unique caption of the cache (and the empty prompt) once."""
-    from safetensors.torch import save_file
-
-    caps = {""}
+    caps = set()
     for meta in sorted(out.glob("bucket_*/part_*.json")):
         for r in json.loads(meta.read_text()):
             caps.update((r["short"], r["detailed"], r["canonical"]))
-    caps = sorted(caps)
+    build_text(out, caps, text_encoder)
+
+
+@torch.no_grad()
+def build_text(out: Path, captions: Iterable[str], text_encoder, batch: int = 64) -> None:
+    """``out/text.safetensors`` (tokens (N, L, D) float16, mask (N, L)) and ``out/text.json`` (the sorted
+    captions, "" included, giving each one's row); skipped when the captions are already the stored ones."""
+    from safetensors.torch import save_file
+
+    caps = sorted(set(captions) | {""})
     index_path = out / "text.json"
     if index_path.exists() and json.loads(index_path.read_text())["captions"] == caps:
         return
@@ -172,3 +183,18 @@ class LatentCache:
 
     def captions(self) -> set[str]:
         return {c for rows in self.rows for r in rows for c in (r["short"], r["detailed"], r["canonical"])}
+
+    def provenance(self) -> list[dict]:
+        """One record per clip of where it came from. World clips have no file: they are rendered from a
+        scene spec and a seed, so the record names the generator, the seed and a hash of the spec."""
+        out = []
+        for b, rows in zip(self.buckets, self.rows):
+            for r in rows:
+                spec = r.get("spec")
+                spec_hash = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest() if spec else None
+                out.append({"path": None, "sha256": None, "source": "procedural: moviola.world",
+                            "seed": r.get("seed"), "spec_sha256": spec_hash, "caption": r["canonical"],
+                            "start": 0.0, "end": round((b.frames - 1) / spec["fps"], 3) if spec else None,
+                            "licence": "generated (no third-party rights)", "consent": "not applicable",
+                            "bucket": b.name})
+        return out
