@@ -1,0 +1,706 @@
+"""The HTTP server: OpenAI's Videos API under ``/v1``, an admin API for keys, the studio at ``/``.
+
+    moviola serve --port 8000 --workers 1        # see ``moviola serve --help``
+    app = create_app(ServerConfig(storage="data"))  # for uvicorn or tests
+
+The contract is ../shared/API.md, checked against the official ``openai`` SDK. Every error is shaped
+like OpenAI's, ``{"error": {"message", "type", "param", "code"}}``, with the status code the SDK maps
+to its exception classes (400 BadRequest, 401 Authentication, 403 PermissionDenied, 404 NotFound,
+413 payload too large, 429 RateLimit with ``retry-after``, 500/503 InternalServer); FastAPI's own
+validation errors are turned into 400s naming the parameter.
+
+Handlers are plain functions run in FastAPI's thread pool, each thread with its own database
+connection, so the event loop never waits on the database. Every request under ``/v1`` is written to
+the audit log (key name, action, video id, status, milliseconds) after it is answered.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import json
+import secrets
+import shutil
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from fastapi import Depends, FastAPI, File, Form, Query, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from moviola.server import jobs, keys
+from moviola.server.db import Database, sqlite_url
+from moviola.server.generate import ModelInfo, RequestProblem, seconds_text, MAX_TOTAL_SECONDS
+from moviola.server.storage import VARIANTS, Storage
+
+STUDIO_DIR = Path(__file__).parent / "studio"
+
+
+@dataclass
+class ServerConfig:
+    """Everything ``moviola serve`` takes; the workers it starts get the same db, storage and model."""
+
+    storage: str = "moviola-data"
+    db: str | None = None  # default: sqlite file STORAGE/moviola.db
+    model: str | None = None  # model folder (default: the shipped model)
+    host: str = "127.0.0.1"
+    port: int = 8000
+    workers: int = 1
+    steps: int | None = None  # sampler steps for every job (default: the model's)
+    guidance: float | None = None
+    sampler: str | None = None
+    poll_after_ms: int = 1000  # the openai-poll-after-ms header on unfinished videos
+    ttl_seconds: float = 24 * 3600.0  # completed videos' files are deleted this long after (0: never)
+    lease_seconds: float = 30.0  # for the workers it starts
+    worker_threads: int = 0
+    sweep_seconds: float = 60.0  # how often expired files are cleaned up
+    max_image_mb: float = 20.0
+    max_video_mb: float = 200.0
+
+    def db_url(self) -> str:
+        return self.db or sqlite_url(Path(self.storage) / "moviola.db")
+
+
+# --- errors -----------------------------------------------------------------------------------------
+
+class APIError(Exception):
+    def __init__(self, status: int, message: str, *, type: str = "invalid_request_error", code: str | None = None,
+                 param: str | None = None, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status, self.message, self.type, self.code, self.param = status, message, type, code, param
+        self.headers = headers or {}
+
+
+def _error_response(status: int, message: str, type: str, code: str | None, param: str | None,
+                    headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": {"message": message, "type": type, "param": param, "code": code}},
+                        status_code=status, headers=headers)
+
+
+def not_found(video_id: str) -> APIError:
+    return APIError(404, f"no video with id {video_id!r}", code="not_found", param="video_id")
+
+
+# --- response models (for the OpenAPI document; handlers return plain dicts) -------------------------
+
+class VideoError(BaseModel):
+    code: str
+    message: str
+
+
+class Video(BaseModel):
+    id: str
+    object: Literal["video"] = "video"
+    created_at: int
+    completed_at: int | None
+    expires_at: int | None
+    status: Literal["queued", "in_progress", "completed", "failed"]
+    progress: int = Field(ge=0, le=100)
+    model: str
+    prompt: str | None
+    seconds: str
+    size: str
+    remixed_from_video_id: str | None
+    error: VideoError | None
+    moviola: dict[str, Any] = Field(description="Moviola's extras: kind, seed, steps, guidance, sampler, "
+                                                "note, content_hash, generation_seconds, expired, feedback")
+
+
+class VideoList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[Video]
+    first_id: str | None
+    last_id: str | None
+    has_more: bool
+
+
+class VideoDeleted(BaseModel):
+    id: str
+    object: Literal["video.deleted"] = "video.deleted"
+    deleted: bool
+
+
+class RemixBody(BaseModel):
+    prompt: str = Field(min_length=1, max_length=4000)
+    seed: int | None = Field(default=None, ge=0, le=2**31 - 1)
+
+
+class FeedbackBody(BaseModel):
+    rating: int | None = Field(default=None, ge=1, le=5)
+    comment: str = Field(default="", max_length=4000)
+
+
+class KeyBody(BaseModel):
+    name: str
+    quota_seconds_per_day: float | None = Field(default=None, gt=0)
+    rate_per_minute: int | None = Field(default=None, gt=0)
+    admin: bool = False
+
+
+class ErrorBody(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody
+
+
+ERRORS = {s: {"model": ErrorResponse} for s in (400, 401, 404, 429)}
+
+
+# --- the app ----------------------------------------------------------------------------------------
+
+def create_app(cfg: ServerConfig) -> FastAPI:
+    storage = Storage(cfg.storage)
+    db = Database(cfg.db_url())
+    from moviola import DEFAULT_MODEL_DIR
+
+    model = ModelInfo.from_dir(cfg.model or DEFAULT_MODEL_DIR)
+    bearer = HTTPBearer(auto_error=False, description="An API key made with `moviola keys create`.")
+    stop_sweeping = threading.Event()
+
+    def sweeper() -> None:
+        while not stop_sweeping.wait(cfg.sweep_seconds):
+            try:
+                jobs.sweep_expired(db, storage)
+            except Exception as e:  # never let housekeeping take the server down
+                print(f"moviola serve: expiry sweep failed: {e}", flush=True)
+
+    from contextlib import asynccontextmanager
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        t = threading.Thread(target=sweeper, daemon=True, name="moviola-sweeper")
+        t.start()
+        yield
+        stop_sweeping.set()
+
+    app = FastAPI(title="Moviola", version="0.1.0", lifespan=lifespan, openapi_url="/v1/openapi.json",
+                  docs_url="/v1/docs", redoc_url=None,
+                  description="OpenAI's Videos API, served by Moviola. Use the official SDK with "
+                              "`base_url=http://HOST:PORT/v1`.")
+    app.state.db, app.state.storage, app.state.model, app.state.cfg = db, storage, model, cfg
+
+    # --- errors ----------------------------------------------------------------------------------
+
+    @app.exception_handler(APIError)
+    async def on_api_error(request: Request, e: APIError):
+        return _error_response(e.status, e.message, e.type, e.code, e.param, e.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def on_validation(request: Request, e: RequestValidationError):
+        errs = e.errors()
+        first = errs[0] if errs else {}
+        loc = [str(x) for x in first.get("loc", ()) if x not in ("body", "query", "path", "header")]
+        param = ".".join(loc) or None
+        msg = first.get("msg", "invalid request")
+        if first.get("type") == "missing":
+            msg = f"missing required parameter {param!r}"
+        elif param:
+            msg = f"invalid value for {param!r}: {msg}"
+        return _error_response(400, msg, "invalid_request_error", "invalid_value", param)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def on_http(request: Request, e: StarletteHTTPException):
+        code = {404: "not_found", 405: "method_not_allowed"}.get(e.status_code)
+        msg = (f"no route {request.method} {request.url.path}" if e.status_code in (404, 405)
+               else str(e.detail))
+        return _error_response(e.status_code, msg, "invalid_request_error", code, None,
+                               getattr(e, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def on_crash(request: Request, e: Exception):
+        from moviola.server.db import DatabaseError
+
+        if isinstance(e, DatabaseError) or type(e).__module__.startswith(("sqlite3", "psycopg")):
+            return _error_response(503, f"database unavailable: {e}", "server_error", "database_unavailable",
+                                   None, {"retry-after": "1"})
+        import traceback
+
+        traceback.print_exc()
+        return _error_response(500, f"internal error ({type(e).__name__}); see the server log", "server_error",
+                               "internal_error", None)
+
+    # --- audit -----------------------------------------------------------------------------------
+
+    @app.middleware("http")
+    async def audit(request: Request, call_next):
+        t0 = time.perf_counter()
+        response = await call_next(request)
+        path = request.url.path
+        if path.startswith("/v1/") and path not in ("/v1/openapi.json", "/v1/docs"):
+            route = request.scope.get("route")
+            action = getattr(route, "name", None) or f"{request.method} {path}"
+            video_id = getattr(request.state, "video_id", None) or request.path_params.get("video_id")
+            ms = (time.perf_counter() - t0) * 1000
+            try:
+                await run_in_threadpool(keys.audit, db, key_name=getattr(request.state, "key_name", None),
+                                        action=action, video_id=video_id, status=response.status_code, ms=ms)
+            except Exception as e:
+                print(f"moviola serve: audit write failed: {e}", flush=True)
+        return response
+
+    # --- auth ------------------------------------------------------------------------------------
+
+    def current_key(request: Request, creds: HTTPAuthorizationCredentials | None = Depends(bearer)) -> dict:
+        if creds is None:
+            raise APIError(401, "no API key: send 'Authorization: Bearer KEY' (make one with `moviola keys "
+                                "create --name NAME`)", code="invalid_api_key")
+        key = keys.lookup(db, creds.credentials)  # no cache: a revoked key fails on its next request
+        if key is None:
+            raise APIError(401, "incorrect API key", code="invalid_api_key")
+        request.state.key_name = key["name"]
+        if key["revoked_at"] is not None:
+            raise APIError(401, f"this API key ({key['prefix']}...) was revoked", code="invalid_api_key")
+        return key
+
+    def admin_key(key: dict = Depends(current_key)) -> dict:
+        if not key["admin"]:
+            raise APIError(403, "this needs an admin key (moviola keys create --name NAME --admin)",
+                           type="permission_error", code="admin_required")
+        return key
+
+    # --- helpers ---------------------------------------------------------------------------------
+
+    def video_response(row: dict, status: int = 200) -> JSONResponse:
+        headers = {}
+        if row["status"] in ("queued", "in_progress"):
+            headers["openai-poll-after-ms"] = str(cfg.poll_after_ms)
+        return JSONResponse(jobs.to_video(row), status_code=status, headers=headers)
+
+    def problem(e: RequestProblem) -> APIError:
+        return APIError(400, str(e), code="invalid_value", param=e.param)
+
+    def sampler_params(seed: int | None) -> dict:
+        return {"fps": model.fps, "seed": secrets.randbelow(2**31) if seed is None else seed,
+                "steps": cfg.steps or model.steps,
+                "guidance": model.guidance if cfg.guidance is None else cfg.guidance,
+                "sampler": cfg.sampler or model.sampler, "negative_prompt": ""}
+
+    def parse_seed(text: str | None) -> int | None:
+        if text in (None, ""):
+            return None
+        try:
+            s = int(text)
+        except ValueError:
+            s = -1
+        if not 0 <= s < 2**31:
+            raise APIError(400, f"seed must be an integer from 0 to {2**31 - 1}, got {text!r}",
+                           code="invalid_value", param="seed")
+        return s
+
+    def check_prompt(prompt: str) -> str:
+        prompt = (prompt or "").strip()
+        if not prompt:
+            raise APIError(400, "prompt must not be empty", code="invalid_value", param="prompt")
+        if len(prompt) > 4000:
+            raise APIError(400, "prompt is longer than 4000 characters", code="invalid_value", param="prompt")
+        return prompt
+
+    def read_upload(f: UploadFile, limit_mb: float, param: str) -> bytes:
+        data = f.file.read(int(limit_mb * 2**20) + 1)
+        if len(data) > limit_mb * 2**20:
+            raise APIError(413, f"{param} is larger than {limit_mb:g} MB", code="file_too_large", param=param)
+        if not data:
+            raise APIError(400, f"{param} is an empty file", code="invalid_file", param=param)
+        return data
+
+    def image_png(data: bytes, param: str) -> bytes:
+        """Any image PIL reads -> PNG bytes (RGB), or a 400 naming the problem."""
+        from PIL import Image, ImageOps, UnidentifiedImageError
+
+        try:
+            with Image.open(io.BytesIO(data)) as im:
+                if im.width * im.height > 40_000_000:
+                    raise APIError(400, f"{param} is {im.width}x{im.height}: too many pixels",
+                                   code="invalid_file", param=param)
+                im = ImageOps.exif_transpose(im).convert("RGB")
+                out = io.BytesIO()
+                im.save(out, format="PNG")
+                return out.getvalue()
+        except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
+            raise APIError(400, f"{param} is not a readable image (PNG, JPEG, WebP...): {e}",
+                           code="invalid_file", param=param) from None
+
+    def data_url_bytes(url: str, param: str) -> bytes:
+        if not url.startswith("data:"):
+            raise APIError(400, f"{param}: this server fetches nothing from the network; upload the image as a "
+                                "file or send it as a base64 data: URL", code="unsupported", param=param)
+        try:
+            header, b64 = url.split(",", 1)
+            if ";base64" not in header:
+                raise ValueError("not base64")
+            return base64.b64decode(b64, validate=True)
+        except (ValueError, binascii.Error):
+            raise APIError(400, f"{param} is not a valid base64 data: URL", code="invalid_value",
+                           param=param) from None
+
+    def check_video_file(path: Path, param: str) -> None:
+        import av
+
+        try:
+            with av.open(str(path)) as c:
+                if not c.streams.video:
+                    raise APIError(400, f"{param} has no video stream", code="invalid_file", param=param)
+                next(iter(c.decode(video=0)))
+        except APIError:
+            raise
+        except (av.FFmpegError, OSError, StopIteration) as e:
+            raise APIError(400, f"{param} is not a readable video: {e}", code="invalid_file", param=param) from None
+
+    def source_video(key: dict, video_id: str, param: str) -> dict:
+        row = jobs.get_job(db, key["id"], video_id)
+        if row is None:
+            raise APIError(404, f"no video with id {video_id!r}", code="not_found", param=param)
+        if row["status"] != "completed":
+            raise APIError(400, f"video {video_id} is {row['status']}; only completed videos can be used as a "
+                                "source", code="video_not_ready", param=param)
+        if row["assets_removed_at"] is not None:
+            raise APIError(404, f"video {video_id} has expired; its files were deleted", code="video_expired",
+                           param=param)
+        return row
+
+    def queue(request: Request, key: dict, *, video_id: str, kind: str, prompt: str, seconds: float,
+              width: int, height: int, params: dict, cost: float, remixed_from: str | None = None) -> JSONResponse:
+        request.state.video_id = video_id
+        params = {**params, "width": width, "height": height, "seconds": seconds}
+        try:
+            row = jobs.insert_job(db, key, video_id=video_id, kind=kind, prompt=prompt, model=model.name,
+                                  seconds=seconds_text(seconds), size=f"{width}x{height}", params=params,
+                                  cost_seconds=cost, remixed_from=remixed_from)
+        except keys.LimitExceeded as e:
+            storage.remove_all(video_id)
+            raise APIError(429, str(e), type="requests" if e.kind == "rate" else "insufficient_quota",
+                           code="rate_limit_exceeded" if e.kind == "rate" else "insufficient_quota",
+                           headers={"retry-after": str(int(e.retry_after + 0.999))}) from None
+        except BaseException:
+            storage.remove_all(video_id)
+            raise
+        return video_response(row)
+
+    def copy_source(video_id: str, src: dict) -> str:
+        dst = storage.upload_dir(video_id) / "source.mp4"
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dst.with_name(f".source.tmp-{secrets.token_hex(4)}.mp4")
+        shutil.copyfile(storage.asset(src["assets"], "video"), tmp)
+        tmp.replace(dst)
+        return storage.relative(dst)
+
+    # --- the Videos API --------------------------------------------------------------------------
+
+    @app.post("/v1/videos", name="videos.create", response_model=Video, responses=ERRORS,
+              summary="Create a video (multipart form, optional input_reference image)")
+    def create_video(request: Request, key: dict = Depends(current_key),
+                     prompt: str = Form(..., max_length=100_000), model_name: str | None = Form(None, alias="model"),
+                     seconds: str | None = Form(None), size: str | None = Form(None),
+                     seed: str | None = Form(None, description="Moviola extra: the sampler's seed"),
+                     input_reference: UploadFile | None = File(None),
+                     input_reference_url: str | None = Form(None, alias="input_reference[image_url]"),
+                     input_reference_file_id: str | None = Form(None, alias="input_reference[file_id]")):
+        prompt = check_prompt(prompt)
+        try:
+            model.parse_model(model_name)
+            w, h = model.parse_size(size)
+            s = model.parse_seconds(seconds)
+        except RequestProblem as e:
+            raise problem(e) from None
+        params = sampler_params(parse_seed(seed))
+        video_id = jobs.new_video_id()
+        if input_reference_file_id:
+            raise APIError(400, "input_reference.file_id: this server has no Files API; upload the image itself",
+                           code="unsupported", param="input_reference")
+        image = None
+        if input_reference is not None:
+            image = image_png(read_upload(input_reference, cfg.max_image_mb, "input_reference"), "input_reference")
+        elif input_reference_url:
+            image = image_png(data_url_bytes(input_reference_url, "input_reference"), "input_reference")
+        if image is not None:
+            params["input_path"] = storage.relative(storage.save_upload(video_id, "input.png", image))
+        return queue(request, key, video_id=video_id, kind="create", prompt=prompt, seconds=s, width=w, height=h,
+                     params=params, cost=s)
+
+    @app.get("/v1/videos", name="videos.list", response_model=VideoList, responses=ERRORS)
+    def list_videos(request: Request, key: dict = Depends(current_key), after: str | None = Query(None),
+                    limit: int = Query(20, ge=1, le=100), order: Literal["asc", "desc"] = Query("desc")):
+        try:
+            rows, more = jobs.list_jobs(db, key["id"], after=after, limit=limit, order=order)
+        except LookupError:
+            raise APIError(400, f"after: no video with id {after!r} to continue from", code="invalid_value",
+                           param="after") from None
+        data = [jobs.to_video(r) for r in rows]
+        return {"object": "list", "data": data, "first_id": data[0]["id"] if data else None,
+                "last_id": data[-1]["id"] if data else None, "has_more": more}
+
+    @app.get("/v1/videos/{video_id}", name="videos.retrieve", response_model=Video, responses=ERRORS)
+    def retrieve_video(video_id: str, key: dict = Depends(current_key)):
+        row = jobs.get_job(db, key["id"], video_id)
+        if row is None:
+            raise not_found(video_id)
+        return video_response(row)
+
+    @app.delete("/v1/videos/{video_id}", name="videos.delete", response_model=VideoDeleted, responses=ERRORS)
+    def delete_video(video_id: str, key: dict = Depends(current_key)):
+        if not jobs.delete_job(db, storage, key["id"], video_id):
+            raise not_found(video_id)
+        return {"id": video_id, "object": "video.deleted", "deleted": True}
+
+    @app.get("/v1/videos/{video_id}/content", name="videos.content", responses={
+        200: {"content": {"video/mp4": {}, "image/webp": {}, "image/jpeg": {}}}, **ERRORS},
+        response_class=Response)
+    def video_content(video_id: str, key: dict = Depends(current_key),
+                      variant: Literal["video", "thumbnail", "spritesheet"] = Query("video")):
+        row = jobs.get_job(db, key["id"], video_id)
+        if row is None:
+            raise not_found(video_id)
+        if row["status"] != "completed":
+            msg = (f"video {video_id} failed: {row['error_message']}" if row["status"] == "failed"
+                   else f"video {video_id} is {row['status']} ({row['progress']}%); its content is ready "
+                        "once status is completed")
+            raise APIError(400, msg, code="video_not_ready", param="video_id")
+        if row["expires_at"] is not None and row["expires_at"] <= time.time():
+            jobs.sweep_expired(db, storage)
+            row = jobs.get_job(db, key["id"], video_id) or row
+        if row["assets_removed_at"] is not None:
+            raise APIError(404, f"video {video_id} expired at {int(row['expires_at'])}; its files were deleted",
+                           code="video_expired", param="video_id")
+        path = storage.asset(row["assets"], variant)
+        try:
+            data = path.read_bytes()  # whole file: no race with a delete that lands mid-stream
+        except FileNotFoundError:
+            raise not_found(video_id) from None
+        return Response(data, media_type=VARIANTS[variant][1],
+                        headers={"etag": f'"{row["content_hash"]}"'} if variant == "video" else None)
+
+    @app.post("/v1/videos/{video_id}/remix", name="videos.remix", response_model=Video, responses=ERRORS)
+    def remix_video(request: Request, video_id: str, body: RemixBody, key: dict = Depends(current_key)):
+        prompt = check_prompt(body.prompt)
+        src = source_video(key, video_id, "video_id")
+        sp = json.loads(src["params"])
+        new_id = jobs.new_video_id()
+        params = {**sampler_params(body.seed if body.seed is not None else sp["seed"]),
+                  "source_video_id": video_id, "source_seed": sp["seed"], "source_path": copy_source(new_id, src)}
+        return queue(request, key, video_id=new_id, kind="remix", prompt=prompt, seconds=float(sp["seconds"]),
+                     width=sp["width"], height=sp["height"], params=params, cost=float(sp["seconds"]),
+                     remixed_from=video_id)
+
+    def source_from_form(request: Request, key: dict, video: UploadFile | None, video_ref: str | None,
+                         new_id: str) -> tuple[dict | None, dict]:
+        """(source row or None for an upload, params naming the stored source)."""
+        if video_ref:
+            src = source_video(key, video_ref, "video")
+            return src, {"source_video_id": video_ref, "source_path": copy_source(new_id, src)}
+        if video is None:
+            raise APIError(400, "missing required parameter 'video' (a video file, or video[id] of a completed "
+                                "video)", code="invalid_value", param="video")
+        data = read_upload(video, cfg.max_video_mb, "video")
+        ext = Path(video.filename or "").suffix.lower()
+        ext = ext if ext in (".mp4", ".mov", ".mkv", ".webm", ".gif") else ".mp4"
+        path = storage.save_upload(new_id, "source" + ext, data)
+        try:
+            check_video_file(path, "video")
+        except APIError:
+            storage.remove_all(new_id)
+            raise
+        return None, {"source_path": storage.relative(path)}
+
+    @app.post("/v1/videos/extensions", name="videos.extend", response_model=Video, responses=ERRORS)
+    def extend_video(request: Request, key: dict = Depends(current_key), prompt: str = Form(..., max_length=100_000),
+                     seconds: str = Form(...), video: UploadFile | None = File(None),
+                     video_ref: str | None = Form(None, alias="video[id]"), seed: str | None = Form(None)):
+        prompt = check_prompt(prompt)
+        try:
+            new_s = model.parse_seconds(seconds)
+        except RequestProblem as e:
+            raise problem(e) from None
+        params = sampler_params(parse_seed(seed))
+        new_id = jobs.new_video_id()
+        src, extra = source_from_form(request, key, video, video_ref, new_id)
+        if src is not None:
+            sp = json.loads(src["params"])
+            w, h, before = sp["width"], sp["height"], float(sp["seconds"])
+        else:
+            try:
+                with _av_open(storage.resolve(extra["source_path"])) as c:
+                    st = c.streams.video[0]
+                    vw, vh = st.codec_context.width, st.codec_context.height
+                    dur = float(st.duration * st.time_base) if st.duration else float(c.duration or 0) / 1e6
+            except Exception:
+                storage.remove_all(new_id)
+                raise APIError(400, "video is not a readable video", code="invalid_file", param="video") from None
+            w, h = model.closest_size(vw, vh)
+            before = round(max(dur, 1 / model.fps) * model.fps) / model.fps
+        total = before + new_s
+        if total > MAX_TOTAL_SECONDS:
+            storage.remove_all(new_id)
+            raise APIError(400, f"the extended video would be {total:g} s; the limit is {MAX_TOTAL_SECONDS:g} s",
+                           code="invalid_value", param="seconds")
+        params.update(extra, extension_seconds=new_s)
+        return queue(request, key, video_id=new_id, kind="extension", prompt=prompt, seconds=total, width=w,
+                     height=h, params=params, cost=new_s)
+
+    @app.post("/v1/videos/edits", name="videos.edit", response_model=Video, responses=ERRORS)
+    def edit_video(request: Request, key: dict = Depends(current_key), prompt: str = Form(..., max_length=100_000),
+                   video: UploadFile | None = File(None), video_ref: str | None = Form(None, alias="video[id]"),
+                   seed: str | None = Form(None)):
+        prompt = check_prompt(prompt)
+        params = sampler_params(parse_seed(seed))
+        new_id = jobs.new_video_id()
+        src, extra = source_from_form(request, key, video, video_ref, new_id)
+        if src is not None:
+            sp = json.loads(src["params"])
+            w, h, s = sp["width"], sp["height"], float(sp["seconds"])
+            extra["source_seed"] = sp["seed"]
+        else:
+            try:
+                with _av_open(storage.resolve(extra["source_path"])) as c:
+                    st = c.streams.video[0]
+                    w, h = model.closest_size(st.codec_context.width, st.codec_context.height)
+                    dur = float(st.duration * st.time_base) if st.duration else float(c.duration or 0) / 1e6
+            except Exception:
+                storage.remove_all(new_id)
+                raise APIError(400, "video is not a readable video", code="invalid_file", param="video") from None
+            s = min(model.max_seconds, max(1 / model.fps, round(dur * model.fps) / model.fps))
+        params.update(extra)
+        return queue(request, key, video_id=new_id, kind="edit", prompt=prompt, seconds=s, width=w, height=h,
+                     params=params, cost=s, remixed_from=extra.get("source_video_id"))
+
+    # --- feedback (the studio's) ------------------------------------------------------------------
+
+    @app.post("/v1/videos/{video_id}/feedback", name="videos.feedback", response_model=Video, responses=ERRORS)
+    def give_feedback(video_id: str, body: FeedbackBody, key: dict = Depends(current_key)):
+        if not jobs.set_feedback(db, key["id"], video_id, body.rating, body.comment):
+            raise not_found(video_id)
+        return video_response(jobs.get_job(db, key["id"], video_id))
+
+    @app.get("/v1/feedback", name="feedback.export", responses=ERRORS)
+    def export_feedback(key: dict = Depends(current_key)):
+        """All feedback this key gave, as JSON (one entry per video)."""
+        return {"object": "list", "key": key["name"], "data": jobs.export_feedback(db, key["id"])}
+
+    @app.get("/v1/models", name="models.list", responses=ERRORS)
+    def list_models(key: dict = Depends(current_key)):
+        return {"object": "list", "data": [{
+            "id": model.name, "object": "model", "created": 0, "owned_by": "moviola",
+            "moviola": {"fps": model.fps, "sizes": [f"{a}x{b}" for a in model.sides() for b in model.sides()],
+                        "max_seconds": model.max_seconds, "steps": cfg.steps or model.steps}}]}
+
+    # --- admin -----------------------------------------------------------------------------------
+
+    @app.post("/v1/admin/keys", name="admin.keys.create", responses={**ERRORS, 403: {"model": ErrorResponse}})
+    def admin_create_key(body: KeyBody, admin: dict = Depends(admin_key)):
+        try:
+            token, rec = keys.create_key(db, body.name, quota_seconds_per_day=body.quota_seconds_per_day,
+                                         rate_per_minute=body.rate_per_minute, admin=body.admin)
+        except keys.KeyProblem as e:
+            raise APIError(400, str(e), code="invalid_value", param="name") from None
+        return {**rec, "key": token}
+
+    @app.get("/v1/admin/keys", name="admin.keys.list", responses={**ERRORS, 403: {"model": ErrorResponse}})
+    def admin_list_keys(admin: dict = Depends(admin_key)):
+        return {"object": "list", "data": keys.list_keys(db)}
+
+    @app.post("/v1/admin/keys/{name}/revoke", name="admin.keys.revoke",
+              responses={**ERRORS, 403: {"model": ErrorResponse}})
+    def admin_revoke_key(name: str, admin: dict = Depends(admin_key)):
+        try:
+            return keys.revoke_key(db, name)
+        except keys.KeyProblem as e:
+            raise APIError(404, str(e), code="not_found", param="name") from None
+
+    @app.get("/v1/admin/audit", name="admin.audit", responses={**ERRORS, 403: {"model": ErrorResponse}})
+    def admin_audit(admin: dict = Depends(admin_key), limit: int = Query(100, ge=1, le=10000),
+                    key_name: str | None = Query(None)):
+        return {"object": "list", "data": keys.audit_log(db, limit=limit, key_name=key_name)}
+
+    # --- operations ------------------------------------------------------------------------------
+
+    @app.get("/healthz", include_in_schema=False)
+    def healthz():
+        db.one("SELECT 1 AS ok")
+        return {"status": "ok", "model": model.name}
+
+    @app.get("/metrics", include_in_schema=False, response_class=PlainTextResponse)
+    def metrics():
+        s = jobs.stats(db)
+        lines = ["# HELP moviola_queue_depth Jobs waiting for a worker.", "# TYPE moviola_queue_depth gauge",
+                 f"moviola_queue_depth {s['queue_depth']}",
+                 "# HELP moviola_jobs Videos by status (deleted ones not counted).", "# TYPE moviola_jobs gauge"]
+        lines += [f'moviola_jobs{{status="{k}"}} {v}' for k, v in s["jobs"].items()]
+        lines += ["# HELP moviola_busy_workers Workers holding a live lease.", "# TYPE moviola_busy_workers gauge",
+                  f"moviola_busy_workers {s['busy_workers']}",
+                  "# HELP moviola_generation_seconds Wall time of finished generations.",
+                  "# TYPE moviola_generation_seconds summary",
+                  f"moviola_generation_seconds_sum {s['generation_seconds']:.3f}",
+                  f"moviola_generation_seconds_count {s['generation_count']}"]
+        return "\n".join(lines) + "\n"
+
+    # --- the studio ------------------------------------------------------------------------------
+
+    @app.get("/", include_in_schema=False)
+    def studio_index():
+        return FileResponse(STUDIO_DIR / "index.html", media_type="text/html")
+
+    app.mount("/studio", StaticFiles(directory=STUDIO_DIR), name="studio")
+    return app
+
+
+def _av_open(path: Path):
+    import av
+
+    return av.open(str(path))
+
+
+def serve(cfg: ServerConfig) -> int:
+    """``moviola serve``: uvicorn on host:port plus ``cfg.workers`` worker processes, restarted if they die."""
+    import os
+    import subprocess
+    import sys
+
+    import uvicorn
+
+    app = create_app(cfg)  # fails here, before any worker starts, on a bad db/storage/model
+    cmd = [sys.executable, "-m", "moviola.cli", "worker", "--db", cfg.db_url(), "--storage", cfg.storage,
+           "--lease-seconds", str(cfg.lease_seconds), "--ttl-seconds", str(cfg.ttl_seconds)]
+    if cfg.model:
+        cmd += ["--model", cfg.model]
+    if cfg.worker_threads:
+        cmd += ["--threads", str(cfg.worker_threads)]
+    procs: list[subprocess.Popen] = [subprocess.Popen(cmd) for _ in range(cfg.workers)]
+    stop = threading.Event()
+
+    def supervise() -> None:  # a worker that dies (OOM, a crash) is replaced; its job's lease runs out
+        while not stop.wait(2.0):
+            for i, p in enumerate(procs):
+                if p.poll() is not None and not stop.is_set():
+                    print(f"moviola serve: worker {p.pid} exited with {p.returncode}; starting another", flush=True)
+                    procs[i] = subprocess.Popen(cmd)
+
+    threading.Thread(target=supervise, daemon=True).start()
+    print(f"moviola serve: http://{cfg.host}:{cfg.port}/  (API at /v1, {cfg.workers} worker(s), "
+          f"db {app.state.db.url if app.state.db.dialect == 'sqlite' else 'postgresql'}, "
+          f"storage {app.state.storage.root})", flush=True)
+    try:
+        uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="warning", access_log=False)
+    finally:
+        stop.set()
+        for p in procs:
+            if p.poll() is None:
+                p.terminate()  # the worker gives its job back to the queue
+        for p in procs:
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.kill(p.pid, 9)
+    return 0

@@ -1,0 +1,204 @@
+"""Jobs: one row per video, as the Videos API sees it and as the workers see it.
+
+Lifecycle: ``queued`` -> ``in_progress`` (claimed by a worker, with a lease) -> ``completed`` | ``failed``.
+A worker renews its lease with heartbeats while it works. When a worker dies (SIGKILL, a lost machine)
+its lease runs out and the next claim takes the job again, up to ``MAX_ATTEMPTS`` times; a job that
+kills every worker that takes it fails with code ``worker_lost`` instead of looping forever. Every
+state change is guarded by the lease owner, so a worker that lost its job can no longer touch it.
+
+Deleting a video keeps a tombstone row (``deleted_at``) so quotas, rate limits and cursors over the
+listing stay correct; its files are removed at once. An in-progress job that is deleted is abandoned
+by its worker at the next progress step or heartbeat.
+
+Times are unix seconds from the clock of whichever process writes them; workers on several machines
+need clocks in sync (NTP) to within a fraction of the lease.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from typing import Any
+
+from moviola.server.db import Database
+from moviola.server.keys import check_limits
+from moviola.server.storage import Storage
+
+MAX_ATTEMPTS = 3
+STATUSES = ("queued", "in_progress", "completed", "failed")
+
+
+def new_video_id() -> str:
+    return "video_" + secrets.token_hex(16)
+
+
+def insert_job(db: Database, key: dict[str, Any], *, video_id: str, kind: str, prompt: str, model: str,
+               seconds: str, size: str, params: dict[str, Any], cost_seconds: float,
+               remixed_from: str | None = None) -> dict[str, Any]:
+    """Queue a job after checking the key's rate limit and quota in the same transaction."""
+    now = time.time()
+    with db.transaction() as tx:
+        check_limits(tx, key, cost_seconds, now)
+        tx.execute("INSERT INTO jobs (id, key_id, kind, status, progress, model, prompt, seconds, size, params, "
+                   "cost_seconds, remixed_from, created_at) VALUES (?, ?, ?, 'queued', 0, ?, ?, ?, ?, ?, ?, ?, ?)",
+                   (video_id, key["id"], kind, model, prompt, seconds, size, json.dumps(params), cost_seconds,
+                    remixed_from, now))
+    return get_job(db, key["id"], video_id)
+
+
+def get_job(db: Database, key_id: str, video_id: str) -> dict[str, Any] | None:
+    """The key's own, undeleted job; None for anyone else's (the API answers 404 either way)."""
+    return db.one("SELECT * FROM jobs WHERE id = ? AND key_id = ? AND deleted_at IS NULL", (video_id, key_id))
+
+
+def list_jobs(db: Database, key_id: str, *, after: str | None, limit: int, order: str
+              ) -> tuple[list[dict[str, Any]], bool]:
+    """One page of the key's videos, newest first for ``desc``; returns (rows, has_more).
+
+    The cursor is a video id; its row's sequence number orders the page, so a cursor stays valid
+    even if that video was deleted meanwhile. Raises LookupError for an unknown cursor.
+    """
+    op, direction = ("<", "DESC") if order == "desc" else (">", "ASC")
+    sql = f"SELECT * FROM jobs WHERE key_id = ? AND deleted_at IS NULL"
+    args: list[Any] = [key_id]
+    if after:
+        row = db.one("SELECT seq FROM jobs WHERE id = ? AND key_id = ?", (after, key_id))
+        if row is None:
+            raise LookupError(after)
+        sql += f" AND seq {op} ?"
+        args.append(row["seq"])
+    rows = db.query(sql + f" ORDER BY seq {direction} LIMIT ?", (*args, limit + 1))
+    return rows[:limit], len(rows) > limit
+
+
+def delete_job(db: Database, storage: Storage, key_id: str, video_id: str) -> bool:
+    n = db.execute("UPDATE jobs SET deleted_at = ?, lease_owner = NULL WHERE id = ? AND key_id = ? "
+                   "AND deleted_at IS NULL", (time.time(), video_id, key_id))
+    if n:
+        storage.remove_all(video_id)
+    return bool(n)
+
+
+def to_video(row: dict[str, Any]) -> dict[str, Any]:
+    """The OpenAI Video object, plus a ``moviola`` object with what Sora's has no field for."""
+    params = json.loads(row["params"])
+    error = {"code": row["error_code"], "message": row["error_message"]} if row["status"] == "failed" else None
+    return {
+        "id": row["id"], "object": "video", "created_at": int(row["created_at"]),
+        "completed_at": int(row["completed_at"]) if row["completed_at"] else None,
+        "expires_at": int(row["expires_at"]) if row["expires_at"] else None,
+        "status": row["status"], "progress": int(row["progress"]), "model": row["model"],
+        "prompt": row["prompt"], "seconds": row["seconds"], "size": row["size"],
+        "remixed_from_video_id": row["remixed_from"], "error": error,
+        "moviola": {"kind": row["kind"], "seed": params.get("seed"), "steps": params.get("steps"),
+                    "guidance": params.get("guidance"), "sampler": params.get("sampler"),
+                    "source_video_id": params.get("source_video_id"), "note": row["note"],
+                    "content_hash": row["content_hash"], "generation_seconds": row["gen_seconds"],
+                    "expired": row["assets_removed_at"] is not None,
+                    "feedback": ({"rating": row["feedback_rating"], "comment": row["feedback_comment"]}
+                                 if row["feedback_at"] else None)},
+    }
+
+
+# --- the worker's side ------------------------------------------------------------------------------
+
+def claim(db: Database, owner: str, lease_seconds: float) -> dict[str, Any] | None:
+    """Take the oldest runnable job (queued, or in progress with an expired lease) for ``owner``."""
+    while True:
+        now = time.time()
+        with db.transaction() as tx:
+            row = tx.one("SELECT * FROM jobs WHERE deleted_at IS NULL AND (status = 'queued' OR "
+                         "(status = 'in_progress' AND lease_until < ?)) ORDER BY seq LIMIT 1" + db.skip_locked,
+                         (now,))
+            if row is None:
+                return None
+            if row["attempts"] >= MAX_ATTEMPTS:
+                tx.execute("UPDATE jobs SET status = 'failed', error_code = 'worker_lost', error_message = ?, "
+                           "lease_owner = NULL, completed_at = ? WHERE id = ?",
+                           (f"the job was taken {row['attempts']} times and no worker finished it "
+                            "(each one stopped or crashed while running it)", now, row["id"]))
+                continue
+            tx.execute("UPDATE jobs SET status = 'in_progress', lease_owner = ?, lease_until = ?, "
+                       "attempts = attempts + 1, started_at = COALESCE(started_at, ?), progress = 0 WHERE id = ?",
+                       (owner, now + lease_seconds, now, row["id"]))
+        return db.one("SELECT * FROM jobs WHERE id = ?", (row["id"],))
+
+
+def heartbeat(db: Database, video_id: str, owner: str, lease_seconds: float, progress: int | None = None) -> bool:
+    """Renew the lease (and record progress); False if the job is no longer this worker's."""
+    if progress is None:
+        n = db.execute("UPDATE jobs SET lease_until = ? WHERE id = ? AND lease_owner = ? AND deleted_at IS NULL "
+                       "AND status = 'in_progress'", (time.time() + lease_seconds, video_id, owner))
+    else:
+        n = db.execute("UPDATE jobs SET lease_until = ?, progress = ? WHERE id = ? AND lease_owner = ? "
+                       "AND deleted_at IS NULL AND status = 'in_progress'",
+                       (time.time() + lease_seconds, int(progress), video_id, owner))
+    return n == 1
+
+
+def complete(db: Database, video_id: str, owner: str, *, assets: str, content_hash: str, gen_seconds: float,
+             note: str | None, ttl_seconds: float | None) -> bool:
+    now = time.time()
+    return db.execute("UPDATE jobs SET status = 'completed', progress = 100, completed_at = ?, expires_at = ?, "
+                      "assets = ?, content_hash = ?, gen_seconds = ?, note = ?, lease_owner = NULL "
+                      "WHERE id = ? AND lease_owner = ? AND deleted_at IS NULL AND status = 'in_progress'",
+                      (now, now + ttl_seconds if ttl_seconds else None, assets, content_hash, gen_seconds, note,
+                       video_id, owner)) == 1
+
+
+def fail(db: Database, video_id: str, owner: str, code: str, message: str) -> bool:
+    return db.execute("UPDATE jobs SET status = 'failed', error_code = ?, error_message = ?, completed_at = ?, "
+                      "lease_owner = NULL WHERE id = ? AND lease_owner = ? AND status = 'in_progress'",
+                      (code, message[:2000], time.time(), video_id, owner)) == 1
+
+
+def release(db: Database, video_id: str, owner: str) -> bool:
+    """Give a job back to the queue (a worker stopping politely)."""
+    return db.execute("UPDATE jobs SET status = 'queued', lease_owner = NULL, lease_until = NULL, progress = 0, "
+                      "attempts = attempts - 1 WHERE id = ? AND lease_owner = ? AND status = 'in_progress'",
+                      (video_id, owner)) == 1
+
+
+# --- housekeeping -----------------------------------------------------------------------------------
+
+def sweep_expired(db: Database, storage: Storage) -> int:
+    """Remove the files of videos past ``expires_at`` (the rows stay, marked expired)."""
+    now = time.time()
+    rows = db.query("SELECT id FROM jobs WHERE expires_at IS NOT NULL AND expires_at <= ? "
+                    "AND assets_removed_at IS NULL", (now,))
+    for r in rows:
+        storage.remove_all(r["id"])
+        db.execute("UPDATE jobs SET assets_removed_at = ? WHERE id = ?", (now, r["id"]))
+    return len(rows)
+
+
+def stats(db: Database) -> dict[str, Any]:
+    """Counts for /metrics: jobs by status (deleted ones apart), live workers, generation seconds."""
+    now = time.time()
+    by_status = {s: 0 for s in STATUSES}
+    for r in db.query("SELECT status, COUNT(*) AS n FROM jobs WHERE deleted_at IS NULL GROUP BY status"):
+        by_status[r["status"]] = int(r["n"])
+    gen = db.one("SELECT COUNT(gen_seconds) AS n, COALESCE(SUM(gen_seconds), 0) AS s FROM jobs")
+    workers = db.one("SELECT COUNT(DISTINCT lease_owner) AS n FROM jobs WHERE lease_until > ? "
+                     "AND status = 'in_progress'", (now,))
+    deleted = db.one("SELECT COUNT(*) AS n FROM jobs WHERE deleted_at IS NOT NULL")
+    return {"jobs": by_status, "queue_depth": by_status["queued"], "deleted": int(deleted["n"]),
+            "busy_workers": int(workers["n"]), "generation_count": int(gen["n"]),
+            "generation_seconds": float(gen["s"])}
+
+
+def set_feedback(db: Database, key_id: str, video_id: str, rating: int | None, comment: str) -> bool:
+    return db.execute("UPDATE jobs SET feedback_rating = ?, feedback_comment = ?, feedback_at = ? "
+                      "WHERE id = ? AND key_id = ? AND deleted_at IS NULL",
+                      (rating, comment, time.time(), video_id, key_id)) == 1
+
+
+def export_feedback(db: Database, key_id: str) -> list[dict[str, Any]]:
+    rows = db.query("SELECT id, prompt, model, size, seconds, params, content_hash, feedback_rating, "
+                    "feedback_comment, feedback_at FROM jobs WHERE key_id = ? AND feedback_at IS NOT NULL "
+                    "AND deleted_at IS NULL ORDER BY seq", (key_id,))
+    return [{"video_id": r["id"], "prompt": r["prompt"], "model": r["model"], "size": r["size"],
+             "seconds": r["seconds"], "seed": json.loads(r["params"]).get("seed"),
+             "content_hash": r["content_hash"], "rating": r["feedback_rating"], "comment": r["feedback_comment"],
+             "at": int(r["feedback_at"])} for r in rows]

@@ -1,0 +1,155 @@
+"""API keys, quotas, rate limits and the audit log.
+
+A key is ``mvl-`` plus 43 characters of ``secrets.token_urlsafe(32)`` (256 random bits). The database
+keeps only its SHA-256 and its first characters (to tell keys apart in listings). A plain hash is
+enough here, unlike for passwords: a slow KDF (bcrypt, argon2) exists to make guessing a *low-entropy*
+secret expensive, and nobody can enumerate 2^256 tokens however fast the hash is; a fast hash also lets
+every request look its key up by an indexed equality match in well under a millisecond, with no cache,
+which is what makes revocation take effect on the very next request.
+
+Limits, both optional per key and checked inside the write transaction that creates a job, so
+concurrent requests cannot slip past them together:
+
+- ``rate_per_minute``: video-creating requests (create, remix, extensions, edits) in the last 60 s.
+  Reads and polls are not counted: the SDK's ``create_and_poll`` polls once a second.
+- ``quota_seconds_per_day``: seconds of video requested in the last 24 h (a rolling window; failed
+  jobs do not count, deleted ones do, so delete-and-retry cannot dodge the quota).
+
+Both answer 429 with ``retry-after`` = seconds until enough of the window has rolled past.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from moviola.server.db import Database, _Tx
+
+KEY_PREFIX = "mvl-"
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
+DAY = 86400.0
+
+
+class KeyProblem(ValueError):
+    """A bad key request (duplicate name, bad name, unknown key); the message says which."""
+
+
+@dataclass
+class LimitExceeded(Exception):
+    """A rate limit or quota was hit: ``kind`` is "rate" or "quota", retry after ``retry_after`` s."""
+
+    kind: str
+    message: str
+    retry_after: float
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def hash_key(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def create_key(db: Database, name: str, *, quota_seconds_per_day: float | None = None,
+               rate_per_minute: int | None = None, admin: bool = False) -> tuple[str, dict[str, Any]]:
+    """Make a key; returns (the token, shown this once; its public record)."""
+    if not NAME_RE.match(name or ""):
+        raise KeyProblem(f"key name {name!r} must be 1-64 letters, digits or ._@- and start with a letter or digit")
+    if quota_seconds_per_day is not None and not quota_seconds_per_day > 0:
+        raise KeyProblem(f"quota_seconds_per_day must be positive, got {quota_seconds_per_day}")
+    if rate_per_minute is not None and not rate_per_minute > 0:
+        raise KeyProblem(f"rate_per_minute must be positive, got {rate_per_minute}")
+    token = KEY_PREFIX + secrets.token_urlsafe(32)
+    with db.transaction() as tx:
+        if tx.one("SELECT 1 AS x FROM keys WHERE name = ?", (name,)):
+            raise KeyProblem(f"a key named {name!r} already exists (names stay taken after revocation)")
+        tx.execute("INSERT INTO keys (id, name, hash, prefix, created_at, quota_seconds_per_day, "
+                   "rate_per_minute, admin) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                   ("key_" + secrets.token_hex(8), name, hash_key(token), token[:8], time.time(),
+                    quota_seconds_per_day, rate_per_minute, int(admin)))
+    return token, public(db.one("SELECT * FROM keys WHERE name = ?", (name,)))
+
+
+def public(row: dict[str, Any]) -> dict[str, Any]:
+    """A key's record without its hash."""
+    return {"name": row["name"], "prefix": row["prefix"], "created_at": int(row["created_at"]),
+            "revoked_at": int(row["revoked_at"]) if row["revoked_at"] else None,
+            "quota_seconds_per_day": row["quota_seconds_per_day"], "rate_per_minute": row["rate_per_minute"],
+            "admin": bool(row["admin"])}
+
+
+def list_keys(db: Database) -> list[dict[str, Any]]:
+    return [public(r) for r in db.query("SELECT * FROM keys ORDER BY seq")]
+
+
+def revoke_key(db: Database, name: str) -> dict[str, Any]:
+    """Revoke by name (idempotent); the key fails from its next request on."""
+    if not db.one("SELECT 1 AS x FROM keys WHERE name = ?", (name,)):
+        raise KeyProblem(f"no key named {name!r}")
+    db.execute("UPDATE keys SET revoked_at = ? WHERE name = ? AND revoked_at IS NULL", (time.time(), name))
+    return public(db.one("SELECT * FROM keys WHERE name = ?", (name,)))
+
+
+def lookup(db: Database, token: str) -> dict[str, Any] | None:
+    """The key row for a presented token (revoked ones included: the caller says why it fails)."""
+    if not token.startswith(KEY_PREFIX):
+        return None
+    return db.one("SELECT * FROM keys WHERE hash = ?", (hash_key(token),))
+
+
+def check_limits(tx: _Tx, key: dict[str, Any], cost_seconds: float, now: float) -> None:
+    """Raise LimitExceeded if one more job of ``cost_seconds`` breaks the key's rate or quota.
+
+    Call inside the transaction that inserts the job. On PostgreSQL the key's row is locked first so
+    concurrent requests of one key queue up here (SQLite's BEGIN IMMEDIATE already serialises them).
+    """
+    if key["rate_per_minute"] is None and key["quota_seconds_per_day"] is None:
+        return
+    if tx.db.dialect == "postgresql":
+        tx.one("SELECT id FROM keys WHERE id = ? FOR UPDATE", (key["id"],))
+    if key["rate_per_minute"] is not None:
+        rows = tx.query("SELECT created_at FROM jobs WHERE key_id = ? AND created_at > ? ORDER BY created_at",
+                        (key["id"], now - 60.0))
+        limit = int(key["rate_per_minute"])
+        if len(rows) >= limit:
+            # The request fits once the oldest of the last `limit` requests is a minute old.
+            wait = rows[len(rows) - limit]["created_at"] + 60.0 - now
+            raise LimitExceeded("rate", f"rate limit of {limit} video requests per minute reached for key "
+                                        f"{key['name']!r}", max(1.0, wait))
+    if key["quota_seconds_per_day"] is not None:
+        quota = float(key["quota_seconds_per_day"])
+        rows = tx.query("SELECT created_at, cost_seconds FROM jobs WHERE key_id = ? AND created_at > ? "
+                        "AND status <> 'failed' ORDER BY created_at", (key["id"], now - DAY))
+        used = sum(r["cost_seconds"] for r in rows)
+        if used + cost_seconds > quota + 1e-9:
+            if cost_seconds > quota:
+                wait = DAY
+            else:  # wait until enough old jobs have left the window
+                need, wait = used + cost_seconds - quota, DAY
+                for r in rows:
+                    need -= r["cost_seconds"]
+                    if need <= 1e-9:
+                        wait = r["created_at"] + DAY - now
+                        break
+            raise LimitExceeded("quota", f"daily quota of {quota:g} video seconds reached for key "
+                                         f"{key['name']!r} ({used:g} s used in the last 24 h, this request "
+                                         f"asks for {cost_seconds:g} s)", max(1.0, wait))
+
+
+def audit(db: Database, *, key_name: str | None, action: str, video_id: str | None, status: int,
+          ms: float) -> None:
+    db.execute("INSERT INTO audit (at, key_name, action, video_id, status, ms) VALUES (?, ?, ?, ?, ?, ?)",
+               (time.time(), key_name, action, video_id, status, ms))
+
+
+def audit_log(db: Database, *, limit: int = 100, key_name: str | None = None) -> list[dict[str, Any]]:
+    if key_name:
+        rows = db.query("SELECT * FROM audit WHERE key_name = ? ORDER BY seq DESC LIMIT ?", (key_name, limit))
+    else:
+        rows = db.query("SELECT * FROM audit ORDER BY seq DESC LIMIT ?", (limit,))
+    return [{"at": r["at"], "key_name": r["key_name"], "action": r["action"], "video_id": r["video_id"],
+             "status": r["status"], "ms": r["ms"]} for r in rows]

@@ -1,0 +1,221 @@
+"""The worker process: load the model once, then claim jobs from the database and run them.
+
+    moviola worker --db postgresql://moviola@dbhost/moviola --storage /shared/moviola [--model DIR]
+
+Any number of workers, on any number of machines sharing the database and the storage folder, take
+jobs from one queue. A job is held by a lease that a heartbeat thread renews every third of the lease;
+progress from the sampler is written as it comes (at most a few times a second). Outputs are written
+atomically into a folder of their own, and only then is the job marked completed, guarded by the
+lease: a worker that lost its job (killed and taken over, or the video deleted) discards its work.
+
+SIGTERM / SIGINT stop the worker at the next sampler step and give its job back to the queue, so a
+restart loses nothing and waits for nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from moviola.server import jobs
+from moviola.server.db import Database
+from moviola.server.generate import JobFailure, ModelInfo, run_job
+from moviola.server.storage import Storage, write_atomic
+
+
+@dataclass
+class WorkerConfig:
+    """How a worker runs; the defaults suit one CPU machine."""
+
+    db: str
+    storage: str
+    model: str | None = None  # model folder (default: the shipped model)
+    lease_seconds: float = 30.0
+    poll_seconds: float = 0.5
+    ttl_seconds: float = 24 * 3600.0  # completed videos expire this long after completion (0: never)
+    threads: int = 0  # torch CPU threads (0: torch's default)
+    max_jobs: int = 0  # stop after this many jobs (0: run until stopped)
+
+
+class _Lost(Exception):
+    """The job is no longer ours (lease taken over, video deleted) or the worker is stopping."""
+
+
+class Worker:
+    def __init__(self, cfg: WorkerConfig, pipe: Any = None, log=None):
+        self.cfg = cfg
+        self.db = Database(cfg.db)
+        self.storage = Storage(cfg.storage)
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{os.urandom(3).hex()}"
+        self.stopping = threading.Event()
+        self.log = log or (lambda msg: print(f"moviola worker {os.getpid()}: {msg}", file=sys.stderr, flush=True))
+        self.pipe = pipe
+        model_dir = cfg.model
+        if model_dir is None:
+            from moviola import DEFAULT_MODEL_DIR
+
+            model_dir = str(DEFAULT_MODEL_DIR)
+        self.model = ModelInfo.from_dir(model_dir)
+
+    def load(self) -> None:
+        if self.pipe is None:
+            import torch
+
+            from moviola.pipeline import Pipeline
+
+            if self.cfg.threads:
+                torch.set_num_threads(self.cfg.threads)
+            t0 = time.perf_counter()
+            self.pipe = Pipeline.from_pretrained(self.model.directory)
+            self.log(f"loaded {self.model.name} from {self.model.directory} in {time.perf_counter() - t0:.1f} s")
+
+    def run(self) -> int:
+        """Claim and run jobs until stopped; returns the number of jobs finished."""
+        self.load()
+        self.log(f"ready ({self.owner}); waiting for jobs")
+        done = 0
+        while not self.stopping.is_set():
+            job = jobs.claim(self.db, self.owner, self.cfg.lease_seconds)
+            if job is None:
+                self.stopping.wait(self.cfg.poll_seconds)
+                continue
+            self.run_one(job)
+            done += 1
+            if self.cfg.max_jobs and done >= self.cfg.max_jobs:
+                break
+        return done
+
+    def run_one(self, job: dict[str, Any]) -> None:
+        vid, owner, lease = job["id"], self.owner, self.cfg.lease_seconds
+        lost = threading.Event()
+        beat_stop = threading.Event()
+
+        def beat() -> None:  # keeps the lease while decoding/encoding, when no sampler steps come
+            while not beat_stop.wait(lease / 3):
+                try:
+                    if not jobs.heartbeat(self.db, vid, owner, lease):
+                        lost.set()
+                        return
+                except Exception as e:  # a database hiccup: try again at the next beat
+                    self.log(f"{vid}: heartbeat failed ({e})")
+
+        last = [0.0]
+
+        def on_step(i: int, n: int) -> None:
+            if lost.is_set():
+                raise _Lost("lease lost")
+            if self.stopping.is_set():
+                raise _Lost("stopping")
+            now = time.monotonic()
+            if now - last[0] >= 0.25 or i + 1 == n:
+                last[0] = now
+                # Sampling is ~90 % of the work; decoding and writing the files the rest.
+                if not jobs.heartbeat(self.db, vid, owner, lease, progress=int(90 * (i + 1) / n)):
+                    lost.set()
+                    raise _Lost("lease lost")
+
+        hb = threading.Thread(target=beat, daemon=True)
+        hb.start()
+        t0 = time.perf_counter()
+        out_dir = None
+        try:
+            params = json.loads(job["params"])
+            self.log(f"{vid}: {job['kind']} {params['width']}x{params['height']} {params['seconds']} s "
+                     f"(attempt {job['attempts']})")
+            source = self._source(params)
+            if params.get("input_path"):
+                params["input_image"] = str(self.storage.resolve(params["input_path"]))
+            result = run_job(self.pipe, job, params, source=source, callback=on_step)
+            if lost.is_set():
+                raise _Lost("lease lost")
+            out_dir = self.storage.new_attempt_dir(vid)
+            digest = self._write_outputs(out_dir, job, params, result)
+            took = time.perf_counter() - t0
+            if jobs.complete(self.db, vid, owner, assets=self.storage.relative(out_dir), content_hash=digest,
+                             gen_seconds=took, note=result.note,
+                             ttl_seconds=self.cfg.ttl_seconds or None):
+                self.log(f"{vid}: completed in {took:.1f} s (sha256 {digest[:12]})")
+            else:
+                raise _Lost("lease lost before completion")
+        except _Lost as e:
+            if out_dir is not None:
+                _rmtree(out_dir)
+            if str(e) == "stopping":
+                jobs.release(self.db, vid, owner)
+                self.log(f"{vid}: given back to the queue (worker stopping)")
+            else:
+                self.log(f"{vid}: abandoned ({e}: taken over or deleted)")
+        except JobFailure as e:
+            jobs.fail(self.db, vid, owner, e.code, str(e))
+            self.log(f"{vid}: failed ({e.code}: {e})")
+        except (ValueError, FileNotFoundError) as e:  # GenerationError, VideoError...: the request's fault
+            if out_dir is not None:
+                _rmtree(out_dir)
+            jobs.fail(self.db, vid, owner, "invalid_request", str(e))
+            self.log(f"{vid}: failed ({e})")
+        except Exception as e:
+            if out_dir is not None:
+                _rmtree(out_dir)
+            traceback.print_exc(file=sys.stderr)
+            jobs.fail(self.db, vid, owner, "generation_failed", f"{type(e).__name__}: {e}")
+        finally:
+            beat_stop.set()
+            hb.join(timeout=5)
+
+    def _source(self, params: dict[str, Any]) -> Path | None:
+        rel = params.get("source_path")
+        if not rel:
+            return None
+        p = self.storage.resolve(rel)
+        if not p.is_file():
+            raise JobFailure("source_unavailable", "the source video's file is gone (deleted or expired)")
+        return p
+
+    def _write_outputs(self, out_dir: Path, job: dict[str, Any], params: dict[str, Any], result) -> str:
+        from moviola.video_io import encode_image, sprite_sheet, thumbnail, write_video
+
+        meta = {"comment": "generated by moviola", "moviola_model": job["model"],
+                "moviola_model_dir": str(self.model.directory), "moviola_video_id": job["id"],
+                "moviola_kind": job["kind"], "moviola_prompt": job["prompt"] or "",
+                "moviola_negative_prompt": params.get("negative_prompt", ""), "moviola_seed": str(params["seed"]),
+                "moviola_steps": str(params["steps"]), "moviola_guidance": str(params["guidance"]),
+                "moviola_sampler": params["sampler"],
+                "creation_time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        if params.get("source_video_id"):
+            meta["moviola_source_video_id"] = params["source_video_id"]
+        if result.note:
+            meta["moviola_note"] = result.note
+        video = write_video(out_dir / "video.mp4", result.frames, result.fps, metadata=meta)
+        write_atomic(out_dir / "thumbnail.webp", encode_image(thumbnail(result.frames), "webp"))
+        write_atomic(out_dir / "spritesheet.jpg", encode_image(sprite_sheet(result.frames, count=16), "jpeg"))
+        return hashlib.sha256(video.read_bytes()).hexdigest()
+
+
+def _rmtree(path: Path) -> None:
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def main(cfg: WorkerConfig) -> int:
+    """``moviola worker``: run until SIGTERM/SIGINT (the current job goes back to the queue)."""
+    w = Worker(cfg)
+
+    def stop(signum, frame):
+        w.log(f"signal {signum}: stopping")
+        w.stopping.set()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    w.run()
+    return 0
