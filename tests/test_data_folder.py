@@ -95,3 +95,84 @@ def test_autoencoder_batches_skip_bad_files(footage):
     assert {Path(p.path).name for p in batches.skipped} >= {"broken.mp4", "notvideo.mp4"}
     x = batches.batch(0)
     assert x.shape == (3, 3, 5, 32, 32) and x.abs().max() <= 1.0
+
+
+def _frames_file(path: Path, frames: np.ndarray, rate: Fraction) -> Path:
+    """(T, H, W, 3) uint8 as H.264 with B-frames, yuv444p so odd sizes and sharp colour edges survive."""
+    t, h, w, _ = frames.shape
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("libx264", rate=rate, options={"x264-params": "bframes=2:b-adapt=0:qp=4",
+                                                        "preset": "veryfast"})
+        s.width, s.height, s.pix_fmt = w, h, "yuv444p"
+        for i in range(t):
+            f = av.VideoFrame.from_ndarray(frames[i], format="rgb24")
+            f.pts = i
+            c.mux(s.encode(f))
+        c.mux(s.encode())
+    return path
+
+
+def test_scope_footage_at_29_97_is_sampled_at_real_speed_and_centre_cropped(tmp_path):
+    """235x100 (2.35:1), 30000/1001 fps, B-frames: frame k of the clip is source frame floor(k * 29.97 / 8),
+    and a 64x64 crop drops the sides while a 112x48 one keeps them."""
+    from moviola.data.folder import load_clip
+
+    src = np.zeros((90, 100, 235, 3), np.uint8)  # 3.003 s
+    src[..., 1] = (np.arange(90) * 2)[:, None, None]  # green = 2 x source frame index
+    src[:, :, :40, 0] = 255  # red stripe on the far left, outside any centred square
+    path = _frames_file(tmp_path / "scope.mp4", src, Fraction(30000, 1001))
+    start = 0.5
+    clip = load_clip(path, start, frames=17, width=64, height=64, fps=8.0, src_fps=30000 / 1001)
+    assert clip.shape == (17, 64, 64, 3) and clip.dtype == np.uint8
+    first = round(start * 30000 / 1001)  # read_video starts at the frame shown at `start`
+    expected = first + np.floor(np.arange(17) * (30000 / 1001) / 8 + 1e-6)
+    got = clip[:, 32, 32, 1] / 2
+    assert np.abs(got - expected).max() <= 1.0, (got, expected)
+    assert clip[..., 0].max() < 30  # the stripe is cropped away
+    wide = load_clip(path, 0.0, frames=9, width=112, height=48, fps=8.0, src_fps=30000 / 1001)
+    assert wide.shape == (9, 48, 112, 3)
+    assert wide[:, 24, 5, 0].min() > 200 and wide[:, 24, 100, 0].max() < 30  # stripe kept on the left only
+    with pytest.raises(Exception, match="only .* frames"):
+        load_clip(path, 1.5, frames=17, width=64, height=64, fps=8.0, src_fps=30000 / 1001)
+
+
+def _texture(seed: int, h: int, w: int, tint: tuple[int, int, int]) -> np.ndarray:
+    """Blocky random texture in one colour family (two shots of different scenes differ in palette)."""
+    rng = np.random.default_rng(seed)
+    base = rng.integers(0, 128, (h // 8 + 1, w // 8 + 1, 1)) + np.array(tint)[None, None]
+    return np.kron(base.clip(0, 255).astype(np.uint8), np.ones((8, 8, 1), np.uint8))[:h, :w]
+
+
+def test_shot_splitting_finds_a_planted_cut_and_not_a_pan(tmp_path):
+    from moviola.data.shots import ShotConfig, scan_video, shots
+
+    a, b = _texture(1, 48, 200, (0, 40, 120)), _texture(2, 48, 200, (120, 80, 0))
+    # Shot 1 pans fast across texture a (2 px a frame); shot 2 across texture b; the cut is at frame 40.
+    frames = np.stack([a[:, 2 * i:2 * i + 80] for i in range(40)] + [b[:, 2 * i:2 * i + 80] for i in range(35)])
+    path = _frames_file(tmp_path / "edit.mp4", frames, Fraction(25))
+    scan = scan_video(path)
+    assert len(scan.times) == 75 and scan.fps == 25.0
+    assert int(np.argmax(scan.scores)) == 40
+    cfg = ShotConfig(enabled=True)
+    assert shots(scan, cfg) == [(0.0, pytest.approx(1.6)), (pytest.approx(1.6), pytest.approx(3.0))]
+    assert shots(scan, ShotConfig(enabled=False)) == [(0.0, pytest.approx(3.0))]
+    # A manifest span that starts after the cut has one shot; min_shot_seconds drops a sliver before it.
+    assert shots(scan, cfg, start=1.7) == [(1.7, pytest.approx(3.0))]
+    assert shots(scan, cfg, start=1.4) == [(pytest.approx(1.6), pytest.approx(3.0))]
+    # The pan alone (no cut) is one shot, however fast it moves.
+    pan = _frames_file(tmp_path / "pan.mp4", frames[:40], Fraction(25))
+    assert len(shots(scan_video(pan), cfg)) == 1
+
+
+def test_deep_check_catches_a_file_cut_off_midway(footage):
+    good = (footage / "wide.mp4")
+    _camera_file(footage / "long.mkv", 60, 64, 96, Fraction(25))
+    data = (footage / "long.mkv").read_bytes()
+    (footage / "long.mkv").write_bytes(data[: int(len(data) * 0.6)])
+    (footage / "long.txt").write_text("a bar moves right")
+    assert good.exists()
+    assert "long.mkv" in {Path(c.path).name for c in check_folder(footage).clips}  # header and first frame fine
+    deep = check_folder(footage, deep=True)
+    problems = {Path(p.path).name: p.problem for p in deep.problems}
+    assert "frames stop at" in problems["long.mkv"]
+    assert {Path(c.path).name for c in deep.clips} == {"wide.mp4", "tall.mov"}

@@ -143,7 +143,7 @@ def plan_clips(root: str | Path, cfg: FolderCacheConfig, *, manifest: str | Path
             for j in range(n_win):
                 start = s0 + j * share + (share - need) / 2
                 clips.append({"path": rel, "sha256": rec["sha256"], "caption": entry.caption,
-                              "start": round(start, 4), "end": round(start + b.frames / cfg.fps, 4),
+                              "start": round(start, 4), "end": round(start + need, 4),
                               "src_fps": scan.fps, "shot": k, "licence": entry.licence, "consent": entry.consent,
                               "source": entry.source, "bucket": b.name})
     if not report.clips and not problems:

@@ -1,0 +1,199 @@
+"""`moviola data cache`: footage -> bucketed VAE latents + text embeddings, resumable, with provenance."""
+
+import hashlib
+import json
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import torch
+
+from moviola.data.folder import file_sha256, load_clip
+from moviola.data.folder_cache import (CacheError, FolderCacheConfig, build_folder_cache, open_cache,
+                                       vae_fingerprint)
+from moviola.data.latent_cache import Bucket, LatentCache, WorldCacheConfig, build_world_cache, buckets_of
+from moviola.data.shots import ShotConfig
+from moviola.models.vae import CausalVAE, VAEConfig
+
+BUCKETS = [Bucket(32, 32, 5, 0.5), Bucket(64, 32, 5, 0.3), Bucket(32, 32, 9, 0.2, 4)]
+
+
+class StubText:
+    """A deterministic stand-in for the text encoder (the real one takes a minute to load here)."""
+
+    dim = 8
+
+    def encode(self, captions):
+        toks = torch.stack([torch.tensor(np.frombuffer(hashlib.sha256(c.encode()).digest()[:24], np.uint8)
+                                         .reshape(3, 8).astype(np.float32)) for c in captions])  # (B, 3, 8)
+        return toks, torch.ones(len(captions), 3, dtype=torch.bool)
+
+
+def _video(path: Path, frames: np.ndarray, rate: Fraction, codec: str = "libx264") -> Path:
+    t, h, w, _ = frames.shape
+    with av.open(str(path), "w") as c:
+        opts = {"x264-params": "bframes=2:b-adapt=0", "preset": "veryfast"} if codec == "libx264" else {}
+        s = c.add_stream(codec, rate=rate, options=opts)
+        s.width, s.height = w, h
+        s.pix_fmt = "yuv444p" if codec == "libx264" and (h % 2 or w % 2) else "yuv420p"
+        for i in range(t):
+            f = av.VideoFrame.from_ndarray(np.ascontiguousarray(frames[i]), format="rgb24")
+            f.pts = i
+            c.mux(s.encode(f))
+        c.mux(s.encode())
+    return path
+
+
+def _moving(t: int, h: int, w: int, colour, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    bg = np.kron(rng.integers(0, 90, (h // 4 + 1, w // 4 + 1, 1)), np.ones((4, 4, 3)))[:h, :w] + np.array(colour)
+    out = np.repeat(bg[None].clip(0, 255).astype(np.uint8), t, 0)
+    for i in range(t):
+        out[i, h // 3:h // 3 + 8, (3 * i) % max(1, w - 8):(3 * i) % max(1, w - 8) + 8] = 255
+    return out
+
+
+@pytest.fixture(scope="module")
+def footage(tmp_path_factory):
+    root = tmp_path_factory.mktemp("footage")
+    _video(root / "scope.mp4", _moving(45, 40, 94, (0, 40, 90), 1), Fraction(30000, 1001))  # 2.35:1, 1.5 s
+    edit = np.concatenate([_moving(30, 48, 48, (0, 60, 140), 2), _moving(30, 48, 48, (150, 90, 0), 3)])
+    _video(root / "edit.mkv", edit, Fraction(25))  # two 1.2 s shots, cut at 1.2 s
+    _video(root / "tall.webm", _moving(14, 80, 48, (60, 0, 60), 4), Fraction(12), "libvpx-vp9")
+    (root / "tall.txt").write_text("a white square slides across a purple wall\n")
+    (root / "notvideo.mp4").write_text("not a video")
+    _video(root / "cutoff.mkv", _moving(50, 32, 32, (90, 90, 90), 5), Fraction(25))
+    data = (root / "cutoff.mkv").read_bytes()
+    (root / "cutoff.mkv").write_bytes(data[: int(len(data) * 0.6)])  # header and first frames intact
+    _video(root / "nocap.mp4", _moving(20, 32, 32, (0, 0, 0), 6), Fraction(25))
+    rows = [{"path": "scope.mp4", "caption": "a white square slides over blue", "licence": "CC-BY-4.0",
+             "consent": "yes", "source": "test camera"},
+            {"path": "edit.mkv", "caption": "two shots", "licence": "CC0-1.0", "source": "test edit"},
+            {"path": "notvideo.mp4", "caption": "x"}, {"path": "cutoff.mkv", "caption": "cut off"}]
+    (root / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return root
+
+
+@pytest.fixture(scope="module")
+def vae(tmp_path_factory):
+    torch.manual_seed(0)
+    model = CausalVAE(VAEConfig(latent_channels=4, base_channels=4, channel_mult=(1, 2, 2, 2), num_res_blocks=1,
+                                decoder_res_blocks=1)).eval()
+    model.set_latent_stats(torch.full((4,), 0.1), torch.full((4,), 2.0))  # normalisation must be applied
+    d = tmp_path_factory.mktemp("vae")
+    model.save_pretrained(d)
+    return model, vae_fingerprint(d)
+
+
+def _cfg(**kw) -> FolderCacheConfig:
+    return FolderCacheConfig(buckets=list(BUCKETS), shots=ShotConfig(enabled=True), **kw)
+
+
+def _files(d: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(d)): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file()}
+
+
+def test_cache_buckets_clips_skips_bad_files_and_records_provenance(footage, vae, tmp_path):
+    model, fp = vae
+    summary = build_folder_cache(footage, tmp_path / "c", model, StubText(), _cfg(), vae_fp=fp)
+    skipped = {Path(p["path"]).name: p["problem"] for p in summary["skipped"]}
+    assert set(skipped) == {"notvideo.mp4", "cutoff.mkv", "nocap.mp4"}
+    assert "frames stop at" in skipped["cutoff.mkv"] and "no caption" in skipped["nocap.mp4"]
+
+    cache = open_cache(tmp_path / "c", vae_fingerprint=fp)
+    names = [b.name for b in cache.buckets]
+    assert names == ["64x32x5", "32x32x9"] and cache.buckets[1].batch_size == 4  # 32x32x5 got no clip: left out
+    by_path = {}
+    for b, lat, rows in zip(cache.buckets, cache.latents, cache.rows):
+        assert lat.dtype == torch.float16 and lat.shape[1:] == (4, 1 + (b.frames - 1) // 4, b.height // 8, b.width // 8)
+        assert len(rows) == len(lat)
+        for r in rows:
+            by_path.setdefault(r["path"], []).append((b.name, r))
+    # scope (1.5 s, 2.35:1) -> the 2:1 bucket; the edit -> one clip per 1.2 s shot, each inside its shot and
+    # long enough for 9 frames at 8 fps (1.04 s); tall (0.6:1, 1.17 s) -> the square 9-frame bucket.
+    assert [n for n, _ in by_path["scope.mp4"]] == ["64x32x5"]
+    assert [n for n, _ in by_path["edit.mkv"]] == ["32x32x9", "32x32x9"]
+    edit = sorted((r["start"], r["end"], r["shot"]) for _, r in by_path["edit.mkv"])
+    assert [s for *_, s in edit] == [0, 1]
+    assert edit[0][1] <= 1.2 + 1e-6 and edit[1][0] >= 1.2 - 1e-6
+    assert [n for n, _ in by_path["tall.webm"]] == ["32x32x9"]
+
+    prov = {(Path(p["path"]).name, p["start"]): p for p in cache.provenance()}
+    assert len(prov) == 4
+    for p in prov.values():
+        assert p["sha256"] == file_sha256(p["path"])
+    scope = next(p for p in prov.values() if p["path"].endswith("scope.mp4"))
+    assert (scope["licence"], scope["consent"], scope["source"]) == ("CC-BY-4.0", "yes", "test camera")
+    assert scope["caption"] == "a white square slides over blue"
+    assert next(p for p in prov.values() if p["path"].endswith("tall.webm"))["caption"].startswith("a white square")
+
+    # The stored latents are the VAE's normalised posterior means of the clip as load_clip cuts it.
+    _, row = by_path["scope.mp4"][0]
+    x = torch.from_numpy(load_clip(footage / "scope.mp4", row["start"], frames=5, width=64, height=32, fps=8.0,
+                                   src_fps=30000 / 1001)).permute(3, 0, 1, 2)[None].float() / 127.5 - 1
+    with torch.no_grad():
+        want = model.normalize(model.encode(x).mean).half()
+    got = cache.latents[0][[r["path"] for r in cache.rows[0]].index("scope.mp4")]
+    assert torch.allclose(got.float(), want[0].float(), atol=1e-3)
+    # Every caption and the empty one have a text row.
+    assert cache.captions() | {""} <= set(cache.caption_row)
+    assert cache.text_tokens.shape == (len(cache.caption_row), 3, 8)
+
+
+def test_interrupted_build_finishes_identical_to_an_uninterrupted_one(footage, vae, tmp_path):
+    model, fp = vae
+    a, b = tmp_path / "a", tmp_path / "b"
+    build_folder_cache(footage, a, model, StubText(), _cfg(part_size=1), vae_fp=fp)
+
+    def die(stage, done, total):
+        if stage == "encode" and done == 2:
+            raise KeyboardInterrupt  # as a Ctrl-C between parts
+    with pytest.raises(KeyboardInterrupt):
+        build_folder_cache(footage, b, model, StubText(), _cfg(part_size=1), vae_fp=fp, on_progress=die)
+    with pytest.raises(CacheError, match="not a complete"):
+        open_cache(b)
+    # What a kill -9 mid-write leaves: a temp file, and a part whose rows were written but not its latents.
+    parts = sorted(b.glob("bucket_*/part_*.json"))
+    (parts[0].parent / ".part_0007.tmp-deadbeef.safetensors").write_bytes(b"half")
+    (b / "bucket_32x32x9" / "part_0001.json").write_text(json.dumps({"key": "x", "rows": [], "failed": []}))
+    summary = build_folder_cache(footage, b, model, StubText(), _cfg(part_size=1), vae_fp=fp)
+    assert summary["parts_reused"] == 2 and summary["parts_encoded"] == 2
+    assert _files(a) == _files(b)
+
+    # A removed file: its clip leaves the cache, unchanged parts are reused, stale parts are deleted.
+    (footage / "tall.webm").rename(tmp_path / "tall.webm")
+    try:
+        summary = build_folder_cache(footage, b, model, StubText(), _cfg(part_size=1), vae_fp=fp)
+    finally:
+        (tmp_path / "tall.webm").rename(footage / "tall.webm")
+    assert summary["parts_encoded"] == 0 and sum(summary["clips"].values()) == 3
+    assert sorted(p.name for p in (b / "bucket_32x32x9").iterdir()) == [
+        "part_0000.json", "part_0000.safetensors", "part_0001.json", "part_0001.safetensors"]  # the edit's shots
+    assert all("tall" not in p["path"] for p in open_cache(b).provenance())
+
+
+def test_another_vae_or_no_cache_is_a_clear_error(footage, vae, tmp_path):
+    model, fp = vae
+    build_folder_cache(footage, tmp_path / "c", model, StubText(), _cfg(), vae_fp=fp)
+    with pytest.raises(CacheError, match="made with another VAE"):
+        open_cache(tmp_path / "c", vae_fingerprint="0" * 64)
+    with pytest.raises(FileNotFoundError, match="no such cache folder"):
+        open_cache(tmp_path / "nowhere")
+    with pytest.raises(FileNotFoundError, match="no such VAE weights"):
+        vae_fingerprint(tmp_path)
+
+
+def test_world_cache_provenance_names_the_generator_seed_and_spec(vae, tmp_path):
+    model, _ = vae
+    cfg = WorldCacheConfig(n_clips=2, buckets=[(32, 32, 1.0, 1.0)], holdout="")
+    build_world_cache(tmp_path, cfg, model, StubText())
+    cache = LatentCache(tmp_path, buckets_of(cfg))
+    prov = cache.provenance()
+    assert len(prov) == 2 and cache.buckets[0].batch_size == 0
+    for i, p in enumerate(prov):
+        assert p["source"] == "procedural: moviola.world" and p["path"] is None and p["seed"] == [0, 0, i]
+        spec = cache.rows[0][i]["spec"]
+        assert p["spec_sha256"] == hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
+        assert p["caption"] == cache.rows[0][i]["canonical"]
