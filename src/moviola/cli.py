@@ -193,7 +193,7 @@ def cmd_train_vae(args, extra: list[str]) -> int:
 def cmd_data_check(args) -> int:
     from moviola.data.folder import check_folder
 
-    report = check_folder(args.folder, manifest=args.manifest, min_seconds=args.min_seconds, deep=args.deep)
+    report = check_folder(args.folder, manifest=args.manifest, min_seconds=args.min_seconds, deep=not args.quick)
     if args.json:
         print(json.dumps(report.to_dict(), indent=1))
     else:
@@ -443,8 +443,8 @@ def build_parser() -> argparse.ArgumentParser:
     dc.add_argument("--manifest", help="JSONL or CSV manifest (default: FOLDER/manifest.jsonl or .csv, else sidecar .txt)")
     dc.add_argument("--min-seconds", type=float, default=0.5, help="shortest usable clip")
     dc.add_argument("--json", action="store_true", help="print the full report as JSON")
-    dc.add_argument("--deep", action="store_true", help="decode every file to the end (slower; also catches files "
-                                                        "cut off mid-way, as 'data cache' does)")
+    dc.add_argument("--quick", action="store_true", help="open each file and decode one frame only (faster; misses "
+                                                         "files cut off mid-way, which 'data cache' then skips)")
     dc.set_defaults(func=cmd_data_check)
     dk = dsub.add_parser("cache", help="encode every clip to VAE latents and every caption to text embeddings, once",
                          description="Check the folder, split it into clips (optionally at scene cuts), fit each "

@@ -126,6 +126,9 @@ def shard_like(ema_model: nn.Module, world: World) -> nn.Module:
 
 
 def full_tensor(t):
+    """A DTensor gathered whole (a collective); any other tensor as it is."""
+    if not (dist.is_available() and dist.is_initialized()):  # no process group, no DTensors (and no slow import)
+        return t
     from torch.distributed.tensor import DTensor
 
     return t.full_tensor() if isinstance(t, DTensor) else t
@@ -148,6 +151,9 @@ def full_optimizer_state(opt: torch.optim.Optimizer) -> dict:
 
 def load_optimizer_state(opt: torch.optim.Optimizer, sd: dict) -> None:
     """Load a full optimiser state, re-sharding each tensor like its parameter under FSDP."""
+    if not (dist.is_available() and dist.is_initialized()):
+        opt.load_state_dict(sd)
+        return
     from torch.distributed.tensor import DTensor, distribute_tensor
 
     params = [p for g in opt.param_groups for p in g["params"]]

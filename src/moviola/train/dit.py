@@ -90,6 +90,7 @@ class TrainDiTConfig:
     device: str = "auto"
     threads: int = 0
     max_minutes: float = 0.0  # > 0: stop (and save) when the wall-clock budget is spent
+    stop_after: int = 0  # > 0: stop (and save) after this step, as if interrupted; the schedule still ends at optim.steps
     log_every: int = 25
     log_tensorboard: bool = False  # also write scalars to out/tensorboard (needs the tensorboard package)
     ckpt_every: int = 250
@@ -100,6 +101,19 @@ class TrainDiTConfig:
     sample_prompts: list[str] = field(default_factory=lambda: EVAL_PROMPTS[:2])
     sample_steps: int = 16
     guidance: float = 4.0
+
+
+class _LazyText:
+    """The text encoder, loaded on first use: a run whose cache already holds every caption's embedding
+    (a resumed run, every rank but 0) never loads it."""
+
+    def __init__(self, name: str):
+        self.name, self._encoder = name, None
+
+    def __getattr__(self, attr):
+        if self._encoder is None:
+            self._encoder = load_text_encoder(None if self.name == "minilm" else self.name)
+        return getattr(self._encoder, attr)
 
 
 def _resolve_vae_dir(cfg: TrainDiTConfig) -> Path:
@@ -314,18 +328,17 @@ def train_dit(cfg: TrainDiTConfig, *, on_step=None, on_cache=None) -> Path:
             pcfg = PipelineConfig.from_dict(json.loads((base_dir / PIPELINE_FILE).read_text()))
         else:
             pcfg = PipelineConfig(text_encoder=cfg.text_encoder, fps=cfg.data.fps, guidance=cfg.guidance)
-        text = load_text_encoder(None if pcfg.text_encoder == "minilm" else pcfg.text_encoder)
+        text = _LazyText(pcfg.text_encoder)
         model = _build_model(cfg, base_dir, device)
         mcfg = model.config
-        if mcfg.text_dim != text.dim:
-            raise ValueError(f"model.text_dim {mcfg.text_dim} does not match the text encoder's {text.dim}")
         if mcfg.in_channels != vae.config.latent_channels:
             raise ValueError(f"model.in_channels {mcfg.in_channels} != the VAE's latent channels "
                              f"{vae.config.latent_channels}")
         cache = _open_cache(cfg, vae, text, out, world, on_cache)
         if cache.text_tokens.shape[-1] != mcfg.text_dim:
-            raise ValueError(f"{cfg.data.cache_dir}: cached text embeddings are {cache.text_tokens.shape[-1]}-d, "
-                             f"the model wants {mcfg.text_dim}-d (cache with the model's text encoder)")
+            raise ValueError(f"{cfg.data.cache_dir or out / 'cache'}: the text embeddings are "
+                             f"{cache.text_tokens.shape[-1]}-d, the model wants model.text_dim={mcfg.text_dim} "
+                             f"(text encoder {pcfg.text_encoder!r})")
         batches = Batches(cache, cfg, mcfg.patch)
         provenance = _write_provenance(cache, out, world)
 
@@ -361,7 +374,8 @@ def train_dit(cfg: TrainDiTConfig, *, on_step=None, on_cache=None) -> Path:
             log.jsonl.truncate_after(step)
 
         t_last, n_tok, t_prev = time.time(), 0, time.time()
-        while step < cfg.optim.steps:
+        end = min(cfg.optim.steps, cfg.stop_after or cfg.optim.steps)
+        while step < end:
             if cfg.max_minutes:  # every rank stops at the same step: rank 0's clock decides
                 late = torch.tensor([float((time.time() - t_start) / 60 > cfg.max_minutes and world.main)])
                 if D.all_sum(late, world).item() > 0:
