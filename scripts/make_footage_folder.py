@@ -1,7 +1,7 @@
 """Make a folder of real-format videos to try the own-footage tools on (no network, no real footage).
 
     python scripts/make_footage_folder.py footage --n 100 [--seed 0]
-    moviola data check footage --deep
+    moviola data check footage
     moviola data cache footage --out footage-cache --shots
 
 Clips are world scenes and slow pans over the photos that ship with scikit-image, written the way cameras
@@ -18,8 +18,8 @@ Planted problems (always the last 7 files; ``--n`` counts the good ones plus the
     bad_nocaption.mkv    a good video with no caption anywhere
     bad_codecdata.mp4    H.264 whose decoder setup (avcC) is garbage: opens, never decodes
     bad_audioonly.mp4    an audio stream only
-    bad_cutoff.mkv       cut off at 60 %: header and first frames are fine (only a deep check or the cache
-                         notice; a plain ``data check`` probes one frame)
+    bad_cutoff.mkv       cut off at 60 %: header and first frames are fine (``data check`` decodes every
+                         frame and names it; ``data check --quick`` probes one frame and does not)
 """
 
 from __future__ import annotations

@@ -164,7 +164,7 @@ def test_shot_splitting_finds_a_planted_cut_and_not_a_pan(tmp_path):
     assert len(shots(scan_video(pan), cfg)) == 1
 
 
-def test_deep_check_catches_a_file_cut_off_midway(footage):
+def test_deep_check_catches_a_file_cut_off_midway(footage, capsys):
     good = (footage / "wide.mp4")
     _camera_file(footage / "long.mkv", 60, 64, 96, Fraction(25))
     data = (footage / "long.mkv").read_bytes()
@@ -176,3 +176,7 @@ def test_deep_check_catches_a_file_cut_off_midway(footage):
     problems = {Path(p.path).name: p.problem for p in deep.problems}
     assert "frames stop at" in problems["long.mkv"]
     assert {Path(c.path).name for c in deep.clips} == {"wide.mp4", "tall.mov"}
+    main(["data", "check", str(footage)])  # the command decodes everything unless told --quick
+    assert "long.mkv: truncated" in capsys.readouterr().out
+    main(["data", "check", str(footage), "--quick"])
+    assert "long.mkv" not in capsys.readouterr().out
