@@ -40,7 +40,7 @@ import torch
 from moviola.data.buckets import assign_bucket, check_buckets, default_footage_buckets, seconds_needed
 from moviola.data.folder import Problem, check_folder, file_sha256, load_clip
 from moviola.data.latent_cache import Bucket, build_text
-from moviola.data.shots import ShotConfig, VideoScan, scan_video, shots
+from moviola.data.shots import SCORE_VERSION, ShotConfig, VideoScan, scan_video, shots
 from moviola.video_io import VideoError, atomic_path, atomic_write_bytes
 
 FORMAT = "moviola-folder-cache"
@@ -83,7 +83,7 @@ def _key(obj) -> str:
 def _scan_record(path: Path, old: dict | None) -> dict:
     """Decode ``path`` once, unless ``old`` was made from a file of the same size and mtime."""
     st = path.stat()
-    if old and old.get("size") == st.st_size and old.get("mtime_ns") == st.st_mtime_ns:
+    if old and (old.get("size"), old.get("mtime_ns"), old.get("version")) == (st.st_size, st.st_mtime_ns, SCORE_VERSION):
         return old
     try:
         scan = scan_video(path)
@@ -92,7 +92,8 @@ def _scan_record(path: Path, old: dict | None) -> dict:
     else:
         rec = {"width": scan.width, "height": scan.height, "fps": scan.fps,
                "times": [round(float(t), 6) for t in scan.times], "scores": [round(float(s), 5) for s in scan.scores]}
-    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": file_sha256(path), **rec}
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "version": SCORE_VERSION, "sha256": file_sha256(path),
+            **rec}
 
 
 def plan_clips(root: str | Path, cfg: FolderCacheConfig, *, manifest: str | Path | None = None,

@@ -21,6 +21,7 @@ import numpy as np
 
 SIG_SIZE = 32  # frames are compared at 32 x 32: enough to see a cut, cheap to convert
 BINS = 16
+SCORE_VERSION = 2  # bump when the score changes, so scores kept from earlier runs are recomputed
 
 
 @dataclass
@@ -48,9 +49,18 @@ class VideoScan:
 
 
 def _signature(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(SIG, SIG, 3) uint8 -> (pixels in [0, 1] float32, histogram (3, BINS) summing to 1 per channel)."""
+    """(SIG, SIG, 3) uint8 -> (pixels in [0, 1] float32, histogram (3, BINS) summing to 1 per channel).
+
+    Soft bins (each value split linearly between its two nearest bin centres): with hard bins a flat
+    background sitting on a bin edge flips bins on +-1 of codec noise and looks like a cut.
+    """
     px = rgb.astype(np.float32) / 255.0
-    hist = np.stack([np.bincount(rgb[..., c].reshape(-1) // (256 // BINS), minlength=BINS) for c in range(3)])
+    pos = px.reshape(-1, 3) * BINS - 0.5  # position in bin-centre units
+    lo = np.floor(pos)
+    frac = pos - lo
+    lo_i, hi_i = np.clip(lo, 0, BINS - 1).astype(np.int64), np.clip(lo + 1, 0, BINS - 1).astype(np.int64)
+    hist = np.stack([np.bincount(lo_i[:, c], 1 - frac[:, c], BINS) + np.bincount(hi_i[:, c], frac[:, c], BINS)
+                     for c in range(3)])
     return px, hist.astype(np.float32) / (rgb.shape[0] * rgb.shape[1])
 
 
