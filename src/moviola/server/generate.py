@@ -5,7 +5,7 @@ imports torch): sides ``min_side..max_side`` in multiples of ``side_multiple`` (
 32-128 in steps of 16), up to ``max_seconds`` (4 s) at ``fps`` (8).
 
 Sizes. A size the model supports is used as given. Sora's four sizes are mapped to the supported size
-with the closest aspect ratio (ties: the smaller, faster one) and the response reports the real size:
+with the closest aspect ratio (ties: the nearest in area) and the response reports the real size:
 
     1280x720, 1792x1024 -> 112x64        720x1280, 1024x1792 -> 64x112     (default model)
 
@@ -104,10 +104,10 @@ class ModelInfo:
         return all(self.min_side <= s <= self.max_side and s % self.side_multiple == 0 for s in (w, h))
 
     def closest_size(self, w: int, h: int) -> tuple[int, int]:
-        """The supported size nearest in aspect ratio to w:h (ties: the smaller)."""
-        target = math.log(w / h)
+        """The supported size nearest in aspect ratio to w:h (ties: the nearest in area)."""
+        aspect, area = math.log(w / h), math.log(w * h)
         return min(((a, b) for a in self.sides() for b in self.sides()),
-                   key=lambda s: (round(abs(math.log(s[0] / s[1]) - target), 9), s[0] * s[1]))
+                   key=lambda s: (round(abs(math.log(s[0] / s[1]) - aspect), 9), abs(math.log(s[0] * s[1]) - area)))
 
     def sora_size(self, text: str) -> tuple[int, int]:
         w, h = (int(v) for v in text.split("x"))

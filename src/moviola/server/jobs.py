@@ -119,9 +119,9 @@ def claim(db: Database, owner: str, lease_seconds: float) -> dict[str, Any] | No
                            (f"the job was taken {row['attempts']} times and no worker finished it "
                             "(each one stopped or crashed while running it)", now, row["id"]))
                 continue
-            tx.execute("UPDATE jobs SET status = 'in_progress', lease_owner = ?, lease_until = ?, "
-                       "attempts = attempts + 1, started_at = COALESCE(started_at, ?), progress = 0 WHERE id = ?",
-                       (owner, now + lease_seconds, now, row["id"]))
+            tx.execute("UPDATE jobs SET status = 'in_progress', lease_owner = ?, worker = ?, lease_until = ?, "
+                       "attempts = attempts + 1, started_at = COALESCE(started_at, ?), claimed_at = ?, progress = 0 "
+                       "WHERE id = ?", (owner, owner, now + lease_seconds, now, now, row["id"]))
         return db.one("SELECT * FROM jobs WHERE id = ?", (row["id"],))
 
 

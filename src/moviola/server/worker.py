@@ -111,16 +111,16 @@ class Worker:
 
         last = [0.0]
 
-        def on_step(i: int, n: int) -> None:
+        def on_step(done: int, n: int) -> None:  # the samplers report steps done so far, 1..n
             if lost.is_set():
                 raise _Lost("lease lost")
             if self.stopping.is_set():
                 raise _Lost("stopping")
             now = time.monotonic()
-            if now - last[0] >= 0.25 or i + 1 == n:
+            if now - last[0] >= 0.25 or done >= n:
                 last[0] = now
                 # Sampling is ~90 % of the work; decoding and writing the files the rest.
-                if not jobs.heartbeat(self.db, vid, owner, lease, progress=int(90 * (i + 1) / n)):
+                if not jobs.heartbeat(self.db, vid, owner, lease, progress=int(90 * min(done, n) / max(n, 1))):
                     lost.set()
                     raise _Lost("lease lost")
 

@@ -1,0 +1,127 @@
+"""Keys: hashed storage, revocation on the very next request, isolation, quotas, rate limits, admin API, CLI."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+openai = pytest.importorskip("openai", reason="the server tests need the openai SDK: pip install -e '.[test]'")
+pytest.importorskip("fastapi", reason="the server needs its extra: pip install -e '.[server]'")
+
+import server_stack  # noqa: E402
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+
+@pytest.fixture(scope="module")
+def stack():
+    return server_stack.shared()
+
+
+def _create(c, **kw):
+    return c.videos.create(prompt="a small red circle moves left", size="64x64", seconds=kw.pop("seconds", "1"), **kw)
+
+
+def test_keys_are_stored_hashed(stack):
+    from moviola.server.keys import hash_key
+
+    token = stack.key("hashed")
+    db = stack.database()
+    row = db.one("SELECT * FROM keys WHERE hash = ?", (hash_key(token),))
+    assert row is not None and token not in str(row)
+    assert not any(token in str(r) for r in db.query("SELECT * FROM keys"))
+    raw = b"".join(p.read_bytes() for p in stack.storage.glob("moviola.db*"))
+    assert token.encode() not in raw
+
+
+def test_revocation_takes_effect_on_the_next_request(stack):
+    admin = stack.client(stack.key("root", admin=True))
+    made = admin.post("/admin/keys", body={"name": "soon-revoked"}, cast_to=object)
+    c = stack.client(made["key"])
+    v = _create(c)
+    assert c.videos.retrieve(v.id).id == v.id
+    revoked = admin.post("/admin/keys/soon-revoked/revoke", cast_to=object)
+    assert revoked["revoked_at"] is not None
+    with pytest.raises(openai.AuthenticationError, match="revoked"):  # the very next request
+        c.videos.retrieve(v.id)
+    with pytest.raises(openai.AuthenticationError):
+        _create(c)
+    names = {k["name"]: k for k in admin.get("/admin/keys", cast_to=object)["data"]}
+    assert names["soon-revoked"]["revoked_at"] and "hash" not in names["soon-revoked"]
+    with pytest.raises(openai.BadRequestError, match="already exists"):
+        admin.post("/admin/keys", body={"name": "soon-revoked"}, cast_to=object)
+    with pytest.raises(openai.NotFoundError):
+        admin.post("/admin/keys/nobody/revoke", cast_to=object)
+    stack.database().execute("DELETE FROM jobs WHERE id = ?", (v.id,))  # not for the shared worker
+
+
+def test_each_key_sees_only_its_own_videos(stack):
+    a, b = stack.client(stack.key("alice")), stack.client(stack.key("bob"))
+    va = _create(a)
+    try:
+        for call in (lambda: b.videos.retrieve(va.id), lambda: b.videos.download_content(va.id),
+                     lambda: b.videos.delete(va.id), lambda: b.videos.remix(va.id, prompt="mine now"),
+                     lambda: b.videos.extend(prompt="x", seconds="1", video=openai.omit,
+                                                 extra_body={"video": {"id": va.id}})):
+            with pytest.raises(openai.NotFoundError):
+                call()
+        assert [v.id for v in b.videos.list()] == []
+        with pytest.raises(openai.BadRequestError):  # another key's id is no cursor either
+            b.videos.list(after=va.id)
+        assert a.videos.retrieve(va.id).id == va.id  # untouched by bob's attempts
+    finally:
+        a.videos.delete(va.id)
+
+
+def test_rate_limit_answers_429_with_retry_after(stack):
+    c = stack.client(stack.key("rated", rate_per_minute=2))
+    ids = [_create(c).id, _create(c).id]
+    with pytest.raises(openai.RateLimitError) as e:
+        _create(c)
+    assert e.value.code == "rate_limit_exceeded"
+    assert 1 <= int(e.value.response.headers["retry-after"]) <= 60
+    assert len(list(c.videos.list())) == 2  # the refused request made nothing
+    assert c.videos.retrieve(ids[0]).id == ids[0]  # reads are not rate limited
+    for i in ids:
+        c.videos.delete(i)
+    with pytest.raises(openai.RateLimitError):  # deleting does not give the requests back
+        _create(c)
+
+
+def test_quota_answers_429_with_retry_after(stack):
+    c = stack.client(stack.key("quota", quota_seconds_per_day=3))
+    first = _create(c, seconds="2")
+    with pytest.raises(openai.RateLimitError) as e:
+        _create(c, seconds="2")
+    assert e.value.code == "insufficient_quota" and "3 video seconds" in str(e.value)
+    assert int(e.value.response.headers["retry-after"]) > 3600  # the 2 s job leaves the window in a day
+    second = _create(c, seconds="1")  # what is left of the quota is still usable
+    for v in (first, second):
+        c.videos.delete(v.id)
+
+
+def _cli(*args, storage):
+    return subprocess.run([sys.executable, "-m", "moviola.cli", "keys", *args, "--storage", str(storage)],
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_keys_cli(stack, tmp_path):
+    r = _cli("create", "--name", "carol", "--rate-per-minute", "5", storage=tmp_path)
+    assert r.returncode == 0, r.stderr
+    token = r.stdout.strip()
+    assert token.startswith("mvl-") and len(token) > 40
+    listed = _cli("list", storage=tmp_path)
+    assert "carol" in listed.stdout and token not in listed.stdout and "active" in listed.stdout
+    dup = _cli("create", "--name", "carol", storage=tmp_path)
+    assert dup.returncode == 2 and "already exists" in dup.stderr and "Traceback" not in dup.stderr
+    assert _cli("revoke", "carol", storage=tmp_path).returncode == 0
+    assert "revoked" in _cli("list", storage=tmp_path).stdout
+    missing = _cli("revoke", "dave", storage=tmp_path)
+    assert missing.returncode == 2 and "no key named 'dave'" in missing.stderr
+    bad = _cli("create", "--name", "x y", storage=tmp_path)
+    assert bad.returncode == 2 and "key name" in bad.stderr
+    pg = subprocess.run([sys.executable, "-m", "moviola.cli", "keys", "list", "--db",
+                         "postgresql://nobody@127.0.0.1:1/none"], capture_output=True, text=True, timeout=300)
+    assert pg.returncode == 2 and "cannot connect" in pg.stderr and "Traceback" not in pg.stderr

@@ -1,0 +1,84 @@
+"""The web studio: served at /, and used in headless Chromium on a phone-sized screen to make a video
+and watch it play (Playwright driving Debian's chromium by its executable path)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import httpx
+import pytest
+
+pytest.importorskip("fastapi", reason="the server needs its extra: pip install -e '.[server]'")
+pytest.importorskip("openai", reason="the server tests need the openai SDK: pip install -e '.[test]'")
+
+import server_stack  # noqa: E402
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+
+@pytest.fixture(scope="module")
+def stack():
+    return server_stack.shared()
+
+
+def test_studio_files_are_served(stack):
+    root = f"http://127.0.0.1:{stack.port}"
+    page = httpx.get(root + "/")
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+    assert 'id="key"' in page.text and 'name="viewport"' in page.text
+    for asset, kind in (("/studio/studio.js", "javascript"), ("/studio/studio.css", "css")):
+        r = httpx.get(root + asset)
+        assert r.status_code == 200 and kind in r.headers["content-type"]
+    assert httpx.get(root + "/studio/nope.js").status_code == 404
+
+
+def _chromium() -> str:
+    path = os.environ.get("MOVIOLA_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+    if not path:
+        pytest.skip("no chromium on PATH (Debian: apt-get install chromium; .ci/run does this)")
+    return path
+
+
+def test_studio_makes_a_video_and_plays_it(stack, tmp_path):
+    sync_api = pytest.importorskip("playwright.sync_api", reason="needs playwright: pip install -e '.[test]'")
+    exe = _chromium()
+    token = stack.key("studio")
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=exe, args=["--no-sandbox", "--autoplay-policy=no-user-gesture-required"])
+        try:
+            page = browser.new_page(viewport={"width": 390, "height": 844}, device_scale_factor=2)
+            errors = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(f"http://127.0.0.1:{stack.port}/")
+            page.fill("#key", "mvl-wrong")
+            page.click("#signin")
+            page.wait_for_function("document.querySelector('#signin-error').textContent.length > 0")
+            assert "not valid" in page.inner_text("#signin-error")
+            page.fill("#key", token)
+            page.click("#signin")
+            page.wait_for_selector("#studio:not([hidden])")
+            page.fill("#prompt", "a large red square moves right on a white background")
+            page.select_option("#size", "64x64")
+            page.fill("#seconds", "1")
+            page.fill("#seed", "3")
+            page.click("#generate")
+            page.wait_for_selector(".card[data-status]", timeout=30_000)
+            page.wait_for_selector(".card.done video", timeout=300_000)
+            # It plays: frames decoded and the clock moving.
+            page.wait_for_function("(() => { const v = document.querySelector('.card.done video');"
+                                   " return v && v.readyState >= 2 && v.currentTime > 0 && !v.error; })()",
+                                   timeout=60_000)
+            width = page.evaluate("document.querySelector('.card.done video').videoWidth")
+            assert width == 64
+            assert page.evaluate("document.documentElement.scrollWidth") <= 390  # no sideways scrolling
+            page.select_option(".card.done select[name=rating]", "5")
+            page.fill(".card.done input[name=comment]", "plays on a phone")
+            page.click(".card.done .feedback button")
+            page.wait_for_function("document.querySelector('.card.done .feedback button').textContent === 'Saved'")
+            page.screenshot(path=str(tmp_path / "studio.png"), full_page=True)
+            assert not errors, errors
+        finally:
+            browser.close()
+    fb = stack.client(token).get("/feedback", cast_to=object)["data"]
+    assert [(e["rating"], e["comment"], e["seed"]) for e in fb] == [(5, "plays on a phone", 3)]
