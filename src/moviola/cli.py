@@ -471,6 +471,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("clip", help="a video file (mp4/webm/gif/...) or a PNG")
     s.add_argument("prompt")
     s.set_defaults(func=cmd_score)
+
     def _store(q):
         q.add_argument("--storage", default="moviola-data", help="folder for videos, uploads and the default "
                                                                   "SQLite database (default: ./moviola-data)")
