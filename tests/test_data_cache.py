@@ -197,3 +197,25 @@ def test_world_cache_provenance_names_the_generator_seed_and_spec(vae, tmp_path)
         spec = cache.rows[0][i]["spec"]
         assert p["spec_sha256"] == hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
         assert p["caption"] == cache.rows[0][i]["canonical"]
+
+
+def test_a_clip_that_fails_to_load_is_skipped_and_named(footage, vae, tmp_path, monkeypatch):
+    """A file can decode in the scan and still fail where a clip is cut (a damaged stretch): that clip is
+    left out and named; the build finishes."""
+    import moviola.data.folder_cache as fc
+    from moviola.video_io import VideoError
+
+    real = fc.load_clip
+
+    def flaky(path, start, **kw):
+        if Path(path).name == "edit.mkv" and start > 1.0:
+            raise VideoError(path, "truncated or corrupt video (decoding failed after 3 frames: test)")
+        return real(path, start, **kw)
+    monkeypatch.setattr(fc, "load_clip", flaky)
+    model, fp = vae
+    summary = build_folder_cache(footage, tmp_path / "c", model, StubText(), _cfg(), vae_fp=fp)
+    named = [p["problem"] for p in summary["skipped"] if p["path"].endswith("edit.mkv")]
+    assert len(named) == 1 and "decoding failed" in named[0] and "clip from 1.2" in named[0]
+    cache = open_cache(tmp_path / "c")
+    assert [r["shot"] for rows in cache.rows for r in rows if r["path"] == "edit.mkv"] == [0]
+    assert sum(len(lat) for lat in cache.latents) == 3

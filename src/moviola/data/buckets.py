@@ -68,7 +68,8 @@ def buckets_from_list(items: list) -> list[Bucket]:
         elif isinstance(item, (list, tuple)) and 3 <= len(item) <= 5:
             w, h, f, bs, wt = (list(item) + [0, 1.0][len(item) - 3:])[:5]
         else:
-            raise ValueError(f"bucket {i}: expected a table {{width, height, frames, batch_size, weight}}, got {item!r}")
+            raise ValueError(f"bucket {i}: expected a table {{width, height, frames, batch_size, weight}}, "
+                             f"got {item!r}")
         if not all(isinstance(v, int) and not isinstance(v, bool) for v in (w, h, f, bs)):
             raise ValueError(f"bucket {i}: width, height, frames and batch_size must be integers")
         if isinstance(wt, bool) or not isinstance(wt, (int, float)):

@@ -83,7 +83,8 @@ def _key(obj) -> str:
 def _scan_record(path: Path, old: dict | None) -> dict:
     """Decode ``path`` once, unless ``old`` was made from a file of the same size and mtime."""
     st = path.stat()
-    if old and (old.get("size"), old.get("mtime_ns"), old.get("version")) == (st.st_size, st.st_mtime_ns, SCORE_VERSION):
+    same = (st.st_size, st.st_mtime_ns, SCORE_VERSION)
+    if old and (old.get("size"), old.get("mtime_ns"), old.get("version")) == same:
         return old
     try:
         scan = scan_video(path)
@@ -172,7 +173,8 @@ def _part_is_done(path: Path, key: str) -> bool:
 
 
 @torch.no_grad()
-def _encode_part(root: Path, items: list[dict], bucket: Bucket, cfg: FolderCacheConfig, vae) -> tuple[torch.Tensor, list[dict], list[dict]]:
+def _encode_part(root: Path, items: list[dict], bucket: Bucket, cfg: FolderCacheConfig,
+                 vae) -> tuple[torch.Tensor, list[dict], list[dict]]:
     """Latents (n, C, t, h, w) float16 and rows of the clips that load; the ones that fail, with why."""
     device = next(vae.parameters()).device
     frames, rows, failed = [], [], []
@@ -326,7 +328,8 @@ def open_cache(cache_dir: str | Path, vae_fingerprint: str | None = None) -> Fol
         raise CacheError(f"{d}: not a complete footage cache (no meta.json; rerun 'moviola data cache' to finish it)")
     meta = json.loads(meta_path.read_text())
     if meta.get("format") != FORMAT or meta.get("version") != VERSION:
-        raise CacheError(f"{d}: not a {FORMAT} version {VERSION} (found {meta.get('format')!r} {meta.get('version')!r})")
+        raise CacheError(f"{d}: not a {FORMAT} version {VERSION} "
+                         f"(found {meta.get('format')!r} {meta.get('version')!r})")
     if vae_fingerprint is not None and meta["vae_fingerprint"] != vae_fingerprint:
         raise CacheError(f"{d}: made with another VAE (weights sha256 {meta['vae_fingerprint'][:12]}..., this one "
                          f"{vae_fingerprint[:12]}...); rebuild it with 'moviola data cache --model' for this VAE")

@@ -97,7 +97,10 @@ def scan_video(path: str | Path) -> VideoScan:
             width = height = 0
             try:
                 for frame in container.decode(stream):
-                    t = float((frame.pts - origin) * tb) if frame.pts is not None and tb else len(times) / (fps or DEFAULT_FPS)
+                    if frame.pts is not None and tb:
+                        t = float((frame.pts - origin) * tb)
+                    else:  # no timestamps (some raw streams): assume a constant rate
+                        t = len(times) / (fps or DEFAULT_FPS)
                     if not times:
                         width, height = frame.width, frame.height
                         if round((getattr(frame, "rotation", 0) or 0) / 90) % 2:
