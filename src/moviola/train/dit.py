@@ -221,12 +221,14 @@ def write_samples(pipe, prompts: list[str], folder: Path, step: int, steps: int,
     return paths
 
 
-def _open_cache(cfg: TrainDiTConfig, vae, text, out: Path, world: D.World, on_cache):
+def _open_cache(cfg: TrainDiTConfig, vae, vae_dir: Path, text, out: Path, world: D.World, on_cache):
     """The latent cache this run trains on: a footage cache, or world clips built here (rank 0 builds)."""
     if cfg.data.cache_dir:
-        from moviola.data import folder_cache  # lands with `moviola data cache`
+        from moviola.data import folder_cache
 
-        return folder_cache.open_cache(cfg.data.cache_dir)
+        # A cache made by another VAE is refused: its latents would mean nothing to this model's decoder.
+        fp = folder_cache.vae_fingerprint(vae_dir) if hasattr(folder_cache, "vae_fingerprint") else None
+        return folder_cache.open_cache(cfg.data.cache_dir, **({"vae_fingerprint": fp} if fp else {}))
     cache_dir = out / "cache"
     if world.main:
         from moviola.world.extra import extra_colors
@@ -322,6 +324,7 @@ def train_dit(cfg: TrainDiTConfig, *, on_step=None, on_cache=None) -> Path:
         if world.main:
             out.mkdir(parents=True, exist_ok=True)
             save_config(cfg, out / "config.json")
+        log = _Scalars(out, cfg, world.main)  # first: a missing optional logger fails before any work
         vae_dir = _resolve_vae_dir(cfg)
         vae = CausalVAE.from_pretrained(vae_dir, device=device)
         if base_dir is not None:
@@ -334,7 +337,7 @@ def train_dit(cfg: TrainDiTConfig, *, on_step=None, on_cache=None) -> Path:
         if mcfg.in_channels != vae.config.latent_channels:
             raise ValueError(f"model.in_channels {mcfg.in_channels} != the VAE's latent channels "
                              f"{vae.config.latent_channels}")
-        cache = _open_cache(cfg, vae, text, out, world, on_cache)
+        cache = _open_cache(cfg, vae, vae_dir, text, out, world, on_cache)
         if cache.text_tokens.shape[-1] != mcfg.text_dim:
             raise ValueError(f"{cfg.data.cache_dir or out / 'cache'}: the text embeddings are "
                              f"{cache.text_tokens.shape[-1]}-d, the model wants model.text_dim={mcfg.text_dim} "
@@ -369,7 +372,6 @@ def train_dit(cfg: TrainDiTConfig, *, on_step=None, on_cache=None) -> Path:
             D.load_optimizer_state(opt, state["optimizer"])
             torch.set_rng_state(state["rng"]["torch"])
             del state
-        log = _Scalars(out, cfg, world.main)
         if world.main and step:
             log.jsonl.truncate_after(step)
 
