@@ -235,22 +235,40 @@ def create_app(cfg: ServerConfig) -> FastAPI:
 
     # --- audit -----------------------------------------------------------------------------------
 
-    @app.middleware("http")
-    async def audit(request: Request, call_next):
-        t0 = time.perf_counter()
-        response = await call_next(request)
-        path = request.url.path
-        if path.startswith("/v1/") and path not in ("/v1/openapi.json", "/v1/docs"):
-            route = request.scope.get("route")
-            action = getattr(route, "name", None) or f"{request.method} {path}"
-            video_id = getattr(request.state, "video_id", None) or request.path_params.get("video_id")
-            ms = (time.perf_counter() - t0) * 1000
+    class Audit:
+        """Pure ASGI middleware: writes one audit row per /v1 request once the response has been sent, so
+        the client never waits for it (the row lands a millisecond after the answer)."""
+
+        def __init__(self, inner):
+            self.inner = inner
+
+        async def __call__(self, scope, receive, send):
+            path = scope.get("path", "")
+            if scope["type"] != "http" or not path.startswith("/v1/") or path in ("/v1/openapi.json", "/v1/docs"):
+                return await self.inner(scope, receive, send)
+            t0 = time.perf_counter()
+            status = [500]
+
+            async def send_status(message):
+                if message["type"] == "http.response.start":
+                    status[0] = message["status"]
+                await send(message)
+
             try:
-                await run_in_threadpool(keys.audit, db, key_name=getattr(request.state, "key_name", None),
-                                        action=action, video_id=video_id, status=response.status_code, ms=ms)
-            except Exception as e:
-                print(f"moviola serve: audit write failed: {e}", flush=True)
-        return response
+                await self.inner(scope, receive, send_status)
+            finally:
+                route = scope.get("route")
+                st = scope.get("state") or {}
+                action = getattr(route, "name", None) or f"{scope.get('method')} {path}"
+                video_id = st.get("video_id") or (scope.get("path_params") or {}).get("video_id")
+                try:
+                    await run_in_threadpool(keys.audit, db, key_name=st.get("key_name"), action=action,
+                                            video_id=video_id, status=status[0],
+                                            ms=(time.perf_counter() - t0) * 1000)
+                except Exception as e:
+                    print(f"moviola serve: audit write failed: {e}", flush=True)
+
+    app.add_middleware(Audit)
 
     # --- auth ------------------------------------------------------------------------------------
 
