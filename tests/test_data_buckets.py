@@ -1,6 +1,7 @@
 """Buckets: parsing a bucket config, and which bucket each clip goes to (aspect first, then duration)."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -80,3 +81,16 @@ def test_cli_rejects_bad_buckets_before_loading_models(tmp_path, capsys):
     assert "4k + 1" in err and "Traceback" not in err
     assert main(["data", "cache", str(tmp_path / "nowhere")]) == 2
     assert "no such folder" in capsys.readouterr().err
+    assert main(["data", "cache", str(tmp_path), "--shots.treshold=0.2"]) == 2
+    assert "unknown config key 'shots.treshold'" in capsys.readouterr().err
+    (tmp_path / "c.toml").write_text("[[buckets]]\nwidth = 64\nheight = 64\nframes = 18\n")
+    assert main(["data", "cache", str(tmp_path), "--config", str(tmp_path / "c.toml")]) == 2
+    assert "frames must be 4k + 1" in capsys.readouterr().err
+
+
+def test_shipped_footage_config_is_the_default():
+    from moviola.config import load_config
+    from moviola.data.folder_cache import FolderCacheConfig
+
+    config = Path(__file__).resolve().parent.parent / "configs" / "data" / "footage.toml"
+    assert load_config(FolderCacheConfig, config) == FolderCacheConfig()

@@ -204,12 +204,12 @@ def cmd_data_check(args) -> int:
     return 0 if report.clips else 1
 
 
-def cmd_data_cache(args) -> int:
+def cmd_data_cache(args, extra: list[str]) -> int:
     import torch
 
-    from moviola.data.buckets import parse_buckets
+    from moviola.config import load_config
+    from moviola.data.buckets import check_buckets, parse_buckets
     from moviola.data.folder_cache import FolderCacheConfig, build_folder_cache, vae_fingerprint
-    from moviola.data.shots import ShotConfig
     from moviola.models.text import load_text_encoder
     from moviola.models.vae import CausalVAE
 
@@ -219,10 +219,16 @@ def cmd_data_cache(args) -> int:
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: no such folder")
     out = Path(args.out) if args.out else folder.resolve().parent / f"{folder.resolve().name}-cache"
-    cfg = FolderCacheConfig(fps=args.fps, min_seconds=args.min_seconds, clips_per_shot=args.clips_per_shot,
-                            shots=ShotConfig(enabled=args.shots, threshold=args.shot_threshold))
-    if args.buckets:
-        cfg.buckets = parse_buckets(args.buckets)
+    # The config file, then dotted overrides (--shots.threshold=0.2), then the named flags.
+    overrides = _overrides(extra)
+    for key, value in (("fps", args.fps), ("min_seconds", args.min_seconds), ("clips_per_shot", args.clips_per_shot),
+                       ("shots.threshold", args.shot_threshold)):
+        if value is not None:
+            overrides.append(f"{key}={value}")
+    if args.shots:
+        overrides.append("shots.enabled=true")
+    cfg = load_config(FolderCacheConfig, args.config, overrides)
+    cfg.buckets = parse_buckets(args.buckets) if args.buckets else check_buckets(cfg.buckets)
     model = _model_dir(args.model)
     if not (model / "vae.safetensors").is_file():
         raise FileNotFoundError(f"{model}: no vae.safetensors here (pass --model DIR)")
@@ -451,6 +457,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      "to a bucket and encode it. Resumable: rerun the same command after an "
                                      "interruption; done parts are kept.")
     dk.add_argument("folder")
+    dk.add_argument("--config", help="TOML config of FolderCacheConfig (e.g. configs/data/footage.toml); other "
+                                     "flags and dotted overrides (--shots.min_shot_seconds=1) apply on top")
     dk.add_argument("--out", help="cache folder (default: FOLDER-cache beside the folder)")
     dk.add_argument("--model", help="model folder with vae.safetensors (and pipeline.json naming its text "
                                     "encoder); default: the shipped model")
@@ -458,14 +466,14 @@ def build_parser() -> argparse.ArgumentParser:
     dk.add_argument("--buckets", help="bucket file (.toml/.json: [{width, height, frames, batch_size, weight}]) or "
                                       "inline WxHxFRAMES[:BATCH[:WEIGHT]],... (default: 64x64, 96x64, 64x96, 112x48 "
                                       "at 17 and 9 frames)")
-    dk.add_argument("--fps", type=float, default=8.0, help="frame rate clips are sampled at (default 8)")
+    dk.add_argument("--fps", type=float, help="frame rate clips are sampled at (default 8)")
     dk.add_argument("--shots", action="store_true", help="split videos at scene cuts first")
-    dk.add_argument("--shot-threshold", type=float, default=0.1, help="minimum change score of a cut (0..1)")
-    dk.add_argument("--clips-per-shot", type=int, default=1, help="up to this many clips from one long shot")
+    dk.add_argument("--shot-threshold", type=float, help="minimum change score of a cut, 0..1 (default 0.1)")
+    dk.add_argument("--clips-per-shot", type=int, help="up to this many clips from one long shot (default 1)")
     dk.add_argument("--manifest", help="JSONL or CSV manifest (default: FOLDER/manifest.jsonl or .csv)")
-    dk.add_argument("--min-seconds", type=float, default=0.5, help="shortest usable file")
+    dk.add_argument("--min-seconds", type=float, help="shortest usable file (default 0.5)")
     dk.add_argument("--threads", type=int, default=0, help="CPU threads (default: torch's)")
-    dk.set_defaults(func=cmd_data_cache)
+    dk.set_defaults(func=cmd_data_cache, takes_extra=True)
 
     s = sub.add_parser("score", help="score a clip against a prompt with the world scorer (JSON on stdout)")
     s.add_argument("clip", help="a video file (mp4/webm/gif/...) or a PNG")

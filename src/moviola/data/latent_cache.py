@@ -34,7 +34,7 @@ class Bucket:
     width: int
     height: int
     frames: int  # 4k + 1
-    weight: float
+    weight: float = 1.0
     batch_size: int = 0  # clips per step; 0 = the trainer's rule (constant tokens per step)
 
     @property
