@@ -102,7 +102,7 @@ def plan_clips(root: str | Path, cfg: FolderCacheConfig, *, manifest: str | Path
                on_file: Callable[[int, int], None] | None = None) -> tuple[list[dict], list[Problem]]:
     """Every clip the cache will hold, in cache order (bucket, then path and start), and every file or
     shot that gets skipped with the reason. ``scan_path``: a JSON file that keeps decoding results between
-    runs (written atomically after each file)."""
+    runs (written atomically every few seconds and at the end)."""
     check_buckets(cfg.buckets)
     if cfg.fps <= 0 or cfg.clips_per_shot < 1 or cfg.part_size < 1 or cfg.batch < 1:
         raise ValueError("fps must be positive and clips_per_shot, part_size and batch at least 1")
