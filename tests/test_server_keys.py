@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 
 openai = pytest.importorskip("openai", reason="the server tests need the openai SDK: pip install -e '.[test]'")
@@ -102,26 +99,27 @@ def test_quota_answers_429_with_retry_after(stack):
         c.videos.delete(v.id)
 
 
-def _cli(*args, storage):
-    return subprocess.run([sys.executable, "-m", "moviola.cli", "keys", *args, "--storage", str(storage)],
-                          capture_output=True, text=True, timeout=300)
+def test_keys_cli(tmp_path, capsys):
+    from moviola.cli import main
 
+    def cli(*args):
+        capsys.readouterr()
+        rc = main(["keys", *args, "--storage", str(tmp_path)])
+        out = capsys.readouterr()
+        return rc, out.out, out.err
 
-def test_keys_cli(stack, tmp_path):
-    r = _cli("create", "--name", "carol", "--rate-per-minute", "5", storage=tmp_path)
-    assert r.returncode == 0, r.stderr
-    token = r.stdout.strip()
-    assert token.startswith("mvl-") and len(token) > 40
-    listed = _cli("list", storage=tmp_path)
-    assert "carol" in listed.stdout and token not in listed.stdout and "active" in listed.stdout
-    dup = _cli("create", "--name", "carol", storage=tmp_path)
-    assert dup.returncode == 2 and "already exists" in dup.stderr and "Traceback" not in dup.stderr
-    assert _cli("revoke", "carol", storage=tmp_path).returncode == 0
-    assert "revoked" in _cli("list", storage=tmp_path).stdout
-    missing = _cli("revoke", "dave", storage=tmp_path)
-    assert missing.returncode == 2 and "no key named 'dave'" in missing.stderr
-    bad = _cli("create", "--name", "x y", storage=tmp_path)
-    assert bad.returncode == 2 and "key name" in bad.stderr
-    pg = subprocess.run([sys.executable, "-m", "moviola.cli", "keys", "list", "--db",
-                         "postgresql://nobody@127.0.0.1:1/none"], capture_output=True, text=True, timeout=300)
-    assert pg.returncode == 2 and "cannot connect" in pg.stderr and "Traceback" not in pg.stderr
+    rc, out, err = cli("create", "--name", "carol", "--rate-per-minute", "5")
+    assert rc == 0, err
+    token = out.strip()
+    assert token.startswith("mvl-") and len(token) > 40 and "only time" in err
+    rc, _, err = cli("create", "--name", "carol")
+    assert rc == 2 and "already exists" in err
+    assert cli("revoke", "carol")[0] == 0
+    rc, out, _ = cli("list")
+    assert rc == 0 and "carol" in out and "revoked" in out and token not in out
+    rc, _, err = cli("revoke", "dave")
+    assert rc == 2 and "no key named 'dave'" in err
+    rc, _, err = cli("create", "--name", "x y")
+    assert rc == 2 and "key name" in err
+    rc = main(["keys", "list", "--db", "postgresql://nobody@127.0.0.1:1/none"])
+    assert rc == 2 and "cannot connect" in capsys.readouterr().err

@@ -187,8 +187,9 @@ def create_app(cfg: ServerConfig) -> FastAPI:
         yield
         stop_sweeping.set()
 
+    # No /docs page: Swagger UI loads its scripts from a CDN, and a Moviola server works offline.
     app = FastAPI(title="Moviola", version="0.1.0", lifespan=lifespan, openapi_url="/v1/openapi.json",
-                  docs_url="/v1/docs", redoc_url=None,
+                  docs_url=None, redoc_url=None,
                   description="OpenAI's Videos API, served by Moviola. Use the official SDK with "
                               "`base_url=http://HOST:PORT/v1`.")
     app.state.db, app.state.storage, app.state.model, app.state.cfg = db, storage, model, cfg
@@ -244,7 +245,7 @@ def create_app(cfg: ServerConfig) -> FastAPI:
 
         async def __call__(self, scope, receive, send):
             path = scope.get("path", "")
-            if scope["type"] != "http" or not path.startswith("/v1/") or path in ("/v1/openapi.json", "/v1/docs"):
+            if scope["type"] != "http" or not path.startswith("/v1/") or path == "/v1/openapi.json":
                 return await self.inner(scope, receive, send)
             t0 = time.perf_counter()
             status = [500]
