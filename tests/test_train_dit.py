@@ -84,3 +84,71 @@ def test_random_weights_give_noise_not_the_world(vae_dir, tmp_path):
     frames = pipe("a large red circle stays still on a white background", width=32, height=32, seconds=1, steps=2)
     rep = score_clip(frames, "a large red circle stays still on a white background")
     assert rep["overall"] < 0.5
+
+
+def test_lora_fine_tune_adapter_merge_samples_and_generate_lora(tmp_path, vae_dir):
+    """Fine-tune a trained tiny model with LoRA: adapter files, sample clips, provenance, the adapter applied
+    by Pipeline.load_lora and `generate --lora`, and merge = the same model in one folder."""
+    import shutil
+
+    from moviola.models.lora import LoRAError
+
+    common = TINY_DIT + [f"vae='{vae_dir}'"]
+    base_dir = train_dit(load_config(TrainDiTConfig, None, common + ["optim.steps=2", f"out='{tmp_path / 'base'}'"]))
+    tune = TINY_DIT + [f"init_from='{base_dir}'", "lora.rank=2", "lora.targets=['attn.qkv','cross.kv']",
+                       "optim.steps=4", "optim.lr=0.05", "sample_every=4", "sample_prompts=['a red circle falls']",
+                       "sample_steps=2"]
+    for name in ("adapter", "merged"):  # the same data: reuse the base run's cache
+        shutil.copytree(tmp_path / "base" / "cache", tmp_path / name / "cache")
+    adapter = train_dit(load_config(TrainDiTConfig, None, tune + [f"out='{tmp_path / 'adapter'}'"]))
+    assert adapter.name == "lora" and (adapter / "lora.safetensors").is_file()
+    meta = json.loads((adapter / "lora.json").read_text())
+    assert meta["rank"] == 2 and meta["base_model"] == str(base_dir) and len(meta["modules"]) == 4
+    assert (tmp_path / "adapter" / "samples" / "step_000004_0.mp4").is_file()
+    assert (adapter / "provenance.jsonl").is_file()  # the clips it learned from travel with it
+
+    pipe = Pipeline.from_pretrained(base_dir)
+    kw = dict(width=32, height=32, seconds=1, steps=2, seed=3)
+    plain = pipe("a small red circle moves right", **kw)
+    tuned = pipe.load_lora(adapter)("a small red circle moves right", **kw)
+    assert not np.array_equal(plain, tuned)
+    assert np.array_equal(pipe.load_lora(adapter, scale=0.0)("a small red circle moves right", **kw), plain)
+
+    merged = train_dit(load_config(TrainDiTConfig, None, tune + ["lora.merge=true", f"out='{tmp_path / 'merged'}'"]))
+    assert merged.name == "model" and not (merged / "lora.safetensors").exists()
+    got = Pipeline.from_pretrained(merged)("a small red circle moves right", **kw)
+    assert np.abs(got.astype(int) - tuned.astype(int)).max() <= 2  # merge = adapter, up to rounding
+
+    out = tmp_path / "gen.mp4"
+    assert main(["generate", "a small red circle moves right", "-o", str(out), "--size", "32x32", "--seconds", "1",
+                 "--steps", "2", "--model", str(base_dir), "--lora", str(adapter)]) == 0
+    # an adapter for another base: a LoRAError naming the difference; in the CLI one line and exit 2
+    from moviola.models.dit import DiT, DiTConfig
+    from moviola.models.lora import load_lora
+
+    with pytest.raises(LoRAError, match="different base model \\(dim 32, this model has 64\\)"):
+        load_lora(DiT(DiTConfig(dim=64, depth=2, heads=2, in_channels=4, freq_dim=64)), adapter)
+    assert main(["generate", "a red circle falls", "-o", str(out), "--lora", str(adapter)]) == 2  # shipped base
+
+
+def test_tensorboard_scalars_or_a_clear_error(tmp_path, vae_dir, monkeypatch):
+    import builtins
+
+    cfg = TINY_DIT + [f"vae='{vae_dir}'", "optim.steps=1", "log_tensorboard=true", f"out='{tmp_path / 'tb'}'"]
+    real_import = builtins.__import__
+
+    def no_tensorboard(name, *a, **k):
+        if name == "torch.utils.tensorboard":
+            raise ImportError("No module named 'tensorboard'")
+        return real_import(name, *a, **k)
+
+    monkeypatch.setattr(builtins, "__import__", no_tensorboard)
+    with pytest.raises(ValueError, match="needs the tensorboard package"):
+        train_dit(load_config(TrainDiTConfig, None, cfg))
+    monkeypatch.undo()
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        pytest.skip("tensorboard not installed (optional: pip install 'moviola[tensorboard]')")
+    train_dit(load_config(TrainDiTConfig, None, cfg))
+    assert list((tmp_path / "tb" / "tensorboard").glob("events.out.tfevents.*"))
