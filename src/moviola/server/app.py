@@ -410,10 +410,15 @@ def create_app(cfg: ServerConfig) -> FastAPI:
         return video_response(row)
 
     def copy_source(video_id: str, src: dict) -> str:
+        """A private copy of the source, so deleting or expiring it cannot break the queued job."""
         dst = storage.upload_dir(video_id) / "source.mp4"
         dst.parent.mkdir(parents=True, exist_ok=True)
         tmp = dst.with_name(f".source.tmp-{secrets.token_hex(4)}.mp4")
-        shutil.copyfile(storage.asset(src["assets"], "video"), tmp)
+        try:
+            shutil.copyfile(storage.asset(src["assets"], "video"), tmp)
+        except FileNotFoundError:  # deleted or expired a moment ago
+            storage.remove_all(video_id)
+            raise not_found(src["id"]) from None
         tmp.replace(dst)
         return storage.relative(dst)
 

@@ -168,10 +168,14 @@ class Database:
         return c
 
     def close(self) -> None:
+        """Close this thread's connection (the next query opens a new one)."""
         c = getattr(self._local, "conn", None)
         if c is not None:
-            c.close()
             self._local.conn = None
+            try:
+                c.close()
+            except Exception:
+                pass
 
     # --- queries outside a transaction (each statement commits on its own) ----------------------
 

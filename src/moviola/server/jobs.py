@@ -60,7 +60,7 @@ def list_jobs(db: Database, key_id: str, *, after: str | None, limit: int, order
     even if that video was deleted meanwhile. Raises LookupError for an unknown cursor.
     """
     op, direction = ("<", "DESC") if order == "desc" else (">", "ASC")
-    sql = f"SELECT * FROM jobs WHERE key_id = ? AND deleted_at IS NULL"
+    sql = "SELECT * FROM jobs WHERE key_id = ? AND deleted_at IS NULL"
     args: list[Any] = [key_id]
     if after:
         row = db.one("SELECT seq FROM jobs WHERE id = ? AND key_id = ?", (after, key_id))

@@ -31,6 +31,7 @@ from moviola.server import jobs
 from moviola.server.db import Database
 from moviola.server.generate import JobFailure, ModelInfo, run_job
 from moviola.server.storage import Storage, write_atomic
+from moviola.video_io import VideoError
 
 
 @dataclass
@@ -85,7 +86,13 @@ class Worker:
         self.log(f"ready ({self.owner}); waiting for jobs")
         done = 0
         while not self.stopping.is_set():
-            job = jobs.claim(self.db, self.owner, self.cfg.lease_seconds)
+            try:
+                job = jobs.claim(self.db, self.owner, self.cfg.lease_seconds)
+            except Exception as e:  # the database restarting, a network blip: keep trying
+                self.log(f"cannot claim a job ({type(e).__name__}: {e}); retrying")
+                self.db.close()
+                self.stopping.wait(max(1.0, self.cfg.poll_seconds))
+                continue
             if job is None:
                 self.stopping.wait(self.cfg.poll_seconds)
                 continue
@@ -101,13 +108,16 @@ class Worker:
         beat_stop = threading.Event()
 
         def beat() -> None:  # keeps the lease while decoding/encoding, when no sampler steps come
-            while not beat_stop.wait(lease / 3):
-                try:
-                    if not jobs.heartbeat(self.db, vid, owner, lease):
-                        lost.set()
-                        return
-                except Exception as e:  # a database hiccup: try again at the next beat
-                    self.log(f"{vid}: heartbeat failed ({e})")
+            try:
+                while not beat_stop.wait(lease / 3):
+                    try:
+                        if not jobs.heartbeat(self.db, vid, owner, lease):
+                            lost.set()
+                            return
+                    except Exception as e:  # a database hiccup: try again at the next beat
+                        self.log(f"{vid}: heartbeat failed ({e})")
+            finally:
+                self.db.close()  # this thread's own connection
 
         last = [0.0]
 
@@ -158,7 +168,7 @@ class Worker:
         except JobFailure as e:
             jobs.fail(self.db, vid, owner, e.code, str(e))
             self.log(f"{vid}: failed ({e.code}: {e})")
-        except (ValueError, FileNotFoundError) as e:  # GenerationError, VideoError...: the request's fault
+        except (ValueError, FileNotFoundError, VideoError) as e:  # GenerationError, a bad upload: the request's
             if out_dir is not None:
                 _rmtree(out_dir)
             jobs.fail(self.db, vid, owner, "invalid_request", str(e))
