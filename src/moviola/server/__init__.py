@@ -17,8 +17,9 @@ Modules, one concept each:
 - ``generate``: the only place that talks to the model: request limits, size mapping, and the adapter
   that runs text-to-video, image-to-video, remix, extension and edit through ``Pipeline``.
 - ``worker``: the process that claims jobs and runs them (``moviola worker``).
-- ``app``: the FastAPI application (``moviola serve``), errors shaped like OpenAI's, the studio.
+- ``app``: the FastAPI application (``moviola serve``), errors shaped like OpenAI's, the studio;
+  ``schemas``: its request and response models.
 
-The API process never imports torch: it starts in about a second and answers in milliseconds while
-the workers use the CPU. Only ``worker`` and ``generate.run_job`` load the model.
+The API's modules never import torch or load the model (only ``worker`` and ``generate.run_job`` do),
+so request handling stays a few milliseconds of Python while the workers use the CPU.
 """

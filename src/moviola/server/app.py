@@ -26,20 +26,21 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from fastapi import Depends, FastAPI, File, Form, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from moviola.server import jobs, keys
 from moviola.server.db import Database, sqlite_url
-from moviola.server.generate import ModelInfo, RequestProblem, seconds_text, MAX_TOTAL_SECONDS
+from moviola.server.generate import MAX_TOTAL_SECONDS, ModelInfo, RequestProblem, seconds_text
+from moviola.server.schemas import (ERRORS, ErrorResponse, FeedbackBody, KeyBody, RemixBody, Video, VideoDeleted,
+                                    VideoList)
 from moviola.server.storage import VARIANTS, Storage
 
 STUDIO_DIR = Path(__file__).parent / "studio"
@@ -88,76 +89,6 @@ def _error_response(status: int, message: str, type: str, code: str | None, para
 
 def not_found(video_id: str) -> APIError:
     return APIError(404, f"no video with id {video_id!r}", code="not_found", param="video_id")
-
-
-# --- response models (for the OpenAPI document; handlers return plain dicts) -------------------------
-
-class VideoError(BaseModel):
-    code: str
-    message: str
-
-
-class Video(BaseModel):
-    id: str
-    object: Literal["video"] = "video"
-    created_at: int
-    completed_at: int | None
-    expires_at: int | None
-    status: Literal["queued", "in_progress", "completed", "failed"]
-    progress: int = Field(ge=0, le=100)
-    model: str
-    prompt: str | None
-    seconds: str
-    size: str
-    remixed_from_video_id: str | None
-    error: VideoError | None
-    moviola: dict[str, Any] = Field(description="Moviola's extras: kind, seed, steps, guidance, sampler, "
-                                                "note, content_hash, generation_seconds, expired, feedback")
-
-
-class VideoList(BaseModel):
-    object: Literal["list"] = "list"
-    data: list[Video]
-    first_id: str | None
-    last_id: str | None
-    has_more: bool
-
-
-class VideoDeleted(BaseModel):
-    id: str
-    object: Literal["video.deleted"] = "video.deleted"
-    deleted: bool
-
-
-class RemixBody(BaseModel):
-    prompt: str = Field(min_length=1, max_length=4000)
-    seed: int | None = Field(default=None, ge=0, le=2**31 - 1)
-
-
-class FeedbackBody(BaseModel):
-    rating: int | None = Field(default=None, ge=1, le=5)
-    comment: str = Field(default="", max_length=4000)
-
-
-class KeyBody(BaseModel):
-    name: str
-    quota_seconds_per_day: float | None = Field(default=None, gt=0)
-    rate_per_minute: int | None = Field(default=None, gt=0)
-    admin: bool = False
-
-
-class ErrorBody(BaseModel):
-    message: str
-    type: str
-    param: str | None
-    code: str | None
-
-
-class ErrorResponse(BaseModel):
-    error: ErrorBody
-
-
-ERRORS = {s: {"model": ErrorResponse} for s in (400, 401, 404, 429)}
 
 
 # --- the app ----------------------------------------------------------------------------------------

@@ -1,0 +1,79 @@
+"""Request and response models of the API, for validation and the OpenAPI document (/v1/openapi.json).
+
+Handlers return plain dicts (``jobs.to_video``); these models say what those look like. ``Video`` is the
+openai SDK's Video object plus a ``moviola`` object of extras.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+
+class VideoError(BaseModel):
+    code: str
+    message: str
+
+
+class Video(BaseModel):
+    id: str
+    object: Literal["video"] = "video"
+    created_at: int
+    completed_at: int | None
+    expires_at: int | None
+    status: Literal["queued", "in_progress", "completed", "failed"]
+    progress: int = Field(ge=0, le=100)
+    model: str
+    prompt: str | None
+    seconds: str
+    size: str
+    remixed_from_video_id: str | None
+    error: VideoError | None
+    moviola: dict[str, Any] = Field(description="Moviola's extras: kind, seed, steps, guidance, sampler, "
+                                                "note, content_hash, generation_seconds, expired, feedback")
+
+
+class VideoList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[Video]
+    first_id: str | None
+    last_id: str | None
+    has_more: bool
+
+
+class VideoDeleted(BaseModel):
+    id: str
+    object: Literal["video.deleted"] = "video.deleted"
+    deleted: bool
+
+
+class RemixBody(BaseModel):
+    prompt: str = Field(min_length=1, max_length=4000)
+    seed: int | None = Field(default=None, ge=0, le=2**31 - 1)
+
+
+class FeedbackBody(BaseModel):
+    rating: int | None = Field(default=None, ge=1, le=5)
+    comment: str = Field(default="", max_length=4000)
+
+
+class KeyBody(BaseModel):
+    name: str
+    quota_seconds_per_day: float | None = Field(default=None, gt=0)
+    rate_per_minute: int | None = Field(default=None, gt=0)
+    admin: bool = False
+
+
+class ErrorBody(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody
+
+
+ERRORS = {s: {"model": ErrorResponse} for s in (400, 401, 404, 429)}
