@@ -46,6 +46,7 @@ def main() -> None:
 
     steps = args.steps or ModelInfo.from_dir(DEFAULT_MODEL_DIR).steps
     stack = server_stack.Stack(Path(tempfile.mkdtemp(prefix="moviola-bench-")), steps=steps, lease_seconds=args.lease)
+    stack.cleanup = True
     out: dict = {"steps": steps, "load_average_at_start": os.getloadavg()}
     try:
         t0 = time.perf_counter()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -44,6 +45,7 @@ class Stack:
         self.api: subprocess.Popen | None = None
         self.workers: list[subprocess.Popen] = []
         self._logs: list = []
+        self.cleanup = False  # remove root on stop (the shared stack's temp folder)
 
     @property
     def base_url(self) -> str:
@@ -132,6 +134,8 @@ class Stack:
                     p.kill()
         for f in self._logs:
             f.close()
+        if self.cleanup:
+            shutil.rmtree(self.root, ignore_errors=True)
 
 
 _SHARED: Stack | None = None
@@ -143,6 +147,7 @@ def shared() -> Stack:
     if _SHARED is None:
         root = Path(tempfile.mkdtemp(prefix="moviola-server-test-"))
         stack = Stack(root)
+        stack.cleanup = True
         atexit.register(stack.stop)
         w = stack.start_worker()  # start loading the model while the API comes up
         stack.start_api()
