@@ -99,3 +99,43 @@ def test_clear_errors(tmp_path):
     (tmp_path / "ad" / "lora.safetensors").write_bytes(b"junk")
     with pytest.raises(LoRAError, match="unreadable LoRA adapter"):
         load_lora(_model(), tmp_path / "ad")
+
+
+def test_lora_teaches_the_default_model_pink(tmp_path):
+    """The demonstration, shortened for CI: a LoRA fine-tune of the shipped default on world clips whose
+    objects are pink (a colour it has never seen, opt-in via moviola.world.extra) makes "a ... pink ..."
+    prompts produce pink pixels where the base model makes none. 32x32 clips keep it to seconds; the
+    full-size measurement is benchmarks/lora_pink.py."""
+    import numpy as np
+
+    from moviola import DEFAULT_MODEL_DIR
+    from moviola.config import load_config
+    from moviola.pipeline import Pipeline
+    from moviola.train.dit import TrainDiTConfig, train_dit
+    from moviola.world.extra import EXTRA_COLORS, color_fraction
+    from moviola.world.spec import COLORS
+
+    if not (DEFAULT_MODEL_DIR / "dit.safetensors").is_file():
+        pytest.skip("no shipped default model")
+    cfg = load_config(TrainDiTConfig, None, [
+        "init_from='default'", "extra_colors=['pink']", f"out='{tmp_path}'",
+        "data.holdout='" + ",".join(COLORS) + "'",  # every object pink: the most signal per step
+        "data.n_clips=48", "data.buckets=[[32,32,2.0,1.0]]", "data.occlusion_prob=0.0",
+        "lora.rank=8", "optim.lr=1e-3", "optim.batch_size=8", "optim.steps=150", "optim.warmup_steps=5", "optim.min_lr_ratio=0.3",
+        "optim.ema_decay=0.9", "caption_dropout=0.1", "eval_every=0", "log_every=10", "ckpt_every=1000"])
+    adapter = train_dit(cfg)
+    assert len(COLORS) == 7 and "pink" not in COLORS  # outside the fine-tune the world is as it was
+
+    pipe = Pipeline.from_pretrained(DEFAULT_MODEL_DIR)
+    prompts = ["a large pink circle stays still on a black background", "a large pink square moves right on a gray background"]
+
+    def pink():
+        return np.mean([color_fraction(pipe(p, width=32, height=32, seconds=2, steps=12, seed=s), EXTRA_COLORS["pink"])
+                        for p in prompts for s in (0, 1)])
+
+    before = pink()
+    pipe.load_lora(adapter)
+    after = pink()
+    print(f"pink pixel fraction: base {100 * before:.3f} %, with the adapter {100 * after:.2f} %")
+    assert before < 0.005, before
+    assert after > 0.02 and after > 4 * before, (before, after)
