@@ -152,3 +152,18 @@ def test_options():
                             seconds_step=0.25, max_objects=1, backgrounds=["white"])
         assert (spec.width, spec.height, spec.fps, spec.background) == (256, 128, 24.0, "white")
         assert len(spec.objects) == 1 and spec.seconds in (2.0, 2.25, 2.5, 2.75, 3.0)
+
+
+def test_crowded_canvas_keeps_objects_of_one_colour_apart_at_the_start():
+    # Three large growers cannot avoid touching by the end on 64x64; the placement that overlaps least
+    # (same-colour overlap counted double) must still start the two purple ones apart.
+    import math
+
+    from moviola.world.sample import _overlap_radius, _place_all
+
+    words = [("purple", "circle", "large", "grows"), ("purple", "triangle", "large", "grows"),
+             ("cyan", "circle", "large", "grows")]
+    for seed in range(40):
+        a, b, _ = _place_all(np.random.default_rng(seed), words, 64, 64)
+        d = math.hypot((a.x - b.x) * 64, (a.y - b.y) * 64)
+        assert d > _overlap_radius(a.shape, a.radius * 64) + _overlap_radius(b.shape, b.radius * 64) + 1, seed
