@@ -39,8 +39,8 @@ def _cfg(vae_dir, out, steps, *extra):
                                                      *extra])
 
 
-def _worker(rank, port, vae_dir, out, copy_to):
-    vae_dir, out, copy_to = Path(vae_dir), Path(out), Path(copy_to)
+def _worker(rank, port, vae_dir, out, copy_to, out_fsdp):
+    vae_dir, out, copy_to, out_fsdp = Path(vae_dir), Path(out), Path(copy_to), Path(out_fsdp)
     torch.set_num_threads(1)
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
@@ -50,6 +50,10 @@ def _worker(rank, port, vae_dir, out, copy_to):
         shutil.copytree(out, copy_to)
     os.environ["MASTER_PORT"] = str(port + 1)
     train_dit(_cfg(vae_dir, out, 20, "grad_accum=2"))  # resumes from step 10, still 2 processes
+    # FSDP2 (each block sharded, then the root; sharded EMA; gathered checkpoints): the same curve
+    for stop, p in ((10, port + 2), (0, port + 3)):
+        os.environ["MASTER_PORT"] = str(p)
+        train_dit(_cfg(vae_dir, out_fsdp, 20, "parallel='fsdp'", f"stop_after={stop}"))
 
 
 def _free_port():
@@ -107,11 +111,13 @@ def test_two_processes_match_one_and_resume_exactly(tmp_path, vae_dir):
 
     # 2 processes (each half of every global batch), 10 steps, then resumed to 20
     port = _free_port()
-    mp.start_processes(_worker, args=(port, str(vae_dir), str(two), str(two_ckpt)), nprocs=2, join=True,
+    fsdp = tmp_path / "fsdp"
+    mp.start_processes(_worker, args=(port, str(vae_dir), str(two), str(two_ckpt), str(fsdp)), nprocs=2, join=True,
                        start_method="spawn")
     got = _losses(two)
     assert len(got) == 20
     assert np.abs(np.array(got) - np.array(ref)).max() < 1e-5
+    assert np.abs(np.array(_losses(fsdp)) - np.array(ref)).max() < 1e-5 and len(_losses(fsdp)) == 20
 
     # a 2-process checkpoint resumes in 1 process and continues the same curve
     model_dir = train_dit(_cfg(vae_dir, two_ckpt, 20))

@@ -2,7 +2,8 @@
 
     moviola train dit --config C                                        # one process
     torchrun --nproc_per_node=2 -m moviola.cli train dit --config C     # DDP: gloo on CPUs, NCCL on GPUs
-    torchrun --nproc_per_node=8 -m moviola.cli train dit --config C --parallel=fsdp   # FSDP2 (GPUs)
+    torchrun --nproc_per_node=8 -m moviola.cli train dit --config C --parallel=fsdp   # FSDP2 (for GPUs;
+                                                                        # it also runs, slower, on CPUs/gloo)
 
 torchrun sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT; without them this is one
 process and nothing here talks to anyone. Every rank computes the whole global batch of a step (it is a
@@ -65,8 +66,6 @@ def setup(device: str = "auto", parallel: str = "ddp") -> World:
         torch.cuda.set_device(dev)
     if size == 1:
         return World(device=dev)
-    if parallel == "fsdp" and dev.type != "cuda":
-        raise ValueError("parallel='fsdp' needs GPUs; use parallel='ddp' on CPUs")
     owns = not dist.is_initialized()
     if owns:
         # Long timeout: rank 0 alone builds the latent cache and runs evaluations while the others wait.
@@ -142,10 +141,9 @@ def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 def full_optimizer_state(opt: torch.optim.Optimizer) -> dict:
     """The optimiser's state with sharded tensors gathered (collective under FSDP)."""
     sd = opt.state_dict()
-    for st in sd["state"].values():
-        for k, v in list(st.items()):
-            if torch.is_tensor(v):
-                st[k] = full_tensor(v).detach().cpu().clone()
+    # New dicts: state_dict() hands out the optimiser's live per-parameter dicts, which must keep their tensors.
+    sd["state"] = {i: {k: full_tensor(v).detach().cpu().clone() if torch.is_tensor(v) else v for k, v in st.items()}
+                   for i, st in sd["state"].items()}
     return sd
 
 

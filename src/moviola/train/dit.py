@@ -80,7 +80,7 @@ class TrainDiTConfig:
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=5e-4, warmup_steps=300, batch_size=32,
                                                                    steps=6000, ema_decay=0.998, min_lr_ratio=0.1))
     grad_accum: int = 1  # micro-batches per rank and step (same global batch, less memory)
-    parallel: str = "ddp"  # under torchrun: "ddp", or "fsdp" (FSDP2 per block, GPUs)
+    parallel: str = "ddp"  # under torchrun: "ddp", or "fsdp" (FSDP2 per block: big models on GPUs)
     caption_dropout: float = 0.1
     detailed_prob: float = 0.5  # share of steps' captions that are the detailed ones (else short)
     time_mean: float = 0.0  # logit-normal time sampling
@@ -343,6 +343,9 @@ def train_dit(cfg: TrainDiTConfig, *, on_step=None, on_cache=None) -> Path:
                              f"{cache.text_tokens.shape[-1]}-d, the model wants model.text_dim={mcfg.text_dim} "
                              f"(text encoder {pcfg.text_encoder!r})")
         batches = Batches(cache, cfg, mcfg.patch)
+        if min(batches.sizes) < world.size:
+            raise ValueError(f"a global batch of {min(batches.sizes)} clips cannot be split over {world.size} "
+                             f"processes: raise optim.batch_size (batch sizes per bucket: {batches.sizes})")
         provenance = _write_provenance(cache, out, world)
 
         lora = cfg.lora.rank > 0
@@ -391,8 +394,8 @@ def train_dit(cfg: TrainDiTConfig, *, on_step=None, on_cache=None) -> Path:
             trained.train()
             opt.zero_grad(set_to_none=True)
             loss_sum = torch.zeros((), device=device)
-            micro = [slice(i, min(i + -(-n_local // cfg.grad_accum), n_local))
-                     for i in range(0, n_local, -(-n_local // cfg.grad_accum))] if n_local else []
+            chunk = -(-n_local // cfg.grad_accum)  # micro-batch size, rounded up
+            micro = [slice(i, min(i + chunk, n_local)) for i in range(0, n_local, chunk)]
             for k, sl in enumerate(micro):
                 x0, noise, t = b["x0"][sl].to(device), b["noise"][sl].to(device), b["t"][sl].to(device)
                 with D.no_sync(trained, k < len(micro) - 1), autocast(device):
@@ -403,9 +406,6 @@ def train_dit(cfg: TrainDiTConfig, *, on_step=None, on_cache=None) -> Path:
                     # the global batch's mean loss, whatever the slice and micro-batch sizes.
                     (per * (x0.shape[0] * world.size / b["n"])).backward()
                 loss_sum += per.detach() * x0.shape[0]
-            if not micro:  # a rank with an empty slice (global batch < world size) still joins the all-reduce
-                with D.no_sync(trained, False):
-                    sum(p.sum() * 0 for p in trained.parameters() if p.requires_grad).backward()
             gnorm = torch.nn.utils.clip_grad_norm_([p for p in trained.parameters() if p.requires_grad],
                                                    cfg.optim.grad_clip)
             opt.step()
