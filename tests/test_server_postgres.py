@@ -134,3 +134,16 @@ def test_two_workers_share_one_queue(pg_url, tmp_path):
         assert len({r["worker"] for r in rows}) == 2, rows  # both workers took jobs from the one queue
     finally:
         stack.stop()
+    pids = [int(r["worker"].split(":")[1]) for r in rows]
+    server_stack.wait_for(lambda: all(_gone(p) for p in pids), 60, 0.2, "serve's workers to stop with it (SIGTERM)")
+
+
+def _gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    try:
+        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except OSError:
+        return True

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import os
 import signal
@@ -275,3 +276,42 @@ def test_api_restart_mid_queue_loses_nothing(two_workers):
     rows = stack.database().query("SELECT id FROM jobs WHERE key_id = (SELECT id FROM keys WHERE hash = ?)",
                                   (hash_key(token),))
     assert sorted(r["id"] for r in rows) == sorted(ids)  # nothing lost, nothing doubled
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for stat in glob.glob("/proc/[0-9]*/stat"):
+        try:
+            fields = open(stat).read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.split("/")[2]))
+    return out
+
+
+def _gone(pid: int) -> bool:
+    try:
+        state = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return True
+    return state in ("Z", "X")  # exited (a zombie waiting for init to reap it)
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="finds the workers through /proc (Linux)")
+def test_serve_workers_stop_with_serve_even_when_it_is_killed(tmp_path):
+    pytest.importorskip("openai")
+    import server_stack
+
+    stack = server_stack.Stack(tmp_path, extra_serve=["--workers", "1", "--threads", "1"])
+    try:
+        stack.start_api()
+        server_stack.wait_for(lambda: "waiting for jobs" in stack.log("api.log"), server_stack.STARTUP_TIMEOUT, 0.2,
+                              "the worker of moviola serve")
+        (worker,) = _children(stack.api.pid)
+        stack.api.kill()  # SIGKILL: serve's own clean-up never runs
+        stack.api.wait(timeout=10)
+        server_stack.wait_for(lambda: _gone(worker), 30, 0.2, "the orphaned worker to stop")
+        assert "is gone: stopping" in stack.log("api.log")
+    finally:
+        stack.stop()

@@ -620,6 +620,7 @@ def _av_open(path: Path):
 def serve(cfg: ServerConfig) -> int:
     """``moviola serve``: uvicorn on host:port plus ``cfg.workers`` worker processes, restarted if they die."""
     import os
+    import signal
     import subprocess
     import sys
 
@@ -627,7 +628,8 @@ def serve(cfg: ServerConfig) -> int:
 
     app = create_app(cfg)  # fails here, before any worker starts, on a bad db/storage/model
     cmd = [sys.executable, "-m", "moviola.cli", "worker", "--db", cfg.db_url(), "--storage", cfg.storage,
-           "--lease-seconds", str(cfg.lease_seconds), "--ttl-seconds", str(cfg.ttl_seconds)]
+           "--lease-seconds", str(cfg.lease_seconds), "--ttl-seconds", str(cfg.ttl_seconds),
+           "--parent-pid", str(os.getpid())]  # if this process is SIGKILLed, its workers stop by themselves
     if cfg.model:
         cmd += ["--model", cfg.model]
     if cfg.worker_threads:
@@ -646,6 +648,12 @@ def serve(cfg: ServerConfig) -> int:
     print(f"moviola serve: http://{cfg.host}:{cfg.port}/  (API at /v1, {cfg.workers} worker(s), "
           f"db {app.state.db.url if app.state.db.dialect == 'sqlite' else 'postgresql'}, "
           f"storage {app.state.storage.root})", flush=True)
+    def on_term(signum, frame):
+        raise SystemExit(0)
+
+    # uvicorn shuts down gracefully on SIGTERM, then restores this handler and raises the signal again:
+    # with the default handler that would kill this process before it stops its workers.
+    signal.signal(signal.SIGTERM, on_term)
     try:
         uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="warning", access_log=False)
     finally:

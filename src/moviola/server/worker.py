@@ -46,6 +46,7 @@ class WorkerConfig:
     ttl_seconds: float = 24 * 3600.0  # completed videos expire this long after completion (0: never)
     threads: int = 0  # torch CPU threads (0: torch's default)
     max_jobs: int = 0  # stop after this many jobs (0: run until stopped)
+    parent_pid: int = 0  # stop when this process is gone (moviola serve's workers; 0: no parent to watch)
 
 
 class _Lost(Exception):
@@ -80,8 +81,17 @@ class Worker:
             self.pipe = Pipeline.from_pretrained(self.model.directory)
             self.log(f"loaded {self.model.name} from {self.model.directory} in {time.perf_counter() - t0:.1f} s")
 
+    def _watch_parent(self) -> None:
+        """Orphaned (serve was killed): stop like on SIGTERM, giving the running job back."""
+        while not self.stopping.wait(1.0):
+            if os.getppid() != self.cfg.parent_pid:
+                self.log(f"parent process {self.cfg.parent_pid} is gone: stopping")
+                self.stopping.set()
+
     def run(self) -> int:
         """Claim and run jobs until stopped; returns the number of jobs finished."""
+        if self.cfg.parent_pid:
+            threading.Thread(target=self._watch_parent, daemon=True).start()
         self.load()
         self.log(f"ready ({self.owner}); waiting for jobs")
         done = 0
