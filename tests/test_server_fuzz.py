@@ -1,4 +1,5 @@
-"""Fuzz every operation of the server's OpenAPI document with schemathesis: no input may cause a 5xx."""
+"""In-process checks of the API: schemathesis fuzzes every operation of the OpenAPI document (no input may
+cause a 5xx), and upload limits answer 413."""
 
 from __future__ import annotations
 
@@ -46,3 +47,23 @@ def test_no_input_makes_a_server_error(app_and_keys):
         check()
     assert not failures, "\n".join(failures[:10])
     assert sum(s < 300 for s in answered) >= 5 * len(ops)  # the fuzzer got past validation, not just 400s
+
+
+def test_oversized_upload_answers_413(tmp_path):
+    import numpy as np
+    from fastapi.testclient import TestClient
+
+    from moviola.server.app import ServerConfig, create_app
+    from moviola.server.keys import create_key
+    from moviola.video_io import encode_image
+
+    app = create_app(ServerConfig(storage=str(tmp_path), max_image_mb=0.01))
+    token, _ = create_key(app.state.db, "big")
+    png = encode_image(np.random.default_rng(0).integers(0, 255, (128, 128, 3), dtype=np.uint8))
+    assert len(png) > 0.01 * 2**20
+    with TestClient(app) as client:
+        r = client.post("/v1/videos", headers={"Authorization": f"Bearer {token}"},
+                        data={"prompt": "a red circle", "size": "64x64", "seconds": "1"},
+                        files={"input_reference": ("big.png", png, "image/png")})
+    assert r.status_code == 413 and r.json()["error"]["param"] == "input_reference"
+    assert not any((tmp_path / "uploads").rglob("*.png"))  # nothing stored for a refused request
