@@ -61,7 +61,7 @@ def test_decoder_phase_keeps_the_latent_space_and_resumes_exactly(tmp_path):
     # Phase 1 alone, then phase 1 + 4 decoder-only steps, and the same interrupted inside phase 2.
     base = TINY + ["optim.steps=3", "ckpt_every=2"]
     only = train_vae(load_config(TrainVAEConfig, None, base + [f"out='{tmp_path / 'p1'}'"]))
-    tuned_cfg = base + ["decoder.steps=4", "decoder.warmup_steps=1", "decoder.lr=3e-3"]
+    tuned_cfg = base + ["decoder.steps=4", "decoder.warmup_steps=1", "decoder.lr=3e-3", "decoder.frames=9"]
     tuned = train_vae(load_config(TrainVAEConfig, None, tuned_cfg + [f"out='{tmp_path / 'p2'}'"]))
     a, b = CausalVAE.from_pretrained(only), CausalVAE.from_pretrained(tuned)
     for (name, pa), pb in zip(a.encoder.state_dict().items(), b.encoder.state_dict().values()):

@@ -47,6 +47,8 @@ class DecoderTuneConfig:
     lr: float = 4e-4
     warmup_steps: int = 100
     min_lr_ratio: float = 0.05
+    frames: int = 0  # clip length in this phase (4k + 1); 0 = data.frames. Longer clips teach the decoder
+    # the later latent frames of a long clip, whose causal context is deeper than phase 1's short clips
 
 
 @dataclass
@@ -202,6 +204,8 @@ def train_vae(cfg: TrainVAEConfig, *, on_step=None) -> Path:
             disc_opt.load_state_dict(state["extra"]["disc_opt"])
         log.truncate_after(step)
     batches = ClipBatches(cfg.data, cfg.optim.batch_size)
+    dec_batches = (ClipBatches(dataclasses.replace(cfg.data, frames=cfg.decoder.frames), cfg.optim.batch_size)
+                   if cfg.decoder.frames else batches)
     t_last, seen = time.time(), 0
     while step < total:
         decoder_phase = step >= cfg.optim.steps
@@ -210,7 +214,7 @@ def train_vae(cfg: TrainVAEConfig, *, on_step=None) -> Path:
         lr = lr_at(step - cfg.optim.steps, _decoder_optim(cfg)) if decoder_phase else lr_at(step, cfg.optim)
         for g in opt.param_groups:
             g["lr"] = lr
-        x = batches.batch(step).to(device)
+        x = (dec_batches if decoder_phase else batches).batch(step).to(device)
         model.train()
         with autocast(device):
             if decoder_phase:
