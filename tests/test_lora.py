@@ -139,3 +139,22 @@ def test_lora_teaches_the_default_model_pink(tmp_path):
     print(f"pink pixel fraction: base {100 * before:.3f} %, with the adapter {100 * after:.2f} %")
     assert before < 0.005, before
     assert after > 0.02 and after > 4 * before, (before, after)
+
+
+def test_extra_colours_are_opt_in_and_leave_the_world_as_it_was():
+    import numpy as np
+
+    from moviola.world import caption, detect, spec
+    from moviola.world.extra import extra_colors
+
+    before = (dict(spec.COLORS), list(detect.NAMES), detect.PALETTE.copy(), dict(caption._LEXICON))
+    with extra_colors("pink"):
+        assert spec.COLORS["pink"] == (240, 110, 170) and detect.PALETTE.shape == (8, 3)
+        assert caption.parse_prompt("a large pink circle falls").objects[0].color == "pink"
+    assert (dict(spec.COLORS), list(detect.NAMES), dict(caption._LEXICON)) == (before[0], before[1], before[3])
+    assert np.array_equal(detect.PALETTE, before[2])
+    with pytest.raises(caption.PromptError, match="cannot understand 'pink'"):
+        caption.parse_prompt("a large pink circle falls")
+    with pytest.raises(ValueError, match="unknown extra colour 'teal'"):
+        with extra_colors("teal"):
+            pass
