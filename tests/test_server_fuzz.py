@@ -23,7 +23,17 @@ def app_and_keys(tmp_path_factory):
     return app, admin
 
 
-def test_no_input_makes_a_server_error(app_and_keys):
+@pytest.fixture
+def ieee_subnormals():
+    # Trainers flush denormal floats for speed (train.common.pick_device: global CPU state); hypothesis
+    # refuses to generate floats while they are flushed, so lift it for this test.
+    import torch
+
+    torch.set_flush_denormal(False)
+    yield
+
+
+def test_no_input_makes_a_server_error(app_and_keys, ieee_subnormals):
     app, admin = app_and_keys
     schema = schemathesis.openapi.from_asgi("/v1/openapi.json", app)
     ops = [r.ok() for r in schema.get_all_operations()]
