@@ -112,6 +112,10 @@ def test_two_processes_match_one_and_resume_exactly(tmp_path, vae_dir):
     # 2 processes (each half of every global batch), 10 steps, then resumed to 20
     port = _free_port()
     fsdp = tmp_path / "fsdp"
+    for d in (two, fsdp):  # copied here, once: two ranks copying at the same time would race
+        d.mkdir(exist_ok=True)
+        if not (d / "cache").exists():
+            shutil.copytree(tmp_path / "cache", d / "cache")
     mp.start_processes(_worker, args=(port, str(vae_dir), str(two), str(two_ckpt), str(fsdp)), nprocs=2, join=True,
                        start_method="spawn")
     got = _losses(two)
