@@ -39,7 +39,7 @@ import torch
 
 from moviola.data.buckets import assign_bucket, check_buckets, default_footage_buckets, seconds_needed
 from moviola.data.folder import Problem, check_folder, file_sha256, load_clip
-from moviola.data.latent_cache import Bucket, build_text
+from moviola.data.latent_cache import Bucket, build_text, load_text
 from moviola.data.shots import SCORE_VERSION, ShotConfig, VideoScan, scan_video, shots
 from moviola.video_io import VideoError, atomic_path, atomic_write_bytes
 
@@ -300,9 +300,7 @@ class FolderCache:
             if len(self.rows[-1]) != len(self.latents[-1]):
                 raise CacheError(f"{root}: bucket {b.name} has {len(self.latents[-1])} latents but "
                                  f"{len(self.rows[-1])} rows (rebuild with 'moviola data cache')")
-        text = load_file(str(root / "text.safetensors"))
-        self.text_tokens, self.text_mask = text["tokens"], text["mask"]
-        self.caption_row = {c: i for i, c in enumerate(json.loads((root / "text.json").read_text())["captions"])}
+        self.text_tokens, self.text_mask, self.caption_row = load_text(root)
 
     def captions(self) -> set[str]:
         return {c for rows in self.rows for r in rows for c in (r["short"], r["detailed"], r["canonical"])}

@@ -160,6 +160,15 @@ def build_text(out: Path, captions: Iterable[str], text_encoder, batch: int = 64
     atomic_write_bytes(index_path, json.dumps({"captions": caps}).encode())
 
 
+def load_text(root: Path) -> tuple[torch.Tensor, torch.Tensor, dict[str, int]]:
+    """A cache's caption embeddings: tokens (N, L, D), masks (N, L) and caption -> row."""
+    from safetensors.torch import load_file
+
+    text = load_file(str(Path(root) / "text.safetensors"))
+    rows = {c: i for i, c in enumerate(json.loads((Path(root) / "text.json").read_text())["captions"])}
+    return text["tokens"], text["mask"], rows
+
+
 class LatentCache:
     """A built cache loaded in memory: latents per bucket, caption rows, text embeddings."""
 
@@ -177,9 +186,7 @@ class LatentCache:
                 raise FileNotFoundError(f"{d}: no cached latents (build the cache first)")
             self.latents.append(torch.cat([load_file(str(p))["latents"] for p in parts]))
             self.rows.append([r for p in parts for r in json.loads(p.with_suffix(".json").read_text())])
-        text = load_file(str(root / "text.safetensors"))
-        self.text_tokens, self.text_mask = text["tokens"], text["mask"]
-        self.caption_row = {c: i for i, c in enumerate(json.loads((root / "text.json").read_text())["captions"])}
+        self.text_tokens, self.text_mask, self.caption_row = load_text(root)
 
     def captions(self) -> set[str]:
         return {c for rows in self.rows for r in rows for c in (r["short"], r["detailed"], r["canonical"])}
