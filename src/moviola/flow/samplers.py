@@ -269,3 +269,25 @@ def cfg_model_fn(model: Callable[..., Tensor], cond: Mapping[str, Any], uncond: 
         return v_u + guidance * (v_c - v_u)
 
     return guided
+
+
+# --- known frames ----------------------------------------------------------------------------------
+
+def known_frames_fn(model_fn: ModelFn, known: Tensor, mask: Tensor, noise: Tensor) -> ModelFn:
+    """A model_fn that keeps some latent frames on their exact path (image-to-video, extension...).
+
+    known: (B, C, T, H, W) clean latents (only the frames in the mask are read); mask: (B, T) or (T,),
+    1 for known frames; noise: the sampler's starting noise (B, C, T, H, W). The wrapped model is called
+    with the known frames clean (as it was trained) and its velocity there is replaced by the path's own,
+    noise - known, so every solver above (they are all exact on a constant velocity) carries them along
+    x_t = (1 - t) known + t noise and lands on them exactly at t = 0.
+    """
+    T = known.shape[2]
+    m = mask.to(known.dtype).reshape(-1, 1, T, 1, 1).bool()  # (B or 1, 1, T, 1, 1)
+    v_known = noise - known  # (B, C, T, H, W)
+
+    def fn(x: Tensor, t: Tensor) -> Tensor:
+        v = model_fn(torch.where(m, known, x), t)
+        return torch.where(m, v_known, v)
+
+    return fn

@@ -293,7 +293,9 @@ class DiT(nn.Module):
             t: (B,) or () float flow time in [0, 1].
             context: (B, L, text_dim) text token embeddings (L may be 0).
             context_mask: (B, L) bool, True for real tokens; None means all real.
-            cond: (B, cond_channels, T, H, W) conditioning channels, required iff cond_channels > 0.
+            cond: (B, cond_channels, T, H, W) conditioning channels (`frame_cond`: known clean latent
+                frames and their mask), only for a model with cond_channels > 0; None there means none
+                known (text-only generation).
         Returns:
             (B, in_channels, T, H, W) velocity, in x's dtype.
         """
@@ -307,10 +309,11 @@ class DiT(nn.Module):
         if context_mask is not None and context_mask.shape != context.shape[:2]:
             raise ValueError(f"context_mask must be {tuple(context.shape[:2])}, got {tuple(context_mask.shape)}")
         if cfg.cond_channels:
-            if cond is None or cond.shape != (B, cfg.cond_channels, T, H, W):
-                raise ValueError(f"cond must have shape {(B, cfg.cond_channels, T, H, W)}, got "
-                                 f"{None if cond is None else tuple(cond.shape)}")
-            x = torch.cat([x, cond], dim=1)  # (B, C + cond_channels, T, H, W)
+            if cond is None:  # nothing given: text-only generation (every frame to be made, mask all zero)
+                cond = x.new_zeros(B, cfg.cond_channels, T, H, W)
+            if cond.shape != (B, cfg.cond_channels, T, H, W):
+                raise ValueError(f"cond must have shape {(B, cfg.cond_channels, T, H, W)}, got {tuple(cond.shape)}")
+            x = torch.cat([x, cond.to(x.dtype)], dim=1)  # (B, C + cond_channels, T, H, W)
         elif cond is not None:
             raise ValueError("cond given but the model has cond_channels=0")
 
@@ -363,6 +366,51 @@ class DiT(nn.Module):
         model = cls(DiTConfig.from_dict(json.loads((d / CONFIG_NAME).read_text())))
         model.load_state_dict(load_file(d / WEIGHTS_NAME, device=str(device)))
         return model.to(device).eval()
+
+
+# --- conditioning on known frames ----------------------------------------------------------------
+#
+# One mechanism serves image-to-video, extension, connection, loops and long videos: some latent frames are
+# known (clean), the rest are generated. The model sees the known frames twice: in x itself (a sampler keeps
+# them clean, `moviola.flow.samplers.known_frames_fn`) and in `cond` = [mask * latents, mask], so it can tell
+# a clean frame from a noisy one at any t. It is trained with random masks (first frame, prefix, suffix,
+# first + last) and no loss on the known frames.
+
+def frame_cond(latents: Tensor, mask: Tensor) -> Tensor:
+    """The `cond` input for known latent frames.
+
+    Args:
+        latents: (B, C, T, H, W) clean (normalised) latents; only the frames the mask keeps are read.
+        mask: (B, T) or (T,), 1 where the frame is known, 0 where it is to be generated.
+    Returns:
+        (B, C + 1, T, H, W): the known frames (zeros elsewhere) and the mask broadcast over (H, W).
+    """
+    B, C, T, H, W = latents.shape
+    m = mask.to(latents.dtype).reshape(-1, 1, T, 1, 1).expand(B, 1, T, H, W)  # (B, 1, T, H, W)
+    return torch.cat([latents * m, m], dim=1)  # (B, C + 1, T, H, W)
+
+
+def with_conditioning(model: DiT) -> DiT:
+    """A copy of a text-only DiT that also takes `frame_cond` input (cond_channels = in_channels + 1).
+
+    The new patch-embedding columns start at zero, so the copy computes exactly what the original did
+    until it is fine-tuned with conditioning masks. A model that already has them is returned as is.
+    """
+    cfg = model.config
+    want = cfg.in_channels + 1
+    if cfg.cond_channels == want:
+        return model
+    if cfg.cond_channels:
+        raise ValueError(f"model has cond_channels={cfg.cond_channels}; frame conditioning needs {want}")
+    new = DiT(DiTConfig.from_dict({**cfg.to_dict(), "cond_channels": want}))
+    sd = model.state_dict()
+    P, C = math.prod(cfg.patch), cfg.in_channels
+    w_old = sd.pop("patch_embed.weight")  # (D, P * C), features ordered (patch position, channel)
+    w_new = torch.zeros(w_old.shape[0], P, C + want, dtype=w_old.dtype, device=w_old.device)
+    w_new[:, :, :C] = w_old.view(-1, P, C)
+    sd["patch_embed.weight"] = w_new.flatten(1)  # (D, P * (C + C + 1))
+    new.load_state_dict(sd)
+    return new.to(w_old.device).train(model.training)
 
 
 def _masked_mean(context: Tensor, mask: Tensor | None) -> Tensor:

@@ -40,7 +40,7 @@ import torch
 from moviola.config import save_config, to_dict
 from moviola.data.latent_cache import LatentCache, WorldCacheConfig, build_world_cache, buckets_of
 from moviola.flow.path import add_noise, flow_loss, sample_time, shift_for_tokens
-from moviola.models.dit import DiT, DiTConfig, PRESETS
+from moviola.models.dit import DiT, DiTConfig, PRESETS, frame_cond, with_conditioning
 from moviola.models.lora import LoRAConfig, inject_lora, merge_lora, save_lora
 from moviola.models.text import load_text_encoder
 from moviola.models.vae import CausalVAE
@@ -82,6 +82,7 @@ class TrainDiTConfig:
     grad_accum: int = 1  # micro-batches per rank and step (same global batch, less memory)
     parallel: str = "ddp"  # under torchrun: "ddp", or "fsdp" (FSDP2 per block: big models on GPUs)
     caption_dropout: float = 0.1
+    cond_prob: float = 0.0  # share of clips trained with known frames (`random_frame_mask`); > 0 widens the model
     detailed_prob: float = 0.5  # share of steps' captions that are the detailed ones (else short)
     time_mean: float = 0.0  # logit-normal time sampling
     time_std: float = 1.0
@@ -143,6 +144,33 @@ def _row_text(r: dict, detailed: bool) -> str:
     return r.get("detailed" if detailed else "short") or r.get("caption") or r.get("short") or ""
 
 
+# How conditioned clips split between the abilities they teach (``random_frame_mask``).
+MASK_KINDS = {"first": 0.4, "prefix": 0.25, "suffix": 0.15, "ends": 0.2}
+
+
+def random_frame_mask(frames: int, cond_prob: float, rng: np.random.Generator) -> np.ndarray:
+    """A (frames,) float32 mask of known latent frames for one training clip: all zero (text only) with
+    probability 1 - cond_prob, else one of: the first frame (image-to-video), a prefix of 1 to frames - 1
+    (extension, long videos), a suffix of 1 or 2 (backward extension), or a prefix of 1 or 2 plus the last
+    frame (connect, loop). At least one frame is always left to generate."""
+    m = np.zeros(frames, np.float32)
+    if frames < 2 or rng.random() >= cond_prob:
+        return m
+    kind = rng.choice(list(MASK_KINDS), p=np.array(list(MASK_KINDS.values())))
+    if kind == "first":
+        m[0] = 1
+    elif kind == "prefix":
+        m[:int(rng.integers(1, frames))] = 1
+    elif kind == "suffix":
+        m[frames - int(rng.integers(1, min(2, frames - 1) + 1)):] = 1
+    elif frames >= 3:  # ends
+        m[:int(rng.integers(1, min(2, frames - 2) + 1))] = 1
+        m[-1] = 1
+    else:
+        m[0] = 1
+    return m
+
+
 class Batches:
     """Global training batches as a pure function of (seed, step); ``local`` is one rank's slice."""
 
@@ -176,8 +204,13 @@ class Batches:
         noise = torch.randn(x0.shape, generator=g)
         shift = cfg.shift or shift_for_tokens(self.tokens[b])
         t = sample_time(x0.shape[0], g, mean=cfg.time_mean, std=cfg.time_std, shift=shift)
-        return {"x0": x0, "noise": noise, "t": t, "context": self.cache.text_tokens[rows_t].float(),
-                "context_mask": self.cache.text_mask[rows_t], "bucket": b}
+        out = {"x0": x0, "noise": noise, "t": t, "context": self.cache.text_tokens[rows_t].float(),
+               "context_mask": self.cache.text_mask[rows_t], "bucket": b}
+        if cfg.cond_prob > 0:  # its own stream, so runs without conditioning keep their batches bit for bit
+            mrng = np.random.default_rng([cfg.data.seed, 11, step])
+            out["frame_mask"] = torch.from_numpy(np.stack([random_frame_mask(x0.shape[2], cfg.cond_prob, mrng)
+                                                           for _ in range(x0.shape[0])]))
+        return out
 
     def local(self, step: int, world: D.World) -> dict:
         """This rank's slice of step's global batch; ``n`` is the global batch size."""
@@ -242,8 +275,13 @@ def _open_cache(cfg: TrainDiTConfig, vae, vae_dir: Path, text, out: Path, world:
 def _build_model(cfg: TrainDiTConfig, base_dir: Path | None, device: torch.device) -> DiT:
     if base_dir is None:
         torch.manual_seed(cfg.data.seed)
-        return DiT(cfg.model)
+        mcfg = cfg.model
+        if cfg.cond_prob > 0 and not mcfg.cond_channels:
+            mcfg = dataclasses.replace(mcfg, cond_channels=mcfg.in_channels + 1)
+        return DiT(mcfg)
     model = DiT.from_pretrained(base_dir).train()
+    if cfg.cond_prob > 0:
+        model = with_conditioning(model)  # a text-only base learns known frames from zero-initialised inputs
     model.gradient_checkpointing = cfg.model.gradient_checkpointing or model.config.gradient_checkpointing
     return model
 
@@ -398,10 +436,14 @@ def train_dit(cfg: TrainDiTConfig, *, on_step=None, on_cache=None) -> Path:
             micro = [slice(i, min(i + chunk, n_local)) for i in range(0, n_local, chunk)]
             for k, sl in enumerate(micro):
                 x0, noise, t = b["x0"][sl].to(device), b["noise"][sl].to(device), b["t"][sl].to(device)
+                xt, cond, keep = add_noise(x0, noise, t), None, None
+                if "frame_mask" in b:  # known frames enter clean (in x and in cond) and carry no loss
+                    fm = b["frame_mask"][sl].to(device)  # (b, T)
+                    known = fm[:, None, :, None, None].bool()  # (b, 1, T, 1, 1)
+                    xt, cond, keep = torch.where(known, x0, xt), frame_cond(x0, fm), ~known
                 with D.no_sync(trained, k < len(micro) - 1), autocast(device):
-                    v = trained(add_noise(x0, noise, t), t, b["context"][sl].to(device),
-                                b["context_mask"][sl].to(device))
-                    per = flow_loss(v.float(), x0, noise)  # mean over this micro-batch
+                    v = trained(xt, t, b["context"][sl].to(device), b["context_mask"][sl].to(device), cond)
+                    per = flow_loss(v.float(), x0, noise, mask=keep)  # mean over this micro-batch
                     # DDP averages gradients over ranks; this weighting makes the result the gradient of
                     # the global batch's mean loss, whatever the slice and micro-batch sizes.
                     (per * (x0.shape[0] * world.size / b["n"])).backward()
