@@ -2,6 +2,18 @@
 
     pipe = Pipeline.from_pretrained(DEFAULT_MODEL_DIR)
     frames = pipe("a small red circle moves right", width=64, height=64, seconds=2, seed=0)  # (T, H, W, 3) uint8
+    frames = pipe.image_to_video("a red circle falls", image)              # frame 0 is the image
+    frames = pipe.extend(clip, "the circle keeps moving", seconds=2)      # clip + 2 s (backward=True: before it)
+    frames = pipe.remix(clip, "a blue square instead", strength=0.6)       # video to video
+    frames = pipe.connect(a, b, "...", seconds=1); pipe.loop("...", seconds=3)
+    for chunk in pipe.stream("...", seconds=60): ...                       # long videos, constant memory
+    for chunk in pipe.storyboard([Card(0, "..."), Card(3, "...")], seconds=6): ...
+
+Every ability is one mechanism: some latent frames are known (an image, the tail of the clip so far, the
+head of the next one), the rest are sampled by a DiT trained with random conditioning masks
+(``moviola.models.dit.frame_cond``). Known pixels become known latents by encoding a window of the clip
+with the causal VAE: a prefix encodes exactly as it will decode (causality), a suffix is encoded after a
+cross-fade standing in for the frames still to be made. Output clips keep the given frames as given.
 
 A model folder holds one file pair per part (``vae.safetensors`` + ``vae.json``, ``dit.safetensors`` +
 ``dit.json``) and ``pipeline.json`` (text encoder, frame rate, the sizes and durations the model supports,
@@ -13,16 +25,16 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from moviola.flow.path import shift_for_tokens
-from moviola.flow.samplers import cfg_model_fn, make_noise, sample
-from moviola.models.dit import DiT
+from moviola.flow.path import add_noise, shift_for_tokens, timesteps
+from moviola.flow.samplers import SOLVERS, cfg_model_fn, known_frames_fn, make_noise, sample
+from moviola.models.dit import DiT, frame_cond
 from moviola.models.text import load_text_encoder
 from moviola.models.vae import CausalVAE
 
@@ -42,7 +54,8 @@ class PipelineConfig:
     min_side: int = 32
     max_side: int = 128
     side_multiple: int = 16  # VAE 8x times the DiT's 2x2 patch
-    max_seconds: float = 4.0  # one-shot generation; longer clips are made chunk by chunk
+    max_seconds: float = 4.0  # one window (one-shot generation); longer clips are made window by window
+    max_total_seconds: float = 120.0  # the longest clip made window by window (stream, extend, storyboard)
     steps: int = 16
     guidance: float = 4.0
     sampler: str = "euler"
@@ -56,6 +69,22 @@ class PipelineConfig:
         if unknown:
             raise ValueError(f"unknown key {unknown[0]!r} in {PIPELINE_FILE} (known: {', '.join(sorted(known))})")
         return cls(**d)
+
+
+# Known frames carried from one window to the next: 5 frames = 2 latent frames (the first encodes alone),
+# enough to show where things are and which way they move. A suffix is one latent frame (4 pixel frames).
+CONTEXT_FRAMES = 5
+SUFFIX_FRAMES = 4
+
+
+@dataclass
+class Card:
+    """One storyboard card: from ``start`` seconds the clip follows ``prompt``; an optional ``image``
+    (H, W, 3) uint8 becomes the first frame of its segment."""
+
+    start: float
+    prompt: str
+    image: np.ndarray | None = None
 
 
 def frames_for(seconds: float, fps: float, temporal_factor: int = 4) -> tuple[int, int]:
@@ -111,66 +140,515 @@ class Pipeline:
 
     # --- validation ----------------------------------------------------------------------------
 
-    def check_request(self, width: int, height: int, seconds: float | None, num_frames: int | None,
-                      steps: int, guidance: float) -> None:
+    @property
+    def window_frames(self) -> int:
+        """The most frames one window makes (4k + 1 within ``max_seconds``); longer clips take several."""
         c = self.config
+        return 1 + 4 * max(1, int(c.max_seconds * c.fps) // 4)
+
+    def check_request(self, width: int, height: int, seconds: float | None, num_frames: int | None,
+                      steps: int, guidance: float, *, max_seconds: float | None = None,
+                      sampler: str | None = None) -> None:
+        """A GenerationError naming the first bad argument. ``max_seconds`` is the duration limit of the
+        ability (default: the longest clip made window by window)."""
+        c = self.config
+        limit = c.max_total_seconds if max_seconds is None else max_seconds
         for name, side in (("width", width), ("height", height)):
             if not (c.min_side <= side <= c.max_side) or side % c.side_multiple:
                 raise GenerationError(f"{name} {side} is outside this model's range: multiples of "
                                       f"{c.side_multiple} from {c.min_side} to {c.max_side}")
         if num_frames is not None:
-            if num_frames < 1 or num_frames > c.max_seconds * c.fps + 1:
-                raise GenerationError(f"num_frames must be 1 to {int(c.max_seconds * c.fps) + 1}, got {num_frames}")
-        elif seconds is not None and not (0 < seconds <= c.max_seconds):
-            raise GenerationError(f"seconds must be more than 0 and at most {c.max_seconds:g} for one-shot "
-                                  f"generation, got {seconds:g}")
+            if num_frames < 1 or num_frames > round(limit * c.fps):
+                raise GenerationError(f"num_frames must be 1 to {round(limit * c.fps)}, got {num_frames}")
+        elif seconds is not None and not (0 < seconds <= limit and math.isfinite(seconds)):
+            raise GenerationError(f"seconds must be more than 0 and at most {limit:g}, got {seconds:g}")
         if not 1 <= steps <= 1000:
             raise GenerationError(f"steps must be 1 to 1000, got {steps}")
         if not 0 <= guidance <= 50:
             raise GenerationError(f"guidance must be 0 to 50, got {guidance}")
+        if sampler is not None and sampler not in SOLVERS:
+            raise GenerationError(f"unknown sampler {sampler!r}; choose one of {', '.join(SOLVERS)}")
+
+    def _needs_conditioning(self, what: str) -> None:
+        if not self.dit.config.cond_channels:
+            raise GenerationError(f"{what} needs a model trained with known frames; this one is text-to-video "
+                                  "only (fine-tune it with: moviola train dit --config configs/dit/cond.toml)")
+
+    def fit_image(self, image, width: int, height: int, name: str = "image") -> np.ndarray:
+        """An (H, W, 3) image as (height, width, 3) uint8: scaled to cover and centre-cropped."""
+        from moviola.video_io import fit_frames
+
+        a = np.asarray(image)
+        if a.ndim != 3 or a.shape[2] != 3 or a.dtype != np.uint8:
+            raise GenerationError(f"{name} must be an (H, W, 3) uint8 RGB array, got {a.dtype} {a.shape}")
+        if min(a.shape[:2]) < 8:
+            raise GenerationError(f"{name} is {a.shape[1]}x{a.shape[0]}: too small to condition on (8 px a side at least)")
+        return fit_frames(a[None], width, height, mode="crop")[0]
+
+    def fit_video(self, video, width: int, height: int, name: str = "video") -> np.ndarray:
+        """A (T, H, W, 3) uint8 clip, already at the model's fps, as (T, height, width, 3): scaled to cover
+        and centre-cropped (real footage of any size and aspect ratio)."""
+        from moviola.video_io import fit_frames
+
+        a = np.asarray(video)
+        if a.ndim != 4 or a.shape[3] != 3 or a.dtype != np.uint8 or len(a) < 1:
+            raise GenerationError(f"{name} must be a (T, H, W, 3) uint8 RGB array with T >= 1, got {a.dtype} {a.shape}")
+        if min(a.shape[1:3]) < 8:
+            raise GenerationError(f"{name} is {a.shape[2]}x{a.shape[1]}: too small (8 px a side at least)")
+        return fit_frames(a, width, height, mode="crop")
+
+    def size_for(self, width: int, height: int) -> tuple[int, int]:
+        """The size this model makes that is closest in aspect ratio to a (width, height) source: the
+        trained sizes when the model says them, else squares and 3:2 at the default side."""
+        sizes = [(64, 64), (96, 64), (64, 96)]
+        c = self.config
+        sizes = [(w, h) for w, h in sizes if c.min_side <= min(w, h) and max(w, h) <= c.max_side] or [(c.min_side,) * 2]
+        return min(sizes, key=lambda s: abs(math.log((s[0] / s[1]) / (width / height))))
+
+    # --- one window ------------------------------------------------------------------------------
+
+    def _text(self, prompt: str, negative_prompt: str) -> tuple[dict, dict]:
+        ctx, mask = self.text_encoder.encode([prompt])
+        uctx, umask = self.text_encoder.encode([negative_prompt])
+        return ({"context": ctx.to(self.device), "context_mask": mask.to(self.device)},
+                {"context": uctx.to(self.device), "context_mask": umask.to(self.device)})
+
+    @torch.no_grad()
+    def encode_frames(self, frames: np.ndarray) -> torch.Tensor:
+        """(T = 4k + 1, H, W, 3) uint8 -> normalised latents (1, C, 1 + k, H / 8, W / 8), streamed."""
+        x = torch.from_numpy(np.ascontiguousarray(frames)).to(self.device).permute(3, 0, 1, 2)[None]
+        return self.vae.normalize(self.vae.encode_video(x.float() / 127.5 - 1).mean)
+
+    @torch.no_grad()
+    def decode_frames(self, z: torch.Tensor) -> np.ndarray:
+        """Normalised latents (1, C, t, h, w) -> (1 + 4(t - 1), 8h, 8w, 3) uint8, through the streaming decoder."""
+        video = self.vae.decode_video(self.vae.denormalize(z), clamp=True)  # (1, 3, T, H, W)
+        return ((video[0].permute(1, 2, 3, 0) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).cpu().numpy()
+
+    @torch.no_grad()
+    def window(self, prompt: str, *, width: int, height: int, frames: int, steps: int, guidance: float,
+               seed: int, negative_prompt: str = "", sampler: str | None = None,
+               prefix: np.ndarray | None = None, suffix: np.ndarray | None = None,
+               init: np.ndarray | None = None, strength: float = 1.0,
+               callback: Callable[[int, int], None] | None = None) -> np.ndarray:
+        """Sample and decode one window of ``frames`` = 4k + 1 frames: (frames, height, width, 3) uint8.
+
+        Args:
+            prefix: (P, H, W, 3) known first frames, P = 4j + 1 (1: an image; 5: a clip's tail).
+            suffix: (S, H, W, 3) known last frames, S = 4j (the head of what follows).
+            init: (frames, H, W, 3) a clip to start from (remix): its latents are noised to t = strength
+                and the sampler runs from there (SDEdit); strength 1 starts from pure noise.
+        The known frames come back as the decoder makes them; callers paste the given pixels.
+        """
+        C, t, h, w = self.vae.latent_shape(frames, height, width)
+        P = 0 if prefix is None else len(prefix)
+        S = 0 if suffix is None else len(suffix)
+        if (P and (P - 1) % 4) or S % 4:
+            raise GenerationError(f"known frames: a prefix takes 4j + 1 frames and a suffix 4j, got {P} and {S}")
+        mask = torch.zeros(t, device=self.device)  # (t,) 1 = known latent frame
+        if P:
+            mask[:1 + (P - 1) // 4] = 1
+        if S:
+            mask[t - S // 4:] = 1
+        if mask.sum() >= t:
+            raise GenerationError(f"a window of {frames} frames has nothing left to generate after "
+                                  f"{P} known first and {S} known last frames")
+        known = None
+        if init is not None or P or S:
+            pixels = np.array(init) if init is not None else _bridge(prefix, suffix, frames)
+            if P:
+                pixels[:P] = prefix
+            if S:
+                pixels[frames - S:] = suffix
+            known = self.encode_frames(pixels)  # (1, C, t, h, w)
+        conditioned = bool(mask.any())
+        if conditioned:
+            self._needs_conditioning("generating from known frames (an image, a clip)")
+        cond, uncond = self._text(prompt, negative_prompt)
+        if self.dit.config.cond_channels:  # the same known frames in both passes: guidance is on the text
+            fc = frame_cond(known if known is not None else torch.zeros(1, C, t, h, w, device=self.device), mask)
+            cond["cond"] = uncond["cond"] = fc
+        model_fn = cfg_model_fn(self.dit, cond, uncond, guidance)
+        noise = make_noise((1, C, t, h, w), seed, self.device)
+        if conditioned:
+            model_fn = known_frames_fn(model_fn, known, mask, noise)
+        p = self.dit.config.patch
+        shift = self.config.shift or shift_for_tokens((t // p[0]) * (h // p[1]) * (w // p[2]))
+        ts = timesteps(steps, shift=shift)
+        x = noise
+        if init is not None and strength < 1:
+            skip = steps - max(1, round(steps * strength))  # SDEdit: start part-way down the same grid
+            ts = ts[skip:]
+            x = add_noise(known, noise, float(ts[0]))
+        z = SOLVERS[sampler or self.config.sampler](model_fn, x, ts, callback=callback)
+        if conditioned:
+            z = torch.where(mask.bool()[None, None, :, None, None], known, z)
+        return self.decode_frames(z)
 
     # --- generation ----------------------------------------------------------------------------
 
-    @torch.no_grad()
-    def latents(self, prompt: str, *, width: int, height: int, frames: int, steps: int, guidance: float,
-                seed: int, negative_prompt: str = "", sampler: str | None = None,
-                callback: Callable[[int, int], None] | None = None) -> torch.Tensor:
-        """Sample normalised latents (1, C, t, h, w) for a prompt."""
-        s = self.vae.spatial_factor
-        C, t, h, w = self.vae.latent_shape(frames, height, width)
-        ctx, mask = self.text_encoder.encode([prompt])
-        uctx, umask = self.text_encoder.encode([negative_prompt])
-        cond = {"context": ctx.to(self.device), "context_mask": mask.to(self.device)}
-        uncond = {"context": uctx.to(self.device), "context_mask": umask.to(self.device)}
-        model_fn = cfg_model_fn(self.dit, cond, uncond, guidance)
-        noise = make_noise((1, C, t, h, w), seed, self.device)
-        p = self.dit.config.patch
-        tokens = (t // p[0]) * (h // p[1]) * (w // p[2])
-        shift = self.config.shift or shift_for_tokens(tokens)
-        return sample(model_fn, noise, steps, sampler=sampler or self.config.sampler, shift=shift, callback=callback)
+    def _settings(self, steps, guidance, sampler, fps) -> tuple[int, float, str, float]:
+        c = self.config
+        return steps or c.steps, c.guidance if guidance is None else guidance, sampler or c.sampler, fps or c.fps
+
+    def _plan(self, total: int, first_prefix: int) -> list[tuple[int, int, int]]:
+        """Windows that make ``total`` new frames after a first known prefix of 0, 1 or 5 frames:
+        (window frames, prefix frames, new frames kept) each; later windows carry 5 frames of context."""
+        W, plan, made, P = self.window_frames, [], 0, first_prefix
+        while made < total:
+            need = total - made
+            # At least 9 frames a window, the shortest clips the model trained on (an image is frame 0 of one).
+            if P == 0:
+                frames = min(W, max(9, 1 + 4 * math.ceil((need - 1) / 4)))
+                new = min(need, frames)
+            else:
+                frames = min(W, max(9, P + 4 * math.ceil(need / 4)))
+                new = min(need, frames - P)
+            plan.append((frames, P, new))
+            made += new
+            P = CONTEXT_FRAMES if (P + new >= CONTEXT_FRAMES) else 1
+        return plan
+
+    def _forward(self, prompt: str, total: int, *, tail: np.ndarray | None, width: int, height: int,
+                 steps: int, guidance: float, seed: int, negative_prompt: str, sampler: str,
+                 progress: "_Progress", source: np.ndarray | None = None, strength: float = 1.0) -> Iterator[np.ndarray]:
+        """Make ``total`` frames window by window, each after the last frames made (or ``tail``, frames that
+        precede them), yielding each window's new frames (n, H, W, 3). Only the tail is kept between
+        windows, so memory does not grow with length. ``source`` (total frames): remix it at ``strength``."""
+        if tail is not None:
+            tail = tail[-CONTEXT_FRAMES:] if len(tail) >= CONTEXT_FRAMES else tail[-1:]
+        made = 0
+        for k, (frames, P, new) in enumerate(self._plan(total, 0 if tail is None else len(tail))):
+            init = None
+            if source is not None:  # the source frames this window covers, after the context
+                init = np.concatenate(([tail] if P else []) + [source[made:made + frames - P]])
+                init = np.concatenate([init, np.repeat(init[-1:], frames - len(init), axis=0)])
+            out = self.window(prompt, width=width, height=height, frames=frames, steps=steps, guidance=guidance,
+                              seed=seed + 7919 * k, negative_prompt=negative_prompt, sampler=sampler,
+                              prefix=tail if P else None, init=init, strength=strength, callback=progress.window())
+            chunk = out[P:P + new]
+            yield chunk
+            made += new
+            ctx = chunk if tail is None else np.concatenate([tail, chunk])
+            tail = ctx[-CONTEXT_FRAMES:] if len(ctx) >= CONTEXT_FRAMES else ctx[-1:]
 
     @torch.no_grad()
     def __call__(self, prompt: str, *, width: int = 64, height: int = 64, seconds: float | None = 2.0,
                  num_frames: int | None = None, fps: float | None = None, steps: int | None = None,
                  guidance: float | None = None, seed: int = 0, negative_prompt: str = "",
-                 sampler: str | None = None, callback: Callable[[int, int], None] | None = None) -> np.ndarray:
+                 sampler: str | None = None, callback: Callable[[int, int], None] | None = None,
+                 image: np.ndarray | None = None, last_image: np.ndarray | None = None,
+                 loop: bool = False) -> np.ndarray:
         """Generate a clip. Returns frames (T, H, W, 3) uint8, T = round(seconds * fps) (or num_frames).
 
-        The model always makes 4k + 1 frames (its VAE's native length) and the extra tail is trimmed.
-        ``fps`` only sets the playback rate the duration is counted in; the model's motion is learned at
-        its own fps (``config.fps``).
+        Up to ``max_seconds`` it is one window of 4k + 1 frames (the VAE's native length), its extra tail
+        trimmed; longer clips are made window by window (``stream``). ``image`` / ``last_image`` make it
+        image-to-video, ``loop`` a seamless loop. ``fps`` only sets the playback rate the duration is
+        counted in; the model's motion is learned at its own fps (``config.fps``).
         """
-        c = self.config
-        fps = fps or c.fps
-        steps = steps or c.steps
-        guidance = c.guidance if guidance is None else guidance
-        self.check_request(width, height, seconds, num_frames, steps, guidance)
-        if num_frames is not None:
-            make, keep = 1 + 4 * math.ceil((num_frames - 1) / 4), num_frames
-        else:
-            make, keep = frames_for(seconds, fps)
-        z = self.latents(prompt, width=width, height=height, frames=make, steps=steps, guidance=guidance,
-                         seed=seed, negative_prompt=negative_prompt, sampler=sampler, callback=callback)
-        video = self.vae.decode(self.vae.denormalize(z), clamp=True)  # (1, 3, T, H, W) in [-1, 1]
-        frames = ((video[0].permute(1, 2, 3, 0) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
-        return frames[:keep].cpu().numpy()
+        if loop:
+            if image is not None or last_image is not None:
+                raise GenerationError("a loop cannot also start or end on a given image")
+            return self.loop(prompt, width=width, height=height, seconds=seconds, num_frames=num_frames, fps=fps,
+                             steps=steps, guidance=guidance, seed=seed, negative_prompt=negative_prompt,
+                             sampler=sampler, callback=callback)
+        if image is not None or last_image is not None:
+            return self.image_to_video(prompt, image, last_image=last_image, width=width, height=height,
+                                       seconds=seconds, num_frames=num_frames, fps=fps, steps=steps,
+                                       guidance=guidance, seed=seed, negative_prompt=negative_prompt,
+                                       sampler=sampler, callback=callback)
+        chunks = list(self.stream(prompt, width=width, height=height, seconds=seconds, num_frames=num_frames,
+                                  fps=fps, steps=steps, guidance=guidance, seed=seed,
+                                  negative_prompt=negative_prompt, sampler=sampler, callback=callback))
+        return np.concatenate(chunks)
+
+    def _total(self, seconds: float | None, num_frames: int | None, fps: float) -> int:
+        return num_frames if num_frames is not None else max(1, int(round(seconds * fps)))
+
+    def stream(self, prompt: str, *, width: int = 64, height: int = 64, seconds: float | None = 2.0,
+               num_frames: int | None = None, fps: float | None = None, steps: int | None = None,
+               guidance: float | None = None, seed: int = 0, negative_prompt: str = "",
+               sampler: str | None = None, callback: Callable[[int, int], None] | None = None,
+               image: np.ndarray | None = None) -> Iterator[np.ndarray]:
+        """Generate a clip of any length up to ``max_total_seconds``, yielding frames (n, H, W, 3) uint8 as
+        each window is made: write them as they come and memory stays constant (``moviola generate
+        --seconds 60``). Each window after the first starts from the last 5 frames of the one before;
+        ``image`` becomes frame 0. Arguments are checked before any work starts."""
+        steps, guidance, sampler, fps = self._settings(steps, guidance, sampler, fps)
+        self.check_request(width, height, seconds, num_frames, steps, guidance, sampler=sampler)
+        total = self._total(seconds, num_frames, fps)
+        tail = None
+        if image is not None:
+            tail = self.fit_image(image, width, height)[None]
+        long = total > self.window_frames or tail is not None
+        if long and total > 1:
+            self._needs_conditioning("a clip longer than one window or from an image")
+        return self._stream(prompt, total, tail, width=width, height=height, steps=steps, guidance=guidance,
+                            seed=seed, negative_prompt=negative_prompt, sampler=sampler, callback=callback)
+
+    def _stream(self, prompt, total, tail, *, callback, **kw) -> Iterator[np.ndarray]:
+        if tail is not None:  # the given image is frame 0, as given
+            yield tail
+            total -= 1
+        if total <= 0:
+            return
+        progress = _Progress(callback, len(self._plan(total, 0 if tail is None else 1)) * kw["steps"])
+        with torch.no_grad():
+            yield from self._forward(prompt, total, tail=tail, progress=progress, **kw)
+
+    @torch.no_grad()
+    def image_to_video(self, prompt: str, image: np.ndarray | None = None, *, last_image: np.ndarray | None = None,
+                       width: int = 64, height: int = 64, seconds: float | None = 2.0, num_frames: int | None = None,
+                       fps: float | None = None, steps: int | None = None, guidance: float | None = None,
+                       seed: int = 0, negative_prompt: str = "", sampler: str | None = None,
+                       callback: Callable[[int, int], None] | None = None) -> np.ndarray:
+        """Animate an image: frame 0 is ``image`` (scaled and centre-cropped to the size), the rest follow
+        the prompt. ``last_image`` ends the clip on an image instead (or as well): the clip is then one
+        window whose length is rounded to the model's 4k + 1 frames (at least 9)."""
+        if image is None and last_image is None:
+            raise GenerationError("image_to_video needs image, last_image or both")
+        steps, guidance, sampler, fps = self._settings(steps, guidance, sampler, fps)
+        if last_image is None:
+            return np.concatenate(list(self.stream(prompt, width=width, height=height, seconds=seconds,
+                                                   num_frames=num_frames, fps=fps, steps=steps, guidance=guidance,
+                                                   seed=seed, negative_prompt=negative_prompt, sampler=sampler,
+                                                   callback=callback, image=image)))
+        self.check_request(width, height, seconds, num_frames, steps, guidance, sampler=sampler,
+                           max_seconds=(self.window_frames - 1) / self.config.fps)
+        first = None if image is None else self.fit_image(image, width, height)
+        last = self.fit_image(last_image, width, height, "last_image")
+        self._needs_conditioning("image-to-video")
+        total = self._total(seconds, num_frames, fps)
+        frames = min(self.window_frames, max(9, 1 + 4 * round((total - 1) / 4)))
+        out = self.window(prompt, width=width, height=height, frames=frames, steps=steps, guidance=guidance,
+                          seed=seed, negative_prompt=negative_prompt, sampler=sampler,
+                          prefix=None if first is None else first[None],
+                          suffix=np.repeat(last[None], SUFFIX_FRAMES, axis=0),
+                          callback=_Progress(callback, steps).window())
+        if first is not None:
+            out[0] = first
+        out[-1] = last
+        return out
+
+    @torch.no_grad()
+    def extend(self, video: np.ndarray, prompt: str, *, seconds: float = 2.0, backward: bool = False,
+               width: int | None = None, height: int | None = None, fps: float | None = None,
+               steps: int | None = None, guidance: float | None = None, seed: int = 0, negative_prompt: str = "",
+               sampler: str | None = None, callback: Callable[[int, int], None] | None = None) -> np.ndarray:
+        """Continue a clip (T, H, W, 3) uint8 at the model's fps by ``seconds`` (before it with
+        ``backward``). Returns the whole clip: the source (scaled and cropped to the size, which defaults
+        to the trained size nearest its aspect ratio) with the new frames after (or before) it."""
+        a = np.asarray(video)
+        if width is None or height is None:
+            width, height = self.size_for(a.shape[2], a.shape[1]) if a.ndim == 4 else (64, 64)
+        steps, guidance, sampler, fps = self._settings(steps, guidance, sampler, fps)
+        self.check_request(width, height, seconds, None, steps, guidance, sampler=sampler)
+        src = self.fit_video(video, width, height)
+        self._needs_conditioning("extend")
+        total = self._total(seconds, None, fps)
+        kw = dict(width=width, height=height, steps=steps, guidance=guidance, seed=seed,
+                  negative_prompt=negative_prompt, sampler=sampler)
+        if not backward:
+            progress = _Progress(callback, len(self._plan(total, 5 if len(src) >= 5 else 1)) * steps)
+            return np.concatenate([src, *self._forward(prompt, total, tail=src, progress=progress, **kw)])
+        # Backward: each window ends on the first 4 frames made so far (a known suffix) and makes what
+        # comes before them.
+        W, made, parts, k = self.window_frames, 0, [src], 0
+        n_windows = math.ceil(total / (W - SUFFIX_FRAMES))
+        progress = _Progress(callback, n_windows * steps)
+        while made < total:
+            head = np.concatenate(parts[-1:] if len(parts[-1]) >= SUFFIX_FRAMES else parts[::-1])[:SUFFIX_FRAMES]
+            head = np.concatenate([np.repeat(head[:1], SUFFIX_FRAMES - len(head), axis=0), head])
+            need = min(total - made, W - SUFFIX_FRAMES)
+            n = 1 + 4 * math.ceil((need - 1) / 4)  # window = n + 4 = 4j + 1 frames
+            out = self.window(prompt, frames=n + SUFFIX_FRAMES, suffix=head, callback=progress.window(),
+                              **{**kw, "seed": seed + 7919 * k})
+            parts.append(out[n - need:n])
+            made, k = made + need, k + 1
+        return np.concatenate(parts[:0:-1] + [src])
+
+    @torch.no_grad()
+    def remix(self, video: np.ndarray, prompt: str, *, strength: float = 0.6, width: int | None = None,
+              height: int | None = None, fps: float | None = None, steps: int | None = None,
+              guidance: float | None = None, seed: int = 0, negative_prompt: str = "", sampler: str | None = None,
+              callback: Callable[[int, int], None] | None = None) -> np.ndarray:
+        """Video to video with a new prompt: the clip's latents are noised to ``strength`` (0 keeps the clip,
+        1 ignores it) and denoised under the prompt. Clips longer than a window are remixed window by
+        window, each after the last 5 frames remixed. Returns as many frames as the (fitted) source."""
+        if not (isinstance(strength, (int, float)) and 0.0 <= strength <= 1.0):
+            raise GenerationError(f"strength must be between 0 and 1, got {strength!r}")
+        a = np.asarray(video)
+        if width is None or height is None:
+            width, height = self.size_for(a.shape[2], a.shape[1]) if a.ndim == 4 else (64, 64)
+        steps, guidance, sampler, fps = self._settings(steps, guidance, sampler, fps)
+        self.check_request(width, height, None, None, steps, guidance, sampler=sampler)
+        src = self.fit_video(video, width, height)
+        if len(src) > round(self.config.max_total_seconds * self.config.fps):
+            raise GenerationError(f"video has {len(src)} frames; remix takes at most "
+                                  f"{self.config.max_total_seconds:g} s ({round(self.config.max_total_seconds * self.config.fps)} frames)")
+        if strength == 0:
+            return src
+        if len(src) > self.window_frames:
+            self._needs_conditioning("remixing a clip longer than one window")
+        progress = _Progress(callback, len(self._plan(len(src), 0)) * max(1, round(steps * strength)))
+        return np.concatenate(list(self._forward(prompt, len(src), tail=None, width=width, height=height,
+                                                 steps=steps, guidance=guidance, seed=seed,
+                                                 negative_prompt=negative_prompt, sampler=sampler,
+                                                 progress=progress, source=src, strength=strength)))
+
+    @torch.no_grad()
+    def connect(self, a: np.ndarray, b: np.ndarray, prompt: str, *, seconds: float = 1.0,
+                width: int | None = None, height: int | None = None, fps: float | None = None,
+                steps: int | None = None, guidance: float | None = None, seed: int = 0, negative_prompt: str = "",
+                sampler: str | None = None, callback: Callable[[int, int], None] | None = None) -> np.ndarray:
+        """Join two clips (each (T, H, W, 3) uint8 at the model's fps) with a generated transition of about
+        ``seconds`` (a multiple of 4 frames) that starts from a's last frames and ends on b's first ones.
+        Returns a + transition + b at one size (default: the trained size nearest a's aspect ratio)."""
+        aa = np.asarray(a)
+        if width is None or height is None:
+            width, height = self.size_for(aa.shape[2], aa.shape[1]) if aa.ndim == 4 else (64, 64)
+        steps, guidance, sampler, fps = self._settings(steps, guidance, sampler, fps)
+        self.check_request(width, height, seconds, None, steps, guidance, sampler=sampler)
+        first = self.fit_video(a, width, height, "first clip")
+        second = self.fit_video(b, width, height, "second clip")
+        self._needs_conditioning("connect")
+        mid = self._transition(first, second, prompt, seconds * fps, width=width, height=height, steps=steps,
+                               guidance=guidance, seed=seed, negative_prompt=negative_prompt, sampler=sampler,
+                               callback=callback)
+        return np.concatenate([first, mid, second])
+
+    def _transition(self, a: np.ndarray, b: np.ndarray, prompt: str, frames: float, *, callback, **kw) -> np.ndarray:
+        """The frames between clip a's end and clip b's start: one window with a's tail as prefix and b's
+        head as suffix."""
+        P = CONTEXT_FRAMES if len(a) >= CONTEXT_FRAMES else 1
+        head = b[:SUFFIX_FRAMES]
+        head = np.concatenate([np.repeat(head[:1], SUFFIX_FRAMES - len(head), axis=0), head])
+        M = max(4, 4 * round(frames / 4))
+        longest = self.window_frames - P - SUFFIX_FRAMES
+        if M > longest:
+            raise GenerationError(f"a transition can be at most {longest / self.config.fps:g} s with this model "
+                                  f"({longest} frames), asked for {frames / self.config.fps:g} s")
+        out = self.window(prompt, frames=P + M + SUFFIX_FRAMES, prefix=a[-P:], suffix=head,
+                          callback=_Progress(callback, kw["steps"]).window(), **kw)
+        return out[P:P + M]
+
+    @torch.no_grad()
+    def loop(self, prompt: str, *, width: int = 64, height: int = 64, seconds: float | None = 3.0,
+             num_frames: int | None = None, fps: float | None = None, steps: int | None = None,
+             guidance: float | None = None, seed: int = 0, negative_prompt: str = "", sampler: str | None = None,
+             callback: Callable[[int, int], None] | None = None) -> np.ndarray:
+        """A seamless loop: a clip, then a generated transition (1 s) from its end back to its start, so the
+        last frame leads into the first. Returns T = round(seconds * fps) frames (at least 2 s)."""
+        steps, guidance, sampler, fps = self._settings(steps, guidance, sampler, fps)
+        self.check_request(width, height, seconds, num_frames, steps, guidance, sampler=sampler)
+        total = self._total(seconds, num_frames, fps)
+        M = max(4, 4 * round(self.config.fps / 4))
+        if total < M + CONTEXT_FRAMES + 3:
+            raise GenerationError(f"a loop needs at least {(M + CONTEXT_FRAMES + 3) / fps:g} s "
+                                  f"({M + CONTEXT_FRAMES + 3} frames), asked for {total}")
+        self._needs_conditioning("a loop")
+        kw = dict(width=width, height=height, steps=steps, guidance=guidance, negative_prompt=negative_prompt,
+                  sampler=sampler)
+        progress = _Progress(callback, (len(self._plan(total - M, 0)) + 1) * steps)
+        clip = np.concatenate(list(self._forward(prompt, total - M, tail=None, seed=seed, progress=progress, **kw)))
+        mid = self._transition(clip, clip, prompt, M, seed=seed + 1, callback=progress.forward(), **kw)
+        return np.concatenate([clip, mid])
+
+    def storyboard(self, cards: Sequence[Card], *, seconds: float | None = None, width: int = 64, height: int = 64,
+                   fps: float | None = None, steps: int | None = None, guidance: float | None = None, seed: int = 0,
+                   negative_prompt: str = "", sampler: str | None = None, transition: str = "cut",
+                   callback: Callable[[int, int], None] | None = None) -> Iterator[np.ndarray]:
+        """One continuous clip from cards: segment i runs from card i's start to the next card's (the last to
+        ``seconds``, default its start + 2 s) and follows its prompt; a card's image is its first frame.
+        ``transition``: "cut" starts each segment afresh (a film cut), "continue" starts it from the last
+        5 frames of the one before (the scene carries on and changes under the new prompt). Yields frames
+        as they are made; the whole board is checked before any work starts."""
+        steps, guidance, sampler, fps = self._settings(steps, guidance, sampler, fps)
+        cards = list(cards)
+        check_cards(cards, seconds, self.config.max_total_seconds)
+        if transition not in ("cut", "continue"):
+            raise GenerationError(f"transition must be 'cut' or 'continue', got {transition!r}")
+        end = seconds if seconds is not None else cards[-1].start + 2.0
+        self.check_request(width, height, end, None, steps, guidance, sampler=sampler)
+        bounds = [round(c.start * fps) for c in cards] + [round(end * fps)]
+        images = [None if c.image is None else self.fit_image(c.image, width, height, f"card {i + 1} image")
+                  for i, c in enumerate(cards)]
+        if any(im is not None for im in images) or transition == "continue" or \
+                max(b - a for a, b in zip(bounds, bounds[1:])) > self.window_frames:
+            self._needs_conditioning("this storyboard (image cards, 'continue' or segments longer than a window)")
+        kw = dict(width=width, height=height, steps=steps, guidance=guidance, negative_prompt=negative_prompt,
+                  sampler=sampler)
+        return self._board(cards, bounds, images, transition, seed, callback, kw)
+
+    def _board(self, cards, bounds, images, transition, seed, callback, kw) -> Iterator[np.ndarray]:
+        plans, tail_len = [], 0
+        for i, c in enumerate(cards):
+            n = bounds[i + 1] - bounds[i]
+            first = 1 if images[i] is not None else (tail_len if transition == "continue" else 0)
+            plans.append(self._plan(n - (images[i] is not None), first) if n - (images[i] is not None) > 0 else [])
+            tail_len = CONTEXT_FRAMES if n >= CONTEXT_FRAMES else 1
+        progress = _Progress(callback, sum(len(p) for p in plans) * kw["steps"])
+        tail = None
+        with torch.no_grad():
+            for i, c in enumerate(cards):
+                n = bounds[i + 1] - bounds[i]
+                start = None if transition == "cut" else tail
+                if images[i] is not None:
+                    yield images[i][None]
+                    start, n = images[i][None], n - 1
+                    tail = start
+                for chunk in self._forward(c.prompt, n, tail=start, seed=seed + 104729 * i, progress=progress, **kw):
+                    yield chunk
+                    ctx = chunk if tail is None else np.concatenate([tail, chunk])
+                    tail = ctx[-CONTEXT_FRAMES:]
+
+
+def check_cards(cards: Sequence[Card], seconds: float | None, limit: float) -> None:
+    """A GenerationError for an empty, unordered or overlapping board, or one beyond ``limit`` seconds."""
+    if not cards:
+        raise GenerationError("a storyboard needs at least one card")
+    for i, c in enumerate(cards):
+        if not isinstance(c.prompt, str):
+            raise GenerationError(f"card {i + 1}: prompt must be text")
+        if not (isinstance(c.start, (int, float)) and math.isfinite(c.start) and c.start >= 0):
+            raise GenerationError(f"card {i + 1}: start must be a number of seconds >= 0, got {c.start!r}")
+    if cards[0].start != 0:
+        raise GenerationError(f"the first card must start at 0 s, got {cards[0].start:g}")
+    for i, (a, b) in enumerate(zip(cards, cards[1:])):
+        if b.start <= a.start:
+            raise GenerationError(f"cards must be in order of start time without overlap: card {i + 2} starts "
+                                  f"at {b.start:g} s, not after card {i + 1} at {a.start:g} s")
+    end = seconds if seconds is not None else cards[-1].start + 2.0
+    if end <= cards[-1].start:
+        raise GenerationError(f"the board ends at {end:g} s, not after its last card starts ({cards[-1].start:g} s)")
+    if end > limit:
+        raise GenerationError(f"the board lasts {end:g} s; this model makes at most {limit:g} s")
+
+
+def _bridge(prefix: np.ndarray | None, suffix: np.ndarray | None, frames: int) -> np.ndarray:
+    """A stand-in for the frames of a window that are still to be made: a cross-fade from the prefix's last
+    frame to the suffix's first (only what the causal encoder sees before a suffix depends on it)."""
+    a = (prefix[-1] if prefix is not None else suffix[0]).astype(np.float32)
+    b = (suffix[0] if suffix is not None else prefix[-1]).astype(np.float32)
+    w = np.linspace(0.0, 1.0, frames, dtype=np.float32)[:, None, None, None]
+    return ((1 - w) * a + w * b).round().astype(np.uint8)
+
+
+class _Progress:
+    """One progress count over several windows: ``window()`` is the sampler callback for the next one."""
+
+    def __init__(self, callback: Callable[[int, int], None] | None, total: int):
+        self.callback, self.total, self.done = callback, max(1, total), 0
+
+    def window(self) -> Callable[[int, int], None] | None:
+        if self.callback is None:
+            return None
+        base = self.done
+
+        def cb(i: int, n: int) -> None:
+            self.done = base + i
+            self.callback(min(self.done, self.total), self.total)
+
+        return cb
+
+    forward = window
