@@ -23,7 +23,7 @@ import numbers
 import os
 import secrets
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from fractions import Fraction
 from functools import lru_cache
@@ -414,6 +414,134 @@ def write_video(path: PathLike, frames: Any, fps: float | Fraction, *, audio: An
     return target
 
 
+class VideoWriter:
+    """Write a video chunk by chunk, as its frames are made (long generations), in constant memory.
+
+        with VideoWriter("out.mp4", fps=8, metadata={...}) as w:
+            for chunk in pipe.stream(prompt, seconds=60):
+                w.write(chunk)                       # (n, H, W, 3) uint8
+
+    H.264 (``.mp4``/``.mov``/``.mkv``) or VP9 (``.webm``), video only. The file is written beside ``path``
+    and renamed into place when closed, so readers never see half a file. If the ``with`` block ends in an
+    exception (Ctrl-C included), the frames written so far are still finished into a playable file and
+    kept at ``path`` when ``keep_partial`` (the default): an interrupted generation keeps what it made.
+    ``frames_written`` counts them.
+    """
+
+    def __init__(self, path: PathLike, fps: float | Fraction, *, metadata: dict[str, str] | None = None,
+                 quality: str = "high", keep_partial: bool = True) -> None:
+        self.path = Path(path)
+        ext = self.path.suffix.lower()
+        if ext not in (".mp4", ".mov", ".mkv", ".webm"):
+            raise VideoError(self.path, f"streaming writes need .mp4, .mov, .mkv or .webm, got {ext or '(none)'!r}")
+        if quality not in QUALITIES:
+            raise ValueError(f"quality must be one of {QUALITIES}; got {quality!r}")
+        self.rate = _fps_fraction(fps)
+        self.keep_partial = keep_partial
+        self.frames_written = 0
+        self._metadata = {str(k): str(v) for k, v in (metadata or {}).items()}
+        self._quality = quality
+        self._size: tuple[int, int] | None = None
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._tmp = self.path.with_name(f".{self.path.stem}.tmp-{secrets.token_hex(4)}{self.path.suffix}")
+        options = {"movflags": "use_metadata_tags+faststart"} if ext in (".mp4", ".mov") else {}
+        try:
+            self._container = av.open(str(self._tmp), "w", options=options)
+        except (av.FFmpegError, OSError) as e:
+            raise VideoError(self.path, f"could not write video ({_reason(e)})") from None
+        for key, value in self._metadata.items():
+            self._container.metadata[key] = value
+        self._stream = None
+
+    def _open_stream(self, h: int, w: int) -> None:
+        ext = self.path.suffix.lower()
+        codec = _pick_encoder(self.path, _VIDEO_CODECS[ext])
+        opts = {"crf": str(_CRF[codec][self._quality])}
+        if codec == "libx264":
+            opts["preset"] = "veryfast"
+        elif codec == "libvpx-vp9":
+            opts.update({"b": "0", "deadline": "good", "cpu-used": "5", "row-mt": "1"})
+        else:
+            opts["b"] = "20M"
+        stream = self._container.add_stream(codec, rate=self.rate, options=opts)
+        stream.width, stream.height, stream.pix_fmt = w + w % 2, h + h % 2, "yuv420p"
+        stream.time_base = 1 / self.rate
+        stream.codec_context.gop_size = max(1, min(250, round(2 * self.rate)))
+        self._stream, self._size = stream, (h, w)
+
+    def write(self, frames: Any) -> None:
+        """Append (n, H, W, 3) frames (uint8, or float in [0, 1]); every chunk must have the first's size."""
+        clip = _as_uint8_frames(frames)
+        if self._stream is None:
+            self._open_stream(*clip.shape[1:3])
+        if clip.shape[1:3] != self._size:
+            raise ValueError(f"frames are {clip.shape[2]}x{clip.shape[1]}, this video is "
+                             f"{self._size[1]}x{self._size[0]}")
+        try:
+            for rgb in _pad_to_even(clip):
+                frame = _rgb_frame(rgb)
+                frame.pts = self.frames_written
+                self._container.mux(self._stream.encode(frame))
+                self.frames_written += 1
+        except (av.FFmpegError, OSError) as e:
+            raise VideoError(self.path, f"could not write video ({_reason(e)})") from None
+
+    def close(self, keep: bool = True) -> Path | None:
+        """Finish the file and move it into place (``keep``), else delete it. Returns the path kept."""
+        if self._container is None:
+            return self.path if keep else None
+        try:
+            if self._stream is not None:
+                self._container.mux(self._stream.encode())
+            self._container.close()
+        finally:
+            self._container = None
+        if keep and self.frames_written:
+            os.replace(self._tmp, self.path)
+            return self.path
+        self._tmp.unlink(missing_ok=True)
+        return None
+
+    def __enter__(self) -> "VideoWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.close(keep=exc_type is None or self.keep_partial)
+
+
+def read_video_fitted(path: PathLike, width: int, height: int, fps: float, *, start: float = 0.0,
+                      end: float | None = None, max_seconds: float | None = None) -> np.ndarray:
+    """Read a video for a model: (T, height, width, 3) uint8 at ``fps``, each frame scaled to cover the size
+    and centre-cropped as it is decoded, so a long or large camera file never sits in memory whole.
+
+    Frame k of the result shows time start + k / fps (the latest source frame at or before it), as
+    ``resample_fps`` picks them. ``max_seconds``: a VideoError if the window read is longer.
+    """
+    p = Path(path)
+    small: list[np.ndarray] = []
+    times: list[float] = []
+
+    def fit(rgb: np.ndarray) -> np.ndarray:
+        return fit_frames(rgb[None], width, height, mode="crop")[0]
+
+    try:
+        with _open(p) as container:
+            stream = _video_stream(p, container)
+            src_fps = _stream_fps(container, stream)
+            frames, times = _decode_frames(p, container, stream, src_fps, start, end, None, transform=fit)
+    except VideoError:
+        raise
+    except (av.FFmpegError, OSError) as e:
+        raise VideoError(p, f"truncated or corrupt video ({_reason(e)})") from None
+    span = times[-1] - times[0] + 1.0 / (src_fps or DEFAULT_FPS)
+    if max_seconds is not None and span > max_seconds + 1e-6:
+        raise VideoError(p, f"video is {span:.2f} s long; at most {max_seconds:g} s can be used here")
+    n = max(1, round(span * fps))
+    t0 = times[0]
+    idx = np.searchsorted(np.asarray(times) - t0, np.arange(n) / fps + 1e-6, side="right") - 1
+    return frames[np.clip(idx, 0, len(frames) - 1)]
+
+
 # --- images -----------------------------------------------------------------------------------------
 
 def _save_image(path: Path, image: np.ndarray, fmt: str) -> None:
@@ -576,7 +704,8 @@ def _container_metadata(container: Any) -> dict[str, str]:
 
 
 def _decode_frames(path: Path, container: Any, stream: Any, fps: float | None, start: float,
-                   end: float | None, max_frames: int | None) -> tuple[np.ndarray, list[float]]:
+                   end: float | None, max_frames: int | None,
+                   transform: Callable[[np.ndarray], np.ndarray] | None = None) -> tuple[np.ndarray, list[float]]:
     """Decode frames in presentation order whose timestamps fall in [start, end).
 
     Returns (T, H, W, 3) uint8 and their timestamps in seconds from the stream start. Display
@@ -610,7 +739,8 @@ def _decode_frames(path: Path, container: Any, stream: Any, fps: float | None, s
                 rgb = frame.to_ndarray(format="rgb24")
             else:  # resolution changed mid-stream: keep one shape for the whole clip
                 rgb = frame.to_ndarray(format="rgb24", width=size[0], height=size[1])
-            frames.append(np.rot90(rgb, turns) if turns else rgb)
+            rgb = np.rot90(rgb, turns) if turns else rgb
+            frames.append(transform(np.ascontiguousarray(rgb)) if transform is not None else rgb)
             times.append(t)
             if max_frames is not None and len(frames) >= max_frames:
                 break

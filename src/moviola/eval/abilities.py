@@ -1,0 +1,195 @@
+"""The prompting abilities measured against issue 6's targets: image-to-video, extend, connect, loop,
+storyboard and long videos.
+
+    moviola eval abilities [--n 8] [--model DIR] [--long-seconds 60]
+
+Sources are world renders (ground truth from the renderer, never used to generate). Figures:
+
+- image_to_video: PSNR of the model's own frame 0 against the image (``decoded_psnr``; the output then
+  carries the image itself, so the output's frame 0 is exact) and the seam after it.
+- extend / connect / loop: for each seam, the mean absolute frame difference across it divided by the
+  clip's median frame difference (target <= 2), and the PSNR of the given frames as the decoder remakes
+  them (the output keeps the given pixels).
+- storyboard: each segment scored with its own card's prompt, against single-prompt clips of the same
+  prompts and length (target: no segment more than 10 points worse).
+- long: peak memory (RSS) of a 60 s and an 8 s clip made in fresh processes, and the world scores of the
+  first and last 8 seconds of each long clip on colour, shape, size and count (target: within 10 points).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from moviola.eval.world import aggregate, eval_prompts
+
+DRIFT_ATTRS = ("color", "shape", "size", "count")
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return float("inf") if mse == 0 else 10 * np.log10(255.0 ** 2 / mse)
+
+
+def frame_diffs(frames: np.ndarray) -> np.ndarray:
+    """Mean absolute difference between consecutive frames: (T - 1,)."""
+    f = frames.astype(np.float32)
+    return np.abs(f[1:] - f[:-1]).mean(axis=(1, 2, 3))
+
+
+def seam_ratio(frames: np.ndarray, seam: int) -> float:
+    """Difference across the seam between frames seam - 1 and seam over the clip's median frame difference
+    (the floor of 0.5 grey levels keeps a still clip from dividing by ~0)."""
+    d = frame_diffs(frames)
+    return float(d[seam - 1] / max(np.median(d), 0.5))
+
+
+def loop_ratio(frames: np.ndarray) -> float:
+    d = frame_diffs(frames)
+    wrap = float(np.abs(frames[-1].astype(np.float32) - frames[0].astype(np.float32)).mean())
+    return wrap / max(float(np.median(d)), 0.5)
+
+
+def _summary(values: list[float], target: float | None = None, below: bool = True) -> dict:
+    v = np.asarray(values, dtype=np.float64)
+    out = {"median": round(float(np.median(v)), 3), "mean": round(float(np.mean(v)), 3),
+           "worst": round(float(v.max() if below else v.min()), 3), "n": len(v)}
+    if target is not None:
+        out["meets"] = round(float(np.mean(v <= target if below else v >= target)), 3)
+    return out
+
+
+def _render(spec) -> np.ndarray:
+    from moviola.world.render import render
+
+    return render(spec).frames
+
+
+def evaluate_abilities(model_dir: Path, n: int = 8, *, steps: int | None = None, long_seconds: float = 60.0,
+                       long_n: int = 2, seed: int = 0, memory: bool = True) -> dict:
+    from moviola.pipeline import Card, Pipeline
+
+    pipe = Pipeline.from_pretrained(model_dir)
+    fps = pipe.config.fps
+    kw = dict(steps=steps) if steps else {}
+    prompts = eval_prompts(2 * n, held_out=False, seed=97531, seconds=2.0)
+    res: dict = {"model": str(model_dir), "n": n}
+
+    # image to video: the model's frame 0 (before the given image is pasted) and the seam after it
+    dec, seams = [], []
+    for i, (p, spec) in enumerate(prompts[:n]):
+        image = _render(spec)[0]
+        out = pipe.window(p, width=64, height=64, frames=17, prefix=image[None], seed=seed + i,
+                          steps=steps or pipe.config.steps, guidance=pipe.config.guidance)
+        dec.append(psnr(out[0], image))
+        full = pipe.image_to_video(p, image, seconds=2, seed=seed + i, **kw)
+        seams.append(seam_ratio(full, 1))
+    res["image_to_video"] = {"decoded_frame0_psnr": _summary(dec, 30.0, below=False),
+                             "output_frame0_exact": True, "seam_ratio": _summary(seams, 2.0)}
+
+    # extend forwards and backwards by 2 s
+    for backward in (False, True):
+        ratios, given, decoded = [], [], []
+        for i, (p, spec) in enumerate(prompts[:n]):
+            src = _render(spec)  # 16 frames at 8 fps
+            out = pipe.extend(src, p, seconds=2, backward=backward, seed=seed + i, **kw)
+            seam = len(out) - len(src) if backward else len(src)
+            ratios.append(seam_ratio(out, seam))
+            given.append(psnr(out[seam:] if backward else out[:len(src)], src))
+            if not backward:  # the decoder's version of the 5-frame context the new frames follow
+                ctx = src[-5:]
+                decoded.append(psnr(pipe.decode_frames(pipe.encode_frames(ctx)), ctx))
+        r = {"seam_ratio": _summary(ratios, 2.0), "given_psnr_output": _summary(given, 30.0, below=False)}
+        if decoded:
+            r["context_psnr_decoded"] = _summary(decoded, 30.0, below=False)
+        res["extend_backward" if backward else "extend"] = r
+
+    # connect two different clips with a 1 s transition
+    ratios, given = [], []
+    for i in range(n):
+        (pa, sa), (pb, sb) = prompts[i], prompts[n + i]
+        a, b = _render(sa), _render(sb)
+        out = pipe.connect(a, b, pb, seconds=1, seed=seed + i, **kw)
+        ratios += [seam_ratio(out, len(a)), seam_ratio(out, len(out) - len(b))]
+        given.append(min(psnr(out[:len(a)], a), psnr(out[len(out) - len(b):], b)))
+    res["connect"] = {"seam_ratio": _summary(ratios, 2.0), "given_psnr_output": _summary(given, 30.0, below=False)}
+
+    # loops of 3 s
+    ratios = [loop_ratio(pipe.loop(p, seconds=3, seed=seed + i, **kw)) for i, (p, _) in enumerate(prompts[:n])]
+    res["loop"] = {"wrap_ratio": _summary(ratios, 2.0)}
+
+    # storyboard: two cards of 3 s each, per transition mode, against single-prompt clips
+    from moviola.world.score import score_clip
+
+    seg = 3.0
+    single = []
+    for i in range(n):
+        for j, (p, _) in enumerate((prompts[i], prompts[n + i])):
+            single.append(score_clip(pipe(p, seconds=seg, seed=seed + 100 + 2 * i + j, **kw), p, fps=fps))
+    res["storyboard"] = {"single_prompt": aggregate(single)}
+    for mode in ("cut", "continue"):
+        first, second = [], []
+        for i in range(n):
+            (pa, _), (pb, _) = prompts[i], prompts[n + i]
+            frames = np.concatenate(list(pipe.storyboard([Card(0, pa), Card(seg, pb)], seconds=2 * seg,
+                                                         transition=mode, seed=seed + 100 + 2 * i, **kw)))
+            k = round(seg * fps)
+            first.append(score_clip(frames[:k], pa, fps=fps))
+            second.append(score_clip(frames[k:], pb, fps=fps))
+        res["storyboard"][mode] = {"segment_1": aggregate(first), "segment_2": aggregate(second)}
+
+    # long videos: drift, and memory in fresh processes
+    drift = []
+    for i, (p, _) in enumerate(prompts[:long_n]):
+        k8 = round(8 * fps)
+        head, tail = [], np.zeros((0, 64, 64, 3), np.uint8)
+        for chunk in pipe.stream(p, seconds=long_seconds, seed=seed + i, **kw):
+            if sum(len(h) for h in head) < k8:
+                head.append(chunk)
+            tail = np.concatenate([tail, chunk])[-k8:]
+        first = score_clip(np.concatenate(head)[:k8], p, fps=fps)
+        last = score_clip(tail, p, fps=fps)
+        drift.append({"prompt": p, "first_8s": {a: first["attributes"].get(a) for a in DRIFT_ATTRS},
+                      "last_8s": {a: last["attributes"].get(a) for a in DRIFT_ATTRS}})
+    res["long"] = {"seconds": long_seconds, "clips": drift}
+    for a in DRIFT_ATTRS:
+        f = [d["first_8s"][a] for d in drift if d["first_8s"][a] is not None]
+        l = [d["last_8s"][a] for d in drift if d["last_8s"][a] is not None]
+        res["long"][a] = {"first_8s": round(100 * float(np.mean(f)), 1) if f else None,
+                          "last_8s": round(100 * float(np.mean(l)), 1) if l else None}
+    if memory:
+        res["long"]["peak_rss_mb"] = {f"{s:g}s": _peak_rss(model_dir, s, steps) for s in (8.0, long_seconds)}
+        m = res["long"]["peak_rss_mb"]
+        res["long"]["memory_ratio"] = round(m[f"{long_seconds:g}s"]["peak"] / m["8s"]["peak"], 3)
+    return res
+
+
+_MEMORY_CHILD = r"""
+import json, sys, tempfile, os
+from moviola.pipeline import Pipeline
+from moviola.video_io import VideoWriter
+def rss(key):
+    for line in open("/proc/self/status"):
+        if line.startswith(key):
+            return int(line.split()[1]) / 1024
+model, seconds, steps = sys.argv[1], float(sys.argv[2]), int(sys.argv[3]) or None
+pipe = Pipeline.from_pretrained(model)
+list(pipe.stream("a small red circle moves right", seconds=1, steps=2))  # warm up kernels and caches
+base = rss("VmRSS:")
+with tempfile.TemporaryDirectory() as d:
+    with VideoWriter(os.path.join(d, "long.mp4"), pipe.config.fps) as w:
+        for chunk in pipe.stream("a small red circle moves right", seconds=seconds, steps=steps):
+            w.write(chunk)
+print(json.dumps({"peak": round(rss("VmHWM:"), 1), "after_load": round(base, 1)}))
+"""
+
+
+def _peak_rss(model_dir: Path, seconds: float, steps: int | None) -> dict:
+    """Peak resident memory (MB) of a fresh process that streams a clip of ``seconds`` to an MP4."""
+    out = subprocess.run([sys.executable, "-c", _MEMORY_CHILD, str(model_dir), str(seconds), str(steps or 0)],
+                         capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])

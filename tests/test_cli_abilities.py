@@ -1,0 +1,122 @@
+"""The prompting abilities from the command line, on the shipped default model (few steps): images in,
+real-footage videos in (29.97 fps, 2.35:1, odd sizes, B-frames), long clips written as they are made, and a
+clear one-line error (exit 2) for each kind of bad input, before any work starts."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from moviola.cli import main
+from moviola.video_io import VideoWriter, read_image, read_video, write_image, write_video
+
+FAST = ["--steps", "2", "--threads", "1"]
+
+
+@pytest.fixture(scope="module")
+def footage(tmp_path_factory):
+    """A 2 s camera-like clip: 29.97 fps, 2.35:1 at an odd size (235x100), H.264 with B-frames."""
+    d = tmp_path_factory.mktemp("footage")
+    t = np.arange(60)[:, None, None]
+    y, x = np.mgrid[0:100, 0:235]
+    r = (128 + 100 * np.sin(x[None] / 20 + t / 9)).astype(np.uint8)
+    g = np.broadcast_to((y * 2.5).astype(np.uint8), r.shape)
+    b = np.broadcast_to(((x + y) % 256).astype(np.uint8), r.shape)
+    frames = np.stack([r, g, b], axis=-1)
+    path = d / "camera.mp4"
+    write_video(path, frames, 30000 / 1001, quality="default")
+    return path
+
+
+def test_image_output_and_image_to_video(tmp_path, capsys):
+    png = tmp_path / "still.png"
+    assert main(["generate", "a large red circle on a black background", "--seconds", "0", "-o", str(png), *FAST]) == 0
+    image = read_image(png)
+    assert image.shape == (64, 64, 3)
+    out = tmp_path / "animated.mp4"
+    assert main(["generate", "a large red circle falls on a black background", "--image", str(png),
+                 "--seconds", "2", "-o", str(out), *FAST]) == 0
+    v = read_video(out)
+    assert v.frames.shape == (16, 64, 64, 3)
+    mse = np.mean((v.frames[0].astype(float) - image.astype(float)) ** 2)
+    assert 10 * np.log10(255 ** 2 / max(mse, 1e-9)) >= 30  # frame 0 is the image (through H.264)
+    assert v.metadata.get("moviola_image") == str(png)
+
+
+def test_extend_and_remix_real_footage(tmp_path, footage):
+    ext = tmp_path / "ext.mp4"
+    assert main(["extend", str(footage), "a red circle moves right", "--seconds", "1", "-o", str(ext), *FAST]) == 0
+    v = read_video(ext)
+    # 2.002 s at 8 fps = 16 source frames, cropped to the trained size nearest 2.35:1 (96x64), + 8 new
+    assert v.frames.shape == (24, 64, 96, 3)
+    back = tmp_path / "back.mp4"
+    assert main(["extend", str(footage), "x", "--seconds", "1", "--backward", "-o", str(back), *FAST]) == 0
+    vb = read_video(back)
+    assert vb.frames.shape == (24, 64, 96, 3)
+    assert np.abs(vb.frames[8:].astype(int) - v.frames[:16].astype(int)).mean() < 3  # the source, after the new part
+    rem = tmp_path / "remix.mp4"
+    assert main(["remix", str(footage), "a blue square", "--strength", "0.5", "--size", "64x64", "-o", str(rem), *FAST]) == 0
+    assert read_video(rem).frames.shape == (16, 64, 64, 3)
+
+
+def test_loop_connect_storyboard_and_long(tmp_path, footage):
+    loop = tmp_path / "loop.mp4"
+    assert main(["generate", "a small yellow circle bounces", "--loop", "--seconds", "3", "-o", str(loop), *FAST]) == 0
+    assert read_video(loop).num_frames == 24
+    conn = tmp_path / "conn.mp4"
+    assert main(["connect", str(footage), str(loop), "a circle", "--seconds", "1", "-o", str(conn), *FAST]) == 0
+    assert read_video(conn).frames.shape == (16 + 8 + 24, 64, 96, 3)
+    board = tmp_path / "board.toml"
+    write_image(tmp_path / "card.png", np.full((40, 70, 3), 200, np.uint8))
+    board.write_text('seconds = 3\ntransition = "continue"\n'
+                     '[[card]]\nstart = 0\nprompt = "a red circle moves right"\n'
+                     '[[card]]\nstart = 1.5\nprompt = "a blue square falls"\nimage = "card.png"\n')
+    sb = tmp_path / "board.mp4"
+    assert main(["storyboard", str(board), "-o", str(sb), *FAST]) == 0
+    v = read_video(sb)
+    assert v.num_frames == 24
+    assert np.abs(v.frames[12].astype(int) - 200).mean() < 6  # the image card's first frame
+    long = tmp_path / "long.mp4"
+    assert main(["generate", "a green triangle spins", "--seconds", "9", "-o", str(long), *FAST]) == 0
+    assert read_video(long).num_frames == 72  # three windows, written as they came
+
+
+def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, footage):
+    corrupt = tmp_path / "broken.mp4"
+    corrupt.write_bytes(footage.read_bytes()[: 3000])
+    png = tmp_path / "tiny.png"
+    write_image(png, np.zeros((4, 4, 3), np.uint8))
+    board = tmp_path / "b.toml"
+    board.write_text('[[card]]\nstart = 0\nprompt = "a"\n[[card]]\nstart = 2\nprompt = "b"\n'
+                     '[[card]]\nstart = 1\nprompt = "c"\n')
+    cases = [
+        (["remix", str(footage), "x", "--strength", "1.5", "-o", str(tmp_path / "r.mp4")], "strength"),
+        (["extend", str(corrupt), "x", "-o", str(tmp_path / "e.mp4")], "corrupt"),
+        (["extend", str(tmp_path / "missing.mp4"), "x", "-o", str(tmp_path / "e.mp4")], "missing.mp4"),
+        (["generate", "x", "--image", str(png), "-o", str(tmp_path / "g.mp4")], "too small"),
+        (["generate", "x", "--seconds", "500", "-o", str(tmp_path / "g.mp4")], "at most"),
+        (["generate", "x", "--seconds", "0", "-o", str(tmp_path / "g.mp4")], ".png"),
+        (["storyboard", str(board), "-o", str(tmp_path / "s.mp4")], "order"),
+        (["connect", str(footage), str(footage), "x", "--seconds", "30", "-o", str(tmp_path / "c.mp4")], "transition"),
+    ]
+    for argv, needle in cases:
+        assert main(argv + FAST) == 2, argv
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("moviola: error:") and needle in err[0], (argv, err)
+        assert not any(p.name.endswith((".mp4",)) and p.stem in "rgecs" for p in tmp_path.iterdir())
+
+
+def test_interrupted_stream_keeps_a_playable_file(tmp_path):
+    path = tmp_path / "partial.mp4"
+    with pytest.raises(KeyboardInterrupt):
+        with VideoWriter(path, 8) as w:
+            w.write(np.full((12, 32, 48, 3), 90, np.uint8))
+            raise KeyboardInterrupt
+    v = read_video(path)
+    assert v.frames.shape == (12, 32, 48, 3)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp file left
+    with pytest.raises(RuntimeError):
+        with VideoWriter(tmp_path / "gone.mp4", 8, keep_partial=False) as w:
+            w.write(np.zeros((3, 32, 32, 3), np.uint8))
+            raise RuntimeError("boom")
+    assert list(tmp_path.iterdir()) == [path]
