@@ -4,6 +4,12 @@
 (``moviola worker``, the real default model at 4 sampler steps, one CPU thread) the first time a test
 asks, and every server test file reuses them, so the model is loaded once per pytest run. Each test
 uses keys of its own, which is also what isolates their videos. Everything is stopped at exit.
+
+The abilities beyond text-to-video (image-to-video, remix of long clips, extend, storyboards with
+'continue') need a DiT trained with known frames. If the shipped default is text-only, the stack serves
+a copy of it whose DiT is widened by ``moviola.models.dit.with_conditioning`` (it computes exactly what
+the original does, and the abilities run), named "default" so the served model is still
+"moviola-default".
 """
 
 from __future__ import annotations
@@ -34,13 +40,14 @@ class Stack:
     """An API process and worker processes sharing one database and storage folder."""
 
     def __init__(self, root: Path, *, db: str | None = None, steps: int = STEPS, poll_after_ms: int = 100,
-                 lease_seconds: float = 3.0, extra_serve: list[str] | None = None):
+                 lease_seconds: float = 3.0, extra_serve: list[str] | None = None, model: str | None = None):
         self.root = Path(root)
         self.storage = self.root / "storage"
         self.storage.mkdir(parents=True, exist_ok=True)
         self.db = db or f"sqlite:///{self.storage / 'moviola.db'}"
         self.steps, self.poll_after_ms, self.lease = steps, poll_after_ms, lease_seconds
         self.extra_serve = extra_serve or []
+        self.model_args = ["--model", model] if model else []
         self.port = free_port()
         self.api: subprocess.Popen | None = None
         self.workers: list[subprocess.Popen] = []
@@ -61,7 +68,7 @@ class Stack:
     def start_api(self, timeout: float = STARTUP_TIMEOUT) -> None:
         self.api = self._spawn(["serve", "--workers", "0", "--port", str(self.port), "--storage", str(self.storage),
                                 "--db", self.db, "--steps", str(self.steps), "--poll-after-ms",
-                                str(self.poll_after_ms), *self.extra_serve], "api.log")
+                                str(self.poll_after_ms), *self.model_args, *self.extra_serve], "api.log")
         deadline = time.time() + timeout
         while time.time() < deadline:
             if self.api.poll() is not None:
@@ -82,7 +89,7 @@ class Stack:
     def start_worker(self, *extra: str) -> subprocess.Popen:
         name = f"worker{len(self.workers)}.log"
         p = self._spawn(["worker", "--storage", str(self.storage), "--db", self.db, "--threads", "1",
-                         "--lease-seconds", str(self.lease), "--poll-seconds", "0.1", *extra], name)
+                         "--lease-seconds", str(self.lease), "--poll-seconds", "0.1", *self.model_args, *extra], name)
         p.log_name = name  # type: ignore[attr-defined]
         self.workers.append(p)
         return p
@@ -141,12 +148,33 @@ class Stack:
 _SHARED: Stack | None = None
 
 
+def model_with_known_frames(root: Path) -> str | None:
+    """None if the shipped default takes known frames; else the folder of a copy whose DiT is widened with
+    ``with_conditioning`` (same outputs for text-only requests; the abilities run)."""
+    import json
+
+    from moviola import DEFAULT_MODEL_DIR
+
+    src = Path(DEFAULT_MODEL_DIR)
+    if json.loads((src / "dit.json").read_text()).get("cond_channels"):
+        return None
+    from moviola.models.dit import DiT, with_conditioning
+
+    dst = root / "models" / "default"
+    dst.mkdir(parents=True)
+    for f in src.iterdir():
+        if f.is_file() and not f.name.startswith("dit."):
+            os.symlink(f, dst / f.name)
+    with_conditioning(DiT.from_pretrained(src)).save_pretrained(dst)
+    return str(dst)
+
+
 def shared() -> Stack:
     """The session's API + one worker (started on first use, stopped at exit)."""
     global _SHARED
     if _SHARED is None:
         root = Path(tempfile.mkdtemp(prefix="moviola-server-test-"))
-        stack = Stack(root)
+        stack = Stack(root, model=model_with_known_frames(root))
         stack.cleanup = True
         atexit.register(stack.stop)
         w = stack.start_worker()  # start loading the model while the API comes up

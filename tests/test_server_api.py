@@ -117,37 +117,49 @@ def test_list_pages_with_cursor(stack):
     assert list(c.videos.list()) == []
 
 
+def psnr(a, b) -> float:
+    mse = np.mean((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2)
+    return 10 * np.log10(255**2 / max(mse, 1e-9))
+
+
 def test_remix_extend_edit(client, done, stack):
     from moviola.video_io import read_video
 
-    remix = client.videos.remix(done.id, prompt="a small blue circle moves right on a black background")
+    remix = client.videos.remix(done.id, prompt="a small blue circle moves right on a black background",
+                                extra_body={"strength": 0.5})
     # SDK 3.57 rejects video={"id": ...} on the client side (its file extraction insists on a file), so a
     # stored video is referenced the way the SDK would encode it, as the form field video[id]:
     ext = client.videos.extend(prompt="the circle keeps moving", seconds="1", video=openai.omit,
                                extra_body={"video": {"id": done.id}})
     edit = client.videos.edit(prompt="a small yellow circle moves right", video=openai.omit,
                               extra_body={"video": {"id": done.id}})
-    upload = client.videos.extend(prompt="the circle keeps moving", seconds="1",
-                                  video=("clip.mp4", client.videos.download_content(done.id).read(), "video/mp4"))
     assert remix.remixed_from_video_id == done.id and remix.status == "queued"
-    assert ext.seconds == "3" and ext.size == "64x64"
-    assert (upload.seconds, upload.size) == ("3", "64x64")
-    remix, ext, edit, upload = (poll(client, v.id) for v in (remix, ext, edit, upload))
-    for v in (remix, ext, edit, upload):
+    assert ext.seconds == "3" and ext.size == "64x64"  # seconds: the stitched total
+    remix, ext, edit = (poll(client, v.id) for v in (remix, ext, edit))
+    for v in (remix, ext, edit):
         assert v.status == "completed", v.error
+        assert v.moviola["note"] is None  # nothing pretended
     assert (remix.size, remix.seconds, remix.moviola["seed"]) == ("64x64", "2", 7)
     assert edit.remixed_from_video_id == done.id and edit.moviola["kind"] == "edit"
 
-    src = read_video(_save(client, done.id, stack.root / "src.mp4")).frames.astype(np.float64)
-    out = read_video(_save(client, ext.id, stack.root / "ext.mp4")).frames.astype(np.float64)
+    src = read_video(_save(client, done.id, stack.root / "src.mp4")).frames
+    for v in (remix, edit):  # video to video: the source's length, and not a copy of it at strength 0.5/0.6
+        out = read_video(_save(client, v.id, stack.root / f"{v.id}.mp4"))
+        assert out.frames.shape == src.shape and out.metadata["moviola_kind"] == v.moviola["kind"]
+    assert read_video(stack.root / f"{remix.id}.mp4").metadata["moviola_strength"] == "0.5"
+    out = read_video(_save(client, ext.id, stack.root / "ext.mp4")).frames
     assert out.shape == (24, 64, 64, 3)
-    mse = np.mean((out[:16] - src) ** 2)
-    assert 10 * np.log10(255**2 / max(mse, 1e-9)) > 30  # the source is kept as the extension's start
-    import moviola.pipeline as mp
+    assert psnr(out[:16], src) > 30  # the source is kept as the extension's start
+    assert psnr(out[16:], src[-1:]) < 60  # ...and new frames follow it (not the last frame frozen)
 
-    for v, ability in ((remix, "remix"), (ext, "extend")):
-        if not hasattr(mp.Pipeline, ability):  # the honest fallback says what it did
-            assert "not conditioned" in v.moviola["note"]
+    with pytest.raises(openai.BadRequestError, match="strength") as e:
+        client.videos.remix(done.id, prompt="x", extra_body={"strength": 1.5})
+    assert e.value.body["param"] == "strength"
+    with pytest.raises(openai.BadRequestError, match="strength"):
+        client.videos.edit(prompt="x", video=openai.omit, extra_body={"video": {"id": done.id}, "strength": "-1"})
+    with pytest.raises(openai.BadRequestError, match="at most 60") as e:
+        client.videos.extend(prompt="x", seconds="59", video=openai.omit, extra_body={"video": {"id": done.id}})
+    assert e.value.body["param"] == "seconds"
 
 
 def _save(client, vid, path):
@@ -155,24 +167,35 @@ def _save(client, vid, path):
     return path
 
 
-def test_input_reference_and_uploaded_edit(client, stack):
-    import moviola.pipeline as mp
-    from moviola.video_io import encode_image, write_video
+def _world_image(w=64, h=64):
+    """A world-like frame: a red disc and a yellow square on navy."""
+    yy, xx = np.mgrid[:h, :w]
+    img = np.zeros((h, w, 3), np.uint8)
+    img[:] = (20, 30, 90)
+    img[(yy - h * 0.4) ** 2 + (xx - w * 0.35) ** 2 < (h * 0.18) ** 2] = (230, 40, 40)
+    img[int(h * 0.6):int(h * 0.85), int(w * 0.6):int(w * 0.85)] = (240, 220, 30)
+    return img
 
-    png = encode_image(np.full((64, 64, 3), 90, np.uint8))
-    v = client.videos.create(prompt="a small red circle stays still", size="64x64", seconds="1",
-                             input_reference=("first.png", png, "image/png"))
+
+def test_input_reference_and_uploaded_edit(client, stack):
+    from moviola.video_io import encode_image, read_video, write_video
+
+    image = _world_image()
+    v = client.videos.create(prompt="a small red circle falls on a navy background", size="64x64", seconds="1",
+                             input_reference=("first.png", encode_image(image), "image/png"))
+    # Real footage of another size and frame rate (96x64 at 24 fps): made at the trained size nearest it.
     clip = stack.root / "upload.mp4"
-    write_video(clip, np.zeros((8, 64, 64, 3), np.uint8), 8)
-    e = client.videos.edit(prompt="a small red circle", video=("in.mp4", clip.read_bytes(), "video/mp4"))
-    assert e.size == "64x64" and e.seconds == "1"
+    write_video(clip, np.stack([np.roll(_world_image(144, 96), 2 * k, axis=1) for k in range(24)]), 24)
+    e = client.videos.edit(prompt="a small red circle moves right on a navy background",
+                           video=("in.mp4", clip.read_bytes(), "video/mp4"))
+    assert e.size == "96x64" and e.seconds == "1"
     v, e = poll(client, v.id), poll(client, e.id)
-    if hasattr(mp.Pipeline, "image_to_video"):
-        assert v.status == "completed"
-    else:  # fails cleanly, naming the missing ability
-        assert v.status == "failed" and v.error.code == "unsupported" and "image_to_video" in v.error.message
-    if not hasattr(mp.Pipeline, "remix"):
-        assert e.status == "failed" and e.error.code == "unsupported" and "Pipeline.remix" in e.error.message
+    assert v.status == "completed", v.error
+    frames = read_video(_save(client, v.id, stack.root / "i2v.mp4")).frames
+    assert frames.shape == (8, 64, 64, 3)
+    assert psnr(frames[0], image) >= 25  # frame 0 is the uploaded image (after H.264)
+    assert e.status == "completed", e.error
+    assert read_video(_save(client, e.id, stack.root / "edit.mp4")).frames.shape == (8, 64, 96, 3)
 
     with pytest.raises(openai.BadRequestError, match="input_reference is not a readable image"):
         client.videos.create(prompt="x", input_reference=("x.png", b"not an image", "image/png"))
@@ -180,6 +203,40 @@ def test_input_reference_and_uploaded_edit(client, stack):
         client.videos.create(prompt="x", extra_body={"input_reference": {"image_url": "https://example.com/a.png"}})
     with pytest.raises(openai.BadRequestError, match="not a readable video"):
         client.videos.extend(prompt="x", seconds="1", video=("v.mp4", b"garbage" * 10, "video/mp4"))
+
+
+def test_storyboard_endpoint(client, stack):
+    from moviola.video_io import read_video
+
+    board = {"cards": [{"start": 0, "prompt": "a small red circle moves right on a black background"},
+                       {"start": 1, "prompt": "a large blue square spins on a white background"}],
+             "seconds": "2", "size": "64x64", "transition": "cut", "seed": 5}
+    v = client.post("/videos/storyboards", body=board, cast_to=openai.types.Video)
+    assert (v.status, v.seconds, v.size, v.moviola["kind"]) == ("queued", "2", "64x64", "storyboard")
+    assert v.id in [x.id for x in client.videos.list(limit=5)]
+    v = poll(client, v.id)
+    assert v.status == "completed", v.error
+    out = read_video(_save(client, v.id, stack.root / "board.mp4"))
+    assert out.frames.shape == (16, 64, 64, 3)
+    assert json.loads(out.metadata["moviola_storyboard"])[1] == {"start": 1.0, "prompt": board["cards"][1]["prompt"]}
+    # The cut: the second card's scene (white background) starts at 1 s.
+    assert out.frames[:8].mean() < out.frames[8:].mean()
+
+    cards = board["cards"]
+    bad = [({**board, "cards": cards[::-1]}, "first card must start at 0", "cards[0].start"),
+           ({**board, "cards": [cards[0], {**cards[1], "start": 0}]}, "without overlap", "cards[1].start"),
+           ({**board, "cards": []}, "cards", "cards"),
+           ({**board, "seconds": "1"}, "after the last card", "seconds"),
+           ({**board, "seconds": "600"}, "at most", "seconds"),
+           ({**board, "size": "100x100"}, "allowed", "size"),
+           ({**board, "transition": "dissolve"}, "transition", "transition"),
+           ({k: x for k, x in board.items() if k != "cards"}, "cards", "cards"),
+           ({**board, "cards": [{"start": 0, "prompt": "x", "image": "https://example.com/a.png"}]},
+            "fetches nothing", "cards[0].image")]
+    for body, message, param in bad:
+        with pytest.raises(openai.BadRequestError, match=message) as e:
+            client.post("/videos/storyboards", body=body, cast_to=object)
+        assert e.value.body["param"] == param, (body, e.value.body)
 
 
 def test_delete_removes_assets(client, stack):
@@ -218,7 +275,7 @@ def test_error_classes(client, stack, key):
         client.get("/admin/keys", cast_to=object)
     with pytest.raises(openai.NotFoundError):
         client.videos.retrieve("video_0000")
-    cases = [dict(size="640x480"), dict(size="64"), dict(seconds="8"), dict(seconds="zero"), dict(model="veo-3"),
+    cases = [dict(size="640x480"), dict(size="64"), dict(seconds="600"), dict(seconds="zero"), dict(model="veo-3"),
              dict(extra_body={"seed": "x"})]
     for kw in cases:
         with pytest.raises(openai.BadRequestError) as e:
@@ -269,7 +326,8 @@ def test_operations_endpoints(stack, done):
     assert int(count[0].split()[1]) >= 1
     spec = httpx.get(f"{stack.base_url}/openapi.json").json()
     for path in ("/v1/videos", "/v1/videos/{video_id}", "/v1/videos/{video_id}/content",
-                 "/v1/videos/{video_id}/remix", "/v1/videos/extensions", "/v1/videos/edits"):
+                 "/v1/videos/{video_id}/remix", "/v1/videos/extensions", "/v1/videos/edits",
+                 "/v1/videos/storyboards"):
         assert path in spec["paths"]
 
 

@@ -76,9 +76,48 @@ def test_studio_makes_a_video_and_plays_it(stack, tmp_path):
             page.fill(".card.done input[name=comment]", "plays on a phone")
             page.click(".card.done .feedback button")
             page.wait_for_function("document.querySelector('.card.done .feedback button').textContent === 'Saved'")
+
+            # Remix from the gallery item with the strength slider.
+            page.click(".card.done [data-act=remix]")
+            page.fill(".card.done .remix-form textarea", "a large blue square moves right on a white background")
+            page.fill(".card.done .remix-form input[name=strength]", "0.3")
+            page.click(".card.done .remix-form button[type=submit]")
+            page.wait_for_function("document.querySelectorAll('.card').length === 2")
+
+            # The storyboard editor: a third card, prompts moved between slots, one removed, submitted.
+            prompts = page.locator("#board-cards textarea[name=prompt]")
+            prompts.nth(0).fill("a small green circle falls on a black background")
+            prompts.nth(1).fill("a small red circle moves left on a black background")
+            page.click("#board-add")
+            assert page.locator("#board-cards li").count() == 3
+            assert page.input_value("#board-cards li:nth-child(3) input[name=start]") == "4"
+            prompts.nth(2).fill("a large yellow triangle spins on a gray background")
+            page.click("#board-cards li:nth-child(2) [data-act=up]")  # swap the first two prompts
+            assert prompts.nth(0).input_value().startswith("a small red circle")
+            page.click("#board-cards li:nth-child(3) [data-act=remove]")
+            page.fill("#board-cards li:nth-child(2) input[name=start]", "1")
+            page.fill("#board-seconds", "2")
+            page.click("#board-submit")
+            page.wait_for_function("document.querySelectorAll('.card').length === 3")
+            assert page.inner_text("#board-error") == ""
+            page.wait_for_selector(".card.done:first-child video", timeout=300_000)  # the storyboard's result
+            assert "storyboard" in page.inner_text(".card:first-child .meta")
+            # A bad board is refused with the server's message, and nothing is queued.
+            page.fill("#board-cards li:nth-child(2) input[name=start]", "0")
+            page.click("#board-submit")
+            page.wait_for_function("document.querySelector('#board-error').textContent.length > 0")
+            assert "order" in page.inner_text("#board-error")
+            assert page.evaluate("document.documentElement.scrollWidth") <= 390
             page.screenshot(path=str(tmp_path / "studio.png"), full_page=True)
             assert not errors, errors
         finally:
             browser.close()
-    fb = stack.client(token).get("/feedback", cast_to=object)["data"]
+    client = stack.client(token)
+    fb = client.get("/feedback", cast_to=object)["data"]
     assert [(e["rating"], e["comment"], e["seed"]) for e in fb] == [(5, "plays on a phone", 3)]
+    videos = {v.moviola["kind"]: v for v in client.videos.list()}
+    assert set(videos) == {"create", "remix", "storyboard"}
+    assert videos["remix"].moviola["strength"] == 0.3 and videos["remix"].remixed_from_video_id == videos["create"].id
+    board = videos["storyboard"]
+    assert board.seconds == "2" and board.prompt.startswith("0s: a small red circle")
+    assert "1s: a small green" in board.prompt

@@ -24,21 +24,29 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 
 class FakePipe:
-    """Stands in for Pipeline in the in-process tests: frames from the seed, one callback per step."""
+    """Stands in for Pipeline in the in-process tests: frames from the seed, one callback per step, streamed
+    in two chunks (the second one's steps run only after the first chunk was written, as Pipeline.stream)."""
 
     def __init__(self, on_step=None):
         self.on_step = on_step
         self.calls = []
 
-    def __call__(self, prompt, *, width, height, seconds, fps, steps, seed, callback=None, **kw):
-        self.calls.append(dict(prompt=prompt, width=width, height=height, seconds=seconds, seed=seed, steps=steps))
-        for i in range(steps):
-            if self.on_step:
-                self.on_step(i)
-            if callback:
-                callback(i + 1, steps)  # as moviola.flow.samplers: steps done so far
+    def stream(self, prompt, *, width, height, seconds, fps, steps, seed, callback=None, image=None, **kw):
+        self.calls.append(dict(prompt=prompt, width=width, height=height, seconds=seconds, seed=seed, steps=steps,
+                               image=image))
         rng = np.random.default_rng(seed)
-        return rng.integers(0, 255, (round(seconds * fps), height, width, 3), dtype=np.uint8)
+        frames = rng.integers(0, 255, (round(seconds * fps), height, width, 3), dtype=np.uint8)
+        return self._chunks(frames, steps, callback)
+
+    def _chunks(self, frames, steps, callback):
+        parts = [c for c in np.array_split(frames, 2) if len(c)]
+        for k, part in enumerate(parts):
+            for i in range(steps):
+                if self.on_step:
+                    self.on_step(k * steps + i)
+                if callback:
+                    callback(k * steps + i + 1, len(parts) * steps)  # as moviola.pipeline: steps done so far
+            yield part
 
 
 def _queue(db, key, n=1, kind="create", **params):
@@ -132,6 +140,7 @@ def test_worker_writes_outputs_then_completes(env):
     assert v.metadata["moviola_prompt"] == "a red circle 0" and v.metadata["moviola_video_id"] == vid
     assert Image.open(w.storage.asset(row["assets"], "thumbnail")).format == "WEBP"
     assert not list(tmp.joinpath("storage").rglob(".*tmp-*"))  # no temp files left behind
+    assert not list(tmp.joinpath("storage", "work").rglob("*"))  # nor scratch folders
 
 
 def test_stopping_worker_gives_the_job_back(env):
@@ -156,65 +165,149 @@ def test_deleted_mid_job_is_abandoned(env):
     assert not (tmp / "storage" / "videos" / vid).exists()
 
 
-def test_adapter_uses_abilities_when_the_pipeline_has_them(tmp_path):
-    from moviola.video_io import write_image, write_video
+def test_adapter_calls_the_abilities_with_their_real_signatures(tmp_path):
+    import inspect
+
+    from moviola.pipeline import Card, Pipeline
+    from moviola.video_io import read_video, write_image, write_video
 
     src = tmp_path / "src.mp4"
-    write_video(src, np.full((8, 64, 64, 3), 200, np.uint8), 8)
+    write_video(src, np.full((8, 96, 64, 3), 200, np.uint8), 12)  # footage of another size and frame rate
     img = write_image(tmp_path / "first.png", np.full((32, 32, 3), 10, np.uint8))
     base = {"width": 64, "height": 64, "seconds": 1.0, "fps": 8.0, "seed": 3, "steps": 2, "guidance": 1.0,
             "sampler": "euler"}
 
     class Able(FakePipe):
-        def image_to_video(self, prompt, image, *, width, height, seconds, seed, callback=None):
-            self.got = ("i2v", image.shape, seed)
-            return np.repeat(image[None], round(seconds * 8), 0)
+        """Each ability checks its call against Pipeline's own signature (a TypeError if run_job guessed)."""
 
-        def extend(self, video, prompt, *, seconds, fps, **kw):  # returns only the new segment
-            self.got = ("extend", video.shape, seconds)
-            return np.zeros((round(seconds * fps), 64, 64, 3), np.uint8)
+        def _bind(self, name, *args, **kw):
+            inspect.signature(getattr(Pipeline, name)).bind(self, *args, **kw)
+            self.got = (name, args, kw)
 
-        def remix(self, frames, prompt, **kw):
-            self.got = ("remix", frames.shape)
-            return frames[::-1]
+        def stream(self, *args, **kw):
+            self._bind("stream", *args, **kw)
+            return super().stream(*args, **kw)
+
+        def extend(self, video, prompt, **kw):
+            self._bind("extend", video, prompt, **kw)
+            new = np.zeros((round(kw["seconds"] * 8), 64, 64, 3), np.uint8)
+            return np.concatenate([video, new])  # the whole stitched clip, as Pipeline.extend
+
+        def remix(self, video, prompt, **kw):
+            self._bind("remix", video, prompt, **kw)
+            return video[::-1]
+
+        def storyboard(self, cards, **kw):
+            self._bind("storyboard", cards, **kw)
+            return self._chunks(np.zeros((round(kw["seconds"] * 8), 64, 64, 3), np.uint8), kw["steps"], None)
 
     p = Able()
     out = run_job(p, {"kind": "create", "prompt": "x"}, {**base, "input_image": str(img)}, source=None)
-    assert p.got == ("i2v", (64, 64, 3), 3) and out.frames.shape == (8, 64, 64, 3) and out.note is None
-    out = run_job(p, {"kind": "extension", "prompt": "x"}, {**base, "extension_seconds": 1.0}, source=src)
-    assert p.got == ("extend", (8, 64, 64, 3), 1.0) and out.frames.shape == (16, 64, 64, 3)
-    assert out.frames[:8].mean() > 150 and out.frames[8:].max() == 0  # source first, then the new segment
-    out = run_job(p, {"kind": "remix", "prompt": "x"}, {**base, "source_seed": 3}, source=src)
-    assert p.got == ("remix", (8, 64, 64, 3)) and out.note is None
+    frames = np.concatenate(list(out.chunks()))
+    assert p.got[0] == "stream" and p.got[2]["image"].shape == (32, 32, 3) and p.got[2]["seed"] == 3
+    assert frames.shape == (8, 64, 64, 3) and out.total == 8
+    out = run_job(p, {"kind": "extension", "prompt": "x"}, {**base, "seconds": 2.0, "extension_seconds": 1.0},
+                  source=src)
+    name, (video, _), kw = p.got
+    n_src = len(read_video(src).frames) * 8 // 12  # resampled to the model's 8 fps
+    assert name == "extend" and video.shape == (n_src, 64, 64, 3) and kw["seconds"] == 1.0 and not kw["backward"]
+    assert out.frames.shape == (n_src + 8, 64, 64, 3) and out.total == n_src + 8
+    assert out.frames[:n_src].mean() > 150 and out.frames[n_src:].max() == 0  # source first, then the new frames
+    out = run_job(p, {"kind": "edit", "prompt": "x"}, {**base, "strength": 0.25}, source=src)
+    assert p.got[0] == "remix" and p.got[2]["strength"] == 0.25 and out.frames.shape == (n_src, 64, 64, 3)
+    run_job(p, {"kind": "remix", "prompt": "x"}, base, source=src)
+    assert p.got[2]["strength"] == 0.6  # the default
+    board = {**base, "seconds": 3.0, "transition": "continue",
+             "cards": [{"start": 0.0, "prompt": "a"}, {"start": 1.5, "prompt": "b", "image_path": str(img)}]}
+    out = run_job(p, {"kind": "storyboard", "prompt": "a | b"}, board, source=None)
+    cards = p.got[1][0]
+    assert [type(c) for c in cards] == [Card, Card] and [c.start for c in cards] == [0.0, 1.5]
+    assert cards[0].image is None and cards[1].image.shape == (32, 32, 3) and p.got[2]["transition"] == "continue"
+    assert sum(len(c) for c in out.chunks()) == out.total == 24
+    with pytest.raises(JobFailure, match="unknown job kind"):
+        run_job(p, {"kind": "teleport", "prompt": "x"}, base, source=None)
 
-    plain = FakePipe()  # no abilities: honest fallbacks or a clean failure
-    with pytest.raises(JobFailure, match="image_to_video") as e:
-        run_job(plain, {"kind": "create", "prompt": "x"}, {**base, "input_image": str(img)}, source=None)
-    assert e.value.code == "unsupported"
-    out = run_job(plain, {"kind": "extension", "prompt": "x"}, {**base, "extension_seconds": 1.0}, source=src)
-    assert out.frames.shape == (16, 64, 64, 3) and "not conditioned" in out.note
-    out = run_job(plain, {"kind": "remix", "prompt": "y"}, {**base, "seed": 99, "source_seed": 3}, source=src)
-    assert plain.calls[-1]["seed"] == 3 and "not conditioned" in out.note
-    with pytest.raises(JobFailure, match="Pipeline.remix"):
-        run_job(plain, {"kind": "edit", "prompt": "y"}, base, source=src)
+
+def test_frame_picker_keeps_what_the_sheet_and_thumbnail_show():
+    from moviola.server.generate import FramePicker
+    from moviola.video_io import sprite_sheet, thumbnail
+
+    frames = np.random.default_rng(0).integers(0, 255, (37, 8, 8, 3), dtype=np.uint8)
+    pick = FramePicker(37)
+    for chunk in np.array_split(frames, 5):
+        pick.add(chunk)
+    assert len(pick.kept) <= 17
+    assert np.array_equal(pick.middle(), thumbnail(frames))
+    assert np.array_equal(sprite_sheet(pick.sheet_frames(), count=16), sprite_sheet(frames, count=16))
 
 
 def test_size_mapping_and_limits():
+    import dataclasses
+
     from moviola import DEFAULT_MODEL_DIR
     from moviola.server.generate import RequestProblem
 
-    m = ModelInfo.from_dir(DEFAULT_MODEL_DIR)
+    m = dataclasses.replace(ModelInfo.from_dir(DEFAULT_MODEL_DIR), conditioned=False)
     assert m.parse_size("1280x720") == (112, 64) and m.parse_size("1024x1792") == (64, 112)
     assert m.parse_size("96x64") == (96, 64) and m.parse_size(None) == (64, 64)
+    assert m.size_for(1920, 1080) == (96, 64) and m.size_for(720, 1280) == (64, 96) and m.size_for(50, 48) == (64, 64)
     for bad in ("100x64", "16x16", "256x256", "big"):
         with pytest.raises(RequestProblem, match="allowed") as e:
             m.parse_size(bad)
         assert e.value.param == "size"
     assert m.parse_seconds("2.5") == 2.5 and m.parse_seconds(None) == 4.0
-    for bad in ("0", "8", "12", "-1", "nan", "inf", "two"):
+    for bad in ("0", "8", "12", "-1", "nan", "inf", "two"):  # a text-only model: one window
         with pytest.raises(RequestProblem, match="at most 4"):
             m.parse_seconds(bad)
+    with pytest.raises(RequestProblem, match="known frames") as e:
+        m.require_frames("extending a video")
+    assert e.value.code == "unsupported"
     assert m.parse_model("sora-2-pro") == m.name == "moviola-default"
+    long = dataclasses.replace(m, conditioned=True)  # window by window, up to the server's own limit
+    assert long.longest == 60 and long.parse_seconds("12") == 12 and long.parse_seconds("60") == 60
+    with pytest.raises(RequestProblem, match="at most 60"):
+        long.parse_seconds("61")
+    assert dataclasses.replace(long, cap_seconds=200).longest == 120  # the model's max_total_seconds
+    for bad in ("-0.1", "1.5", "nan", "x"):
+        with pytest.raises(RequestProblem, match="strength"):
+            m.parse_strength(bad)
+    assert m.parse_strength(None) == 0.6 and m.parse_strength("0") == 0.0
+
+
+def test_storyboard_checks_name_the_problem():
+    import dataclasses
+
+    from moviola import DEFAULT_MODEL_DIR
+    from moviola.server.generate import RequestProblem
+
+    m = dataclasses.replace(ModelInfo.from_dir(DEFAULT_MODEL_DIR), conditioned=True)
+    cards, end = m.parse_storyboard([{"start": 0, "prompt": "a"}, {"start": 2.5, "prompt": " b "}], None, "cut")
+    assert end == 4.5 and cards[1] == {"start": 2.5, "prompt": "b"}
+    assert m.parse_storyboard([{"start": 0, "prompt": "a"}], "6", "continue")[1] == 6.0
+    bad = [([], None, "cut", "at least one card", "cards"),
+           ([{"start": 1, "prompt": "a"}], None, "cut", "first card must start at 0", "cards[0].start"),
+           ([{"start": 0, "prompt": "a"}, {"start": 3, "prompt": "b"}, {"start": 2, "prompt": "c"}], None, "cut",
+            "card 3 starts at 2 s, before card 2", "cards[2].start"),
+           ([{"start": 0, "prompt": "a"}, {"start": 0, "prompt": "b"}], None, "cut", "same time", "cards[1].start"),
+           ([{"start": 0, "prompt": "a"}, {"start": 0.05, "prompt": "b"}], None, "cut", "less than a frame",
+            "cards[1].start"),
+           ([{"start": 0, "prompt": ""}], None, "cut", "prompt must not be empty", "cards[0].prompt"),
+           ([{"start": 0, "prompt": "a"}, {"start": 3, "prompt": "b"}], "2", "cut", "after the last card",
+            "seconds"),
+           ([{"start": 0, "prompt": "a"}], "90", "cut", "at most 60", "seconds"),
+           ([{"start": 0, "prompt": "a"}, {"start": 59, "prompt": "b"}], None, "cut", "would last 61", "cards"),
+           ([{"start": 0, "prompt": "a"}], None, "dissolve", "transition", "transition")]
+    for board, seconds, transition, message, param in bad:
+        with pytest.raises(RequestProblem, match=message) as e:
+            m.parse_storyboard(board, seconds, transition)
+        assert e.value.param == param, (board, e.value)
+    text_only = dataclasses.replace(m, conditioned=False)
+    text_only.parse_storyboard([{"start": 0, "prompt": "a"}, {"start": 2, "prompt": "b"}], "4", "cut")
+    for board, seconds, transition in (([{"start": 0, "prompt": "a"}], "2", "continue"),
+                                       ([{"start": 0, "prompt": "a", "image": "data:"}], "2", "cut")):
+        with pytest.raises(RequestProblem, match="known frames") as e:
+            text_only.parse_storyboard(board, seconds, transition)
+        assert e.value.code == "unsupported"
 
 
 # --- live: real worker processes --------------------------------------------------------------------

@@ -38,9 +38,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from moviola.server import jobs, keys
 from moviola.server.db import Database, sqlite_url
-from moviola.server.generate import MAX_TOTAL_SECONDS, ModelInfo, RequestProblem, seconds_text
-from moviola.server.schemas import (ERRORS, ErrorResponse, FeedbackBody, KeyBody, RemixBody, Video, VideoDeleted,
-                                    VideoList)
+from moviola.server.generate import DEFAULT_MAX_SECONDS, ModelInfo, RequestProblem, seconds_text
+from moviola.server.schemas import (ERRORS, ErrorResponse, FeedbackBody, KeyBody, RemixBody, StoryboardBody, Video,
+                                    VideoDeleted, VideoList)
 from moviola.server.storage import VARIANTS, Storage
 
 STUDIO_DIR = Path(__file__).parent / "studio"
@@ -66,6 +66,7 @@ class ServerConfig:
     sweep_seconds: float = 60.0  # how often expired files are cleaned up
     max_image_mb: float = 20.0
     max_video_mb: float = 200.0
+    max_seconds: float = DEFAULT_MAX_SECONDS  # the longest video a request may ask for (capped by the model's)
 
     def db_url(self) -> str:
         return self.db or sqlite_url(Path(self.storage) / "moviola.db")
@@ -98,7 +99,7 @@ def create_app(cfg: ServerConfig) -> FastAPI:
     db = Database(cfg.db_url())
     from moviola import DEFAULT_MODEL_DIR
 
-    model = ModelInfo.from_dir(cfg.model or DEFAULT_MODEL_DIR)
+    model = ModelInfo.from_dir(cfg.model or DEFAULT_MODEL_DIR, cap_seconds=cfg.max_seconds)
     bearer = HTTPBearer(auto_error=False, description="An API key made with `moviola keys create`.")
     stop_sweeping = threading.Event()
 
@@ -231,7 +232,7 @@ def create_app(cfg: ServerConfig) -> FastAPI:
         return JSONResponse(jobs.to_video(row), status_code=status, headers=headers)
 
     def problem(e: RequestProblem) -> APIError:
-        return APIError(400, str(e), code="invalid_value", param=e.param)
+        return APIError(400, str(e), code=e.code, param=e.param)
 
     def sampler_params(seed: int | None) -> dict:
         return {"fps": model.fps, "seed": secrets.randbelow(2**31) if seed is None else seed,
@@ -377,6 +378,11 @@ def create_app(cfg: ServerConfig) -> FastAPI:
             raise APIError(400, "input_reference.file_id: this server has no Files API; upload the image itself",
                            code="unsupported", param="input_reference")
         image = None
+        if input_reference is not None or input_reference_url:
+            try:
+                model.require_frames("image-to-video (input_reference)", "input_reference")
+            except RequestProblem as e:
+                raise problem(e) from None
         if input_reference is not None:
             image = image_png(read_upload(input_reference, cfg.max_image_mb, "input_reference"), "input_reference")
         elif input_reference_url:
@@ -443,93 +449,149 @@ def create_app(cfg: ServerConfig) -> FastAPI:
         prompt = check_prompt(body.prompt)
         src = source_video(key, video_id, "video_id")
         sp = json.loads(src["params"])
+        try:
+            strength = model.parse_strength(body.strength)
+            model.check_source(float(sp["seconds"]), "remix", "video_id")
+        except RequestProblem as e:
+            raise problem(e) from None
         new_id = jobs.new_video_id()
-        params = {**sampler_params(body.seed if body.seed is not None else sp["seed"]),
+        params = {**sampler_params(body.seed if body.seed is not None else sp["seed"]), "strength": strength,
                   "source_video_id": video_id, "source_seed": sp["seed"], "source_path": copy_source(new_id, src)}
         return queue(request, key, video_id=new_id, kind="remix", prompt=prompt, seconds=float(sp["seconds"]),
                      width=sp["width"], height=sp["height"], params=params, cost=float(sp["seconds"]),
                      remixed_from=video_id)
 
     def source_from_form(request: Request, key: dict, video: UploadFile | None, video_ref: str | None,
-                         new_id: str) -> tuple[dict | None, dict]:
-        """(source row or None for an upload, params naming the stored source)."""
+                         new_id: str, size: str | None) -> tuple[dict, float, tuple[int, int]]:
+        """The source of an extension or edit: (params naming it, its seconds, the size to make).
+
+        A stored video (``video[id]``) keeps its size unless ``size`` asks for another; an upload (real
+        footage of any size and frame rate) is made at ``size``, else at the trained size nearest its
+        aspect ratio. The abilities scale and centre-crop the source to that size.
+        """
         if video_ref:
             src = source_video(key, video_ref, "video")
-            return src, {"source_video_id": video_ref, "source_path": copy_source(new_id, src)}
+            sp = json.loads(src["params"])
+            try:
+                wh = model.parse_size(size, default=(sp["width"], sp["height"]))
+            except RequestProblem as e:
+                raise problem(e) from None
+            extra = {"source_video_id": video_ref, "source_seed": sp["seed"], "source_path": copy_source(new_id, src)}
+            return extra, float(sp["seconds"]), wh
         if video is None:
             raise APIError(400, "missing required parameter 'video' (a video file, or video[id] of a completed "
                                 "video)", code="invalid_value", param="video")
+        try:
+            wh = model.parse_size(size) if size else None
+        except RequestProblem as e:
+            raise problem(e) from None
         data = read_upload(video, cfg.max_video_mb, "video")
         ext = Path(video.filename or "").suffix.lower()
         ext = ext if ext in (".mp4", ".mov", ".mkv", ".webm", ".gif") else ".mp4"
         path = storage.save_upload(new_id, "source" + ext, data)
         try:
             check_video_file(path, "video")
+            vw, vh, dur = probe_upload(path)
         except APIError:
             storage.remove_all(new_id)
             raise
-        return None, {"source_path": storage.relative(path)}
+        seconds = round(max(dur, 1 / model.fps) * model.fps) / model.fps
+        return {"source_path": storage.relative(path)}, seconds, wh or model.size_for(vw, vh)
 
-    @app.post("/v1/videos/extensions", name="videos.extend", response_model=Video, responses=ERRORS)
+    def probe_upload(path: Path) -> tuple[int, int, float]:
+        """(width, height, seconds) of an uploaded video, from its header (no torch in the API process)."""
+        try:
+            with _av_open(path) as c:
+                st = c.streams.video[0]
+                w, h = st.codec_context.width, st.codec_context.height
+                dur = float(st.duration * st.time_base) if st.duration else float(c.duration or 0) / 1e6
+        except Exception:
+            raise APIError(400, "video is not a readable video", code="invalid_file", param="video") from None
+        if not (w and h and dur > 0):
+            raise APIError(400, "video has no size or duration in its header", code="invalid_file", param="video")
+        return w, h, dur
+
+    @app.post("/v1/videos/extensions", name="videos.extend", response_model=Video, responses=ERRORS,
+              summary="Extend a video (the result is the whole stitched clip: seconds = source + new)")
     def extend_video(request: Request, key: dict = Depends(current_key), prompt: str = Form(..., max_length=100_000),
                      seconds: str = Form(...), video: UploadFile | None = File(None),
-                     video_ref: str | None = Form(None, alias="video[id]"), seed: str | None = Form(None)):
+                     video_ref: str | None = Form(None, alias="video[id]"), seed: str | None = Form(None),
+                     size: str | None = Form(None, description="Moviola extra: the size to make (default: a stored "
+                                                               "source's, or the trained size nearest an upload's)"),
+                     backward: bool = Form(False, description="Moviola extra: add the new seconds before the "
+                                                              "source instead of after it")):
         prompt = check_prompt(prompt)
         try:
+            model.require_frames("extending a video", "video")
             new_s = model.parse_seconds(seconds)
         except RequestProblem as e:
             raise problem(e) from None
         params = sampler_params(parse_seed(seed))
         new_id = jobs.new_video_id()
-        src, extra = source_from_form(request, key, video, video_ref, new_id)
-        if src is not None:
-            sp = json.loads(src["params"])
-            w, h, before = sp["width"], sp["height"], float(sp["seconds"])
-        else:
-            try:
-                with _av_open(storage.resolve(extra["source_path"])) as c:
-                    st = c.streams.video[0]
-                    vw, vh = st.codec_context.width, st.codec_context.height
-                    dur = float(st.duration * st.time_base) if st.duration else float(c.duration or 0) / 1e6
-            except Exception:
-                storage.remove_all(new_id)
-                raise APIError(400, "video is not a readable video", code="invalid_file", param="video") from None
-            w, h = model.closest_size(vw, vh)
-            before = round(max(dur, 1 / model.fps) * model.fps) / model.fps
+        extra, before, (w, h) = source_from_form(request, key, video, video_ref, new_id, size)
         total = before + new_s
-        if total > MAX_TOTAL_SECONDS:
+        if total > model.longest + 1e-6:
             storage.remove_all(new_id)
-            raise APIError(400, f"the extended video would be {total:g} s; the limit is {MAX_TOTAL_SECONDS:g} s",
-                           code="invalid_value", param="seconds")
-        params.update(extra, extension_seconds=new_s)
+            raise APIError(400, f"the extended video would be {total:g} s ({before:g} s + {new_s:g} s); "
+                                f"{model.name} makes at most {model.longest:g} s", code="invalid_value",
+                           param="seconds")
+        params.update(extra, extension_seconds=new_s, backward=bool(backward))
         return queue(request, key, video_id=new_id, kind="extension", prompt=prompt, seconds=total, width=w,
                      height=h, params=params, cost=new_s)
 
-    @app.post("/v1/videos/edits", name="videos.edit", response_model=Video, responses=ERRORS)
+    @app.post("/v1/videos/edits", name="videos.edit", response_model=Video, responses=ERRORS,
+              summary="Edit a video with a new prompt (video to video, as many frames as the source)")
     def edit_video(request: Request, key: dict = Depends(current_key), prompt: str = Form(..., max_length=100_000),
                    video: UploadFile | None = File(None), video_ref: str | None = Form(None, alias="video[id]"),
-                   seed: str | None = Form(None)):
+                   seed: str | None = Form(None),
+                   strength: str | None = Form(None, description="Moviola extra: 0 keeps the source, 1 ignores "
+                                                                 "it (default 0.6)"),
+                   size: str | None = Form(None, description="Moviola extra: the size to make")):
         prompt = check_prompt(prompt)
+        try:
+            st = model.parse_strength(strength)
+        except RequestProblem as e:
+            raise problem(e) from None
         params = sampler_params(parse_seed(seed))
         new_id = jobs.new_video_id()
-        src, extra = source_from_form(request, key, video, video_ref, new_id)
-        if src is not None:
-            sp = json.loads(src["params"])
-            w, h, s = sp["width"], sp["height"], float(sp["seconds"])
-            extra["source_seed"] = sp["seed"]
-        else:
-            try:
-                with _av_open(storage.resolve(extra["source_path"])) as c:
-                    st = c.streams.video[0]
-                    w, h = model.closest_size(st.codec_context.width, st.codec_context.height)
-                    dur = float(st.duration * st.time_base) if st.duration else float(c.duration or 0) / 1e6
-            except Exception:
-                storage.remove_all(new_id)
-                raise APIError(400, "video is not a readable video", code="invalid_file", param="video") from None
-            s = min(model.max_seconds, max(1 / model.fps, round(dur * model.fps) / model.fps))
-        params.update(extra)
+        extra, s, (w, h) = source_from_form(request, key, video, video_ref, new_id, size)
+        try:
+            model.check_source(s, "an edit")
+        except RequestProblem as e:
+            storage.remove_all(new_id)
+            raise problem(e) from None
+        params.update(extra, strength=st)
         return queue(request, key, video_id=new_id, kind="edit", prompt=prompt, seconds=s, width=w, height=h,
                      params=params, cost=s, remixed_from=extra.get("source_video_id"))
+
+    @app.post("/v1/videos/storyboards", name="videos.storyboard", response_model=Video, responses=ERRORS,
+              summary="Moviola extension (not in Sora's API): one clip from cards of (start second, prompt)")
+    def storyboard_video(request: Request, body: StoryboardBody, key: dict = Depends(current_key)):
+        """Segment i runs from card i's start to the next card's (the last one to ``seconds``, default its
+        start + 2 s) and follows card i's prompt; a card's optional ``image`` (a base64 data: URL) is its
+        segment's first frame. ``transition``: "cut" starts each segment afresh, "continue" carries the
+        scene on under the new prompt. The result is listed, retrieved and downloaded like any video."""
+        try:
+            model.parse_model(body.model)
+            w, h = model.parse_size(body.size)
+            cards, end = model.parse_storyboard([c.model_dump() for c in body.cards], body.seconds, body.transition)
+        except RequestProblem as e:
+            raise problem(e) from None
+        params = sampler_params(body.seed)
+        new_id = jobs.new_video_id()
+        try:
+            for i, c in enumerate(cards):
+                image = c.pop("image", None)
+                if image:
+                    png = image_png(data_url_bytes(image, f"cards[{i}].image"), f"cards[{i}].image")
+                    c["image_path"] = storage.relative(storage.save_upload(new_id, f"card{i}.png", png))
+        except BaseException:
+            storage.remove_all(new_id)
+            raise
+        params.update(cards=cards, transition=body.transition)
+        prompt = " | ".join(f"{c['start']:g}s: {c['prompt']}" for c in cards)
+        return queue(request, key, video_id=new_id, kind="storyboard", prompt=prompt, seconds=end, width=w,
+                     height=h, params=params, cost=end)
 
     # --- feedback (the studio's) ------------------------------------------------------------------
 
@@ -549,7 +611,11 @@ def create_app(cfg: ServerConfig) -> FastAPI:
         return {"object": "list", "data": [{
             "id": model.name, "object": "model", "created": 0, "owned_by": "moviola",
             "moviola": {"fps": model.fps, "sizes": [f"{a}x{b}" for a in model.sides() for b in model.sides()],
-                        "max_seconds": model.max_seconds, "steps": cfg.steps or model.steps}}]}
+                        "max_seconds": model.longest, "window_seconds": model.max_seconds,
+                        "known_frames": model.conditioned, "steps": cfg.steps or model.steps,
+                        "abilities": ["text_to_video"] + (["image_to_video", "remix", "edit", "extend",
+                                                           "storyboard"] if model.conditioned else
+                                                          ["remix", "edit", "storyboard"])}}]}
 
     # --- admin -----------------------------------------------------------------------------------
 

@@ -93,7 +93,8 @@ def to_video(row: dict[str, Any]) -> dict[str, Any]:
         "remixed_from_video_id": row["remixed_from"], "error": error,
         "moviola": {"kind": row["kind"], "seed": params.get("seed"), "steps": params.get("steps"),
                     "guidance": params.get("guidance"), "sampler": params.get("sampler"),
-                    "source_video_id": params.get("source_video_id"), "note": row["note"],
+                    "source_video_id": params.get("source_video_id"), "strength": params.get("strength"),
+                    "transition": params.get("transition"), "note": row["note"],
                     "content_hash": row["content_hash"], "generation_seconds": row["gen_seconds"],
                     "expired": row["assets_removed_at"] is not None,
                     "feedback": ({"rating": row["feedback_rating"], "comment": row["feedback_comment"]}

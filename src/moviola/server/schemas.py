@@ -30,8 +30,10 @@ class Video(BaseModel):
     size: str
     remixed_from_video_id: str | None
     error: VideoError | None
-    moviola: dict[str, Any] = Field(description="Moviola's extras: kind, seed, steps, guidance, sampler, "
-                                                "note, content_hash, generation_seconds, expired, feedback")
+    moviola: dict[str, Any] = Field(description="Moviola's extras: kind (create, remix, edit, extension, "
+                                                "storyboard), seed, steps, guidance, sampler, source_video_id, "
+                                                "strength, transition, note, content_hash, generation_seconds, "
+                                                "expired, feedback")
 
 
 class VideoList(BaseModel):
@@ -50,6 +52,27 @@ class VideoDeleted(BaseModel):
 
 class RemixBody(BaseModel):
     prompt: str = Field(min_length=1, max_length=4000)
+    seed: int | None = Field(default=None, ge=0, le=2**31 - 1)
+    strength: float | None = Field(default=None, ge=0, le=1, allow_inf_nan=False,
+                                   description="Moviola extra: 0 keeps the source, 1 ignores it (default 0.6)")
+
+
+class StoryboardCard(BaseModel):
+    start: float = Field(ge=0, allow_inf_nan=False, description="When this card's segment starts, in seconds")
+    prompt: str = Field(min_length=1, max_length=4000)
+    image: str | None = Field(default=None, max_length=30_000_000,
+                              description="Optional first frame of the segment, as a base64 data: URL")
+
+
+class StoryboardBody(BaseModel):
+    """``POST /v1/videos/storyboards`` (a Moviola extension): cards in order of start time, the first at 0."""
+
+    cards: list[StoryboardCard] = Field(min_length=1, max_length=32)
+    seconds: str | float | None = Field(default=None,
+                                        description="The whole clip's length (default: the last card's start + 2)")
+    size: str | None = Field(default=None, max_length=32)
+    transition: Literal["cut", "continue"] = "cut"
+    model: str | None = Field(default=None, max_length=200)
     seed: int | None = Field(default=None, ge=0, le=2**31 - 1)
 
 

@@ -3,7 +3,11 @@
     STORAGE/moviola.db                      the default SQLite database
     STORAGE/uploads/<video_id>/input.png    an input_reference image (normalised to PNG)
     STORAGE/uploads/<video_id>/source.<ext> an uploaded video for extensions and edits
+    STORAGE/uploads/<video_id>/card<i>.png  a storyboard card's image
     STORAGE/videos/<video_id>/<attempt>/    video.mp4, thumbnail.webp, spritesheet.jpg
+    STORAGE/work/<video_id>/<attempt>/      a clip being streamed to disk by a worker (moved into
+                                            videos/ when finished; what a killed worker left is
+                                            removed with the video)
 
 Outputs go to a folder per attempt: a worker whose lease ran out (and whose job another worker took
 over) may still be writing; it never touches the winner's files, and the job record names the folder
@@ -55,6 +59,15 @@ class Storage:
         d.mkdir(parents=True, exist_ok=True)
         return d
 
+    def new_work_dir(self, video_id: str) -> Path:
+        """Scratch space for one attempt's outputs while they are made (same file system as videos/)."""
+        d = self.root / "work" / video_id / secrets.token_hex(6)
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+
+    def remove_work(self, video_id: str) -> None:
+        shutil.rmtree(self.root / "work" / video_id, ignore_errors=True)
+
     def relative(self, path: Path) -> str:
         return str(path.resolve().relative_to(self.root))
 
@@ -73,4 +86,5 @@ class Storage:
     def remove_all(self, video_id: str) -> None:
         """Outputs and uploads of one video (delete, expiry)."""
         self.remove_outputs(video_id)
+        self.remove_work(video_id)
         shutil.rmtree(self.upload_dir(video_id), ignore_errors=True)

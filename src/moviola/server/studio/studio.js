@@ -27,8 +27,15 @@ async function signIn(key) {
   localStorage.setItem("moviola.key", key);
   const m = models.data[0];
   const sizes = ["64x64", "96x64", "64x96", "112x64", "64x112", "128x128"].filter((s) => m.moviola.sizes.includes(s));
-  $("#size").innerHTML = sizes.map((s) => `<option>${s}</option>`).join("");
-  $("#seconds").max = m.moviola.max_seconds;
+  $("#size").innerHTML = $("#board-size").innerHTML = sizes.map((s) => `<option>${s}</option>`).join("");
+  state.maxSeconds = m.moviola.max_seconds;
+  state.abilities = m.moviola.abilities || [];
+  $("#seconds").max = $("#board-seconds").max = m.moviola.max_seconds;
+  const i2v = state.abilities.includes("image_to_video");
+  $("#image").disabled = !i2v;
+  $("#image-note").hidden = i2v;
+  $("#image-note").textContent = i2v ? "" : "This model was not trained with known frames: no image-to-video, extend or continue.";
+  if (!$("#board-cards").children.length) { addBoardCard(0, ""); addBoardCard(2, ""); }
   $("#who-name").textContent = m.id + " · key " + key.slice(0, 8) + "…";
   $("#signin-panel").hidden = true;
   $("#studio").hidden = false;
@@ -64,23 +71,95 @@ $("#create-form").addEventListener("submit", async (ev) => {
   if ($("#seed").value !== "") form.append("seed", $("#seed").value);
   const img = $("#image").files[0];
   if (img) form.append("input_reference", img, img.name);
-  await submit(() => api("/videos", { method: "POST", body: form }));
+  await submit(() => api("/videos", { method: "POST", body: form }), $("#generate"), $("#create-error"));
 });
 
-async function submit(request) {
-  const btn = $("#generate");
+// The first frame's preview: what image-to-video will start from (the server crops it to the size).
+$("#image").addEventListener("change", () => {
+  const f = $("#image").files[0];
+  const img = $("#image-preview img");
+  if (img.src) URL.revokeObjectURL(img.src);
+  $("#image-preview").hidden = !f;
+  if (f) img.src = URL.createObjectURL(f); else img.removeAttribute("src");
+});
+$("#image-clear").addEventListener("click", () => {
+  $("#image").value = "";
+  $("#image").dispatchEvent(new Event("change"));
+});
+
+// Queue a job, show its card at the top of the gallery and follow it. Returns true if it was queued.
+async function submit(request, btn, errorBox) {
   btn.disabled = true;
+  errorBox.textContent = "";
   try {
     const video = await (await request()).json();
     upsertCard(video, true);
     $("#empty").hidden = true;
     poll(video.id);
+    return true;
   } catch (e) {
-    $("#create-error").textContent = e.message;
+    errorBox.textContent = e.message;
+    return false;
   } finally {
     btn.disabled = false;
   }
 }
+
+// --- the storyboard editor ------------------------------------------------------------------------
+
+function addBoardCard(start, prompt) {
+  const li = $("#board-card-template").content.firstElementChild.cloneNode(true);
+  li.querySelector('[name="start"]').value = String(start);
+  li.querySelector('[name="prompt"]').value = prompt;
+  li.querySelector('[data-act="remove"]').addEventListener("click", () => {
+    if ($("#board-cards").children.length > 1) li.remove();
+    boardChanged();
+  });
+  // Moving a card moves its prompt to the neighbouring slot; the start times stay where they are (in order).
+  const swap = (other) => {
+    if (!other) return;
+    const a = li.querySelector('[name="prompt"]'), b = other.querySelector('[name="prompt"]');
+    [a.value, b.value] = [b.value, a.value];
+    b.focus();
+  };
+  li.querySelector('[data-act="up"]').addEventListener("click", () => swap(li.previousElementSibling));
+  li.querySelector('[data-act="down"]').addEventListener("click", () => swap(li.nextElementSibling));
+  li.querySelector('[name="start"]').addEventListener("change", boardChanged);
+  $("#board-cards").append(li);
+  boardChanged();
+  return li;
+}
+
+function boardCards() {
+  return [...$("#board-cards").children].map((li) => ({
+    start: Number(li.querySelector('[name="start"]').value),
+    prompt: li.querySelector('[name="prompt"]').value.trim(),
+  }));
+}
+
+function boardChanged() {
+  const cards = boardCards();
+  const last = cards.length ? cards[cards.length - 1].start : 0;
+  const total = $("#board-seconds");
+  if (Number(total.value) <= last) total.value = String(Math.min(last + 2, Number(total.max) || last + 2));
+  $("#board-cards").firstElementChild.querySelector('[name="start"]').readOnly = true;  // the first starts at 0
+}
+
+$("#board-add").addEventListener("click", () => {
+  const cards = boardCards();
+  const start = cards.length ? cards[cards.length - 1].start + 2 : 0;
+  addBoardCard(start, "").querySelector('[name="prompt"]').focus();
+});
+
+$("#board-form").addEventListener("submit", async (ev) => {
+  ev.preventDefault();
+  const body = { cards: boardCards(), seconds: String($("#board-seconds").value), size: $("#board-size").value,
+                 transition: $("#board-transition").value };
+  if ($("#seed").value !== "") body.seed = Number($("#seed").value);
+  await submit(() => api("/videos/storyboards", {
+    method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) }),
+  $("#board-submit"), $("#board-error"));
+});
 
 // --- the gallery ----------------------------------------------------------------------------------
 
@@ -162,20 +241,37 @@ function poll(id) {
 
 function wireCard(card) {
   const id = () => card.dataset.id;
-  card.querySelector('[data-act="remix"]').addEventListener("click", async () => {
-    const prompt = window.prompt("Remix with a new prompt:", card.querySelector(".prompt").textContent);
-    if (!prompt) return;
-    await submit(() => api(`/videos/${id()}/remix`, {
-      method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ prompt }) }));
+  const remixForm = card.querySelector(".remix-form"), extendForm = card.querySelector(".extend-form");
+  const open = (form) => {
+    for (const f of [remixForm, extendForm]) f.hidden = f !== form || !f.hidden;
+    if (!form.hidden) {
+      form.prompt.value = card.querySelector(".prompt").textContent;
+      form.prompt.focus();
+    }
+  };
+  card.querySelector('[data-act="remix"]').addEventListener("click", () => open(remixForm));
+  card.querySelector('[data-act="extend"]').addEventListener("click", () => open(extendForm));
+  card.querySelector('[data-act="extend"]').hidden = !(state.abilities || []).includes("extend");
+  for (const f of [remixForm, extendForm]) f.querySelector('[data-act="cancel"]').addEventListener("click", () => { f.hidden = true; });
+  remixForm.strength.addEventListener("input", () => { remixForm.shown.value = remixForm.strength.value; });
+  remixForm.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const body = { prompt: remixForm.prompt.value, strength: Number(remixForm.strength.value) };
+    const ok = await submit(() => api(`/videos/${id()}/remix`, {
+      method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) }),
+    remixForm.querySelector('button[type="submit"]'), card.querySelector(".note"));
+    if (ok) remixForm.hidden = true;
   });
-  card.querySelector('[data-act="extend"]').addEventListener("click", async () => {
-    const prompt = window.prompt("Extend with what happens next:", card.querySelector(".prompt").textContent);
-    if (!prompt) return;
+  extendForm.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
     const form = new FormData();
-    form.append("prompt", prompt);
-    form.append("seconds", "2");
+    form.append("prompt", extendForm.prompt.value);
+    form.append("seconds", String(extendForm.seconds.value));
     form.append("video[id]", id());
-    await submit(() => api("/videos/extensions", { method: "POST", body: form }));
+    if (extendForm.backward.checked) form.append("backward", "true");
+    const ok = await submit(() => api("/videos/extensions", { method: "POST", body: form }),
+      extendForm.querySelector('button[type="submit"]'), card.querySelector(".note"));
+    if (ok) extendForm.hidden = true;
   });
   card.querySelector('[data-act="delete"]').addEventListener("click", async () => {
     if (!window.confirm("Delete this video and its files?")) return;
