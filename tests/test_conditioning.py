@@ -1,0 +1,524 @@
+"""Known-frame conditioning (issue 6) on tiny configs, CPU only: the widened DiT, frame_cond and the samplers
+that keep known frames, the trainer's random masks, every pipeline ability, and every validation error.
+
+The pipelines here are a tiny random VAE and a tiny random DiT with a hash text encoder (no MiniLM load):
+the outputs are noise, so the tests check what holds for any weights: lengths, shapes, given frames kept
+exactly, and errors raised before any window is sampled.
+"""
+
+import dataclasses
+import json
+import zlib
+
+import numpy as np
+import pytest
+import torch
+
+from moviola.flow.path import timesteps
+from moviola.flow.samplers import SOLVERS, known_frames_fn, make_noise, sample
+from moviola.models.dit import DiT, DiTConfig, PRESETS, frame_cond, with_conditioning
+from moviola.models.vae import PRESETS as VAE_PRESETS
+from moviola.models.vae import CausalVAE
+from moviola.pipeline import CONTEXT_FRAMES, SUFFIX_FRAMES, Card, GenerationError, Pipeline, PipelineConfig
+from moviola.train.dit import MASK_KINDS, random_frame_mask
+
+TEXT_DIM = 8
+SIZE = dict(width=32, height=32)
+
+
+class HashText:
+    """A stand-in text encoder: 3 tokens per prompt drawn from a seed that is the prompt's CRC (the real
+    MiniLM takes a minute to load on a busy 2-core machine, and these tests don't need meaning)."""
+
+    def __init__(self, dim: int = TEXT_DIM):
+        self.dim = dim
+
+    def encode(self, prompts):
+        toks = [torch.randn(3, self.dim, generator=torch.Generator().manual_seed(zlib.crc32(p.encode())))
+                for p in prompts]
+        return torch.stack(toks), torch.ones(len(prompts), 3, dtype=torch.bool)  # (B, 3, dim), (B, 3)
+
+
+def random_dit(cond_channels: int = 0, seed: int = 0) -> DiT:
+    """A tiny DiT with every weight random: a fresh one outputs exactly zero (adaLN-zero), which would
+    hide everything these tests look at."""
+    torch.manual_seed(seed)
+    model = DiT(dataclasses.replace(PRESETS["tiny"], in_channels=4, text_dim=TEXT_DIM, cond_channels=cond_channels))
+    for p in model.parameters():
+        torch.nn.init.normal_(p, std=0.05)
+    return model.eval()
+
+
+def _pipe(cond: bool, max_seconds: float = 2.0) -> Pipeline:
+    torch.manual_seed(0)
+    vae = CausalVAE(VAE_PRESETS["tiny"])
+    dit = random_dit(5 if cond else 0)
+    # 2 s windows at 8 fps: 17 frames, so a 5 s clip takes several windows and a 1 s transition fits.
+    cfg = PipelineConfig(max_seconds=max_seconds, max_total_seconds=6.0, steps=2)
+    return Pipeline(vae, dit, HashText(), cfg)
+
+
+@pytest.fixture(scope="module")
+def pipe() -> Pipeline:
+    return _pipe(cond=True)
+
+
+@pytest.fixture(scope="module")
+def text_only() -> Pipeline:
+    return _pipe(cond=False)
+
+
+def _clip(frames: int, height: int = 32, width: int = 32, seed: int = 1) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (frames, height, width, 3), dtype=np.uint8)
+
+
+def _image(height: int = 40, width: int = 48, seed: int = 2) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+
+
+# --- the model --------------------------------------------------------------------------------------
+
+def _inputs(B=2, T=3, H=4, W=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(B, 4, T, H, W, generator=g)
+    t = torch.rand(B, generator=g)
+    ctx = torch.randn(B, 3, TEXT_DIM, generator=g)
+    return x, t, ctx, g
+
+
+def test_with_conditioning_computes_the_original_until_trained(tmp_path):
+    base = random_dit()
+    x, t, ctx, g = _inputs()
+    with torch.no_grad():
+        ref = base(x, t, ctx)  # (2, 4, 3, 4, 4)
+    assert ref.abs().mean() > 1e-3  # a model that outputs something
+    wide = with_conditioning(base)
+    assert wide is not base and base.config.cond_channels == 0 and wide.config.cond_channels == 4 + 1
+    assert wide.patch_embed.in_features == 4 * (4 + 5)  # 2x2 patches of [x, known latents, mask]
+    assert not wide.training  # keeps the original's mode
+    latents = torch.randn(2, 4, 3, 4, 4, generator=g)
+    conds = {"none": None, "zeros": torch.zeros(2, 5, 3, 4, 4),
+             "nothing known": frame_cond(latents, torch.zeros(3)),
+             "first known": frame_cond(latents, torch.tensor([1.0, 0, 0])),
+             "per-sample masks": frame_cond(latents, torch.tensor([[1.0, 1, 0], [0, 0, 1]])),
+             "noise": torch.randn(2, 5, 3, 4, 4, generator=g)}
+    with torch.no_grad():
+        for name, cond in conds.items():  # zero columns: any cond at all gives the original's output
+            torch.testing.assert_close(wide(x, t, ctx, cond=cond), ref, rtol=0, atol=1e-6, msg=name)
+
+    # One gradient step on the new columns only: now cond matters, and cond=None still is the original.
+    wide.train()
+    P, D = 4, wide.config.dim
+    old = wide.patch_embed.weight.detach().view(D, P, 9)[:, :, :4].clone()
+    cond = conds["per-sample masks"]
+    wide(x, t, ctx, cond=cond).square().mean().backward()
+    grad = wide.patch_embed.weight.grad.view(D, P, 9)
+    assert grad[:, :, 4:].abs().sum() > 0  # the new inputs get a gradient
+    grad[:, :, :4] = 0
+    with torch.no_grad():
+        wide.patch_embed.weight -= 1.0 * wide.patch_embed.weight.grad
+    wide.eval()
+    assert torch.equal(wide.patch_embed.weight.detach().view(D, P, 9)[:, :, :4], old)
+    with torch.no_grad():
+        assert (wide(x, t, ctx, cond=cond) - ref).abs().max() > 1e-4
+        torch.testing.assert_close(wide(x, t, ctx), ref, rtol=0, atol=1e-6)
+
+    # The config names the conditioning and round-trips through a model folder.
+    wide.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "dit.json").read_text())["cond_channels"] == 5
+    loaded = DiT.from_pretrained(tmp_path)
+    assert loaded.config == wide.config
+    with torch.no_grad():
+        assert torch.equal(loaded(x, t, ctx, cond=cond), wide(x, t, ctx, cond=cond))
+    assert with_conditioning(loaded) is loaded  # already conditioned: returned as is
+
+
+def test_with_conditioning_refuses_other_cond_widths_and_forward_checks_cond():
+    odd = DiT(DiTConfig(dim=32, depth=1, heads=2, freq_dim=64, in_channels=4, text_dim=TEXT_DIM, cond_channels=3))
+    with pytest.raises(ValueError, match="cond_channels=3; frame conditioning needs 5"):
+        with_conditioning(odd)
+    x, t, ctx, _ = _inputs()
+    with pytest.raises(ValueError, match="cond given but the model has cond_channels=0"):
+        random_dit()(x, t, ctx, cond=torch.zeros(2, 5, 3, 4, 4))
+    with pytest.raises(ValueError, match="cond must have shape"):
+        random_dit(5)(x, t, ctx, cond=torch.zeros(2, 5, 2, 4, 4))
+
+
+def test_frame_cond_keeps_only_known_frames_and_broadcasts_the_mask():
+    latents = torch.randn(2, 4, 5, 3, 6)
+    mask = torch.tensor([1.0, 0, 0, 1, 0])
+    c = frame_cond(latents, mask)
+    assert c.shape == (2, 5, 5, 3, 6) and c.dtype == latents.dtype
+    assert torch.equal(c[:, :4, [0, 3]], latents[:, :, [0, 3]])
+    assert torch.equal(c[:, :4, [1, 2, 4]], torch.zeros(2, 4, 3, 3, 6))
+    assert torch.equal(c[:, 4], mask.view(1, 5, 1, 1).expand(2, 5, 3, 6))
+    per = frame_cond(latents, torch.tensor([[1, 1, 0, 0, 0], [0, 0, 0, 0, 1]]))  # (B, T) masks, any dtype
+    assert torch.equal(per[0, 4, :, 0, 0], torch.tensor([1.0, 1, 0, 0, 0]))
+    assert torch.equal(per[1, 4, :, 0, 0], torch.tensor([0.0, 0, 0, 0, 1]))
+    assert torch.equal(per[1, :4, 4], latents[1, :, 4]) and not per[1, :4, :4].any()
+
+
+@pytest.mark.parametrize("sampler", list(SOLVERS))
+def test_known_frames_land_exactly_with_every_sampler(sampler):
+    dit = random_dit(5)
+    B, T = 2, 5
+    known = torch.randn(B, 4, T, 4, 4, generator=torch.Generator().manual_seed(5)) * 2
+    mask = torch.tensor([[1.0, 0, 0, 0, 0], [1.0, 1, 0, 0, 1]])  # image-to-video; prefix + last frame
+    noise = make_noise((B, 4, T, 4, 4), seed=6)
+    ctx = torch.randn(B, 3, TEXT_DIM, generator=torch.Generator().manual_seed(7))
+    m = mask.bool()[:, None, :, None, None].expand_as(known)  # (B, C, T, H, W)
+    seen = []
+
+    def model_fn(x, t):
+        seen.append(torch.equal(x[m], known[m]))  # the network always sees the known frames clean
+        return dit(x, t, ctx, cond=frame_cond(known, mask))
+
+    z = sample(known_frames_fn(model_fn, known, mask, noise), noise, steps=5, sampler=sampler, shift=3.0)
+    assert seen and all(seen)
+    torch.testing.assert_close(z[m], known[m], rtol=0, atol=1e-5)
+    assert torch.isfinite(z).all()
+    assert (z[~m] - known[~m]).abs().mean() > 0.1  # the others were generated, not copied
+    assert (z[~m] - noise[~m]).abs().mean() > 1e-3  # and the model moved them
+
+
+def test_known_frames_follow_the_straight_path_at_every_grid_time():
+    """Between 1 and 0 the known frames sit at (1 - t) known + t noise, where the trainer puts them."""
+    known, noise = torch.randn(1, 2, 3, 2, 2), torch.randn(1, 2, 3, 2, 2)
+    mask = torch.tensor([0.0, 1, 0])
+    ts = timesteps(4, shift=2.0)
+    xs = []
+    fn = known_frames_fn(lambda x, t: torch.full_like(x, 7.0), known, mask, noise)
+
+    def record(x, t):
+        xs.append((float(t[0]), x.clone()))
+        return fn(x, t)
+
+    SOLVERS["euler"](record, noise, ts)
+    for t, x in xs:
+        torch.testing.assert_close(x[:, :, 1], ((1 - t) * known + t * noise)[:, :, 1], rtol=0, atol=1e-6)
+
+
+# --- training masks ---------------------------------------------------------------------------------
+
+def _kind(m: np.ndarray) -> str:
+    """Which shape a mask has; a 'prefix' of one frame is the same mask as 'first'."""
+    ones = np.flatnonzero(m)
+    n, k = len(m), len(ones)
+    if k == 0:
+        return "none"
+    if m[0] and np.array_equal(ones, np.arange(k)):
+        return "first" if k == 1 else "prefix"
+    if np.array_equal(ones, np.arange(n - k, n)):
+        return "suffix"
+    if m[-1] and np.array_equal(ones[:-1], np.arange(k - 1)):
+        return "ends"
+    return "other"
+
+
+def test_random_frame_mask_shapes_kinds_and_never_all_known():
+    rng = np.random.default_rng(0)
+    assert abs(sum(MASK_KINDS.values()) - 1) < 1e-9
+    for frames in range(1, 9):
+        for _ in range(300):
+            m = random_frame_mask(frames, 1.0, rng)
+            assert m.shape == (frames,) and m.dtype == np.float32 and set(np.unique(m)) <= {0.0, 1.0}
+            assert m.sum() < frames  # something is always left to generate
+            assert _kind(m) != "other", m
+            if frames == 1:
+                assert not m.any()
+            if _kind(m) == "suffix":
+                assert m.sum() <= 2
+            if _kind(m) == "ends":
+                assert m[:-1].sum() <= 2
+    for frames in (1, 2, 5):
+        assert not any(random_frame_mask(frames, 0.0, rng).any() for _ in range(200))
+
+    n, frames = 4000, 6
+    kinds = [_kind(random_frame_mask(frames, 1.0, rng)) for _ in range(n)]
+    share = {k: kinds.count(k) / n for k in ("none", "first", "prefix", "suffix", "ends")}
+    assert share["none"] == 0
+    # "first" also gets the one-frame prefixes: a quarter of the prefixes, 1 to 5 frames long.
+    want = {"first": MASK_KINDS["first"] + MASK_KINDS["prefix"] / 5, "prefix": MASK_KINDS["prefix"] * 4 / 5,
+            "suffix": MASK_KINDS["suffix"], "ends": MASK_KINDS["ends"]}
+    for k, p in want.items():
+        assert abs(share[k] - p) < 0.04, (k, share[k], p)
+    some = [random_frame_mask(frames, 0.3, rng).any() for _ in range(n)]
+    assert abs(np.mean(some) - 0.3) < 0.04
+
+
+def test_training_with_cond_prob_widens_the_model_and_leaves_text_only_batches_alone(tmp_path, monkeypatch):
+    import moviola.train.dit as train_dit_module
+    from moviola.config import load_config
+    from moviola.data.latent_cache import LatentCache, buckets_of
+
+    monkeypatch.setattr(train_dit_module, "load_text_encoder", lambda name: HashText())
+    torch.manual_seed(0)
+    CausalVAE(VAE_PRESETS["tiny"]).save_pretrained(tmp_path / "vae")
+    common = ["model.dim=32", "model.depth=2", "model.heads=2", "model.in_channels=4", "model.freq_dim=64",
+              f"model.text_dim={TEXT_DIM}", "data.n_clips=4", "data.buckets=[[32,32,1.0,0.5],[32,32,2.0,0.5]]",
+              "optim.batch_size=4", "optim.warmup_steps=1", "eval_every=0", "log_every=1", "ckpt_every=10",
+              f"vae='{tmp_path / 'vae'}'", "optim.steps=2"]
+    cfg = load_config(train_dit_module.TrainDiTConfig, None, common + ["cond_prob=0.5", f"out='{tmp_path / 'c'}'"])
+    model_dir = train_dit_module.train_dit(cfg)
+    dit = DiT.from_pretrained(model_dir)
+    assert dit.config.cond_channels == dit.config.in_channels + 1 == 5
+    losses = [json.loads(line)["loss"] for line in (tmp_path / "c" / "log.jsonl").read_text().splitlines()
+              if '"loss"' in line]
+    assert len(losses) == 2 and all(np.isfinite(losses))
+
+    # The masks come from their own random stream: with cond_prob 0 the batches are the ones before.
+    plain = dataclasses.replace(cfg, cond_prob=0.0)
+    cache = LatentCache(tmp_path / "c" / "cache", buckets_of(cfg.data))
+    with_masks = train_dit_module.Batches(cache, cfg, dit.config.patch)
+    without = train_dit_module.Batches(cache, plain, dit.config.patch)
+    known = 0
+    for step in range(8):
+        a, b = with_masks.batch(step), without.batch(step)
+        assert "frame_mask" not in b and set(a) == set(b) | {"frame_mask"}
+        for k in b:
+            assert (torch.equal(a[k], b[k]) if torch.is_tensor(b[k]) else a[k] == b[k]), (step, k)
+        fm = a["frame_mask"]
+        assert fm.shape == (a["x0"].shape[0], a["x0"].shape[2])
+        assert (fm.sum(1) < fm.shape[1]).all()
+        known += int(fm.any(1).sum())
+    assert known > 0
+
+
+# --- pipeline abilities -----------------------------------------------------------------------------
+
+def test_text_to_video_one_window_several_windows_and_one_frame(pipe):
+    assert pipe.window_frames == 17
+    short = pipe("a red circle falls", seconds=1, seed=3, **SIZE)
+    assert short.shape == (8, 32, 32, 3) and short.dtype == np.uint8
+    chunks = list(pipe.stream("a red circle falls", seconds=5, seed=3, **SIZE))  # 40 frames > one window
+    assert len(chunks) >= 3 and sum(len(c) for c in chunks) == 40
+    assert all(c.shape[1:] == (32, 32, 3) and c.dtype == np.uint8 for c in chunks)
+    whole = pipe("a red circle falls", seconds=5, seed=3, **SIZE)
+    assert np.array_equal(whole, np.concatenate(chunks))  # __call__ is the stream, joined
+    assert pipe("a red circle falls", num_frames=1, **SIZE).shape == (1, 32, 32, 3)
+    assert sum(len(c) for c in pipe.stream("a red circle falls", num_frames=1, **SIZE)) == 1
+    calls = []
+    pipe("a red circle falls", seconds=3, callback=lambda i, n: calls.append((i, n)), **SIZE)
+    assert calls and calls[-1][0] == calls[-1][1] and [i for i, _ in calls] == sorted(i for i, _ in calls)
+
+
+def test_image_to_video_keeps_the_first_and_last_images(pipe):
+    img, last = _image(), _image(seed=3)
+    first = pipe.fit_image(img, 32, 32)
+    assert first.shape == (32, 32, 3) and first.dtype == np.uint8
+    out = pipe.image_to_video("a red circle falls", img, seconds=2, **SIZE)
+    assert out.shape == (16, 32, 32, 3) and np.array_equal(out[0], first)
+    assert np.array_equal(pipe("a red circle falls", image=img, seconds=2, **SIZE), out)
+    long = pipe.image_to_video("a red circle falls", img, seconds=3, **SIZE)  # 24 frames: two windows
+    assert long.shape == (24, 32, 32, 3) and np.array_equal(long[0], first)
+    assert np.array_equal(pipe.image_to_video("a red circle falls", img, num_frames=1, **SIZE), first[None])
+
+    both = pipe.image_to_video("a red circle falls", img, last_image=last, seconds=1, **SIZE)
+    assert both.shape == (9, 32, 32, 3)  # one window of 4k + 1 frames, at least 9
+    assert np.array_equal(both[0], first) and np.array_equal(both[-1], pipe.fit_image(last, 32, 32))
+    only_last = pipe("a red circle falls", last_image=last, seconds=2, **SIZE)
+    assert only_last.shape == (17, 32, 32, 3) and np.array_equal(only_last[-1], pipe.fit_image(last, 32, 32))
+
+
+@pytest.mark.parametrize("source_frames", [6, 2])
+def test_extend_forward_and_backward_keep_the_source_in_place(pipe, source_frames):
+    assert SUFFIX_FRAMES < 6 and CONTEXT_FRAMES < 6 and 2 < SUFFIX_FRAMES  # 2: shorter than the known frames
+    clip = _clip(source_frames)
+    fwd = pipe.extend(clip, "the circle keeps moving", seconds=1, **SIZE)
+    assert fwd.shape == (source_frames + 8, 32, 32, 3) and np.array_equal(fwd[:source_frames], clip)
+    back = pipe.extend(clip, "the circle keeps moving", seconds=1, backward=True, **SIZE)
+    assert back.shape == (source_frames + 8, 32, 32, 3) and np.array_equal(back[8:], clip)
+    assert not np.array_equal(fwd[source_frames:], back[:8])
+    if source_frames == 6:  # 3 s = 24 new frames: several windows either way
+        fwd = pipe.extend(clip, "the circle keeps moving", seconds=3, **SIZE)
+        back = pipe.extend(clip, "the circle keeps moving", seconds=3, backward=True, **SIZE)
+        assert len(fwd) == len(back) == 30
+        assert np.array_equal(fwd[:6], clip) and np.array_equal(back[24:], clip)
+
+
+def test_remix_strengths_and_lengths(pipe, text_only):
+    clip = _clip(12)
+    kept = pipe.remix(clip, "a blue square instead", strength=0, **SIZE)
+    assert np.array_equal(kept, pipe.fit_video(clip, 32, 32))
+    full = pipe.remix(clip, "a blue square instead", strength=1.0, seed=4, **SIZE)
+    half = pipe.remix(clip, "a blue square instead", strength=0.5, seed=4, **SIZE)
+    assert full.shape == half.shape == (12, 32, 32, 3)
+    # Strength 1 starts from pure noise and knows no frame: the same as text-to-video with that seed.
+    assert np.array_equal(full, pipe("a blue square instead", num_frames=12, seed=4, **SIZE))
+    assert not np.array_equal(half, full)  # below 1 the source shows through
+    long = pipe.remix(_clip(30), "a blue square instead", strength=0.5, **SIZE)  # longer than a window
+    assert long.shape == (30, 32, 32, 3)
+    # A text-only model remixes a clip that fits one window (no frame is known, only a starting point).
+    assert text_only.remix(clip, "a blue square instead", strength=0.5, **SIZE).shape == (12, 32, 32, 3)
+
+
+def test_connect_puts_a_transition_between_the_clips(pipe):
+    a, b = _clip(6, seed=1), _clip(7, seed=2)
+    # The longest transition: one window less a's 5 context frames and b's 4 head frames = 8 frames = 1 s.
+    assert pipe.window_frames - CONTEXT_FRAMES - SUFFIX_FRAMES == 8
+    out = pipe.connect(a, b, "the circle turns blue", seconds=1, **SIZE)
+    assert out.shape == (6 + 8 + 7, 32, 32, 3)
+    assert np.array_equal(out[:6], a) and np.array_equal(out[-7:], b)
+    tiny = pipe.connect(a[:1], b[:2], "the circle turns blue", seconds=0.5, **SIZE)  # 1-frame prefix, short head
+    assert tiny.shape == (1 + 4 + 2, 32, 32, 3)
+    assert np.array_equal(tiny[:1], a[:1]) and np.array_equal(tiny[-2:], b[:2])
+
+
+def test_loop_lengths(pipe):
+    assert pipe.loop("a red circle spins", seconds=2, **SIZE).shape == (16, 32, 32, 3)  # the shortest loop
+    assert pipe("a red circle spins", loop=True, seconds=3, **SIZE).shape == (24, 32, 32, 3)
+
+
+@pytest.mark.parametrize("transition", ["cut", "continue"])
+def test_storyboard_with_image_cards(pipe, transition):
+    img1, img2 = _image(seed=4), _image(seed=5)
+    cards = [Card(0, "a red circle falls", image=img1), Card(1, "a blue square spins"),
+             Card(1.5, "a green triangle grows", image=img2)]
+    chunks = list(pipe.storyboard(cards, seconds=4, transition=transition, **SIZE))  # last segment > a window
+    clip = np.concatenate(chunks)
+    assert clip.shape == (32, 32, 32, 3) and len(chunks) >= 4
+    assert np.array_equal(clip[0], pipe.fit_image(img1, 32, 32))
+    assert np.array_equal(clip[12], pipe.fit_image(img2, 32, 32))  # card 3 starts at 1.5 s = frame 12
+
+
+def test_storyboard_of_text_cards_runs_on_a_text_only_model(text_only):
+    cards = [Card(0, "a red circle falls"), Card(1, "a blue square spins")]
+    clip = np.concatenate(list(text_only.storyboard(cards, seconds=2, **SIZE)))
+    assert clip.shape == (16, 32, 32, 3)
+
+
+def test_real_footage_of_any_shape_is_fitted_then_extended_and_remixed(pipe):
+    clip = _clip(9, height=20, width=47)  # 2.35:1, odd sizes
+    assert pipe.size_for(47, 20) == (96, 64) and pipe.size_for(20, 47) == (64, 96) and pipe.size_for(50, 50) == (64, 64)
+    fitted = pipe.fit_video(clip, 96, 64)
+    assert fitted.shape == (9, 64, 96, 3) and fitted.dtype == np.uint8
+    ext = pipe.extend(clip, "the circle keeps moving", seconds=1)  # size: the trained one nearest 2.35:1
+    assert ext.shape == (17, 64, 96, 3) and np.array_equal(ext[:9], fitted)
+    assert pipe.remix(clip, "a blue square instead", strength=0.5).shape == (9, 64, 96, 3)
+    out = pipe.image_to_video("a red circle falls", clip[0], num_frames=5, width=96, height=64)
+    assert out.shape == (5, 64, 96, 3) and np.array_equal(out[0], fitted[0])
+
+
+# --- validation -------------------------------------------------------------------------------------
+
+@pytest.fixture
+def no_sampling(monkeypatch):
+    """Every check must come before the first window is sampled."""
+
+    def window(*args, **kwargs):
+        raise AssertionError("a window was sampled before the request was checked")
+
+    monkeypatch.setattr(Pipeline, "window", window)
+
+
+P = "a red circle falls"
+IMG, CLIP = _image(), _clip(6)
+BAD_REQUESTS = {
+    "strength below 0": (lambda p: p.remix(CLIP, P, strength=-0.1, **SIZE), "strength must be between 0 and 1"),
+    "strength above 1": (lambda p: p.remix(CLIP, P, strength=1.5, **SIZE), "strength must be between 0 and 1"),
+    "strength nan": (lambda p: p.remix(CLIP, P, strength=float("nan"), **SIZE), "strength must be between 0 and 1"),
+    "strength text": (lambda p: p.remix(CLIP, P, strength="0.5", **SIZE), "strength must be between 0 and 1"),
+    "no cards": (lambda p: p.storyboard([], seconds=2, **SIZE), "at least one card"),
+    "unordered cards": (lambda p: p.storyboard([Card(0, "a"), Card(2, "b"), Card(1, "c")], seconds=3, **SIZE),
+                        "in order of start time without overlap: card 3 starts at 1 s"),
+    "overlapping cards": (lambda p: p.storyboard([Card(0, "a"), Card(1, "b"), Card(1, "c")], seconds=3, **SIZE),
+                          "without overlap: card 3"),
+    "first card late": (lambda p: p.storyboard([Card(0.5, "a"), Card(1, "b")], seconds=3, **SIZE),
+                        "first card must start at 0 s, got 0.5"),
+    "negative start": (lambda p: p.storyboard([Card(-1, "a")], seconds=3, **SIZE), "start must be a number"),
+    "board too long": (lambda p: p.storyboard([Card(0, "a"), Card(5, "b")], seconds=7, **SIZE),
+                       "the board lasts 7 s; this model makes at most 6 s"),
+    "board ends early": (lambda p: p.storyboard([Card(0, "a"), Card(3, "b")], seconds=2, **SIZE),
+                         "the board ends at 2 s, not after its last card starts"),
+    "unknown transition": (lambda p: p.storyboard([Card(0, "a")], seconds=2, transition="fade", **SIZE),
+                           "transition must be 'cut' or 'continue'"),
+    "bad card image": (lambda p: p.storyboard([Card(0, "a"), Card(1, "b", image=IMG.astype(np.float32))],
+                                              seconds=2, **SIZE), "card 2 image must be an \\(H, W, 3\\) uint8"),
+    "clip too long": (lambda p: p("a", seconds=7, **SIZE), "seconds must be more than 0 and at most 6"),
+    "stream too long": (lambda p: p.stream("a", seconds=6.5, **SIZE), "at most 6"),
+    "zero seconds": (lambda p: p("a", seconds=0, **SIZE), "seconds must be more than 0"),
+    "too many frames": (lambda p: p("a", num_frames=49, **SIZE), "num_frames must be 1 to 48"),
+    "extension too long": (lambda p: p.extend(CLIP, P, seconds=7, **SIZE), "at most 6"),
+    "two images too far apart": (lambda p: p.image_to_video(P, IMG, last_image=IMG, seconds=3, **SIZE),
+                                 "at most 2"),
+    "image too small": (lambda p: p.image_to_video(P, _image(4, 40), **SIZE), "image is 40x4: too small"),
+    "last image too small": (lambda p: p.image_to_video(P, IMG, last_image=_image(40, 5), **SIZE),
+                             "last_image is 5x40: too small"),
+    "video too small": (lambda p: p.extend(_clip(6, 6, 30), P, width=32, height=32), "video is 30x6: too small"),
+    "float image": (lambda p: p.image_to_video(P, IMG.astype(np.float32), **SIZE),
+                    "image must be an \\(H, W, 3\\) uint8 RGB array, got float32"),
+    "gray image": (lambda p: p.image_to_video(P, IMG[..., 0], **SIZE), "image must be an \\(H, W, 3\\) uint8"),
+    "RGBA image": (lambda p: p(P, image=np.zeros((32, 32, 4), np.uint8), **SIZE), "\\(H, W, 3\\) uint8"),
+    "image as a clip": (lambda p: p.image_to_video(P, CLIP, **SIZE), "image must be an \\(H, W, 3\\)"),
+    "float video": (lambda p: p.extend(CLIP.astype(np.float64), P, **SIZE),
+                    "video must be a \\(T, H, W, 3\\) uint8 RGB array with T >= 1, got float64"),
+    "video as an image": (lambda p: p.remix(IMG, P, strength=0.5), "video must be a \\(T, H, W, 3\\)"),
+    "empty video": (lambda p: p.extend(CLIP[:0], P, **SIZE), "T >= 1"),
+    "second clip bad": (lambda p: p.connect(CLIP, CLIP[0], P, **SIZE), "second clip must be a \\(T, H, W, 3\\)"),
+    "transition too long": (lambda p: p.connect(CLIP, CLIP, P, seconds=2, **SIZE),
+                            "a transition can be at most 1 s with this model \\(8 frames\\), asked for 2 s"),
+    "loop too short": (lambda p: p.loop(P, seconds=1.5, **SIZE), "a loop needs at least 2 s \\(16 frames\\), asked for 12"),
+    "loop from an image": (lambda p: p(P, image=IMG, loop=True, **SIZE), "a loop cannot also start or end"),
+    "no image": (lambda p: p.image_to_video(P, None, **SIZE), "needs image, last_image or both"),
+    "bad size": (lambda p: p.image_to_video(P, IMG, width=40, height=32), "width 40 is outside"),
+    "unknown sampler": (lambda p: p(P, sampler="rk4", **SIZE), "unknown sampler 'rk4'; choose one of euler"),
+    "unknown sampler in extend": (lambda p: p.extend(CLIP, P, sampler="ddim", **SIZE), "unknown sampler 'ddim'"),
+    "unknown sampler in remix": (lambda p: p.remix(CLIP, P, sampler="ddim", **SIZE), "unknown sampler 'ddim'"),
+    "unknown sampler in a board": (lambda p: p.storyboard([Card(0, "a")], sampler="x", **SIZE), "unknown sampler"),
+    "remix too long": (lambda p: p.remix(_clip(49), P, strength=0.5, **SIZE), "remix takes at most 6 s \\(48 frames\\)"),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_REQUESTS))
+def test_bad_requests_fail_before_any_sampling(pipe, no_sampling, name):
+    call, message = BAD_REQUESTS[name]
+    with pytest.raises(GenerationError, match=message):
+        call(pipe)
+
+
+NEEDS_KNOWN_FRAMES = {
+    "image_to_video": lambda p: p.image_to_video(P, IMG, **SIZE),
+    "last image": lambda p: p(P, last_image=IMG, seconds=1, **SIZE),
+    "extend": lambda p: p.extend(CLIP, P, **SIZE),
+    "extend backward": lambda p: p.extend(CLIP, P, backward=True, **SIZE),
+    "connect": lambda p: p.connect(CLIP, CLIP, P, **SIZE),
+    "loop": lambda p: p.loop(P, seconds=3, **SIZE),
+    "long clip": lambda p: p(P, seconds=5, **SIZE),
+    "long stream": lambda p: p.stream(P, seconds=5, **SIZE),
+    "long remix": lambda p: p.remix(_clip(30), P, strength=0.5, **SIZE),
+    "board with an image": lambda p: p.storyboard([Card(0, "a", image=IMG)], seconds=1, **SIZE),
+    "board continued": lambda p: p.storyboard([Card(0, "a"), Card(1, "b")], seconds=2, transition="continue", **SIZE),
+    "board with a long segment": lambda p: p.storyboard([Card(0, "a")], seconds=3, **SIZE),
+}
+
+
+@pytest.mark.parametrize("name", list(NEEDS_KNOWN_FRAMES))
+def test_a_text_only_model_refuses_known_frames_before_sampling(text_only, no_sampling, name):
+    with pytest.raises(GenerationError, match="needs a model trained with known frames.*configs/dit/cond.toml"):
+        NEEDS_KNOWN_FRAMES[name](text_only)
+
+
+# --- bugs found while writing these tests (see the report; pipeline.py is not this file's to fix) -------
+
+@pytest.mark.xfail(reason="pipeline.py loop(): the transition's fit in a window is only checked in _transition, "
+                          "after the whole clip was sampled", raises=AssertionError, strict=True)
+def test_a_loop_that_cannot_fit_its_transition_fails_before_sampling(no_sampling):
+    short = _pipe(cond=True, max_seconds=1.0)  # 9-frame windows: no room for 5 + 8 + 4 frames
+    with pytest.raises(GenerationError, match="transition"):
+        short.loop(P, seconds=3, **SIZE)
+
+
+@pytest.mark.xfail(reason="pipeline.py check_cards()/storyboard(): cards less than one frame apart are not "
+                          "refused; an image card whose segment rounds to 0 frames adds a frame",
+                   raises=pytest.fail.Exception, strict=True)
+def test_cards_closer_than_a_frame_are_refused(pipe, no_sampling):
+    cards = [Card(0, "a", image=IMG), Card(0.05, "b")]  # 0.05 s at 8 fps: both start on frame 0
+    with pytest.raises(GenerationError, match="card 2"):
+        pipe.storyboard(cards, seconds=2, **SIZE)
+
+
+@pytest.mark.xfail(reason="pipeline.py check_request()/_total(): seconds=None without num_frames is a "
+                          "TypeError from _total, not a GenerationError", raises=TypeError, strict=True)
+def test_no_duration_is_a_generation_error(pipe, no_sampling):
+    with pytest.raises(GenerationError):
+        pipe(P, seconds=None, **SIZE)
