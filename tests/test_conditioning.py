@@ -498,27 +498,20 @@ def test_a_text_only_model_refuses_known_frames_before_sampling(text_only, no_sa
         NEEDS_KNOWN_FRAMES[name](text_only)
 
 
-# --- bugs found while writing these tests (see the report; pipeline.py is not this file's to fix) -------
+# --- bugs these tests found (fixed in pipeline.py) ----------------------------------------------
 
-@pytest.mark.xfail(reason="pipeline.py loop(): the transition's fit in a window is only checked in _transition, "
-                          "after the whole clip was sampled", raises=AssertionError, strict=True)
 def test_a_loop_that_cannot_fit_its_transition_fails_before_sampling(no_sampling):
     short = _pipe(cond=True, max_seconds=1.0)  # 9-frame windows: no room for 5 + 8 + 4 frames
     with pytest.raises(GenerationError, match="transition"):
         short.loop(P, seconds=3, **SIZE)
 
 
-@pytest.mark.xfail(reason="pipeline.py check_cards()/storyboard(): cards less than one frame apart are not "
-                          "refused; an image card whose segment rounds to 0 frames adds a frame",
-                   raises=pytest.fail.Exception, strict=True)
 def test_cards_closer_than_a_frame_are_refused(pipe, no_sampling):
     cards = [Card(0, "a", image=IMG), Card(0.05, "b")]  # 0.05 s at 8 fps: both start on frame 0
     with pytest.raises(GenerationError, match="card 2"):
         pipe.storyboard(cards, seconds=2, **SIZE)
 
 
-@pytest.mark.xfail(reason="pipeline.py check_request()/_total(): seconds=None without num_frames is a "
-                          "TypeError from _total, not a GenerationError", raises=TypeError, strict=True)
 def test_no_duration_is_a_generation_error(pipe, no_sampling):
     with pytest.raises(GenerationError):
         pipe(P, seconds=None, **SIZE)

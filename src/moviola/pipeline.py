@@ -157,6 +157,8 @@ class Pipeline:
             if not (c.min_side <= side <= c.max_side) or side % c.side_multiple:
                 raise GenerationError(f"{name} {side} is outside this model's range: multiples of "
                                       f"{c.side_multiple} from {c.min_side} to {c.max_side}")
+        if seconds is None and num_frames is None:
+            raise GenerationError("give seconds or num_frames")
         if num_frames is not None:
             if num_frames < 1 or num_frames > round(limit * c.fps):
                 raise GenerationError(f"num_frames must be 1 to {round(limit * c.fps)}, got {num_frames}")
@@ -475,7 +477,7 @@ class Pipeline:
         """Video to video with a new prompt: the clip's latents are noised to ``strength`` (0 keeps the clip,
         1 ignores it) and denoised under the prompt. Clips longer than a window are remixed window by
         window, each after the last 5 frames remixed. Returns as many frames as the (fitted) source."""
-        if not (isinstance(strength, (int, float)) and 0.0 <= strength <= 1.0):
+        if not (isinstance(strength, (int, float, np.floating, np.integer)) and 0.0 <= strength <= 1.0):
             raise GenerationError(f"strength must be between 0 and 1, got {strength!r}")
         a = np.asarray(video)
         if width is None or height is None:
@@ -544,8 +546,11 @@ class Pipeline:
         total = self._total(seconds, num_frames, fps)
         M = max(4, 4 * round(self.config.fps / 4))
         if total < M + CONTEXT_FRAMES + 3:
-            raise GenerationError(f"a loop needs at least {(M + CONTEXT_FRAMES + 3) / fps:g} s "
+            raise GenerationError(f"a loop needs at least {(M + CONTEXT_FRAMES + 3) / self.config.fps:g} s "
                                   f"({M + CONTEXT_FRAMES + 3} frames), asked for {total}")
+        if M > self.window_frames - CONTEXT_FRAMES - SUFFIX_FRAMES:
+            raise GenerationError(f"this model's windows ({self.window_frames} frames) are too short for a loop's "
+                                  f"{M}-frame transition")
         self._needs_conditioning("a loop")
         kw = dict(width=width, height=height, steps=steps, guidance=guidance, negative_prompt=negative_prompt,
                   sampler=sampler)
@@ -571,6 +576,10 @@ class Pipeline:
         end = seconds if seconds is not None else cards[-1].start + 2.0
         self.check_request(width, height, end, None, steps, guidance, sampler=sampler)
         bounds = [round(c.start * fps) for c in cards] + [round(end * fps)]
+        for i, (a, b) in enumerate(zip(bounds, bounds[1:])):
+            if b <= a:
+                what = f"card {i + 2} starts" if i + 1 < len(cards) else "the board ends"
+                raise GenerationError(f"{what} less than one frame ({1 / fps:g} s) after card {i + 1}")
         images = [None if c.image is None else self.fit_image(c.image, width, height, f"card {i + 1} image")
                   for i, c in enumerate(cards)]
         if any(im is not None for im in images) or transition == "continue" or \
@@ -610,7 +619,7 @@ def check_cards(cards: Sequence[Card], seconds: float | None, limit: float) -> N
     for i, c in enumerate(cards):
         if not isinstance(c.prompt, str):
             raise GenerationError(f"card {i + 1}: prompt must be text")
-        if not (isinstance(c.start, (int, float)) and math.isfinite(c.start) and c.start >= 0):
+        if not (isinstance(c.start, (int, float, np.floating, np.integer)) and math.isfinite(c.start) and c.start >= 0):
             raise GenerationError(f"card {i + 1}: start must be a number of seconds >= 0, got {c.start!r}")
     if cards[0].start != 0:
         raise GenerationError(f"the first card must start at 0 s, got {cards[0].start:g}")
