@@ -7,6 +7,7 @@ import pytest
 
 pytest.importorskip("fastapi", reason="the server needs its extra: pip install -e '.[server]'")
 schemathesis = pytest.importorskip("schemathesis", reason="fuzzing needs schemathesis: pip install -e '.[test]'")
+import numpy as np  # noqa: E402
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 
 EXAMPLES = 25  # per operation: ~15 operations, a few seconds in all (in-process, no sockets)
@@ -77,3 +78,40 @@ def test_oversized_upload_answers_413(tmp_path):
                         files={"input_reference": ("big.png", png, "image/png")})
     assert r.status_code == 413 and r.json()["error"]["param"] == "input_reference"
     assert not any((tmp_path / "uploads").rglob("*.png"))  # nothing stored for a refused request
+
+
+def test_text_only_model_refuses_abilities_before_queuing(tmp_path):
+    """A model without known frames: 400 'unsupported' at request time (nothing queued), one window at most."""
+    import json
+
+    from fastapi.testclient import TestClient
+
+    from moviola import DEFAULT_MODEL_DIR
+    from moviola.server.app import ServerConfig, create_app
+    from moviola.server.keys import create_key
+    from moviola.video_io import encode_image
+
+    model = tmp_path / "text-only"
+    model.mkdir()
+    (model / "pipeline.json").write_text((DEFAULT_MODEL_DIR / "pipeline.json").read_text())
+    (model / "dit.json").write_text(json.dumps({**json.loads((DEFAULT_MODEL_DIR / "dit.json").read_text()),
+                                                "cond_channels": 0}))
+    app = create_app(ServerConfig(storage=str(tmp_path / "s"), model=str(model)))
+    token, _ = create_key(app.state.db, "t")
+    auth = {"Authorization": f"Bearer {token}"}
+    png = encode_image(np.zeros((32, 32, 3), np.uint8))
+    with TestClient(app) as client:
+        r = client.post("/v1/videos", headers=auth, data={"prompt": "a red circle", "seconds": "2"},
+                        files={"input_reference": ("a.png", png, "image/png")})
+        assert r.status_code == 400 and r.json()["error"]["code"] == "unsupported"
+        assert "known frames" in r.json()["error"]["message"]
+        r = client.post("/v1/videos/extensions", headers=auth, data={"prompt": "x", "seconds": "1", "video[id]": "v"})
+        assert r.status_code == 400 and r.json()["error"]["code"] == "unsupported"
+        r = client.post("/v1/videos/storyboards", headers=auth,
+                        json={"cards": [{"start": 0, "prompt": "a"}], "seconds": "2", "transition": "continue"})
+        assert r.status_code == 400 and r.json()["error"]["code"] == "unsupported"
+        r = client.post("/v1/videos", headers=auth, data={"prompt": "a red circle", "seconds": "8"})
+        assert r.status_code == 400 and "at most 4" in r.json()["error"]["message"]
+        models = client.get("/v1/models", headers=auth).json()["data"][0]["moviola"]
+        assert models["max_seconds"] == 4 and "extend" not in models["abilities"]
+        assert client.get("/v1/videos", headers=auth).json()["data"] == []  # nothing was queued

@@ -378,16 +378,15 @@ def create_app(cfg: ServerConfig) -> FastAPI:
             raise APIError(400, "input_reference.file_id: this server has no Files API; upload the image itself",
                            code="unsupported", param="input_reference")
         image = None
-        if input_reference is not None or input_reference_url:
-            try:
-                model.require_frames("image-to-video (input_reference)", "input_reference")
-            except RequestProblem as e:
-                raise problem(e) from None
         if input_reference is not None:
             image = image_png(read_upload(input_reference, cfg.max_image_mb, "input_reference"), "input_reference")
         elif input_reference_url:
             image = image_png(data_url_bytes(input_reference_url, "input_reference"), "input_reference")
         if image is not None:
+            try:
+                model.require_frames("image-to-video (input_reference)", "input_reference")
+            except RequestProblem as e:
+                raise problem(e) from None
             params["input_path"] = storage.relative(storage.save_upload(video_id, "input.png", image))
         return queue(request, key, video_id=video_id, kind="create", prompt=prompt, seconds=s, width=w, height=h,
                      params=params, cost=s)
