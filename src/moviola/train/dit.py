@@ -83,6 +83,7 @@ class TrainDiTConfig:
     parallel: str = "ddp"  # under torchrun: "ddp", or "fsdp" (FSDP2 per block: big models on GPUs)
     caption_dropout: float = 0.1
     cond_prob: float = 0.0  # share of clips trained with known frames (`random_frame_mask`); > 0 widens the model
+    cond_kinds: list[float] = field(default_factory=lambda: list(MASK_KINDS.values()))  # weights of first, prefix, suffix, ends
     detailed_prob: float = 0.5  # share of steps' captions that are the detailed ones (else short)
     time_mean: float = 0.0  # logit-normal time sampling
     time_std: float = 1.0
@@ -148,7 +149,8 @@ def _row_text(r: dict, detailed: bool) -> str:
 MASK_KINDS = {"first": 0.4, "prefix": 0.25, "suffix": 0.15, "ends": 0.2}
 
 
-def random_frame_mask(frames: int, cond_prob: float, rng: np.random.Generator) -> np.ndarray:
+def random_frame_mask(frames: int, cond_prob: float, rng: np.random.Generator,
+                      weights: list[float] | None = None) -> np.ndarray:
     """A (frames,) float32 mask of known latent frames for one training clip: all zero (text only) with
     probability 1 - cond_prob, else one of: the first frame (image-to-video), a prefix of 1 to frames - 1
     (extension, long videos), a suffix of 1 or 2 (backward extension), or a prefix of 1 or 2 plus the last
@@ -156,7 +158,10 @@ def random_frame_mask(frames: int, cond_prob: float, rng: np.random.Generator) -
     m = np.zeros(frames, np.float32)
     if frames < 2 or rng.random() >= cond_prob:
         return m
-    kind = rng.choice(list(MASK_KINDS), p=np.array(list(MASK_KINDS.values())))
+    w = np.asarray(list(MASK_KINDS.values()) if weights is None else weights, dtype=np.float64)
+    if w.shape != (len(MASK_KINDS),) or (w < 0).any() or w.sum() <= 0:
+        raise ValueError(f"cond_kinds must be {len(MASK_KINDS)} non-negative weights ({', '.join(MASK_KINDS)}), got {weights}")
+    kind = rng.choice(list(MASK_KINDS), p=w / w.sum())
     if kind == "first":
         m[0] = 1
     elif kind == "prefix":
@@ -208,7 +213,7 @@ class Batches:
                "context_mask": self.cache.text_mask[rows_t], "bucket": b}
         if cfg.cond_prob > 0:  # its own stream, so runs without conditioning keep their batches bit for bit
             mrng = np.random.default_rng([cfg.data.seed, 11, step])
-            out["frame_mask"] = torch.from_numpy(np.stack([random_frame_mask(x0.shape[2], cfg.cond_prob, mrng)
+            out["frame_mask"] = torch.from_numpy(np.stack([random_frame_mask(x0.shape[2], cfg.cond_prob, mrng, cfg.cond_kinds)
                                                            for _ in range(x0.shape[0])]))
         return out
 
