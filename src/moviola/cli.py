@@ -488,7 +488,8 @@ def cmd_serve(args) -> int:
     Path(args.storage).mkdir(parents=True, exist_ok=True)
     cfg = ServerConfig(storage=args.storage, db=args.db, model=args.model, host=args.host, port=args.port,
                        workers=args.workers, steps=args.steps, poll_after_ms=args.poll_after_ms,
-                       ttl_seconds=args.ttl_seconds, lease_seconds=args.lease_seconds, worker_threads=args.threads)
+                       ttl_seconds=args.ttl_seconds, lease_seconds=args.lease_seconds, worker_threads=args.threads,
+                       max_seconds=args.max_seconds)
     try:
         return serve(cfg)
     except DatabaseError as e:
@@ -724,6 +725,8 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--steps", type=int, help="sampler steps for every job (default: the model's)")
     sv.add_argument("--poll-after-ms", type=int, default=1000, help="the openai-poll-after-ms header")
     sv.add_argument("--ttl-seconds", type=float, default=86400.0, help="completed videos expire after this (0: never)")
+    sv.add_argument("--max-seconds", type=float, default=60.0,
+                    help="the longest video a request may ask for (default 60; capped by the model's)")
     sv.add_argument("--lease-seconds", type=float, default=30.0, help="job lease of the workers started here")
     sv.add_argument("--threads", type=int, default=0, help="CPU threads per worker (default: torch's)")
     sv.set_defaults(func=cmd_serve)
