@@ -157,8 +157,6 @@ class Pipeline:
             if not (c.min_side <= side <= c.max_side) or side % c.side_multiple:
                 raise GenerationError(f"{name} {side} is outside this model's range: multiples of "
                                       f"{c.side_multiple} from {c.min_side} to {c.max_side}")
-        if seconds is None and num_frames is None:
-            raise GenerationError("give seconds or num_frames")
         if num_frames is not None:
             if num_frames < 1 or num_frames > round(limit * c.fps):
                 raise GenerationError(f"num_frames must be 1 to {round(limit * c.fps)}, got {num_frames}")
@@ -365,6 +363,8 @@ class Pipeline:
         return np.concatenate(chunks)
 
     def _total(self, seconds: float | None, num_frames: int | None, fps: float) -> int:
+        if seconds is None and num_frames is None:
+            raise GenerationError("give seconds or num_frames")
         return num_frames if num_frames is not None else max(1, int(round(seconds * fps)))
 
     def stream(self, prompt: str, *, width: int = 64, height: int = 64, seconds: float | None = 2.0,
