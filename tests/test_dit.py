@@ -197,8 +197,10 @@ def test_cond_channels_widen_patchify():
         v = model(x, t, context, mask, cond=cond)
         assert v.shape == x.shape
         assert (model(x, t, context, mask, cond=cond + 1) - v).abs().max() > 1e-4
+        # No cond means no known frame: the same as all-zero conditioning channels.
+        assert torch.equal(model(x, t, context, mask), model(x, t, context, mask, cond=torch.zeros_like(cond)))
     with pytest.raises(ValueError, match="cond"):
-        model(x, t, context, mask)
+        model(x, t, context, mask, cond=cond[:, :5])
 
 
 # --- determinism, batches, files -----------------------------------------------------------------

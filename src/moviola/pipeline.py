@@ -382,9 +382,12 @@ class Pipeline:
         tail = None
         if image is not None:
             tail = self.fit_image(image, width, height)[None]
-        long = total > self.window_frames or tail is not None
-        if long and total > 1:
-            self._needs_conditioning("a clip longer than one window or from an image")
+        if total > self.window_frames and not self.dit.config.cond_channels:
+            raise GenerationError(f"seconds must be at most {self.config.max_seconds:g} for this text-only model; "
+                                  "a longer clip needs a model trained with known frames (fine-tune it with: "
+                                  "moviola train dit --config configs/dit/cond.toml)")
+        if tail is not None and total > 1:
+            self._needs_conditioning("image-to-video")
         return self._stream(prompt, total, tail, width=width, height=height, steps=steps, guidance=guidance,
                             seed=seed, negative_prompt=negative_prompt, sampler=sampler, callback=callback)
 
