@@ -7,7 +7,7 @@ Sources are world renders (ground truth from the renderer, never used to generat
 
 - image_to_video: PSNR of the model's own frame 0 against the image (``decoded_psnr``; the output then
   carries the image itself, so the output's frame 0 is exact) and the seam after it.
-- extend / connect / loop: for each seam, the mean absolute frame difference across it divided by the
+- extend / connect / loop: for each seam (connect: two unrelated scenes, and two moments of one scene), the mean absolute frame difference across it divided by the
   clip's median frame difference (target <= 2), and the PSNR of the given frames as the decoder remakes
   them (the output keeps the given pixels).
 - storyboard: each segment scored with its own card's prompt, against single-prompt clips of the same
@@ -117,6 +117,17 @@ def evaluate_abilities(model_dir: Path, n: int = 8, *, steps: int | None = None,
         ratios += [seam_ratio(out, len(a)), seam_ratio(out, len(out) - len(b))]
         given.append(min(psnr(out[:len(a)], a), psnr(out[len(out) - len(b):], b)))
     res["connect"] = {"seam_ratio": _summary(ratios, 2.0), "given_psnr_output": _summary(given, 30.0, below=False)}
+
+    # connect two moments of one scene: the first and last 2 s of a 5 s render, 1 s apart (filling a gap)
+    ratios, given = [], []
+    for i, (p, spec) in enumerate(eval_prompts(n, held_out=False, seed=97531, seconds=5.0)):
+        clip = _render(spec)  # 40 frames
+        a, b = clip[:16], clip[24:]
+        out = pipe.connect(a, b, p, seconds=1, seed=seed + i, **kw)
+        ratios += [seam_ratio(out, len(a)), seam_ratio(out, len(out) - len(b))]
+        given.append(min(psnr(out[:len(a)], a), psnr(out[len(out) - len(b):], b)))
+    res["connect_same_scene"] = {"seam_ratio": _summary(ratios, 2.0),
+                                 "given_psnr_output": _summary(given, 30.0, below=False)}
 
     # loops of 3 s
     ratios = [loop_ratio(pipe.loop(p, seconds=3, seed=seed + i, **kw)) for i, (p, _) in enumerate(prompts[:n])]
