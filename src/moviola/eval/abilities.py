@@ -48,10 +48,18 @@ def seam_ratio(frames: np.ndarray, seam: int) -> float:
     return float(d[seam - 1] / max(np.median(d), 0.5))
 
 
-def loop_ratio(frames: np.ndarray) -> float:
+def seam_region_ratio(frames: np.ndarray, seam: int, after: int = 3) -> float:
+    """The largest of the differences across a seam and the ``after`` steps that follow it (where given
+    frames are cross-faded in after a known suffix), over the clip's median frame difference."""
+    d = frame_diffs(frames)
+    return float(d[seam - 1:seam + after].max() / max(np.median(d), 0.5))
+
+
+def loop_ratio(frames: np.ndarray, after: int = 3) -> float:
+    """The last-to-first difference (and the cross-faded steps after the first frame) over the median."""
     d = frame_diffs(frames)
     wrap = float(np.abs(frames[-1].astype(np.float32) - frames[0].astype(np.float32)).mean())
-    return wrap / max(float(np.median(d)), 0.5)
+    return max(wrap, float(d[:after].max())) / max(float(np.median(d)), 0.5)
 
 
 def _summary(values: list[float], target: float | None = None, below: bool = True) -> dict:
@@ -98,7 +106,7 @@ def evaluate_abilities(model_dir: Path, n: int = 8, *, steps: int | None = None,
             src = _render(spec)  # 16 frames at 8 fps
             out = pipe.extend(src, p, seconds=2, backward=backward, seed=seed + i, **kw)
             seam = len(out) - len(src) if backward else len(src)
-            ratios.append(seam_ratio(out, seam))
+            ratios.append(seam_region_ratio(out, seam) if backward else seam_ratio(out, seam))
             given.append(psnr(out[seam:] if backward else out[:len(src)], src))
             if not backward:  # the decoder's version of the 5-frame context the new frames follow
                 ctx = src[-5:]
@@ -114,7 +122,7 @@ def evaluate_abilities(model_dir: Path, n: int = 8, *, steps: int | None = None,
         (pa, sa), (pb, sb) = prompts[i], prompts[n + i]
         a, b = _render(sa), _render(sb)
         out = pipe.connect(a, b, pb, seconds=1, seed=seed + i, **kw)
-        ratios += [seam_ratio(out, len(a)), seam_ratio(out, len(out) - len(b))]
+        ratios += [seam_ratio(out, len(a)), seam_region_ratio(out, len(out) - len(b))]
         given.append(min(psnr(out[:len(a)], a), psnr(out[len(out) - len(b):], b)))
     res["connect"] = {"seam_ratio": _summary(ratios, 2.0), "given_psnr_output": _summary(given, 30.0, below=False)}
 
@@ -124,7 +132,7 @@ def evaluate_abilities(model_dir: Path, n: int = 8, *, steps: int | None = None,
         clip = _render(spec)  # 40 frames
         a, b = clip[:16], clip[24:]
         out = pipe.connect(a, b, p, seconds=1, seed=seed + i, **kw)
-        ratios += [seam_ratio(out, len(a)), seam_ratio(out, len(out) - len(b))]
+        ratios += [seam_ratio(out, len(a)), seam_region_ratio(out, len(out) - len(b))]
         given.append(min(psnr(out[:len(a)], a), psnr(out[len(out) - len(b):], b)))
     res["connect_same_scene"] = {"seam_ratio": _summary(ratios, 2.0),
                                  "given_psnr_output": _summary(given, 30.0, below=False)}
