@@ -197,6 +197,14 @@ class Pipeline:
             raise GenerationError(f"{name} is {a.shape[2]}x{a.shape[1]}: too small (8 px a side at least)")
         return fit_frames(a, width, height, mode="crop")
 
+    def _fit_source(self, video, width: int | None, height: int | None,
+                    name: str = "video") -> tuple[np.ndarray, int, int]:
+        """A source clip fitted to (width, height), by default the trained size nearest its aspect ratio."""
+        a = np.asarray(video)
+        if width is None or height is None:
+            width, height = self.size_for(a.shape[2], a.shape[1]) if a.ndim == 4 and min(a.shape[1:3]) else (64, 64)
+        return self.fit_video(video, width, height, name), width, height
+
     def size_for(self, width: int, height: int) -> tuple[int, int]:
         """The size this model makes that is closest in aspect ratio to a (width, height) source: the
         trained sizes when the model says them, else squares and 3:2 at the default side."""
@@ -443,12 +451,9 @@ class Pipeline:
         """Continue a clip (T, H, W, 3) uint8 at the model's fps by ``seconds`` (before it with
         ``backward``). Returns the whole clip: the source (scaled and cropped to the size, which defaults
         to the trained size nearest its aspect ratio) with the new frames after (or before) it."""
-        a = np.asarray(video)
-        if width is None or height is None:
-            width, height = self.size_for(a.shape[2], a.shape[1]) if a.ndim == 4 else (64, 64)
         steps, guidance, sampler, fps = self._settings(steps, guidance, sampler, fps)
+        src, width, height = self._fit_source(video, width, height)
         self.check_request(width, height, seconds, None, steps, guidance, sampler=sampler)
-        src = self.fit_video(video, width, height)
         self._needs_conditioning("extend")
         total = self._total(seconds, None, fps)
         kw = dict(width=width, height=height, steps=steps, guidance=guidance, seed=seed,
@@ -484,12 +489,9 @@ class Pipeline:
         window, each after the last 5 frames remixed. Returns as many frames as the (fitted) source."""
         if not (isinstance(strength, (int, float, np.floating, np.integer)) and 0.0 <= strength <= 1.0):
             raise GenerationError(f"strength must be between 0 and 1, got {strength!r}")
-        a = np.asarray(video)
-        if width is None or height is None:
-            width, height = self.size_for(a.shape[2], a.shape[1]) if a.ndim == 4 else (64, 64)
         steps, guidance, sampler, fps = self._settings(steps, guidance, sampler, fps)
+        src, width, height = self._fit_source(video, width, height)
         self.check_request(width, height, None, None, steps, guidance, sampler=sampler)
-        src = self.fit_video(video, width, height)
         if len(src) > round(self.config.max_total_seconds * self.config.fps):
             raise GenerationError(f"video has {len(src)} frames; remix takes at most "
                                   f"{self.config.max_total_seconds:g} s ({round(self.config.max_total_seconds * self.config.fps)} frames)")
@@ -511,12 +513,9 @@ class Pipeline:
         """Join two clips (each (T, H, W, 3) uint8 at the model's fps) with a generated transition of about
         ``seconds`` (a multiple of 4 frames) that starts from a's last frames and ends on b's first ones.
         Returns a + transition + b at one size (default: the trained size nearest a's aspect ratio)."""
-        aa = np.asarray(a)
-        if width is None or height is None:
-            width, height = self.size_for(aa.shape[2], aa.shape[1]) if aa.ndim == 4 else (64, 64)
         steps, guidance, sampler, fps = self._settings(steps, guidance, sampler, fps)
+        first, width, height = self._fit_source(a, width, height, "first clip")
         self.check_request(width, height, seconds, None, steps, guidance, sampler=sampler)
-        first = self.fit_video(a, width, height, "first clip")
         second = self.fit_video(b, width, height, "second clip")
         self._needs_conditioning("connect")
         mid, head = self._transition(first, second, prompt, seconds * fps, width=width, height=height, steps=steps,
