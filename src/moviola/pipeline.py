@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from moviola.flow.path import add_noise, shift_for_tokens, timesteps
-from moviola.flow.samplers import SOLVERS, cfg_model_fn, known_frames_fn, make_noise, sample
+from moviola.flow.samplers import SOLVERS, cfg_model_fn, known_frames_fn, make_noise
 from moviola.models.dit import DiT, frame_cond
 from moviola.models.text import load_text_encoder
 from moviola.models.vae import CausalVAE
@@ -324,7 +324,7 @@ class Pipeline:
         precede them), yielding each window's new frames (n, H, W, 3). Only the tail is kept between
         windows, so memory does not grow with length. ``source`` (total frames): remix it at ``strength``."""
         if tail is not None:
-            tail = tail[-CONTEXT_FRAMES:] if len(tail) >= CONTEXT_FRAMES else tail[-1:]
+            tail = _context(tail)
         made = 0
         for k, (frames, P, new) in enumerate(self._plan(total, 0 if tail is None else len(tail))):
             init = None
@@ -337,8 +337,7 @@ class Pipeline:
             chunk = out[P:P + new]
             yield chunk
             made += new
-            ctx = chunk if tail is None else np.concatenate([tail, chunk])
-            tail = ctx[-CONTEXT_FRAMES:] if len(ctx) >= CONTEXT_FRAMES else ctx[-1:]
+            tail = _context(chunk if tail is None else np.concatenate([tail, chunk]))
 
     @torch.no_grad()
     def __call__(self, prompt: str, *, width: int = 64, height: int = 64, seconds: float | None = 2.0,
@@ -528,7 +527,8 @@ class Pipeline:
         """The frames between clip a's end and clip b's start: one window with a's tail as prefix and b's
         head as suffix. Returns them and b's first frames cross-faded in from the model's own decoding of
         them (``_blend_seam``)."""
-        P = CONTEXT_FRAMES if len(a) >= CONTEXT_FRAMES else 1
+        prefix = _context(a)
+        P = len(prefix)
         head = b[:SUFFIX_FRAMES]
         head = np.concatenate([np.repeat(head[:1], SUFFIX_FRAMES - len(head), axis=0), head])
         M = max(4, 4 * round(frames / 4))
@@ -536,7 +536,7 @@ class Pipeline:
         if M > longest:
             raise GenerationError(f"a transition can be at most {longest / self.config.fps:g} s with this model "
                                   f"({longest} frames), asked for {frames / self.config.fps:g} s")
-        out = self.window(prompt, frames=P + M + SUFFIX_FRAMES, prefix=a[-P:], suffix=head,
+        out = self.window(prompt, frames=P + M + SUFFIX_FRAMES, prefix=prefix, suffix=head,
                           callback=_Progress(callback, kw["steps"]).window(), **kw)
         if len(b) < SUFFIX_FRAMES:  # a padded head: b's frames are not where the decoded ones are
             return out[P:P + M], b[:0]
@@ -564,7 +564,7 @@ class Pipeline:
                   sampler=sampler)
         progress = _Progress(callback, (len(self._plan(total - M, 0)) + 1) * steps)
         clip = np.concatenate(list(self._forward(prompt, total - M, tail=None, seed=seed, progress=progress, **kw)))
-        mid, head = self._transition(clip, clip, prompt, M, seed=seed + 1, callback=progress.forward(), **kw)
+        mid, head = self._transition(clip, clip, prompt, M, seed=seed + 1, callback=progress.window(), **kw)
         return np.concatenate([head, clip[len(head):], mid])
 
     def storyboard(self, cards: Sequence[Card], *, seconds: float | None = None, width: int = 64, height: int = 64,
@@ -598,13 +598,13 @@ class Pipeline:
         return self._board(cards, bounds, images, transition, seed, callback, kw)
 
     def _board(self, cards, bounds, images, transition, seed, callback, kw) -> Iterator[np.ndarray]:
-        plans, tail_len = [], 0
-        for i, c in enumerate(cards):
+        windows, tail_len = 0, 0  # counted first, for one progress bar over the whole board
+        for i in range(len(cards)):
             n = bounds[i + 1] - bounds[i]
             first = 1 if images[i] is not None else (tail_len if transition == "continue" else 0)
-            plans.append(self._plan(n - (images[i] is not None), first) if n - (images[i] is not None) > 0 else [])
-            tail_len = CONTEXT_FRAMES if n >= CONTEXT_FRAMES else 1
-        progress = _Progress(callback, sum(len(p) for p in plans) * kw["steps"])
+            windows += len(self._plan(n - (images[i] is not None), first))
+            tail_len = len(_context(np.empty(n)))
+        progress = _Progress(callback, windows * kw["steps"])
         tail = None
         with torch.no_grad():
             for i, c in enumerate(cards):
@@ -616,8 +616,7 @@ class Pipeline:
                     tail = start
                 for chunk in self._forward(c.prompt, n, tail=start, seed=seed + 104729 * i, progress=progress, **kw):
                     yield chunk
-                    ctx = chunk if tail is None else np.concatenate([tail, chunk])
-                    tail = ctx[-CONTEXT_FRAMES:]
+                    tail = _context(chunk if tail is None else np.concatenate([tail, chunk]))
 
 
 def check_cards(cards: Sequence[Card], seconds: float | None, limit: float) -> None:
@@ -640,6 +639,12 @@ def check_cards(cards: Sequence[Card], seconds: float | None, limit: float) -> N
         raise GenerationError(f"the board ends at {end:g} s, not after its last card starts ({cards[-1].start:g} s)")
     if end > limit:
         raise GenerationError(f"the board lasts {end:g} s; this model makes at most {limit:g} s")
+
+
+def _context(frames: np.ndarray) -> np.ndarray:
+    """The known frames a next window starts from: the last CONTEXT_FRAMES, or the last one when there
+    are fewer (a prefix takes 4j + 1 frames)."""
+    return frames[-CONTEXT_FRAMES:] if len(frames) >= CONTEXT_FRAMES else frames[-1:]
 
 
 # Frames after a known suffix that are cross-faded from the model's decoding of the suffix into the given
@@ -681,5 +686,3 @@ class _Progress:
             self.callback(min(self.done, self.total), self.total)
 
         return cb
-
-    forward = window

@@ -284,6 +284,23 @@ def _add_audio_stream(container: Any, path: Path, ext: str, sample_rate: int) ->
     return stream
 
 
+def _add_video_stream(container: Any, target: Path, rate: Fraction, w: int, h: int, quality: str) -> Any:
+    """An H.264 / VP9 (VP8) yuv420p stream of even size (w, h) whose pts are frame indices."""
+    codec = _pick_encoder(target, _VIDEO_CODECS[target.suffix.lower()])
+    opts = {"crf": str(_CRF[codec][quality])}
+    if codec == "libx264":
+        opts["preset"] = "veryfast"
+    elif codec == "libvpx-vp9":  # constant quality needs b=0; cpu-used 5 is ~2x faster than default
+        opts.update({"b": "0", "deadline": "good", "cpu-used": "5", "row-mt": "1"})
+    else:  # VP8: crf is a floor under a bitrate cap, so set a generous cap
+        opts["b"] = "20M"
+    stream = container.add_stream(codec, rate=rate, options=opts)
+    stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+    stream.time_base = 1 / rate  # pts = frame index, so the file reads back at exactly `rate`
+    stream.codec_context.gop_size = max(1, min(250, round(2 * rate)))  # a keyframe every ~2 s
+    return stream
+
+
 def _write_av(tmp: Path, target: Path, frames: np.ndarray, rate: Fraction, audio: np.ndarray | None,
               sample_rate: int, metadata: dict[str, str], quality: str) -> None:
     """Encode an H.264 / VP9 file (plus optional AAC / Opus audio) at ``tmp``."""
@@ -296,18 +313,7 @@ def _write_av(tmp: Path, target: Path, frames: np.ndarray, rate: Fraction, audio
     with av.open(str(tmp), "w", options=options) as container:
         for key, value in metadata.items():
             container.metadata[key] = value
-        codec = _pick_encoder(target, _VIDEO_CODECS[ext])
-        opts = {"crf": str(_CRF[codec][quality])}
-        if codec == "libx264":
-            opts["preset"] = "veryfast"
-        elif codec == "libvpx-vp9":  # constant quality needs b=0; cpu-used 5 is ~2x faster than default
-            opts.update({"b": "0", "deadline": "good", "cpu-used": "5", "row-mt": "1"})
-        else:  # VP8: crf is a floor under a bitrate cap, so set a generous cap
-            opts["b"] = "20M"
-        stream = container.add_stream(codec, rate=rate, options=opts)
-        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
-        stream.time_base = 1 / rate  # pts = frame index, so the file reads back at exactly `rate`
-        stream.codec_context.gop_size = max(1, min(250, round(2 * rate)))  # a keyframe every ~2 s
+        stream = _add_video_stream(container, target, rate, w, h, quality)
 
         pending: list[av.AudioFrame] = []
         astream = None
@@ -454,20 +460,8 @@ class VideoWriter:
         self._stream = None
 
     def _open_stream(self, h: int, w: int) -> None:
-        ext = self.path.suffix.lower()
-        codec = _pick_encoder(self.path, _VIDEO_CODECS[ext])
-        opts = {"crf": str(_CRF[codec][self._quality])}
-        if codec == "libx264":
-            opts["preset"] = "veryfast"
-        elif codec == "libvpx-vp9":
-            opts.update({"b": "0", "deadline": "good", "cpu-used": "5", "row-mt": "1"})
-        else:
-            opts["b"] = "20M"
-        stream = self._container.add_stream(codec, rate=self.rate, options=opts)
-        stream.width, stream.height, stream.pix_fmt = w + w % 2, h + h % 2, "yuv420p"
-        stream.time_base = 1 / self.rate
-        stream.codec_context.gop_size = max(1, min(250, round(2 * self.rate)))
-        self._stream, self._size = stream, (h, w)
+        self._stream = _add_video_stream(self._container, self.path, self.rate, w + w % 2, h + h % 2, self._quality)
+        self._size = (h, w)
 
     def write(self, frames: Any) -> None:
         """Append (n, H, W, 3) frames (uint8, or float in [0, 1]); every chunk must have the first's size."""
@@ -518,8 +512,6 @@ def read_video_fitted(path: PathLike, width: int, height: int, fps: float, *, st
     ``resample_fps`` picks them. ``max_seconds``: a VideoError if the window read is longer.
     """
     p = Path(path)
-    small: list[np.ndarray] = []
-    times: list[float] = []
 
     def fit(rgb: np.ndarray) -> np.ndarray:
         return fit_frames(rgb[None], width, height, mode="crop")[0]

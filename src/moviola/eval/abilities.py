@@ -116,26 +116,20 @@ def evaluate_abilities(model_dir: Path, n: int = 8, *, steps: int | None = None,
             r["context_psnr_decoded"] = _summary(decoded, 30.0, below=False)
         res["extend_backward" if backward else "extend"] = r
 
-    # connect two different clips with a 1 s transition
-    ratios, given = [], []
-    for i in range(n):
-        (pa, sa), (pb, sb) = prompts[i], prompts[n + i]
-        a, b = _render(sa), _render(sb)
-        out = pipe.connect(a, b, pb, seconds=1, seed=seed + i, **kw)
-        ratios += [seam_ratio(out, len(a)), seam_region_ratio(out, len(out) - len(b))]
-        given.append(min(psnr(out[:len(a)], a), psnr(out[len(out) - len(b):], b)))
-    res["connect"] = {"seam_ratio": _summary(ratios, 2.0), "given_psnr_output": _summary(given, 30.0, below=False)}
+    def connect_figures(triples) -> dict:  # (a, b, prompt) -> both seams and the given frames' PSNR
+        ratios, given = [], []
+        for i, (a, b, p) in enumerate(triples):
+            out = pipe.connect(a, b, p, seconds=1, seed=seed + i, **kw)
+            ratios += [seam_ratio(out, len(a)), seam_region_ratio(out, len(out) - len(b))]
+            given.append(min(psnr(out[:len(a)], a), psnr(out[len(out) - len(b):], b)))
+        return {"seam_ratio": _summary(ratios, 2.0), "given_psnr_output": _summary(given, 30.0, below=False)}
 
-    # connect two moments of one scene: the first and last 2 s of a 5 s render, 1 s apart (filling a gap)
-    ratios, given = [], []
-    for i, (p, spec) in enumerate(eval_prompts(n, held_out=False, seed=97531, seconds=5.0)):
-        clip = _render(spec)  # 40 frames
-        a, b = clip[:16], clip[24:]
-        out = pipe.connect(a, b, p, seconds=1, seed=seed + i, **kw)
-        ratios += [seam_ratio(out, len(a)), seam_region_ratio(out, len(out) - len(b))]
-        given.append(min(psnr(out[:len(a)], a), psnr(out[len(out) - len(b):], b)))
-    res["connect_same_scene"] = {"seam_ratio": _summary(ratios, 2.0),
-                                 "given_psnr_output": _summary(given, 30.0, below=False)}
+    # connect two different clips with a 1 s transition
+    res["connect"] = connect_figures((_render(prompts[i][1]), _render(prompts[n + i][1]), prompts[n + i][0])
+                                     for i in range(n))
+    # connect two moments of one scene: the first and last 2 s of a 5 s render (40 frames), 1 s apart
+    same = [(_render(spec), p) for p, spec in eval_prompts(n, held_out=False, seed=97531, seconds=5.0)]
+    res["connect_same_scene"] = connect_figures((clip[:16], clip[24:], p) for clip, p in same)
 
     # loops of 3 s
     ratios = [loop_ratio(pipe.loop(p, seconds=3, seed=seed + i, **kw)) for i, (p, _) in enumerate(prompts[:n])]
