@@ -325,6 +325,14 @@ def two_workers():
     return stack
 
 
+def test_workers_yield_the_cpu_to_the_api(two_workers):
+    # `moviola worker` renices itself (default +10) so requests are not queued behind its matmuls.
+    stack = two_workers
+    api_nice = os.getpriority(os.PRIO_PROCESS, stack.api.pid)
+    for w in stack.live_workers():
+        assert os.getpriority(os.PRIO_PROCESS, w.pid) == min(19, api_nice + 10)
+
+
 def test_sigkilled_workers_job_completes_on_another(two_workers):
     import server_stack
 

@@ -503,7 +503,7 @@ def cmd_worker(args) -> int:
     Path(args.storage).mkdir(parents=True, exist_ok=True)
     cfg = WorkerConfig(db=_server_db(args), storage=args.storage, model=args.model, lease_seconds=args.lease_seconds,
                        poll_seconds=args.poll_seconds, ttl_seconds=args.ttl_seconds, threads=args.threads,
-                       max_jobs=args.max_jobs, parent_pid=args.parent_pid)
+                       max_jobs=args.max_jobs, parent_pid=args.parent_pid, nice=args.nice)
     try:
         return worker_main(cfg)
     except DatabaseError as e:
@@ -742,6 +742,8 @@ def build_parser() -> argparse.ArgumentParser:
     wk.add_argument("--ttl-seconds", type=float, default=86400.0, help="completed videos expire after this (0: never)")
     wk.add_argument("--threads", type=int, default=0, help="CPU threads (default: torch's)")
     wk.add_argument("--max-jobs", type=int, default=0, help="exit after this many jobs (0: never)")
+    wk.add_argument("--nice", type=int, default=10, help="added scheduling niceness, so an API on the same "
+                                                         "machine answers first (default 10; 0: none)")
     wk.add_argument("--parent-pid", type=int, default=0, help="stop (giving the job back) when this process is "
                                                               "gone; `moviola serve` sets it for its workers")
     wk.set_defaults(func=cmd_worker)

@@ -49,6 +49,11 @@ class WorkerConfig:
     threads: int = 0  # torch CPU threads (0: torch's default)
     max_jobs: int = 0  # stop after this many jobs (0: run until stopped)
     parent_pid: int = 0  # stop when this process is gone (moviola serve's workers; 0: no parent to watch)
+    # Scheduling niceness added to the worker process. Generation saturates every core it is given; on a
+    # machine that also runs the API, a worker at the same priority delays every request behind its
+    # matmuls. Nice 10 lets the API (and the heartbeats it depends on) run first, and costs a worker on a
+    # quiet or dedicated machine nothing.
+    nice: int = 10
 
 
 class _Lost(Exception):
@@ -254,6 +259,11 @@ def _rmtree(path: Path) -> None:
 def main(cfg: WorkerConfig) -> int:
     """``moviola worker``: run until SIGTERM/SIGINT (the current job goes back to the queue)."""
     w = Worker(cfg)
+    if cfg.nice:  # here, not in Worker.run: a worker embedded in another process leaves its priority alone
+        try:
+            os.nice(cfg.nice)
+        except OSError as e:  # not permitted (a negative value without privileges): run as we are
+            w.log(f"cannot change niceness by {cfg.nice} ({e}); running at the current priority")
 
     def stop(signum, frame):
         w.log(f"signal {signum}: stopping")
