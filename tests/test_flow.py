@@ -299,6 +299,32 @@ def test_cfg_combines_one_batched_call():
     assert model.batches == [4] * 5
 
 
+def test_cfg_interval_guides_only_inside_it():
+    model = CountingModel()
+    cond, uncond = cond_pair()
+    x = randn(2, 4, 6, seed=12)
+    fn = cfg_model_fn(model, cond, uncond, 4.5, interval=(0.4, 0.9))
+
+    def guided(t):
+        v_c, v_u = model(x, t, **cond), model(x, t, **uncond)
+        return v_u + 4.5 * (v_c - v_u)
+
+    for tv in (0.2, 0.95):  # outside: the conditional pass alone, one call of batch B
+        t = torch.full((2,), tv)
+        model.batches.clear()
+        out = fn(x, t)
+        assert model.batches == [2]
+        assert torch.equal(out, model(x, t, **cond))
+    t = torch.full((2,), 0.6)
+    torch.testing.assert_close(fn(x, t), guided(t), atol=1e-5, rtol=1e-5)
+    t = torch.tensor([0.2, 0.6])  # a batch across the edge: each sample by its own time
+    out, ref = fn(x, t), guided(t)
+    torch.testing.assert_close(out[1], ref[1], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out[0], model(x, t, **cond)[0], atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="interval"):
+        cfg_model_fn(model, cond, uncond, 2.0, interval=(0.8, 0.2))
+
+
 def test_cfg_broadcasts_one_prompt_and_rejects_mismatches():
     model = CountingModel()
     cond, uncond = cond_pair(batch=1)

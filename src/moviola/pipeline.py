@@ -58,6 +58,8 @@ class PipelineConfig:
     max_total_seconds: float = 120.0  # the longest clip made window by window (stream, extend, storyboard)
     steps: int = 16
     guidance: float = 4.0
+    # Flow times [lo, hi] where guidance applies (conditional pass alone elsewhere; see cfg_model_fn).
+    guidance_interval: tuple[float, float] = (0.0, 1.0)
     sampler: str = "euler"
     shift: float = 0.0  # 0: shift_for_tokens picks one from the latent token count
     extra: dict = field(default_factory=dict)  # provenance: how the model was trained
@@ -68,6 +70,8 @@ class PipelineConfig:
         unknown = sorted(set(d) - known)
         if unknown:
             raise ValueError(f"unknown key {unknown[0]!r} in {PIPELINE_FILE} (known: {', '.join(sorted(known))})")
+        if "guidance_interval" in d:
+            d = {**d, "guidance_interval": tuple(d["guidance_interval"])}
         return cls(**d)
 
 
@@ -276,7 +280,7 @@ class Pipeline:
         if self.dit.config.cond_channels:  # the same known frames in both passes: guidance is on the text
             fc = frame_cond(known if known is not None else torch.zeros(1, C, t, h, w, device=self.device), mask)
             cond["cond"] = uncond["cond"] = fc
-        model_fn = cfg_model_fn(self.dit, cond, uncond, guidance)
+        model_fn = cfg_model_fn(self.dit, cond, uncond, guidance, interval=self.config.guidance_interval)
         noise = make_noise((1, C, t, h, w), seed, self.device)
         if conditioned:
             model_fn = known_frames_fn(model_fn, known, mask, noise)
