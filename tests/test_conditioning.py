@@ -339,6 +339,25 @@ def test_extend_forward_and_backward_keep_the_source_in_place(pipe, source_frame
         assert np.array_equal(fwd[:6], clip) and np.array_equal(back[24 + SEAM_BLEND:], clip[SEAM_BLEND:])
 
 
+def test_a_suffix_seam_spreads_the_decoders_residual_evenly():
+    from moviola.pipeline import SEAM_BEFORE, _blend_seam
+
+    H = W = 4
+    g = np.full((SEAM_BEFORE, H, W, 3), 100, np.uint8)  # generated frames, decoded leading into d
+    d = np.full((SEAM_BLEND, H, W, 3), 100, np.uint8)   # the model's decoding of the given frames
+    s = np.full((SEAM_BLEND, H, W, 3), 170, np.uint8)   # the given frames: a residual of 70 grey levels
+    before, given = _blend_seam(g, d, s)
+    # the frame before the ramp, the ramp, and a further given frame after it
+    seq = np.concatenate([np.full((1, H, W, 3), 100, np.uint8), before, given, s[-1:]]).astype(float)
+    steps = np.abs(np.diff(seq[:, 0, 0, 0]))  # every step across the seam region
+    n = SEAM_BEFORE + SEAM_BLEND + 1
+    assert len(steps) == n and np.all(np.abs(steps - 70 / n) <= 1)  # 70 / n each instead of one jump of 70
+    # No generated frame before the seam (a window too short for it): the given frames alone take it in.
+    none, given0 = _blend_seam(g[:0], d, s)
+    assert none.shape[0] == 0
+    assert np.allclose(given0[:, 0, 0, 0], [100 + 70 * j / (SEAM_BLEND + 1) for j in range(1, SEAM_BLEND + 1)], atol=1)
+
+
 def test_remix_strengths_and_lengths(pipe, text_only):
     clip = _clip(12)
     kept = pipe.remix(clip, "a blue square instead", strength=0, **SIZE)

@@ -476,9 +476,12 @@ class Pipeline:
             n = 1 + 4 * math.ceil((need - 1) / 4)  # window = n + 4 = 4j + 1 frames
             out = self.window(prompt, frames=n + SUFFIX_FRAMES, suffix=head, callback=progress.window(),
                               **{**kw, "seed": seed + 7919 * k})
+            made_now = out[n - need:n].copy()
             if len(parts[-1]) >= SUFFIX_FRAMES:
-                parts[-1][:SEAM_BLEND] = _blend_seam(out[n:n + SEAM_BLEND], parts[-1][:SEAM_BLEND])
-            parts.append(out[n - need:n])
+                kb = min(SEAM_BEFORE, len(made_now))
+                made_now[len(made_now) - kb:], parts[-1][:SEAM_BLEND] = _blend_seam(
+                    made_now[len(made_now) - kb:], out[n:n + SEAM_BLEND], parts[-1][:SEAM_BLEND])
+            parts.append(made_now)
             made, k = made + need, k + 1
         return np.concatenate(parts[::-1])
 
@@ -544,7 +547,10 @@ class Pipeline:
                           callback=_Progress(callback, kw["steps"]).window(), **kw)
         if len(b) < SUFFIX_FRAMES:  # a padded head: b's frames are not where the decoded ones are
             return out[P:P + M], b[:0]
-        return out[P:P + M], _blend_seam(out[P + M:P + M + SEAM_BLEND], b[:SEAM_BLEND])
+        mid = out[P:P + M].copy()
+        kb = min(SEAM_BEFORE, M)
+        mid[M - kb:], head = _blend_seam(mid[M - kb:], out[P + M:P + M + SEAM_BLEND], b[:SEAM_BLEND])
+        return mid, head
 
     @torch.no_grad()
     def loop(self, prompt: str, *, width: int = 64, height: int = 64, seconds: float | None = 3.0,
@@ -651,18 +657,37 @@ def _context(frames: np.ndarray) -> np.ndarray:
     return frames[-CONTEXT_FRAMES:] if len(frames) >= CONTEXT_FRAMES else frames[-1:]
 
 
-# Frames after a known suffix that are cross-faded from the model's decoding of the suffix into the given
-# pixels. The decoder remakes a suffix only approximately (its latents were encoded before the frames that
-# precede it existed), and pasting the given pixels right after generated ones showed as a jump; a short
-# cross-fade spreads it over 4 steps (the given frames stay >= 30 dB PSNR; measured in the model card).
+# A known suffix's seam. The decoder remakes a suffix only approximately (its latents were encoded before
+# the frames that precede it existed), so the given pixels differ from the model's decoding of them by a
+# residual e; pasting them right after the generated frames showed that residual as a jump. The jump is
+# spread over SEAM_BEFORE + SEAM_BLEND + 1 steps: the last SEAM_BEFORE generated frames take on a growing
+# share of e (they were decoded leading into the model's version of the suffix), and the first SEAM_BLEND
+# given frames are cross-faded in from the model's decoding, so each step carries a fraction of e and the
+# given frames keep most of their pixels (>= 30 dB PSNR; measured in the model card).
 SEAM_BLEND = 3
+SEAM_BEFORE = 3
 
 
-def _blend_seam(decoded: np.ndarray, given: np.ndarray) -> np.ndarray:
-    """(k, H, W, 3) decoded and given frames -> the given ones weighted 1/4, 2/4, 3/4 ... against the decoded."""
-    k = min(len(decoded), len(given))
-    w = (np.arange(1, k + 1, dtype=np.float32) / (SEAM_BLEND + 1))[:, None, None, None]
-    return ((1 - w) * decoded[:k].astype(np.float32) + w * given[:k].astype(np.float32)).round().astype(np.uint8)
+def _blend_seam(before: np.ndarray, decoded: np.ndarray, given: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Spread the residual ``given - decoded`` across a suffix seam.
+
+    Args:
+        before: (kb, H, W, 3) uint8, the last generated frames before the seam (kb may be 0).
+        decoded: (k, H, W, 3) uint8, the model's decoding of the first given frames.
+        given: (k, H, W, 3) uint8, the given frames.
+    Returns:
+        (before', given'): before + (i / n) e_0 for i = 1..kb, and decoded + (w_j) (given - decoded) with
+        w_j = (kb + j) / n for j = 1..k, where n = kb + SEAM_BLEND + 1.
+    """
+    kb, k = len(before), min(len(decoded), len(given))
+    n = kb + SEAM_BLEND + 1
+    if k == 0:
+        return before, given[:0]
+    d, g = decoded[:k].astype(np.float32), given[:k].astype(np.float32)
+    wb = (np.arange(1, kb + 1, dtype=np.float32) / n)[:, None, None, None]
+    out_before = (before.astype(np.float32) + wb * (g[0] - d[0])).clip(0, 255).round().astype(np.uint8)
+    w = ((kb + np.arange(1, k + 1, dtype=np.float32)) / n)[:, None, None, None]
+    return out_before, ((1 - w) * d + w * g).round().astype(np.uint8)
 
 
 def _bridge(prefix: np.ndarray | None, suffix: np.ndarray | None, frames: int) -> np.ndarray:

@@ -48,18 +48,21 @@ def seam_ratio(frames: np.ndarray, seam: int) -> float:
     return float(d[seam - 1] / max(np.median(d), 0.5))
 
 
-def seam_region_ratio(frames: np.ndarray, seam: int, after: int = 3) -> float:
-    """The largest of the differences across a seam and the ``after`` steps that follow it (where given
-    frames are cross-faded in after a known suffix), over the clip's median frame difference."""
+def seam_region_ratio(frames: np.ndarray, seam: int, after: int = 3, before: int = 3) -> float:
+    """The largest of the differences across a seam, the ``after`` steps that follow it and the ``before``
+    steps that lead to it (after a known suffix the decoder's residual is spread over those frames), over
+    the clip's median frame difference."""
     d = frame_diffs(frames)
-    return float(d[seam - 1:seam + after].max() / max(np.median(d), 0.5))
+    return float(d[max(0, seam - 1 - before):seam + after].max() / max(np.median(d), 0.5))
 
 
-def loop_ratio(frames: np.ndarray, after: int = 3) -> float:
-    """The last-to-first difference (and the cross-faded steps after the first frame) over the median."""
+def loop_ratio(frames: np.ndarray, after: int = 3, before: int = 3) -> float:
+    """The last-to-first difference, and the steps around it where the residual is spread (the ``before``
+    last ones and the ``after`` first ones), over the median frame difference."""
     d = frame_diffs(frames)
     wrap = float(np.abs(frames[-1].astype(np.float32) - frames[0].astype(np.float32)).mean())
-    return max(wrap, float(d[:after].max())) / max(float(np.median(d)), 0.5)
+    around = [float(d[:after].max())] + ([float(d[-before:].max())] if before else [])
+    return max(wrap, *around) / max(float(np.median(d)), 0.5)
 
 
 def _summary(values: list[float], target: float | None = None, below: bool = True) -> dict:
