@@ -92,8 +92,20 @@ def test_studio_makes_a_video_and_plays_it(stack, tmp_path):
             assert page.locator("#board-cards li").count() == 3
             assert page.input_value("#board-cards li:nth-child(3) input[name=start]") == "4"
             prompts.nth(2).fill("a large yellow triangle spins on a gray background")
-            page.click("#board-cards li:nth-child(2) [data-act=up]")  # swap the first two prompts
+            from PIL import Image, ImageDraw
+
+            first_frame = tmp_path / "green.png"  # an image card: the green circle's first frame
+            im = Image.new("RGB", (64, 64))
+            ImageDraw.Draw(im).ellipse((27, 6, 37, 16), fill=(40, 180, 60))
+            im.save(first_frame)
+            page.set_input_files("#board-cards li:nth-child(1) input[name=image]", str(first_frame))
+            page.click("#board-cards li:nth-child(2) [data-act=up]")  # swap the first two cards' prompts
             assert prompts.nth(0).input_value().startswith("a small red circle")
+            # the image moved with its prompt
+            assert page.evaluate("document.querySelector('#board-cards li:nth-child(2) input[name=image]')"
+                                 ".files[0].name") == "green.png"
+            assert page.evaluate("document.querySelector('#board-cards li:nth-child(1) input[name=image]')"
+                                 ".files.length") == 0
             page.click("#board-cards li:nth-child(3) [data-act=remove]")
             page.fill("#board-cards li:nth-child(2) input[name=start]", "1")
             page.fill("#board-seconds", "2")
@@ -121,3 +133,7 @@ def test_studio_makes_a_video_and_plays_it(stack, tmp_path):
     board = videos["storyboard"]
     assert board.seconds == "2" and board.prompt.startswith("0s: a small red circle")
     assert "1s: a small green" in board.prompt
+    import json
+
+    cards = json.loads(stack.database().one("SELECT params FROM jobs WHERE id = ?", (board.id,))["params"])["cards"]
+    assert "image_path" not in cards[0] and cards[1]["image_path"].endswith("card1.png")  # the image card

@@ -120,11 +120,14 @@ function addBoardCard(start, prompt) {
     if (!other) return;
     const a = li.querySelector('[name="prompt"]'), b = other.querySelector('[name="prompt"]');
     [a.value, b.value] = [b.value, a.value];
+    const fa = li.querySelector('[name="image"]'), fb = other.querySelector('[name="image"]');
+    [fa.files, fb.files] = [fb.files, fa.files];  // a card's image moves with its prompt
     b.focus();
   };
   li.querySelector('[data-act="up"]').addEventListener("click", () => swap(li.previousElementSibling));
   li.querySelector('[data-act="down"]').addEventListener("click", () => swap(li.nextElementSibling));
   li.querySelector('[name="start"]').addEventListener("change", boardChanged);
+  li.querySelector('[name="image"]').disabled = !(state.abilities || []).includes("image_to_video");
   $("#board-cards").append(li);
   boardChanged();
   return li;
@@ -135,6 +138,24 @@ function boardCards() {
     start: Number(li.querySelector('[name="start"]').value),
     prompt: li.querySelector('[name="prompt"]').value.trim(),
   }));
+}
+
+const dataURL = (file) => new Promise((resolve, reject) => {
+  const r = new FileReader();
+  r.onload = () => resolve(r.result);
+  r.onerror = () => reject(new Error(`cannot read ${file.name}`));
+  r.readAsDataURL(file);
+});
+
+// The cards as the API takes them: an image card carries its picture as a data: URL (its first frame).
+async function boardCardsWithImages() {
+  const cards = boardCards();
+  const lis = [...$("#board-cards").children];
+  for (let i = 0; i < cards.length; i++) {
+    const f = lis[i].querySelector('[name="image"]').files[0];
+    if (f) cards[i].image = await dataURL(f);
+  }
+  return cards;
 }
 
 function boardChanged() {
@@ -153,7 +174,7 @@ $("#board-add").addEventListener("click", () => {
 
 $("#board-form").addEventListener("submit", async (ev) => {
   ev.preventDefault();
-  const body = { cards: boardCards(), seconds: String($("#board-seconds").value), size: $("#board-size").value,
+  const body = { cards: await boardCardsWithImages(), seconds: String($("#board-seconds").value), size: $("#board-size").value,
                  transition: $("#board-transition").value };
   if ($("#seed").value !== "") body.seed = Number($("#seed").value);
   await submit(() => api("/videos/storyboards", {
