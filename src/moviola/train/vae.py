@@ -49,6 +49,10 @@ class DecoderTuneConfig:
     min_lr_ratio: float = 0.05
     frames: int = 0  # clip length in this phase (4k + 1); 0 = data.frames. Longer clips teach the decoder
     # the later latent frames of a long clip, whose causal context is deeper than phase 1's short clips
+    # > 0: the decoder sees latents with Gaussian noise of std U(0, latent_noise) x each channel's spread
+    # added, so it learns to decode the slightly-off latents a diffusion model makes into clean frames
+    # instead of amplifying the error into specks (the encoder, hence the latent space, stays frozen).
+    latent_noise: float = 0.0
 
 
 @dataclass
@@ -150,6 +154,14 @@ def latent_stats(model: CausalVAE, batches: ClipBatches, n: int, device: torch.d
     return z.mean(1).cpu(), z.std(1).clamp_min(1e-4).cpu()
 
 
+def _latent_noise(z: torch.Tensor, max_sigma: float) -> torch.Tensor:
+    """Noise for decoder robustness: (B, C, t, h, w) like z, std U(0, max_sigma) per clip times each
+    channel's spread over the batch (the latents are not yet normalised by the stored statistics)."""
+    spread = z.detach().std(dim=(0, 2, 3, 4), keepdim=True)  # (1, C, 1, 1, 1)
+    sigma = torch.rand(z.shape[0], 1, 1, 1, 1, device=z.device, dtype=z.dtype) * max_sigma
+    return torch.randn_like(z) * sigma * spread
+
+
 def _decoder_optim(cfg: TrainVAEConfig) -> OptimConfig:
     """The decoder phase's schedule, counted from its own first step."""
     return dataclasses.replace(cfg.optim, lr=cfg.decoder.lr, warmup_steps=cfg.decoder.warmup_steps,
@@ -222,7 +234,10 @@ def train_vae(cfg: TrainVAEConfig, *, on_step=None) -> Path:
                     post = model.encode(x)
             else:
                 post = model.encode(x)
-            rec = model.decode(post.sample())
+            z = post.sample()
+            if decoder_phase and cfg.decoder.latent_noise > 0:
+                z = z + _latent_noise(z, cfg.decoder.latent_noise)
+            rec = model.decode(z)
             rec, xf = rec.float(), x.float()
             l1 = (rec - xf).abs().mean()
             st = structural_loss(rec, xf)
