@@ -16,6 +16,11 @@ Why the transactions look as they do:
   checking one key's quota) are serialised instead of both reading "free" and both writing.
   ``synchronous=NORMAL``: a committed job survives a crash of any process; only a power cut can lose
   the last transactions.
+- SQLite writers in one process also queue on a lock of their own before asking SQLite. Without it,
+  20 request threads writing at once meet SQLite's busy handler, which sleeps 1, 2, 5 ... up to 100 ms
+  between tries: the p99 of a create under load was 150 to 200 ms while its median was 20 ms. Queued on
+  a Python lock, each writer waits only for the transactions ahead of it (a millisecond or so each).
+  Other processes (workers) still meet the busy handler, but they write rarely.
 - PostgreSQL uses row locks instead: claims use ``FOR UPDATE SKIP LOCKED`` (``db.skip_locked``), so any
   number of workers on any number of machines take different jobs without waiting on one another.
 """
@@ -135,6 +140,7 @@ class Database:
                 raise DatabaseError(f"{self.path.parent}: no such folder for the database")
             self.url = sqlite_url(self.path)
         self._local = threading.local()
+        self._write_lock = threading.RLock()  # SQLite: this process's writers queue here (module doc)
         if create:
             self.create_schema()
 
@@ -186,7 +192,11 @@ class Database:
         return self._retry(lambda: _Tx(self, self.conn()).one(sql, params))
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
-        return self._retry(lambda: _Tx(self, self.conn()).execute(sql, params))
+        with self._writer():
+            return self._retry(lambda: _Tx(self, self.conn()).execute(sql, params))
+
+    def _writer(self) -> contextlib.AbstractContextManager:
+        return self._write_lock if self.dialect == "sqlite" else contextlib.nullcontext()
 
     def _retry(self, fn):
         """Run fn; on a dropped PostgreSQL connection reconnect once (a restarted database)."""
@@ -204,13 +214,14 @@ class Database:
         """A write transaction: all or nothing, serialised against other writers (see module doc)."""
         conn = self.conn()
         if self.dialect == "sqlite":
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield _Tx(self, conn)
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
+            with self._write_lock:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield _Tx(self, conn)
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+                conn.execute("COMMIT")
         else:
             with conn.transaction():
                 yield _Tx(self, conn)
