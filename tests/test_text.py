@@ -215,3 +215,35 @@ def test_tiny_clip_folder(tiny_clip):
     assert torch.isfinite(tokens).all()
     with pytest.raises(TextEncoderError, match="max_length 64"):
         load_text_encoder(tiny_clip, max_length=64)  # beyond CLIP's 32 positions
+
+
+def test_the_default_runs_without_transformers_and_matches_its_bert(enc):
+    """The packaged MiniLM runs on Moviola's own BERT module (no transformers import on the main path);
+    it computes what transformers' BertModel computes, padding, truncation and "" included."""
+    from transformers import AutoTokenizer, BertModel
+
+    from moviola.models.text import MiniBert, default_model_path
+
+    assert isinstance(enc.model, MiniBert)
+    folder = str(default_model_path())
+    tok, ref = AutoTokenizer.from_pretrained(folder), BertModel.from_pretrained(folder).eval()
+    prompts = PROMPTS + ["a large purple triangle " * 12 + "falls"]  # longer than max_length: truncated
+    ours = enc.tokenizer(prompts, padding="longest", truncation=True, max_length=enc.max_length, return_tensors="pt")
+    theirs = tok(prompts, padding="longest", truncation=True, max_length=enc.max_length, return_tensors="pt")
+    assert torch.equal(ours["input_ids"], theirs["input_ids"])
+    assert torch.equal(ours["attention_mask"], theirs["attention_mask"])
+    with torch.no_grad():
+        a = enc.model(ours["input_ids"], ours["attention_mask"]).last_hidden_state
+        b = ref(**theirs).last_hidden_state
+    real = theirs["attention_mask"].bool()
+    assert (a[real] - b[real]).abs().max() < 1e-5
+
+
+def test_loading_the_default_does_not_import_transformers():
+    import subprocess
+    import sys
+
+    code = ("import sys; from moviola.models.text import load_text_encoder; e = load_text_encoder(None); "
+            "e.encode(['a red ball']); print('transformers' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"

@@ -148,6 +148,119 @@ class TextEncoder(nn.Module):
         return f"kind={self.kind!r}, path={self.path!r}, max_length={self.max_length}, dim={self.dim}"
 
 
+# --- the packaged MiniLM, without transformers ----------------------------------------------------
+
+class WordPieceTokenizer:
+    """The packaged tokenizer.json through the `tokenizers` library, called the way transformers'
+    tokenizers are: tok(texts, padding="longest", truncation=True, max_length=L, return_tensors="pt")
+    -> {"input_ids", "attention_mask"} ([CLS] ... [SEP], right-padded with 0)."""
+
+    def __init__(self, folder: Path):
+        from tokenizers import Tokenizer
+
+        self._tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
+        self._tok.no_padding()  # the file pads to 128; we pad to the batch's longest (or not at all)
+        self.padding_side = "right"
+
+    def __call__(self, texts: str | list[str], *, padding: bool | str = False, truncation: bool = False,
+                 max_length: int | None = None, return_tensors: str | None = None) -> dict[str, Any]:
+        one = isinstance(texts, str)
+        if truncation and max_length:
+            self._tok.enable_truncation(max_length)
+        else:
+            self._tok.no_truncation()
+        ids = [e.ids for e in self._tok.encode_batch([texts] if one else list(texts))]
+        if padding or return_tensors:
+            n = max(len(i) for i in ids)
+            mask = [[1] * len(i) + [0] * (n - len(i)) for i in ids]
+            ids = [i + [0] * (n - len(i)) for i in ids]
+        else:
+            mask = [[1] * len(i) for i in ids]
+        if return_tensors == "pt":
+            return {"input_ids": torch.tensor(ids), "attention_mask": torch.tensor(mask)}
+        return {"input_ids": ids[0] if one else ids, "attention_mask": mask[0] if one else mask}
+
+    def convert_ids_to_tokens(self, ids: list[int]) -> list[str]:
+        return [self._tok.id_to_token(i) for i in ids]
+
+
+class _BertLayer(nn.Module):
+    """One post-norm BERT block, with the parameter names of the checkpoint (so its state dict loads as is)."""
+
+    def __init__(self, dim: int, heads: int, hidden: int, eps: float):
+        super().__init__()
+        self.heads = heads
+        self.attention = nn.Module()
+        self.attention.self = nn.Module()
+        for name in ("query", "key", "value"):
+            setattr(self.attention.self, name, nn.Linear(dim, dim))
+        self.attention.output = nn.Module()
+        self.attention.output.dense = nn.Linear(dim, dim)
+        self.attention.output.LayerNorm = nn.LayerNorm(dim, eps=eps)
+        self.intermediate = nn.Module()
+        self.intermediate.dense = nn.Linear(dim, hidden)
+        self.output = nn.Module()
+        self.output.dense = nn.Linear(hidden, dim)
+        self.output.LayerNorm = nn.LayerNorm(dim, eps=eps)
+
+    def forward(self, x: Tensor, keep: Tensor) -> Tensor:
+        """x (B, L, D), keep (B, 1, 1, L) bool (True: a real token to attend to) -> (B, L, D)."""
+        B, L, D = x.shape
+        a = self.attention.self
+        q, k, v = (m(x).view(B, L, self.heads, D // self.heads).transpose(1, 2) for m in (a.query, a.key, a.value))
+        y = nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=keep)  # (B, heads, L, D / heads)
+        y = y.transpose(1, 2).reshape(B, L, D)
+        x = self.attention.output.LayerNorm(x + self.attention.output.dense(y))
+        h = nn.functional.gelu(self.intermediate.dense(x))  # exact (erf) GELU, as BERT's "gelu"
+        return self.output.LayerNorm(x + self.output.dense(h))
+
+
+class MiniBert(nn.Module):
+    """A BERT encoder (all-MiniLM-L6-v2: 6 layers, width 384, 12 heads) that computes what transformers'
+    BertModel computes for last_hidden_state (tested to 1e-5), loaded from the package's safetensors."""
+
+    def __init__(self, config: dict[str, Any]):
+        super().__init__()
+        from types import SimpleNamespace
+
+        self.config = SimpleNamespace(**config)
+        D, eps = config["hidden_size"], config.get("layer_norm_eps", 1e-12)
+        if config.get("hidden_act", "gelu") != "gelu" or config.get("position_embedding_type", "absolute") != "absolute":
+            raise ValueError("only absolute positions and exact GELU are implemented")
+        self.embeddings = nn.Module()
+        self.embeddings.word_embeddings = nn.Embedding(config["vocab_size"], D)
+        self.embeddings.position_embeddings = nn.Embedding(config["max_position_embeddings"], D)
+        self.embeddings.token_type_embeddings = nn.Embedding(config["type_vocab_size"], D)
+        self.embeddings.LayerNorm = nn.LayerNorm(D, eps=eps)
+        self.encoder = nn.Module()
+        self.encoder.layer = nn.ModuleList(
+            _BertLayer(D, config["num_attention_heads"], config["intermediate_size"], eps)
+            for _ in range(config["num_hidden_layers"]))
+
+    @classmethod
+    def from_folder(cls, folder: Path, dtype: torch.dtype = torch.float32) -> MiniBert:
+        from safetensors.torch import load_file
+
+        model = cls(json.loads((folder / "config.json").read_text()))
+        state = {k: v for k, v in load_file(str(folder / "model.safetensors")).items()
+                 if not k.startswith("pooler.") and k != "embeddings.position_ids"}
+        model.load_state_dict(state, strict=True)
+        return model.to(dtype)
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Any:
+        """input_ids, attention_mask (B, L) -> an object whose last_hidden_state is (B, L, D)."""
+        from types import SimpleNamespace
+
+        e = self.embeddings
+        pos = torch.arange(input_ids.shape[1], device=input_ids.device)
+        x = e.word_embeddings(input_ids) + e.position_embeddings(pos)[None] + e.token_type_embeddings.weight[0]
+        x = e.LayerNorm(x)  # (B, L, D)
+        keep = attention_mask.bool()[:, None, None, :]  # (B, 1, 1, L)
+        for layer in self.encoder.layer:
+            x = layer(x, keep)
+        return SimpleNamespace(last_hidden_state=x)
+
+
 # --- loading -------------------------------------------------------------------------------------
 
 def _offline_transformers():
@@ -212,6 +325,22 @@ def load_text_encoder(spec: str | os.PathLike | None = None, *, max_length: int 
                                    f"supported: {SUPPORTED}")
         model_type = _model_type(folder, name)
         kind, name = model_type, str(folder.resolve())
+    if kind == DEFAULT_NAME:
+        # The packaged MiniLM runs on Moviola's own BERT module: importing transformers' BERT costs about
+        # 3 s of start-up on this CPU, more than a 2 s clip takes to generate.
+        try:
+            tokenizer, model = WordPieceTokenizer(folder), MiniBert.from_folder(folder, dtype=dtype)
+        except Exception as e:
+            raise TextEncoderError(f"cannot load the default text encoder from {folder}: {e}") from e
+    else:
+        tokenizer, model = _load_transformers(folder, model_type, dtype)
+    encoder = TextEncoder(model, tokenizer, kind=kind, path=name, max_length=max_length,
+                          cache_size=cache_size)
+    return encoder.to(device)
+
+
+def _load_transformers(folder: Path, model_type: str, dtype: torch.dtype) -> tuple[Any, nn.Module]:
+    """(tokenizer, model) of a local folder through transformers, offline and quiet."""
     transformers = _offline_transformers()
     model_cls = getattr(transformers, MODEL_CLASSES[model_type])
     hf_logging = transformers.utils.logging
@@ -229,9 +358,7 @@ def load_text_encoder(spec: str | os.PathLike | None = None, *, max_length: int 
         hf_logging.set_verbosity(verbosity)
         if bars:
             hf_logging.enable_progress_bar()
-    encoder = TextEncoder(model, tokenizer, kind=kind, path=name, max_length=max_length,
-                          cache_size=cache_size)
-    return encoder.to(device)
+    return tokenizer, model
 
 
 def text_encoder_from_config(config: dict[str, Any], **kwargs: Any) -> TextEncoder:
