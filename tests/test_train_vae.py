@@ -76,3 +76,26 @@ def test_decoder_phase_keeps_the_latent_space_and_resumes_exactly(tmp_path):
     train_vae(load_config(TrainVAEConfig, None, tuned_cfg + [f"out='{cut}'"]))
     assert len(losses(cut)) == 7
     assert torch.allclose(torch.tensor(losses(tmp_path / "p2")), torch.tensor(losses(cut)), rtol=1e-5, atol=1e-6)
+
+
+def test_a_wider_decoder_trains_on_a_frozen_encoder_from_a_saved_vae(tmp_path):
+    """init_from a saved VAE with a wider decoder and decoder-only steps: the encoder and the latent
+    statistics are the saved ones bit for bit (a DiT trained in that space still fits), the decoder has
+    the new widths and learns; an encoder that differs from the saved one is refused."""
+    import pytest
+
+    base = train_vae(load_config(TrainVAEConfig, None, TINY + ["optim.steps=3", f"out='{tmp_path / 'base'}'"]))
+    wide = TINY + ["model.decoder_base_channels=8", "optim.steps=0", "decoder.steps=6", "decoder.lr=3e-3",
+                   "decoder.warmup_steps=1", f"init_from='{base}'"]
+    out = train_vae(load_config(TrainVAEConfig, None, wide + [f"out='{tmp_path / 'wide'}'"]))
+    a, b = CausalVAE.from_pretrained(base), CausalVAE.from_pretrained(out)
+    assert b.config.decoder_channels == [8, 16, 16, 16] and a.config.decoder_channels == [4, 8, 8, 8]
+    for (name, pa), pb in zip(a.encoder.state_dict().items(), b.encoder.state_dict().values()):
+        assert torch.equal(pa, pb), name
+    assert torch.equal(a.latent_mean, b.latent_mean) and torch.equal(a.latent_std, b.latent_std)
+    curve = losses(tmp_path / "wide")
+    assert len(curve) == 6 and curve[-1] < curve[0]
+    with pytest.raises(ValueError, match="encoder differs"):
+        train_vae(load_config(TrainVAEConfig, None, TINY + ["model.latent_channels=8", "optim.steps=0",
+                                                            "decoder.steps=1", f"init_from='{base}'",
+                                                            f"out='{tmp_path / 'bad'}'"]))

@@ -57,6 +57,11 @@ class VAEConfig:
     # near "latent = pooled image, output = upsampled latent" and learns the residual, which trains many
     # times faster than learning the whole mapping through 16-channel full-resolution layers.
     shortcuts: bool = True
+    # The decoder's own widths (0 / empty: the encoder's). A wider decoder can be trained later on a frozen
+    # encoder (`moviola train vae --init_from`), so the latent space, and the diffusion model trained in
+    # it, stay as they are while reconstructions get sharper.
+    decoder_base_channels: int = 0
+    decoder_channel_mult: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -66,11 +71,15 @@ class VAEConfig:
                     raise ValueError(f"VAEConfig.{f.name} must be a list, got {value!r}")
                 value = tuple(value)
                 setattr(self, f.name, value)
-                kinds = {type(v) for v in default}
+                kinds = {type(v) for v in default} or {int}
                 if any(type(v) not in kinds for v in value):
                     raise ValueError(f"VAEConfig.{f.name} must hold {kinds.pop().__name__}s, got {value!r}")
             elif type(value) is not type(default):
                 raise ValueError(f"VAEConfig.{f.name} must be {type(default).__name__}, got {value!r}")
+        if self.decoder_channel_mult and len(self.decoder_channel_mult) != len(self.channel_mult):
+            raise ValueError("decoder_channel_mult needs as many levels as channel_mult")
+        if self.decoder_base_channels < 0 or min(self.decoder_channel_mult, default=1) < 1:
+            raise ValueError("decoder_base_channels and decoder_channel_mult must be positive (0 / empty: the encoder's)")
         if len(self.temporal_downsample) != len(self.channel_mult) - 1:
             raise ValueError("temporal_downsample needs one entry per downsampling (len(channel_mult) - 1)")
         if self.padding_mode not in ("replicate", "zeros"):
@@ -81,6 +90,15 @@ class VAEConfig:
     @property
     def channels(self) -> list[int]:
         return [self.base_channels * m for m in self.channel_mult]
+
+    @property
+    def decoder_channels(self) -> list[int]:
+        return [(self.decoder_base_channels or self.base_channels) * m
+                for m in (self.decoder_channel_mult or self.channel_mult)]
+
+    def encoder_fields(self) -> dict:
+        """The fields that shape the encoder, hence the latent space."""
+        return {k: v for k, v in self.to_dict().items() if not k.startswith("decoder_")}
 
     @property
     def spatial_factor(self) -> int:
@@ -338,7 +356,7 @@ class Decoder(nn.Module):
 
     def __init__(self, cfg: VAEConfig) -> None:
         super().__init__()
-        ch, pm = cfg.channels, cfg.padding_mode
+        ch, pm = cfg.decoder_channels, cfg.padding_mode
         self.conv_in = CausalConv3d(cfg.latent_channels, ch[-1], (3, 3, 3), padding_mode=pm)
         self.shortcuts = cfg.shortcuts
         layers: list[nn.Module] = []

@@ -62,6 +62,11 @@ class TrainVAEConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     loss: VAELossConfig = field(default_factory=VAELossConfig)
     decoder: DecoderTuneConfig = field(default_factory=DecoderTuneConfig)
+    # A VAE (or model) folder to start from: its encoder and latent statistics are loaded, and its decoder
+    # too when cfg.model's decoder has the same shape (else the decoder starts fresh, e.g. a wider one).
+    # With optim.steps = 0 only the decoder trains, the latent space stays bit for bit, and the folder's
+    # latent statistics are kept, so a diffusion model trained in that space still fits the new decoder.
+    init_from: str = ""
     out: str = "runs/vae"
     device: str = "auto"
     threads: int = 0  # torch CPU threads; 0 = torch's default
@@ -180,6 +185,22 @@ def _start_decoder_phase(model: CausalVAE, ema: EMA, cfg: TrainVAEConfig) -> tor
     return make_optimizer(model, _decoder_optim(cfg))
 
 
+def _init_from(model: CausalVAE, folder: Path) -> None:
+    """Load a saved VAE's encoder and latent statistics into ``model`` (and its decoder if the shapes match)."""
+    if not (folder / "vae.safetensors").is_file():
+        raise FileNotFoundError(f"init_from: {folder} has no vae.safetensors")
+    base = CausalVAE.from_pretrained(folder)
+    if base.config.encoder_fields() != model.config.encoder_fields():
+        diff = {k: (v, model.config.encoder_fields()[k]) for k, v in base.config.encoder_fields().items()
+                if model.config.encoder_fields()[k] != v}
+        raise ValueError(f"init_from: {folder}'s encoder differs from model's (folder, config): {diff}")
+    model.encoder.load_state_dict(base.encoder.state_dict())
+    model.set_latent_stats(base.latent_mean, base.latent_std)
+    if base.config.decoder_channels == model.config.decoder_channels and \
+            base.config.decoder_res_blocks == model.config.decoder_res_blocks:
+        model.decoder.load_state_dict(base.decoder.state_dict())
+
+
 def train_vae(cfg: TrainVAEConfig, *, on_step=None) -> Path:
     """Train (or resume) and return the saved model folder.
 
@@ -193,7 +214,10 @@ def train_vae(cfg: TrainVAEConfig, *, on_step=None) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.json")
     torch.manual_seed(cfg.data.seed)
-    model = CausalVAE(cfg.model).to(device)
+    model = CausalVAE(cfg.model)
+    if cfg.init_from:
+        _init_from(model, Path(cfg.init_from))
+    model = model.to(device)
     ema = EMA(model, cfg.optim.ema_decay)
     total = cfg.optim.steps + cfg.decoder.steps
     ckpt = out / "ckpt.pt"
@@ -278,7 +302,8 @@ def train_vae(cfg: TrainVAEConfig, *, on_step=None) -> Path:
         if on_step:
             on_step(step, total, metrics)
     final = ema.model
-    mean, std = latent_stats(final, batches, cfg.stats_batches, device)
-    final.set_latent_stats(mean, std)
+    if not (cfg.init_from and cfg.optim.steps == 0):  # a frozen encoder keeps the statistics it came with
+        mean, std = latent_stats(final, batches, cfg.stats_batches, device)
+        final.set_latent_stats(mean, std)
     final.cpu().save_pretrained(out / "model")
     return out / "model"
