@@ -40,6 +40,11 @@ def footage(tmp_path):
     good = (root / "wide.mp4").read_bytes()
     (root / "broken.mp4").write_bytes(good[: len(good) // 3])  # truncated
     (root / "notvideo.mp4").write_text("hello")
+    write_video(root / "alien.mkv", np.zeros((9, 32, 32, 3), np.uint8), 8)  # a codec FFmpeg cannot decode:
+    alien = (root / "alien.mkv").read_bytes()  # the Matroska codec id renamed, as an exotic camera codec
+    assert alien.count(b"V_MPEG4/ISO/AVC") == 1
+    (root / "alien.mkv").write_bytes(alien.replace(b"V_MPEG4/ISO/AVC", b"V_QQQQQ/ISO/AVC"))
+    (root / "alien.txt").write_text("a caption for a file no decoder reads")
     (root / "sub" / "tall.txt").write_text("a bar moves right\n")
     (root / "notvideo.txt").write_text("caption of a file that is not a video")
     (root / "broken.txt").write_text("caption of a truncated file")
@@ -60,7 +65,8 @@ def test_check_names_every_bad_file(footage):
     assert wide.licence == "CC-BY-4.0" and wide.consent == "yes" and wide.start == 0.1
     assert usable["tall.mov"].caption == "a bar moves right"
     problems = {Path(p.path).name: p.problem for p in report.problems}
-    assert set(problems) == {"short.mp4", "nocap.webm", "broken.mp4", "notvideo.mp4", "gone.mp4"}
+    assert set(problems) == {"short.mp4", "nocap.webm", "broken.mp4", "notvideo.mp4", "gone.mp4", "alien.mkv"}
+    assert "unsupported codec" in problems["alien.mkv"]
     assert "too short" in problems["short.mp4"]
     assert "no caption" in problems["nocap.webm"]
     assert "missing" in problems["gone.mp4"]
@@ -70,7 +76,8 @@ def test_check_names_every_bad_file(footage):
 def test_cli_lists_problems_and_summary(footage, capsys):
     assert main(["data", "check", str(footage)]) == 0
     out = capsys.readouterr().out
-    assert "broken.mp4" in out and "notvideo.mp4" in out and "2 usable clips" in out and "5 skipped" in out
+    assert "broken.mp4" in out and "notvideo.mp4" in out and "2 usable clips" in out and "6 skipped" in out
+    assert "alien.mkv: unsupported codec" in out
     assert main(["data", "check", str(footage / "nowhere")]) == 2
     assert "no such folder" in capsys.readouterr().err
 

@@ -656,6 +656,9 @@ def _video_stream(path: Path, container: Any) -> Any:
         raise VideoError(path, "not a video: no video stream (a still image; use read_image)")
     for stream in container.streams.video:
         if not stream.disposition & av.stream.Disposition.attached_pic:  # album art in audio files
+            if stream.codec_context is None:  # PyAV found no decoder for the stream's codec
+                raise VideoError(path, "unsupported codec: this FFmpeg build has no decoder for its video "
+                                       "stream; re-encode it (for example to H.264)")
             return stream
     raise VideoError(path, "not a video: no video stream")
 
