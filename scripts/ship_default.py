@@ -6,6 +6,8 @@ The shipped weights must stay within 20 MB together; fp16 halves the DiT (loadin
 fp32 parameters, so inference is unchanged apart from fp16 rounding of the weights). The VAE stays fp32.
 """
 
+import hashlib
+import json
 import shutil
 import sys
 from pathlib import Path
@@ -21,6 +23,14 @@ def main(src: str) -> None:
     dst.mkdir(parents=True, exist_ok=True)
     for name in ("vae.safetensors", "vae.json", "dit.json", "pipeline.json", "training_captions.json"):
         shutil.copyfile(src_dir / name, dst / name)
+    # Provenance: a summary (counts by source and licence, the full manifest's hash), not the per-clip list of
+    # thousands of procedural clips, which the data config and seeds in pipeline.json regenerate exactly.
+    from moviola.data.provenance import MANIFEST, SUMMARY, read_manifest, summarize
+
+    rows = read_manifest(src_dir)
+    if rows:
+        digest = hashlib.sha256((src_dir / MANIFEST).read_bytes()).hexdigest()
+        (dst / SUMMARY).write_text(json.dumps(summarize(rows, digest), indent=1) + "\n")
     dit = {k: (v.half() if v.is_floating_point() else v) for k, v in load_file(str(src_dir / "dit.safetensors")).items()}
     save_file(dit, str(dst / "dit.safetensors"), metadata={"format": "pt", "dtype": "float16"})
     for p in dst.iterdir():  # readable by everyone (the writers may leave mkstemp's 0600)

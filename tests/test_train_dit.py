@@ -105,7 +105,12 @@ def test_lora_fine_tune_adapter_merge_samples_and_generate_lora(tmp_path, vae_di
     meta = json.loads((adapter / "lora.json").read_text())
     assert meta["rank"] == 2 and meta["base_model"] == str(base_dir) and len(meta["modules"]) == 4
     assert (tmp_path / "adapter" / "samples" / "step_000004_0.mp4").is_file()
-    assert (adapter / "provenance.jsonl").is_file()  # the clips it learned from travel with it
+    # the clips it learned from travel with it, its base model's after its own, and a model card says so
+    rows = [json.loads(line) for line in (adapter / "provenance.jsonl").read_text().splitlines()]
+    base_rows = (base_dir / "provenance.jsonl").read_text().splitlines()
+    assert len(rows) == 2 * len(base_rows) and {r["stage"] for r in rows} == {"this run", f"base: {base_dir}"}
+    card = (adapter / "MODEL_CARD.md").read_text()
+    assert "LoRA adapter" in card and f"{len(rows)} clips" in card and "procedural: moviola.world" in card
 
     pipe = Pipeline.from_pretrained(base_dir)
     kw = dict(width=32, height=32, seconds=1, steps=2, seed=3)

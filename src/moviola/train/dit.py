@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -525,5 +524,10 @@ def _save_result(cfg, result: Path, dit: DiT, vae, text, pcfg, base_dir, vae_dir
         Pipeline(vae, dit, text, pcfg, vae.latent_mean.device).save_pretrained(result)
         # The captions trained on, so evaluation can use prompts the model never saw verbatim.
         (result / "training_captions.json").write_text(json.dumps(sorted(cache.captions())))
-    if provenance is not None:
-        shutil.copyfile(provenance, result / provenance.name)
+    # What the model learned from travels with it: this run's clips, then its base model's.
+    from moviola.data.provenance import carry, write_card
+
+    summary = carry(provenance, base_dir, result)
+    kind = "LoRA adapter" if cfg.lora.rank > 0 and not cfg.lora.merge else "Moviola model"
+    write_card(result, title=f"{kind}: {result}", summary=summary,
+               info={**info, **({"lora": asdict(cfg.lora)} if cfg.lora.rank > 0 else {})})

@@ -1,0 +1,101 @@
+"""Where a model's training data came from: the manifest a run writes, what a saved model carries, and
+the model card that says it in words.
+
+Every training run writes ``provenance.jsonl``, one record per clip it trained on (path, sha256 of the
+file, caption, span, licence, consent, source; world clips name the generator, seed and a hash of their
+scene spec). A saved model folder carries:
+
+- ``provenance.jsonl``: this run's records, then those of the model it was fine-tuned from (each record
+  tagged with ``stage``: "this run" or "base: FOLDER"), so a fine-tune still says what its base learned from;
+- or, where a base only ships a summary (the packaged default: 4,000 procedural clips need no per-clip
+  list), ``provenance.json``: counts by source and licence and the sha256 of the full manifest;
+- ``MODEL_CARD.md`` written from the above when the run saves a model (the shipped default has a
+  hand-written one instead).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+MANIFEST = "provenance.jsonl"
+SUMMARY = "provenance.json"
+CARD = "MODEL_CARD.md"
+
+
+def read_manifest(folder: Path) -> list[dict[str, Any]]:
+    """The per-clip records of a model or run folder ([] if it has none)."""
+    path = Path(folder) / MANIFEST
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def summarize(rows: list[dict[str, Any]], manifest_sha256: str | None = None) -> dict[str, Any]:
+    """Counts of clips by source, licence and consent (and stage), plus the manifest's hash."""
+    def count(key: str) -> dict[str, int]:
+        return dict(Counter(str(r.get(key)) for r in rows).most_common())
+
+    out = {"clips": len(rows), "by_source": count("source"), "by_licence": count("licence"),
+           "by_consent": count("consent")}
+    if any("stage" in r for r in rows):
+        out["by_stage"] = count("stage")
+    if manifest_sha256:
+        out["manifest_sha256"] = manifest_sha256
+    return out
+
+
+def carry(run_manifest: Path | None, base_dir: Path | None, result: Path) -> dict[str, Any] | None:
+    """Write the saved model's provenance: this run's records followed by its base model's (tagged by
+    stage), and the base's summary kept beside them if that is all the base has. Returns the summary
+    of what was written (None when nothing is known)."""
+    rows = [{**r, "stage": "this run"} for r in (json.loads(line) for line in run_manifest.read_text().splitlines()
+                                                 if line.strip())] if run_manifest is not None else []
+    base_summary = None
+    if base_dir is not None:
+        rows += [{**r, "stage": r.get("stage") if str(r.get("stage", "")).startswith("base") else f"base: {base_dir}"}
+                 for r in read_manifest(base_dir)]
+        if (Path(base_dir) / SUMMARY).is_file():
+            base_summary = json.loads((Path(base_dir) / SUMMARY).read_text())
+    if not rows and base_summary is None:
+        return None
+    text = "".join(json.dumps(r) + "\n" for r in rows)
+    if rows:
+        (result / MANIFEST).write_text(text)
+    summary = summarize(rows, hashlib.sha256(text.encode()).hexdigest() if rows else None)
+    if base_summary is not None:
+        summary["base"] = base_summary
+        (result / SUMMARY).write_text(json.dumps(summary, indent=1) + "\n")
+    return summary
+
+
+def write_card(result: Path, *, title: str, info: dict[str, Any], summary: dict[str, Any] | None,
+               figures: dict[str, Any] | None = None) -> Path:
+    """A plain model card: what was trained, from what, how, and on which data (from the summary)."""
+    lines = [f"# {title}", "", "Written by `moviola train` when it saved this model.", "", "## Training", ""]
+    for k, v in info.items():
+        if k != "data":
+            lines.append(f"- {k}: {v}")
+    if "data" in info:
+        lines.append(f"- data: `{json.dumps(info['data'])}`")
+    lines += ["", "## Data it learned from", ""]
+    if summary is None:
+        lines.append("No record: the data source kept no per-clip provenance.")
+    else:
+        lines.append(f"{summary['clips']} clips in `{MANIFEST}` (one record each: path, sha256, caption, span, "
+                     "licence, consent, source)" + (f", sha256 {summary['manifest_sha256']}." if summary.get("manifest_sha256") else "."))
+        for key in ("by_stage", "by_source", "by_licence", "by_consent"):
+            if key in summary:
+                lines.append(f"- {key.replace('by_', '')}: " + ", ".join(f"{k} ({v})" for k, v in summary[key].items()))
+        if "base" in summary:
+            b = summary["base"]
+            lines.append(f"- the base model's own data (summary in `{SUMMARY}`): {b.get('clips')} clips, "
+                         + ", ".join(f"{k} ({v})" for k, v in b.get("by_source", {}).items()))
+    if figures:
+        lines += ["", "## Figures", ""] + [f"- {k}: {v}" for k, v in figures.items()]
+    path = result / CARD
+    path.write_text("\n".join(lines) + "\n")
+    return path
