@@ -187,3 +187,15 @@ def test_deep_check_catches_a_file_cut_off_midway(footage, capsys):
     assert "long.mkv: truncated" in capsys.readouterr().out
     main(["data", "check", str(footage), "--quick"])
     assert "long.mkv" not in capsys.readouterr().out
+
+
+def test_a_world_dataset_folder_is_a_training_folder(tmp_path):
+    """`moviola world dataset` writes clips/ and captions.jsonl; `data check` (and so `data cache` and
+    training) reads it like any footage folder, every clip usable, captions from the manifest."""
+    out = tmp_path / "world"
+    assert main(["world", "dataset", str(out), "--n", "3", "--size", "64x64", "--seed", "1"]) == 0
+    report = check_folder(out)
+    assert len(report.clips) == 3 and report.problems == []
+    rows = [json.loads(line) for line in (out / "captions.jsonl").read_text().splitlines()]
+    assert {c.caption for c in report.clips} == {r["caption"] for r in rows}
+    assert all(c.licence.startswith("generated") for c in report.clips)

@@ -2,7 +2,8 @@
 
 Captions come from a manifest in the folder (``manifest.jsonl`` or ``manifest.csv``: path, caption and
 optional start / end seconds, licence, consent, source) or, for videos the manifest does not list, from a
-sidecar ``NAME.txt`` beside ``NAME.mp4``. ``check_folder`` opens every video once (a header probe plus
+sidecar ``NAME.txt`` beside ``NAME.mp4``. A folder made by ``moviola world dataset`` is one too: its
+``captions.jsonl`` is read as a manifest (its short caption; the world's extra fields are ignored). ``check_folder`` opens every video once (a header probe plus
 one decoded frame, or with ``deep`` every frame) and returns the usable clips and every problem with its
 file; training uses the clips and skips the rest, so one bad file never stops a run. ``load_clip`` cuts
 one clip out of a file for a model: frames at a target fps, resized and centre-cropped.
@@ -20,8 +21,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".mov", ".mkv", ".gif", ".avi", ".m4v")
-MANIFEST_NAMES = ("manifest.jsonl", "manifest.csv")
+MANIFEST_NAMES = ("manifest.jsonl", "manifest.csv", "captions.jsonl")  # the last: `moviola world dataset`
 MANIFEST_FIELDS = ("path", "caption", "start", "end", "licence", "consent", "source")
+WORLD_FIELDS = ("index", "detailed_caption", "spec")  # a world dataset's extras, ignored
 
 
 class DatasetError(ValueError):
@@ -97,7 +99,12 @@ def read_manifest(path: str | Path) -> list[dict]:
     else:
         raise DatasetError(f"{path}: a manifest must be .jsonl or .csv")
     out = []
+    world = path.name == "captions.jsonl"
     for where, row in rows:
+        if world:
+            row = {k: v for k, v in row.items() if k not in WORLD_FIELDS}
+            row.setdefault("source", "procedural: moviola world dataset")
+            row.setdefault("licence", "generated (no third-party rights)")
         unknown = sorted(set(row) - set(MANIFEST_FIELDS))
         if unknown:
             raise DatasetError(f"{where}: unknown field {unknown[0]!r} (known: {', '.join(MANIFEST_FIELDS)})")
