@@ -10,6 +10,11 @@ timed twice: as the preset ships (DiT's adaLN, one Linear per block) and with `s
     PYTHONPATH=src python benchmarks/dit_speed.py                       # small@5x8x8 (80 tokens), base@5x16x16
     PYTHONPATH=src python benchmarks/dit_speed.py --cases small:5x8x8 --repeats 50 --threads 2
     PYTHONPATH=src python benchmarks/dit_speed.py --device cuda --bf16   # on a GPU, under bf16 autocast
+    PYTHONPATH=src python benchmarks/dit_speed.py --cases --generate 2 4 --threads 2   # end to end only
+
+End to end (``--generate S ...``): the shipped default model generates S-second 64x64 clips at its own
+sampler settings (model loaded once, not timed; one warm-up), and the script prints seconds of compute per
+second of video, sampling and VAE decoding together (< 1: faster than real time).
 
 One thread by default: on a 2-core box that is also running something else, OpenMP's hand-offs between
 two threads stall for whole scheduler slices and the timings say more about the load than the models.
@@ -129,9 +134,31 @@ def run_case(preset: str, latent: tuple[int, int, int], args) -> None:
         print(f"  wan / {name}: {ratios[0]:.2f}x (wall min)   {ratios[1]:.2f}x (wall median){cpu_note}")
 
 
+def run_generate(seconds: list[float], repeats: int) -> None:
+    """Seconds of compute per second of video for the shipped default at its sampler settings."""
+    from moviola import DEFAULT_MODEL_DIR
+    from moviola.pipeline import Pipeline
+
+    t0 = time.perf_counter()
+    pipe = Pipeline.from_pretrained(DEFAULT_MODEL_DIR)
+    print(f"generate: shipped default ({pipe.config.steps} {pipe.config.sampler} steps, guidance "
+          f"{pipe.config.guidance:g}), 64x64 at {pipe.config.fps:g} fps, loaded in {time.perf_counter() - t0:.2f} s")
+    prompt = "a small red circle moves right on a black background"
+    pipe(prompt, width=64, height=64, seconds=1.0, seed=0)  # warm-up
+    for s in seconds:
+        ts = []
+        for r in range(repeats):
+            t = time.perf_counter()
+            frames = pipe(prompt, width=64, height=64, seconds=s, seed=r)
+            ts.append(time.perf_counter() - t)
+        video = len(frames) / pipe.config.fps
+        print(f"  {s:g} s clip ({len(frames)} frames): min {min(ts):.3f} s, median {statistics.median(ts):.3f} s "
+              f"-> {min(ts) / video:.3f} s per second of video (min), {statistics.median(ts) / video:.3f} (median)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--cases", nargs="+", default=["small:5x8x8", "base:5x16x16"],
+    ap.add_argument("--cases", nargs="*", default=["small:5x8x8", "base:5x16x16"],
                     help="PRESET:TxHxW latent grids (default: %(default)s)")
     ap.add_argument("--batch", type=int, default=2, help="2 = a classifier-free guidance batch")
     ap.add_argument("--text-len", type=int, default=16)
@@ -140,12 +167,17 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="intra-op threads, the same for both models")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--bf16", action="store_true", help="bf16 autocast (GPU)")
+    ap.add_argument("--generate", nargs="*", type=float, default=[],
+                    help="also time the shipped default end to end for clips of these seconds")
+    ap.add_argument("--generate-repeats", type=int, default=3)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, device {args.device}, {torch.get_num_threads()} threads, "
           f"{'bf16 autocast' if args.bf16 else 'fp32'}")
     for case in args.cases:
         run_case(*parse_case(case), args)
+    if args.generate:
+        run_generate(args.generate, args.generate_repeats)
 
 
 if __name__ == "__main__":
