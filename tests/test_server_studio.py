@@ -137,3 +137,39 @@ def test_studio_makes_a_video_and_plays_it(stack, tmp_path):
 
     cards = json.loads(stack.database().one("SELECT params FROM jobs WHERE id = ?", (board.id,))["params"])["cards"]
     assert "image_path" not in cards[0] and cards[1]["image_path"].endswith("card1.png")  # the image card
+
+
+def test_studio_gallery_pages_through_older_videos(stack):
+    """The gallery shows the newest page and follows the list's cursor for older videos."""
+    sync_api = pytest.importorskip("playwright.sync_api", reason="needs playwright: pip install -e '.[test]'")
+    exe = _chromium()
+    from moviola.server import jobs, keys
+
+    token = stack.key("studio-pages")
+    db = stack.database()
+    key = keys.lookup(db, token)
+    made = []
+    for i in range(26):  # failed jobs: listed like any other, no worker or files needed
+        vid = jobs.new_video_id()
+        jobs.insert_job(db, key, video_id=vid, kind="create", prompt=f"clip {i}", model="moviola-default",
+                        seconds="1", size="64x64", params={"seed": i}, cost_seconds=0.0)
+        db.execute("UPDATE jobs SET status = 'failed', error_code = 'test', error_message = 'made by a test' "
+                   "WHERE id = ?", (vid,))
+        made.append(vid)
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=exe, args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 390, "height": 844})
+            page.goto(f"http://127.0.0.1:{stack.port}/")
+            page.fill("#key", token)
+            page.click("#signin")
+            page.wait_for_selector("#studio:not([hidden])")
+            page.wait_for_function("document.querySelectorAll('#gallery .card').length === 24")
+            assert page.is_visible("#gallery-more")
+            assert page.get_attribute("#gallery .card:first-child", "data-id") == made[-1]  # newest first
+            page.click("#gallery-more")
+            page.wait_for_function("document.querySelectorAll('#gallery .card').length === 26")
+            assert page.get_attribute("#gallery .card:last-child", "data-id") == made[0]
+            assert not page.is_visible("#gallery-more")
+        finally:
+            browser.close()

@@ -184,15 +184,23 @@ $("#board-form").addEventListener("submit", async (ev) => {
 
 // --- the gallery ----------------------------------------------------------------------------------
 
-async function loadGallery() {
-  const list = await (await api("/videos?limit=100&order=desc")).json();
-  $("#gallery").innerHTML = "";
+const GALLERY_PAGE = 24;
+
+// The newest page; "Older videos" follows the list's cursor (after=last_id) one page at a time.
+async function loadGallery(after) {
+  const q = `/videos?limit=${GALLERY_PAGE}&order=desc` + (after ? `&after=${encodeURIComponent(after)}` : "");
+  const list = await (await api(q)).json();
+  if (!after) $("#gallery").innerHTML = "";
   for (const v of list.data) {
     upsertCard(v, false);
     if (v.status === "queued" || v.status === "in_progress") poll(v.id);
   }
-  $("#empty").hidden = list.data.length > 0;
+  if (!after) $("#empty").hidden = list.data.length > 0;
+  state.galleryAfter = list.has_more ? list.last_id : null;
+  $("#gallery-more").hidden = !list.has_more;
 }
+
+$("#gallery-more").addEventListener("click", () => { if (state.galleryAfter) loadGallery(state.galleryAfter); });
 
 function upsertCard(v, prepend) {
   let card = $(`.card[data-id="${v.id}"]`);
