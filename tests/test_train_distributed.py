@@ -129,3 +129,22 @@ def test_two_processes_match_one_and_resume_exactly(tmp_path, vae_dir):
     assert (model_dir / "dit.safetensors").is_file()
     # only rank 0 wrote: one log line per step, no stray files from rank 1
     assert len((two / "log.jsonl").read_text().splitlines()) == 20
+
+
+def test_torchrun_launches_the_cli_trainer(tmp_path, vae_dir):
+    """The real entry point: `torchrun --nproc_per_node=2 -m moviola.cli train dit ...` (gloo on the CPU)
+    trains, writes one log line per step from rank 0 only, saves the model, and follows the one-process curve."""
+    import subprocess
+    import sys
+
+    one, two = tmp_path / "one", tmp_path / "two"
+    train_dit(_cfg(vae_dir, one, 4))
+    _cfg(vae_dir, two, 4)  # copies the prebuilt cache
+    args = [f"--{kv}" for kv in TINY + [f"vae={vae_dir}", f"out={two}", "optim.steps=4", "threads=1"]]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port", str(_free_port()),
+           "-m", "moviola.cli", "train", "dit", *args]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert (two / "model" / "dit.safetensors").is_file()
+    assert len(_losses(two)) == 4
+    assert np.abs(np.array(_losses(two)) - np.array(_losses(one))).max() < 1e-5
