@@ -403,6 +403,27 @@ def test_storyboard_with_image_cards(pipe, transition):
     assert np.array_equal(clip[12], pipe.fit_image(img2, 32, 32))  # card 3 starts at 1.5 s = frame 12
 
 
+def test_a_continued_storyboard_starts_each_card_from_the_last_frame_before_it(pipe, monkeypatch):
+    """'continue' carries exactly one frame across a card change (the new prompt is free to change the
+    scene); 'cut' carries none; inside a card, windows still carry their usual context."""
+    seen = []
+    forward = Pipeline._forward
+
+    def spy(self, prompt, total, *, tail, **kw):
+        seen.append((prompt, None if tail is None else tail.copy()))
+        return forward(self, prompt, total, tail=tail, **kw)
+
+    monkeypatch.setattr(Pipeline, "_forward", spy)
+    cards = [Card(0, "a red circle falls"), Card(1, "a blue square spins")]
+    clip = np.concatenate(list(pipe.storyboard(cards, seconds=2, transition="continue", **SIZE)))
+    assert [p for p, _ in seen] == ["a red circle falls", "a blue square spins"]
+    assert seen[0][1] is None and seen[1][1].shape == (1, 32, 32, 3)
+    assert np.array_equal(seen[1][1][0], clip[7])  # the first card's last frame
+    seen.clear()
+    list(pipe.storyboard(cards, seconds=2, transition="cut", **SIZE))
+    assert all(t is None for _, t in seen)
+
+
 def test_storyboard_of_text_cards_runs_on_a_text_only_model(text_only):
     cards = [Card(0, "a red circle falls"), Card(1, "a blue square spins")]
     clip = np.concatenate(list(text_only.storyboard(cards, seconds=2, **SIZE)))

@@ -584,7 +584,10 @@ class Pipeline:
         """One continuous clip from cards: segment i runs from card i's start to the next card's (the last to
         ``seconds``, default its start + 2 s) and follows its prompt; a card's image is its first frame.
         ``transition``: "cut" starts each segment afresh (a film cut), "continue" starts it from the last
-        5 frames of the one before (the scene carries on and changes under the new prompt). Yields frames
+        frame of the one before (the scene carries on and changes under the new prompt; one frame rather than
+        the 5 a long clip carries between its windows, so the new card's prompt is not held back by the old
+        scene's motion: its segments scored 45.8 % with 5, 54.9 % with 1, against 59.0 % for single-prompt
+        clips, `moviola eval abilities`). Yields frames
         as they are made; the whole board is checked before any work starts."""
         steps, guidance, sampler, fps = self._settings(steps, guidance, sampler, fps)
         cards = list(cards)
@@ -608,18 +611,17 @@ class Pipeline:
         return self._board(cards, bounds, images, transition, seed, callback, kw)
 
     def _board(self, cards, bounds, images, transition, seed, callback, kw) -> Iterator[np.ndarray]:
-        windows, tail_len = 0, 0  # counted first, for one progress bar over the whole board
+        windows = 0  # counted first, for one progress bar over the whole board
         for i in range(len(cards)):
             n = bounds[i + 1] - bounds[i]
-            first = 1 if images[i] is not None else (tail_len if transition == "continue" else 0)
+            first = 1 if images[i] is not None or (transition == "continue" and i > 0) else 0
             windows += len(self._plan(n - (images[i] is not None), first))
-            tail_len = len(_context(np.empty(n)))
         progress = _Progress(callback, windows * kw["steps"])
         tail = None
         with torch.no_grad():
             for i, c in enumerate(cards):
                 n = bounds[i + 1] - bounds[i]
-                start = None if transition == "cut" else tail
+                start = None if transition == "cut" or tail is None else tail[-1:]  # a card change: its last frame
                 if images[i] is not None:
                     yield images[i][None]
                     start, n = images[i][None], n - 1
