@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from moviola.eval.world import aggregate, eval_prompts
+from moviola.pipeline import SEAM_BEFORE, SEAM_BLEND
 
 DRIFT_ATTRS = ("color", "shape", "size", "count")
 
@@ -48,7 +49,7 @@ def seam_ratio(frames: np.ndarray, seam: int) -> float:
     return float(d[seam - 1] / max(np.median(d), 0.5))
 
 
-def seam_region_ratio(frames: np.ndarray, seam: int, after: int = 3, before: int = 3) -> float:
+def seam_region_ratio(frames: np.ndarray, seam: int, after: int = SEAM_BLEND, before: int = SEAM_BEFORE) -> float:
     """The largest of the differences across a seam, the ``after`` steps that follow it and the ``before``
     steps that lead to it (after a known suffix the decoder's residual is spread over those frames), over
     the clip's median frame difference."""
@@ -56,7 +57,7 @@ def seam_region_ratio(frames: np.ndarray, seam: int, after: int = 3, before: int
     return float(d[max(0, seam - 1 - before):seam + after].max() / max(np.median(d), 0.5))
 
 
-def loop_ratio(frames: np.ndarray, after: int = 3, before: int = 3) -> float:
+def loop_ratio(frames: np.ndarray, after: int = SEAM_BLEND, before: int = SEAM_BEFORE) -> float:
     """The last-to-first difference, and the steps around it where the residual is spread (the ``before``
     last ones and the ``after`` first ones), over the median frame difference."""
     d = frame_diffs(frames)
