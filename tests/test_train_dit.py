@@ -157,3 +157,16 @@ def test_tensorboard_scalars_or_a_clear_error(tmp_path, vae_dir, monkeypatch):
         pytest.skip("tensorboard not installed (optional: pip install 'moviola[tensorboard]')")
     train_dit(load_config(TrainDiTConfig, None, cfg))
     assert list((tmp_path / "tb" / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_the_training_config_sets_the_saved_models_sampler_defaults(tmp_path, vae_dir):
+    """[sampling] in a training config is written to the model's pipeline.json, so one command makes the
+    model `generate` runs as shipped; keys left at their "keep" values keep the defaults."""
+    common = TINY_DIT + [f"vae='{vae_dir}'", "optim.steps=1"]
+    model_dir = train_dit(load_config(TrainDiTConfig, None, common + [
+        "sampling.steps=7", "sampling.guidance=3.5", "sampling.shift=2.0", f"out='{tmp_path / 'a'}'"]))
+    saved = json.loads((model_dir / "pipeline.json").read_text())
+    assert (saved["steps"], saved["guidance"], saved["shift"], saved["sampler"]) == (7, 3.5, 2.0, "euler")
+    assert Pipeline.from_pretrained(model_dir).config.steps == 7
+    with pytest.raises(ValueError, match="sampling.sampler 'nope'"):
+        train_dit(load_config(TrainDiTConfig, None, common + ["sampling.sampler='nope'", f"out='{tmp_path / 'b'}'"]))

@@ -68,6 +68,17 @@ EVAL_PROMPTS = [
 
 
 @dataclass
+class SamplingDefaults:
+    """The sampler settings written to the saved model's pipeline.json (what `generate` uses unless told
+    otherwise); each one left at its "keep" value keeps the base model's, or the built-in default."""
+
+    steps: int = 0  # > 0: sampler steps
+    guidance: float = 0.0  # > 0: classifier-free guidance scale
+    shift: float = -1.0  # >= 0: time shift (0 = from the token count)
+    sampler: str = ""  # "": keep
+
+
+@dataclass
 class TrainDiTConfig:
     model: DiTConfig = field(default_factory=lambda: dataclasses.replace(PRESETS["small"]))  # unused with init_from
     vae: str = ""  # folder with vae.safetensors; "" = the shipped default model folder (or init_from's)
@@ -101,7 +112,8 @@ class TrainDiTConfig:
     sample_every: int = 0  # > 0: write 64x64 2 s clips of sample_prompts to out/samples/ every N steps
     sample_prompts: list[str] = field(default_factory=lambda: EVAL_PROMPTS[:2])
     sample_steps: int = 16
-    guidance: float = 4.0
+    guidance: float = 4.0  # the watch scorer's and samples' guidance (and a new model's default unless sampling.guidance)
+    sampling: SamplingDefaults = field(default_factory=SamplingDefaults)
 
 
 class _LazyText:
@@ -373,6 +385,7 @@ def train_dit(cfg: TrainDiTConfig, *, on_step=None, on_cache=None) -> Path:
             pcfg = PipelineConfig.from_dict(json.loads((base_dir / PIPELINE_FILE).read_text()))
         else:
             pcfg = PipelineConfig(text_encoder=cfg.text_encoder, fps=cfg.data.fps, guidance=cfg.guidance)
+        pcfg = _with_sampling(pcfg, cfg.sampling)
         text = _LazyText(pcfg.text_encoder)
         model = _build_model(cfg, base_dir, device)
         mcfg = model.config
@@ -494,6 +507,18 @@ def train_dit(cfg: TrainDiTConfig, *, on_step=None, on_cache=None) -> Path:
         return result
     finally:
         D.teardown(world)
+
+
+def _with_sampling(pcfg, s: SamplingDefaults):
+    """pcfg with the sampler defaults the run's config sets (the others kept)."""
+    from moviola.flow.samplers import SAMPLERS
+
+    if s.sampler and s.sampler not in SAMPLERS:
+        raise ValueError(f"sampling.sampler {s.sampler!r} is not one of {', '.join(SAMPLERS)}")
+    return dataclasses.replace(pcfg, **({"steps": s.steps} if s.steps > 0 else {}),
+                               **({"guidance": s.guidance} if s.guidance > 0 else {}),
+                               **({"shift": s.shift} if s.shift >= 0 else {}),
+                               **({"sampler": s.sampler} if s.sampler else {}))
 
 
 def _write_provenance(cache, out: Path, world: D.World) -> Path | None:
