@@ -125,6 +125,11 @@ def test_lora_teaches_the_default_model_pink(tmp_path):
         "optim.ema_decay=0.9", "caption_dropout=0.1", "eval_every=0", "log_every=10", "ckpt_every=1000"])
     adapter = train_dit(cfg)
     assert len(COLORS) == 7 and "pink" not in COLORS  # outside the fine-tune the world is as it was
+    import json
+
+    prov = json.loads((adapter / "provenance.json").read_text())  # its clips, and the shipped base's summary
+    assert prov["clips"] == 48 and prov["base"]["clips"] == 4000
+    assert "4000 clips" in (adapter / "MODEL_CARD.md").read_text()
 
     pipe = Pipeline.from_pretrained(DEFAULT_MODEL_DIR)
     prompts = ["a large pink circle stays still on a black background", "a large pink square moves right on a gray background"]
