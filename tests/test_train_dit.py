@@ -119,8 +119,11 @@ def test_lora_fine_tune_adapter_merge_samples_and_generate_lora(tmp_path, vae_di
     assert not np.array_equal(plain, tuned)
     assert np.array_equal(pipe.load_lora(adapter, scale=0.0)("a small red circle moves right", **kw), plain)
 
+    tc = base_dir / "training_captions.json"  # a caption only the base saw: the merged model lists it too
+    tc.write_text(json.dumps(json.loads(tc.read_text()) + ["a caption only the base model saw"]))
     merged = train_dit(load_config(TrainDiTConfig, None, tune + ["lora.merge=true", f"out='{tmp_path / 'merged'}'"]))
     assert merged.name == "model" and not (merged / "lora.safetensors").exists()
+    assert "a caption only the base model saw" in json.loads((merged / "training_captions.json").read_text())
     got = Pipeline.from_pretrained(merged)("a small red circle moves right", **kw)
     assert np.abs(got.astype(int) - tuned.astype(int)).max() <= 2  # merge = adapter, up to rounding
 
