@@ -86,7 +86,7 @@ def test_random_weights_give_noise_not_the_world(vae_dir, tmp_path):
     assert rep["overall"] < 0.5
 
 
-def test_lora_fine_tune_adapter_merge_samples_and_generate_lora(tmp_path, vae_dir):
+def test_lora_fine_tune_adapter_merge_samples_and_generate_lora(tmp_path, vae_dir, capsys):
     """Fine-tune a trained tiny model with LoRA: adapter files, sample clips, provenance, the adapter applied
     by Pipeline.load_lora and `generate --lora`, and merge = the same model in one folder."""
     import shutil
@@ -105,6 +105,7 @@ def test_lora_fine_tune_adapter_merge_samples_and_generate_lora(tmp_path, vae_di
     meta = json.loads((adapter / "lora.json").read_text())
     assert meta["rank"] == 2 and meta["base_model"] == str(base_dir) and len(meta["modules"]) == 4
     assert (tmp_path / "adapter" / "samples" / "step_000004_0.mp4").is_file()
+    assert json.loads((adapter / "training_captions.json").read_text())  # eval world holds these out
     # the clips it learned from travel with it, its base model's after its own, and a model card says so
     rows = [json.loads(line) for line in (adapter / "provenance.jsonl").read_text().splitlines()]
     base_rows = (base_dir / "provenance.jsonl").read_text().splitlines()
@@ -130,6 +131,13 @@ def test_lora_fine_tune_adapter_merge_samples_and_generate_lora(tmp_path, vae_di
     out = tmp_path / "gen.mp4"
     assert main(["generate", "a small red circle moves right", "-o", str(out), "--size", "32x32", "--seconds", "1",
                  "--steps", "2", "--model", str(base_dir), "--lora", str(adapter)]) == 0
+    # eval world on the base with the adapter applied: scores the adapted model, names the adapter
+    capsys.readouterr()
+    assert main(["eval", "world", "--model", str(base_dir), "--lora", str(adapter), "--n", "2", "--steps", "2",
+                 "--no-baselines"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert rep["lora"] == str(adapter) and rep["held_in"]["model"]["clips"] == 2
+    assert 0 <= rep["held_in"]["model"]["overall"] <= 100
     # an adapter for another base: a LoRAError naming the difference; in the CLI one line and exit 2
     from moviola.models.dit import DiT, DiTConfig
     from moviola.models.lora import load_lora

@@ -322,7 +322,7 @@ def cmd_eval_world(args) -> int:
     with progress() as bar:
         task = bar.add_task("eval world", total=None)
         report = evaluate_world(_model_dir(args.model), n=args.n, steps=args.steps, guidance=args.guidance,
-                                baselines=not args.no_baselines,
+                                baselines=not args.no_baselines, lora=Path(args.lora) if args.lora else None,
                                 progress=lambda i, n: bar.update(task, completed=i, total=n))
     print(json.dumps(report, indent=1))
     return 0
@@ -659,6 +659,7 @@ def build_parser() -> argparse.ArgumentParser:
     evw.add_argument("--steps", type=int)
     evw.add_argument("--guidance", type=float)
     evw.add_argument("--no-baselines", action="store_true", help="skip the renderer and random-weights rows")
+    evw.add_argument("--lora", help="a LoRA adapter folder to apply to the model (as generate --lora)")
     evw.set_defaults(func=cmd_eval_world)
     eva = esub.add_parser("abilities", help="image-to-video, extend, connect, loop, storyboard and long videos "
                                              "against their targets (seams, given frames, drift, memory)")

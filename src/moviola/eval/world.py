@@ -67,15 +67,18 @@ def _score_set(make_frames, prompts, fps: float) -> dict:
 
 
 def evaluate_world(model_dir: Path, n: int = 48, *, steps: int | None = None, guidance: float | None = None,
-                   seed: int = 0, baselines: bool = True, progress=None) -> dict:
+                   seed: int = 0, baselines: bool = True, progress=None, lora: Path | None = None) -> dict:
     from moviola.pipeline import Pipeline
     from moviola.world.render import render
 
     pipe = Pipeline.from_pretrained(model_dir)
-    exclude = set()
-    tc = Path(model_dir) / "training_captions.json"
-    if tc.exists():
-        exclude = set(json.loads(tc.read_text()))
+    if lora is not None:
+        pipe.load_lora(lora)
+    exclude = set()  # every caption the model (and its adapter) trained on
+    for folder in [model_dir] + ([lora] if lora is not None else []):
+        tc = Path(folder) / "training_captions.json"
+        if tc.exists():
+            exclude |= set(json.loads(tc.read_text()))
     sets = {"held_in": eval_prompts(n, held_out=False, exclude=exclude),
             "held_out": eval_prompts(max(1, n // 2), held_out=True, exclude=exclude)}
     fps = pipe.config.fps
@@ -97,7 +100,7 @@ def evaluate_world(model_dir: Path, n: int = 48, *, steps: int | None = None, gu
         tick()
         return render(spec, num_frames=int(round(spec.seconds * fps))).frames
 
-    result = {"model": str(model_dir), "size": "64x64", "seconds": 2, "steps": steps or pipe.config.steps,
+    result = {"model": str(model_dir), **({"lora": str(lora)} if lora is not None else {}), "size": "64x64", "seconds": 2, "steps": steps or pipe.config.steps,
               "guidance": pipe.config.guidance if guidance is None else guidance}
     for name, prompts in sets.items():
         row = {"model": _score_set(gen(pipe), prompts, fps)}

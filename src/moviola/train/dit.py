@@ -547,13 +547,13 @@ def _save_result(cfg, result: Path, dit: DiT, vae, text, pcfg, base_dir, vae_dir
             merge_lora(dit)
         pcfg.extra = {**({"base": pcfg.extra} if base_dir is not None and pcfg.extra else {}), **info}
         Pipeline(vae, dit, text, pcfg, vae.latent_mean.device).save_pretrained(result)
-        # The captions trained on (a fine-tune's and its base model's), so evaluation can use prompts
-        # the model never saw verbatim.
-        captions = set(cache.captions())
-        if base_dir is not None and (Path(base_dir) / "training_captions.json").is_file():
-            captions |= set(json.loads((Path(base_dir) / "training_captions.json").read_text()))
-        with atomic_path(result / "training_captions.json") as tmp:
-            tmp.write_text(json.dumps(sorted(captions)))
+    # The captions trained on (a fine-tune's and its base model's), so evaluation can use prompts the
+    # model never saw verbatim.
+    captions = set(cache.captions())
+    if base_dir is not None and (Path(base_dir) / "training_captions.json").is_file():
+        captions |= set(json.loads((Path(base_dir) / "training_captions.json").read_text()))
+    with atomic_path(result / "training_captions.json") as tmp:
+        tmp.write_text(json.dumps(sorted(captions)))
     # What the model learned from travels with it: this run's clips, then its base model's.
     from moviola.data.provenance import carry, write_card
 
