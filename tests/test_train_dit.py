@@ -131,13 +131,15 @@ def test_lora_fine_tune_adapter_merge_samples_and_generate_lora(tmp_path, vae_di
     out = tmp_path / "gen.mp4"
     assert main(["generate", "a small red circle moves right", "-o", str(out), "--size", "32x32", "--seconds", "1",
                  "--steps", "2", "--model", str(base_dir), "--lora", str(adapter)]) == 0
-    # eval world on the base with the adapter applied: scores the adapted model, names the adapter
+    # eval world on the base with the adapter applied: scores the adapted model, names the adapter, and puts
+    # the renderer's own clips (near 100) and random weights (near chance) beside it
     capsys.readouterr()
-    assert main(["eval", "world", "--model", str(base_dir), "--lora", str(adapter), "--n", "2", "--steps", "2",
-                 "--no-baselines"]) == 0
+    assert main(["eval", "world", "--model", str(base_dir), "--lora", str(adapter), "--n", "2", "--steps", "2"]) == 0
     rep = json.loads(capsys.readouterr().out)
     assert rep["lora"] == str(adapter) and rep["held_in"]["model"]["clips"] == 2
-    assert 0 <= rep["held_in"]["model"]["overall"] <= 100
+    for rows in (rep["held_in"], rep["held_out"]):
+        assert set(rows) == {"model", "renderer", "random_weights"}
+        assert rows["renderer"]["overall"] >= 80 > rows["random_weights"]["overall"]
     # an adapter for another base: a LoRAError naming the difference; in the CLI one line and exit 2
     from moviola.models.dit import DiT, DiTConfig
     from moviola.models.lora import load_lora
