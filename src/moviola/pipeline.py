@@ -39,6 +39,14 @@ from moviola.models.text import load_text_encoder
 from moviola.models.vae import CausalVAE
 
 PIPELINE_FILE = "pipeline.json"
+# The captions a model (or adapter) trained on, its base model's included, so evaluation can avoid them.
+CAPTIONS_FILE = "training_captions.json"
+
+
+def training_captions(folder: str | Path) -> set[str]:
+    """The captions listed in ``folder``'s CAPTIONS_FILE (none if it has no such file)."""
+    path = Path(folder) / CAPTIONS_FILE
+    return set(json.loads(path.read_text())) if path.is_file() else set()
 
 
 class GenerationError(ValueError):

@@ -12,7 +12,6 @@ scorer's ceiling, should be 100) and on a model with random weights (the floor, 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -68,17 +67,14 @@ def _score_set(make_frames, prompts, fps: float) -> dict:
 
 def evaluate_world(model_dir: Path, n: int = 48, *, steps: int | None = None, guidance: float | None = None,
                    seed: int = 0, baselines: bool = True, progress=None, lora: Path | None = None) -> dict:
-    from moviola.pipeline import Pipeline
+    from moviola.pipeline import Pipeline, training_captions
     from moviola.world.render import render
 
     pipe = Pipeline.from_pretrained(model_dir)
+    exclude = training_captions(model_dir)  # every caption the model (and its adapter) trained on
     if lora is not None:
         pipe.load_lora(lora)
-    exclude = set()  # every caption the model (and its adapter) trained on
-    for folder in [model_dir] + ([lora] if lora is not None else []):
-        tc = Path(folder) / "training_captions.json"
-        if tc.exists():
-            exclude |= set(json.loads(tc.read_text()))
+        exclude |= training_captions(lora)
     sets = {"held_in": eval_prompts(n, held_out=False, exclude=exclude),
             "held_out": eval_prompts(max(1, n // 2), held_out=True, exclude=exclude)}
     fps = pipe.config.fps

@@ -534,7 +534,7 @@ def _write_provenance(cache, out: Path, world: D.World) -> Path | None:
 
 def _save_result(cfg, result: Path, dit: DiT, vae, text, pcfg, base_dir, vae_dir, step, t_start, cache,
                  provenance: Path | None) -> None:
-    from moviola.pipeline import Pipeline
+    from moviola.pipeline import CAPTIONS_FILE, Pipeline, training_captions
 
     info = {"trained_steps": step, "train_minutes": round((time.time() - t_start) / 60, 1), "vae": str(vae_dir),
             "data": asdict(cfg.data), **({"extra_colors": cfg.extra_colors} if cfg.extra_colors else {})}
@@ -549,10 +549,8 @@ def _save_result(cfg, result: Path, dit: DiT, vae, text, pcfg, base_dir, vae_dir
         Pipeline(vae, dit, text, pcfg, vae.latent_mean.device).save_pretrained(result)
     # The captions trained on (a fine-tune's and its base model's), so evaluation can use prompts the
     # model never saw verbatim.
-    captions = set(cache.captions())
-    if base_dir is not None and (Path(base_dir) / "training_captions.json").is_file():
-        captions |= set(json.loads((Path(base_dir) / "training_captions.json").read_text()))
-    with atomic_path(result / "training_captions.json") as tmp:
+    captions = set(cache.captions()) | (training_captions(base_dir) if base_dir is not None else set())
+    with atomic_path(result / CAPTIONS_FILE) as tmp:
         tmp.write_text(json.dumps(sorted(captions)))
     # What the model learned from travels with it: this run's clips, then its base model's.
     from moviola.data.provenance import carry, write_card
