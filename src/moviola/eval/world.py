@@ -66,12 +66,16 @@ def _score_set(make_frames, prompts, fps: float) -> dict:
 
 
 def evaluate_world(model_dir: Path, n: int = 48, *, steps: int | None = None, guidance: float | None = None,
-                   seed: int = 0, baselines: bool = True, progress=None, lora: Path | None = None) -> dict:
+                   seed: int = 0, baselines: bool = True, progress=None, lora: Path | None = None,
+                   exclude: set[str] | None = None) -> dict:
+    """Score generated clips for held-in and held-out prompts (JSON-ready dict; see the module doc).
+    ``exclude``: more captions to keep out of the prompt lists, so two models (a base and its adapter)
+    can be scored on the same prompts."""
     from moviola.pipeline import Pipeline, training_captions
     from moviola.world.render import render
 
     pipe = Pipeline.from_pretrained(model_dir)
-    exclude = training_captions(model_dir)  # every caption the model (and its adapter) trained on
+    exclude = training_captions(model_dir) | (exclude or set())  # every caption the model (and adapter) saw
     if lora is not None:
         pipe.load_lora(lora)
         exclude |= training_captions(lora)
