@@ -8,21 +8,12 @@ import torch
 
 from moviola.models.dit import PRESETS, DiT, DiTConfig, patchify, unpatchify
 from moviola.models.layers import apply_rope, gelu_tanh, rope_3d
+from tensors import randn  # tests/tensors.py
 
 TEXT_DIM = PRESETS["tiny"].text_dim
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These tensors are tiny: one thread avoids OpenMP hand-offs that dominate on a busy 2-core box."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def randn(*shape: int, seed: int = 1) -> torch.Tensor:
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_model(seed: int = 0, perturb: bool = True, **overrides) -> DiT:

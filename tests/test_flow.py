@@ -11,19 +11,10 @@ from moviola.flow import path, samplers
 from moviola.flow.path import (add_noise, flow_loss, sample_time, shift_for_tokens, shift_time, timesteps,
                                velocity_target)
 from moviola.flow.samplers import SAMPLERS, cfg_model_fn, make_noise, sample
+from tensors import randn  # tests/tensors.py
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors: one thread avoids OpenMP hand-offs that dominate on a busy 2-core box."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def randn(*shape: int, seed: int = 1) -> torch.Tensor:
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # --- the path ------------------------------------------------------------------------------------

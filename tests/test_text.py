@@ -13,13 +13,7 @@ from moviola.models.text import (TextEncoder, TextEncoderError, load_text_encode
 PROMPTS = ["a red ball moves left", "a small blue square moves right behind a large green circle", ""]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny batches: one thread avoids OpenMP hand-offs that dominate on a busy 2-core box."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

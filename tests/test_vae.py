@@ -7,25 +7,16 @@ import pytest
 import torch
 
 from moviola.models.vae import PRESETS, CausalVAE, DiagonalGaussian, StreamState, VAEConfig
+from tensors import randn  # tests/tensors.py
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These tensors are tiny: one thread avoids OpenMP hand-offs that dominate on a busy 2-core box."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def vae() -> CausalVAE:
     torch.manual_seed(0)
     return CausalVAE(PRESETS["tiny"]).eval()
-
-
-def randn(*shape: int, seed: int = 1) -> torch.Tensor:
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
 
 
 def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
