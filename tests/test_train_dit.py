@@ -140,6 +140,13 @@ def test_lora_fine_tune_adapter_merge_samples_and_generate_lora(tmp_path, vae_di
     for rows in (rep["held_in"], rep["held_out"]):
         assert set(rows) == {"model", "renderer", "random_weights"}
         assert rows["renderer"]["overall"] >= 80 > rows["random_weights"]["overall"]
+    # captions passed in `exclude` (benchmarks/lora_pink.py: the adapter's, for the base too) leave the lists
+    from moviola.eval.world import evaluate_world
+
+    first = rep["prompts"]["held_in"][0]
+    again = evaluate_world(base_dir, 2, steps=2, baselines=False, lora=adapter, exclude={first})
+    assert first not in again["prompts"]["held_in"] and again["held_in"]["model"]["clips"] == 2
+    assert again["prompts"]["held_in"][0] == rep["prompts"]["held_in"][1]  # the next prompt moves up
     # an adapter for another base: a LoRAError naming the difference; in the CLI one line and exit 2
     from moviola.models.dit import DiT, DiTConfig
     from moviola.models.lora import load_lora
