@@ -358,6 +358,39 @@ def test_a_suffix_seam_spreads_the_decoders_residual_evenly():
     assert np.allclose(given0[:, 0, 0, 0], [100 + 70 * j / (SEAM_BLEND + 1) for j in range(1, SEAM_BLEND + 1)], atol=1)
 
 
+def test_frames_before_a_known_suffix_are_guided_less(monkeypatch):
+    import moviola.pipeline as P
+
+    monkeypatch.setattr(P, "SUFFIX_GUIDANCE", (0.0, 0.5))
+    assert P._seam_guidance(5.0, 6, 0, "cpu") == 5.0  # no suffix: the plain number
+    assert P._seam_guidance(1.0, 6, 1, "cpu") == 1.0
+    g = P._seam_guidance(5.0, 6, 1, "cpu")
+    assert g.shape == (1, 1, 6, 1, 1)
+    assert g.flatten().tolist() == [5.0, 5.0, 5.0, 3.0, 1.0, 5.0]  # the suffix frame itself is never sampled
+    # a window too short for the whole ramp takes what fits
+    assert P._seam_guidance(5.0, 2, 1, "cpu").flatten().tolist() == [1.0, 5.0]
+    monkeypatch.setattr(P, "SUFFIX_GUIDANCE", ())
+    assert P._seam_guidance(5.0, 6, 1, "cpu") == 5.0
+
+
+def test_a_suffix_window_samples_with_the_per_frame_guidance(pipe, monkeypatch):
+    import moviola.pipeline as P
+
+    seen = []
+    real = P.cfg_model_fn
+
+    def spy(model, cond, uncond, guidance, **kw):
+        seen.append(guidance)
+        return real(model, cond, uncond, guidance, **kw)
+
+    monkeypatch.setattr(P, "cfg_model_fn", spy)
+    monkeypatch.setattr(P, "SUFFIX_GUIDANCE", (0.0,))
+    frames = np.zeros((4, 64, 64, 3), np.uint8)
+    pipe.window("a red circle", width=64, height=64, frames=9, steps=2, guidance=3.0, seed=0, suffix=frames)
+    pipe.window("a red circle", width=64, height=64, frames=9, steps=2, guidance=3.0, seed=0, prefix=frames[:1])
+    assert seen[0].flatten().tolist() == [3.0, 1.0, 3.0] and seen[1] == 3.0
+
+
 def test_remix_strengths_and_lengths(pipe, text_only):
     clip = _clip(12)
     kept = pipe.remix(clip, "a blue square instead", strength=0, **SIZE)

@@ -316,6 +316,22 @@ def test_cfg_interval_guides_only_inside_it():
         cfg_model_fn(model, cond, uncond, 2.0, interval=(0.8, 0.2))
 
 
+def test_cfg_guidance_per_frame():
+    # A guidance tensor scales each frame on its own: a frame at 1 is the conditional pass, one at 4.5 is
+    # the scalar-guided result, and both come from one batched call.
+    model = CountingModel()
+    cond, uncond = cond_pair()
+    x, t = randn(2, 4, 6, seed=12), torch.tensor([0.3, 0.8])
+    g = torch.tensor([4.5, 4.5, 1.0, 2.0, 4.5, 1.0]).view(1, 1, 6)
+    out = cfg_model_fn(model, cond, uncond, g)(x, t)
+    assert model.batches == [4]
+    v_c, v_u = model(x, t, **cond), model(x, t, **uncond)
+    scalar = v_u + 4.5 * (v_c - v_u)
+    torch.testing.assert_close(out[..., [0, 1, 4]], scalar[..., [0, 1, 4]], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out[..., [2, 5]], v_c[..., [2, 5]], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out[..., 3], (v_u + 2.0 * (v_c - v_u))[..., 3], atol=1e-5, rtol=1e-5)
+
+
 def test_cfg_broadcasts_one_prompt_and_rejects_mismatches():
     model = CountingModel()
     cond, uncond = cond_pair(batch=1)

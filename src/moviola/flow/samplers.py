@@ -241,7 +241,7 @@ def _fit_batch(v: Tensor, batch: int) -> Tensor:
 
 
 def cfg_model_fn(model: Callable[..., Tensor], cond: Mapping[str, Any], uncond: Mapping[str, Any],
-                 guidance: float, interval: tuple[float, float] = (0.0, 1.0)) -> ModelFn:
+                 guidance: float | Tensor, interval: tuple[float, float] = (0.0, 1.0)) -> ModelFn:
     """A model_fn for classifier-free guidance: v = v_u + g (v_c - v_u), on all channels.
 
     `model(x, t, **kwargs)` is the interface; cond and uncond are its kwargs for the conditional and
@@ -250,6 +250,8 @@ def cfg_model_fn(model: Callable[..., Tensor], cond: Mapping[str, Any], uncond: 
     guidance == 1 the result is the conditional pass alone and the unconditional one is never run.
     Conditioning tensors with batch 1 are broadcast to the batch of x.
 
+    guidance: a number, or a tensor that broadcasts against x (e.g. (1, 1, T, 1, 1): a scale per latent
+    frame, so frames next to known ones can be guided less than the rest).
     interval: guidance applies only at times lo <= t <= hi; elsewhere the conditional pass alone runs
     (Kynkaenniemi et al. 2024, "Applying guidance in a limited interval"). Strong guidance at the
     noisiest times mostly pushes samples towards a few modes, and at the last, nearly clean times it
@@ -263,7 +265,7 @@ def cfg_model_fn(model: Callable[..., Tensor], cond: Mapping[str, Any], uncond: 
         kw = {k: _fit_batch(v, x.shape[0]) if isinstance(v, Tensor) else v for k, v in cond.items()}
         return model(x, t, **kw)
 
-    if guidance == 1.0:
+    if not isinstance(guidance, Tensor) and guidance == 1.0:
         return conditional
 
     pairs, fixed = _split_kwargs(cond, uncond)
