@@ -99,6 +99,7 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, footage):
         (["generate", "x", "--seconds", "0", "-o", str(tmp_path / "g.mp4")], ".png"),
         (["storyboard", str(board), "-o", str(tmp_path / "s.mp4")], "order"),
         (["connect", str(footage), str(footage), "x", "--seconds", "30", "-o", str(tmp_path / "c.mp4")], "transition"),
+        (["connect", str(footage), str(footage), "x", "--strength", "0", "-o", str(tmp_path / "c.mp4")], "--strength"),
     ]
     for argv, needle in cases:
         assert main(argv + FAST) == 2, argv

@@ -419,6 +419,28 @@ def test_connect_puts_a_transition_between_the_clips(pipe):
     assert np.array_equal(tiny[:1], a[:1]) and np.array_equal(tiny[-2:], b[:2])
 
 
+def test_a_transition_starts_from_the_cross_fade_of_its_two_sides(pipe, monkeypatch):
+    # connect's strength reaches the window as SDEdit from a cross-fade of a's last frame into b's first;
+    # strength 1 samples from noise (no init).
+    calls, real = [], Pipeline.window
+
+    def window(self, prompt, **kw):
+        calls.append(kw)
+        return real(self, prompt, **kw)
+
+    monkeypatch.setattr(Pipeline, "window", window)
+    a, b = _clip(6, seed=1), _clip(7, seed=2)
+    pipe.connect(a, b, "x", seconds=1, strength=0.5, **SIZE)
+    pipe.connect(a, b, "x", seconds=1, strength=1.0, **SIZE)
+    (half, full) = calls
+    assert half["strength"] == 0.5 and full["init"] is None
+    init = half["init"]
+    assert init.shape == (CONTEXT_FRAMES + 8 + SUFFIX_FRAMES, 32, 32, 3)
+    assert np.array_equal(init[0], a[-1]) and np.array_equal(init[-1], b[0])  # a's last frame into b's first
+    mid = init[len(init) // 2].astype(np.float32)
+    assert np.abs(mid - (a[-1].astype(np.float32) + b[0]) / 2).max() <= 16
+
+
 def test_loop_lengths(pipe):
     assert pipe.loop("a red circle spins", seconds=2, **SIZE).shape == (16, 32, 32, 3)  # the shortest loop
     assert pipe("a red circle spins", loop=True, seconds=3, **SIZE).shape == (24, 32, 32, 3)
@@ -494,6 +516,8 @@ BAD_REQUESTS = {
     "strength above 1": (lambda p: p.remix(CLIP, P, strength=1.5, **SIZE), "strength must be between 0 and 1"),
     "strength nan": (lambda p: p.remix(CLIP, P, strength=float("nan"), **SIZE), "strength must be between 0 and 1"),
     "strength text": (lambda p: p.remix(CLIP, P, strength="0.5", **SIZE), "strength must be between 0 and 1"),
+    "connect strength 0": (lambda p: p.connect(CLIP, CLIP, P, strength=0, **SIZE), "strength must be above 0 and at most 1"),
+    "connect strength above 1": (lambda p: p.connect(CLIP, CLIP, P, strength=2, **SIZE), "strength must be above 0"),
     "no cards": (lambda p: p.storyboard([], seconds=2, **SIZE), "at least one card"),
     "unordered cards": (lambda p: p.storyboard([Card(0, "a"), Card(2, "b"), Card(1, "c")], seconds=3, **SIZE),
                         "in order of start time without overlap: card 3 starts at 1 s"),

@@ -248,14 +248,20 @@ def cmd_remix(args) -> int:
 
 
 def cmd_connect(args) -> int:
+    from moviola.pipeline import TRANSITION_STRENGTH
+
+    strength = TRANSITION_STRENGTH if args.strength is None else args.strength
+    if not 0 < strength <= 1:
+        raise ValueError(f"--strength must be above 0 and at most 1, got {strength:g}")
     out = _output(args.output)
     pipe = _load_pipe(args)
     a, w, h = _read_source(args.first, args, pipe)
     args.size = (w, h)  # the second clip takes the first one's size
     b, _, _ = _read_source(args.second, args, pipe)
-    meta = _provenance(args, pipe, args.prompt, sources=f"{args.first} + {args.second}", transition_seconds=args.seconds)
+    meta = _provenance(args, pipe, args.prompt, sources=f"{args.first} + {args.second}", transition_seconds=args.seconds,
+                       transition_strength=strength)
     return _run("connecting", lambda cb: pipe.connect(a, b, args.prompt, seconds=args.seconds, width=w, height=h,
-                                                      callback=cb, **_sampling(args)),
+                                                      strength=strength, callback=cb, **_sampling(args)),
                 out, pipe.config.fps, meta)
 
 
@@ -638,6 +644,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("second")
     c.add_argument("prompt")
     c.add_argument("--seconds", type=float, default=1.0, help="length of the transition (default 1)")
+    c.add_argument("--strength", type=float, default=None,
+                   help="above 0 to 1: 1 samples the transition from noise, lower starts it from a cross-fade "
+                        "of the two clips (default 0.5)")
     sampling_flags(c)
     c.set_defaults(func=cmd_connect)
 
