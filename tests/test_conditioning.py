@@ -615,3 +615,17 @@ def test_cards_closer_than_a_frame_are_refused(pipe, no_sampling):
 def test_no_duration_is_a_generation_error(pipe, no_sampling):
     with pytest.raises(GenerationError):
         pipe(P, seconds=None, **SIZE)
+
+
+def test_eval_abilities_reports_every_ability(pipe, monkeypatch):
+    # The report `moviola eval abilities` prints, on the tiny random model: every ability's figures, and as
+    # many long clips as asked for, more than the 2n prompts the other abilities draw.
+    from moviola.eval import abilities
+
+    monkeypatch.setattr(Pipeline, "from_pretrained", classmethod(lambda cls, d: pipe))
+    res = abilities.evaluate_abilities("unused", n=1, long_seconds=2.0, long_n=3, memory=False)
+    for k in ("image_to_video", "extend", "extend_backward", "connect", "connect_same_scene"):
+        assert res[k]["seam_ratio"]["n"] == (2 if k.startswith("connect") else 1)
+    assert res["loop"]["wrap_ratio"]["n"] == 1
+    assert set(res["storyboard"]) == {"single_prompt", "cut", "continue"}
+    assert len(res["long"]["clips"]) == 3 and res["long"]["color"]["first_8s"] is not None
