@@ -624,7 +624,7 @@ def test_eval_abilities_reports_every_ability(pipe, monkeypatch):
 
     monkeypatch.setattr(Pipeline, "from_pretrained", classmethod(lambda cls, d: pipe))
     res = abilities.evaluate_abilities("unused", n=1, long_seconds=2.0, long_n=3, memory=False)
-    for k in ("image_to_video", "extend", "extend_backward", "connect", "connect_same_scene"):
+    for k in ("image_to_video", "extend", "extend_backward", "connect", "connect_longer", "connect_same_scene"):
         assert res[k]["seam_ratio"]["n"] == (2 if k.startswith("connect") else 1)
     assert res["loop"]["wrap_ratio"]["n"] == 1
     assert set(res["storyboard"]) == {"single_prompt", "cut", "continue"}

@@ -7,9 +7,11 @@ Sources are world renders (ground truth from the renderer, never used to generat
 
 - image_to_video: PSNR of the model's own frame 0 against the image (``decoded_psnr``; the output then
   carries the image itself, so the output's frame 0 is exact) and the seam after it.
-- extend / connect / loop: for each seam (connect: two unrelated scenes, and two moments of one scene), the mean absolute frame difference across it divided by the
-  clip's median frame difference (target <= 2), and the PSNR of the given frames as the decoder remakes
-  them (the output keeps the given pixels).
+- extend / connect / loop: for each seam (connect: two unrelated scenes with 1 s and 2 s transitions, or the
+  model's longest, and two moments of one scene), the mean absolute frame difference across it divided by
+  the clip's median frame difference (target <= 2), and the PSNR of the given frames as the decoder remakes
+  them (the output keeps the given pixels); for connect also the largest step inside the transition on the
+  same scale.
 - storyboard: each segment scored with its own card's prompt, against single-prompt clips of the same
   prompts and length (target: no segment more than 10 points worse).
 - long: peak memory (RSS) of a 60 s and an 8 s clip made in fresh processes, and the world scores of the
@@ -26,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from moviola.eval.world import aggregate, eval_prompts
-from moviola.pipeline import SEAM_BEFORE, SEAM_BLEND
+from moviola.pipeline import CONTEXT_FRAMES, SEAM_BEFORE, SEAM_BLEND, SUFFIX_FRAMES
 
 DRIFT_ATTRS = ("color", "shape", "size", "count")
 
@@ -120,17 +122,22 @@ def evaluate_abilities(model_dir: Path, n: int = 8, *, steps: int | None = None,
             r["context_psnr_decoded"] = _summary(decoded, 30.0, below=False)
         res["extend_backward" if backward else "extend"] = r
 
-    def connect_figures(triples) -> dict:  # (a, b, prompt) -> both seams and the given frames' PSNR
-        ratios, given = [], []
+    def connect_figures(triples, seconds: float = 1.0) -> dict:  # (a, b, prompt) -> seams, given frames' PSNR
+        ratios, given, inside = [], [], []
         for i, (a, b, p) in enumerate(triples):
-            out = pipe.connect(a, b, p, seconds=1, seed=seed + i, **kw)
+            out = pipe.connect(a, b, p, seconds=seconds, seed=seed + i, **kw)
             ratios += [seam_ratio(out, len(a)), seam_region_ratio(out, len(out) - len(b))]
             given.append(min(psnr(out[:len(a)], a), psnr(out[len(out) - len(b):], b)))
-        return {"seam_ratio": _summary(ratios, 2.0), "given_psnr_output": _summary(given, 30.0, below=False)}
+            d = frame_diffs(out)  # the largest step from a's last frame to b's first: a cut inside shows here
+            inside.append(float(d[len(a) - 1:len(out) - len(b)].max() / max(np.median(d), 0.5)))
+        return {"seam_ratio": _summary(ratios, 2.0), "given_psnr_output": _summary(given, 30.0, below=False),
+                "largest_step_in_transition": _summary(inside)}
 
-    # connect two different clips with a 1 s transition
-    res["connect"] = connect_figures((_render(prompts[i][1]), _render(prompts[n + i][1]), prompts[n + i][0])
-                                     for i in range(n))
+    # connect two different clips with a 1 s transition, and with a 2 s one (or the longest the model makes)
+    unrelated = [(_render(prompts[i][1]), _render(prompts[n + i][1]), prompts[n + i][0]) for i in range(n)]
+    res["connect"] = connect_figures(unrelated)
+    longer = min(2.0, (pipe.window_frames - CONTEXT_FRAMES - SUFFIX_FRAMES) / fps)
+    res["connect_longer"] = {"seconds": longer, **connect_figures(unrelated, seconds=longer)}
     # connect two moments of one scene: the first and last 2 s of a 5 s render (40 frames), 1 s apart
     same = [(_render(spec), p) for p, spec in eval_prompts(n, held_out=False, seed=97531, seconds=5.0)]
     res["connect_same_scene"] = connect_figures((clip[:16], clip[24:], p) for clip, p in same)
