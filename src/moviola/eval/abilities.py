@@ -90,7 +90,8 @@ def evaluate_abilities(model_dir: Path, n: int = 8, *, steps: int | None = None,
     pipe = Pipeline.from_pretrained(model_dir)
     fps = pipe.config.fps
     kw = dict(steps=steps) if steps else {}
-    prompts = eval_prompts(2 * n, held_out=False, seed=97531, seconds=2.0)
+    # one list for every ability (it only grows at its end with its length): 2n, or more long clips
+    prompts = eval_prompts(max(2 * n, long_n), held_out=False, seed=97531, seconds=2.0)
     res: dict = {"model": str(model_dir), "n": n}
 
     # image to video: the model's frame 0 (before the given image is pasted) and the seam after it
@@ -167,9 +168,8 @@ def evaluate_abilities(model_dir: Path, n: int = 8, *, steps: int | None = None,
         res["storyboard"][mode] = {"segment_1": aggregate(first), "segment_2": aggregate(second)}
 
     # long videos: drift, and memory in fresh processes
-    drift = []  # the same prompt list, longer when long_n asks for more than the 2n drawn above
-    long_prompts = prompts if long_n <= len(prompts) else eval_prompts(long_n, held_out=False, seed=97531, seconds=2.0)
-    for i, (p, _) in enumerate(long_prompts[:long_n]):
+    drift = []
+    for i, (p, _) in enumerate(prompts[:long_n]):
         k8 = round(8 * fps)
         head, tail = [], np.zeros((0, 64, 64, 3), np.uint8)
         for chunk in pipe.stream(p, seconds=long_seconds, seed=seed + i, **kw):
