@@ -284,6 +284,42 @@ def test_training_with_cond_prob_widens_the_model_and_leaves_text_only_batches_a
     assert known > 0
 
 
+def test_scene_changes_replace_clips_with_connects_known_frames(tmp_path):
+    import moviola.train.dit as T
+    from moviola.data.latent_cache import LatentCache, build_world_cache, buckets_of
+
+    torch.manual_seed(0)
+    data = T.DataConfig(n_clips=4, buckets=[(32, 32, 2.0, 1.0)], holdout="", transitions=3)
+    build_world_cache(tmp_path, data, CausalVAE(VAE_PRESETS["tiny"]), HashText())
+    cache = LatentCache(tmp_path, buckets_of(data))
+    optim = dataclasses.replace(T.TrainDiTConfig().optim, batch_size=4)
+    base = T.TrainDiTConfig(data=data, cond_prob=0.5, optim=optim)
+    every = T.Batches(cache, dataclasses.replace(base, transition_prob=1.0), (1, 2, 2))
+    none = T.Batches(cache, base, (1, 2, 2))
+    captions = {cache.caption_row[r[k]] for r in cache.transition_rows[0] for k in ("short", "detailed")}
+    for step in range(4):
+        a, b = every.batch(step), none.batch(step)
+        assert torch.equal(a["noise"], b["noise"]) and torch.equal(a["t"], b["t"])  # only clips and masks change
+        for i in range(4):
+            assert any(torch.equal(a["x0"][i], tr.float()) for tr in cache.transitions[0])
+            # a's first 5 frames (2 latent frames) and b's last 4 (1) known: what connect gives the model
+            assert a["frame_mask"][i].tolist() == [1, 1, 0, 0, 1]
+            assert any(torch.equal(a["context"][i], cache.text_tokens[r].float()) for r in captions | {none.empty})
+        assert not any(torch.equal(x, tr.float()) for x in b["x0"] for tr in cache.transitions[0])
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(transition_prob=0.1), "transition_prob needs cond_prob > 0"),
+    (dict(transition_prob=0.1, cond_prob=0.5), "transition_prob needs data.transitions > 0"),
+])
+def test_scene_changes_need_known_frames_and_cached_transitions(tmp_path, overrides, message):
+    import moviola.train.dit as T
+
+    with pytest.raises(ValueError, match=message):
+        T.train_dit(T.TrainDiTConfig(out=str(tmp_path / "run"), **overrides))
+    assert not (tmp_path / "run").exists()  # refused before any work
+
+
 # --- pipeline abilities -----------------------------------------------------------------------------
 
 def test_text_to_video_one_window_several_windows_and_one_frame(pipe):

@@ -13,7 +13,8 @@ import torch
 from moviola.data.folder import file_sha256, load_clip
 from moviola.data.folder_cache import (CacheError, FolderCacheConfig, build_folder_cache, open_cache,
                                        vae_fingerprint)
-from moviola.data.latent_cache import Bucket, LatentCache, WorldCacheConfig, build_world_cache, buckets_of
+from moviola.data.latent_cache import (Bucket, LatentCache, WorldCacheConfig, build_world_cache, buckets_of,
+                                       transition_clip)
 from moviola.data.shots import ShotConfig
 from moviola.models.vae import CausalVAE, VAEConfig
 
@@ -197,6 +198,48 @@ def test_world_cache_provenance_names_the_generator_seed_and_spec(vae, tmp_path)
         spec = cache.rows[0][i]["spec"]
         assert p["spec_sha256"] == hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
         assert p["caption"] == cache.rows[0][i]["canonical"]
+
+
+def test_a_transition_clip_dissolves_from_one_scene_into_the_other():
+    a = np.zeros((17, 2, 2, 3), np.uint8)
+    b = np.full((17, 2, 2, 3), 240, np.uint8)
+    c = transition_clip(a, b, 5, 4)
+    assert c.shape == a.shape and c.dtype == np.uint8
+    assert np.array_equal(c[:5], a[:5]) and np.array_equal(c[-4:], b[-4:])  # the frames connect gives
+    assert (np.diff(c[4:14, 0, 0, 0].astype(int)) > 0).all()  # a steady dissolve from a's last to b's first
+    with pytest.raises(ValueError, match="two clips of one shape"):
+        transition_clip(a, b[:, :1], 5, 4)
+    with pytest.raises(ValueError, match="more than 9 frames"):
+        transition_clip(a[:9], b[:9], 5, 4)
+
+
+def test_world_cache_transitions_are_encoded_dissolves_of_two_scenes(vae, tmp_path):
+    from moviola.world.render import render
+    from moviola.world.truth import spec_from_dict
+
+    model, _ = vae
+    cfg = WorldCacheConfig(n_clips=2, buckets=[(32, 32, 1.0, 0.5), (32, 32, 2.0, 0.5)], holdout="", transitions=3)
+    build_world_cache(tmp_path, cfg, model, StubText())
+    cache = LatentCache(tmp_path, buckets_of(cfg))
+    assert cache.transitions[0] is None  # 9 frames cannot hold connect's 5 + 4 known frames and a transition
+    tr, rows = cache.transitions[1], cache.transition_rows[1]
+    assert tr.shape == (3, *cache.latents[1].shape[1:]) and len(rows) == 3
+    for lat, r in zip(tr, rows):
+        a, b = (render(spec_from_dict(r[k]), num_frames=17).frames for k in ("from_spec", "spec"))
+        assert r["transition"] == "dissolve" and r["spec"] != r["from_spec"]
+        x = torch.from_numpy(transition_clip(a, b, 5, 4)).permute(3, 0, 1, 2)[None].float().div(127.5).sub(1)
+        with torch.no_grad():
+            want = model.normalize(model.encode(x).mean)[0].half()
+        assert torch.allclose(lat.float(), want.float(), atol=2e-3)
+        assert {r["short"], r["detailed"], r["canonical"]} <= set(cache.caption_row)  # captions embedded
+    assert {r["canonical"] for r in rows} <= cache.captions()
+    prov = cache.provenance()
+    assert len(prov) == 2 + 3 and sum(p["source"].endswith("(two scenes, dissolve)") for p in prov) == 3
+    # a cache built without transitions is the same cache as before they existed: no transition files
+    plain = tmp_path / "plain"
+    build_world_cache(plain, WorldCacheConfig(n_clips=2, buckets=[(32, 32, 2.0, 1.0)], holdout=""), model, StubText())
+    assert not list(plain.glob("bucket_*/transition_*")) and LatentCache(plain, buckets_of(
+        WorldCacheConfig(buckets=[(32, 32, 2.0, 1.0)]))).transitions == [None]
 
 
 def test_a_clip_that_fails_to_load_is_skipped_and_named(footage, vae, tmp_path, monkeypatch):

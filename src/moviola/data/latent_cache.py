@@ -5,9 +5,14 @@ per clip, not once per step. ``build_world_cache`` renders clips, encodes them w
 means, normalised to unit scale) and stores them in shards of safetensors, resumable part by part;
 captions are embedded once per unique string.
 
+With ``transitions > 0`` it also stores scene changes for connecting unrelated clips: scene a's first
+frames, a linear dissolve, scene b's last frames (``transition_clip``), captioned as scene b. World clips
+never change scene, so without them a model asked to join two scenes cuts from one to the other.
+
 Layout of a cache folder:
     bucket_64x64x17/part_0000.safetensors   latents (n, C, t, h, w) float16
     bucket_64x64x17/part_0000.json          per clip: short and detailed captions, spec
+    bucket_64x64x17/transition_0000.*       scene changes (only with transitions > 0), the same layout
     text.safetensors + text.json            token embeddings (N, L, D) float16, masks, caption -> row
 """
 
@@ -53,6 +58,7 @@ class WorldCacheConfig:
     holdout: str = "default"  # "default": the generalisation-test combinations; "": none; or "a+b,c+d"
     occlusion_prob: float = 0.1
     seed: int = 0
+    transitions: int = 0  # > 0: also this many scene-change clips (a dissolving into b), over buckets of >= 13 frames
 
 
 def holdout_combos(text: str) -> list[frozenset[str]]:
@@ -89,6 +95,56 @@ def _render_part(cfg: WorldCacheConfig, b_index: int, bucket: Bucket, start: int
     return torch.stack(clips), rows
 
 
+def transition_clip(a: np.ndarray, b: np.ndarray, head: int, tail: int) -> np.ndarray:
+    """Scene a's first ``head`` frames, scene b's last ``tail`` frames and a linear dissolve between them:
+    (T, H, W, 3) uint8 from two clips of one shape. Both scenes keep moving through the dissolve."""
+    T = len(a)
+    if b.shape != a.shape or T < head + tail + 1:
+        raise ValueError(f"a transition needs two clips of one shape with more than {head + tail} frames, "
+                         f"got {a.shape} and {b.shape}")
+    alpha = np.clip((np.arange(T) - (head - 1)) / (T - tail - head + 1), 0.0, 1.0)[:, None, None, None]
+    return np.round((1 - alpha) * a + alpha * b).astype(np.uint8)
+
+
+def transition_known(temporal_factor: int = 4) -> tuple[int, int]:
+    """(known latent frames at the start, at the end) of a transition clip: the frames ``connect`` gives
+    (the pipeline's context before, its suffix after)."""
+    from moviola.pipeline import CONTEXT_FRAMES, SUFFIX_FRAMES
+
+    return 1 + (CONTEXT_FRAMES - 1) // temporal_factor, SUFFIX_FRAMES // temporal_factor
+
+
+def _render_transitions(cfg: WorldCacheConfig, b_index: int, bucket: Bucket, start: int, count: int):
+    from moviola.pipeline import CONTEXT_FRAMES, SUFFIX_FRAMES
+    from moviola.world.caption import caption
+    from moviola.world.render import render
+    from moviola.world.sample import sample_scene
+    from moviola.world.truth import spec_to_dict
+
+    seconds = max((bucket.frames - 1) / cfg.fps, 1.0)
+    holdout = holdout_combos(cfg.holdout)
+    clips, rows = [], []
+    for i in range(start, start + count):
+        rng = np.random.default_rng([cfg.seed, 1000 + b_index, i])  # apart from the plain clips' seeds
+        a, b = (sample_scene(rng, sizes=[(bucket.width, bucket.height)], fps_choices=[cfg.fps],
+                             seconds_range=(seconds, seconds), holdout=holdout, occlusion_prob=cfg.occlusion_prob)
+                for _ in range(2))
+        frames = transition_clip(render(a, num_frames=bucket.frames).frames, render(b, num_frames=bucket.frames).frames,
+                                 CONTEXT_FRAMES, SUFFIX_FRAMES)
+        clips.append(torch.from_numpy(frames).permute(3, 0, 1, 2))
+        rows.append({"short": caption(b, rng=rng), "detailed": caption(b, detailed=True, rng=rng),
+                     "canonical": caption(b, detailed=True), "spec": spec_to_dict(b),
+                     "from_spec": spec_to_dict(a), "transition": "dissolve", "seed": [cfg.seed, 1000 + b_index, i]})
+    return torch.stack(clips), rows
+
+
+def _plan(cfg: WorldCacheConfig, buckets: list[Bucket], n: int, eligible=lambda b: True):
+    """(bucket index, bucket, clips) for n clips split over the eligible buckets by weight."""
+    chosen = [(bi, b) for bi, b in enumerate(buckets) if eligible(b)]
+    total_w = sum(b.weight for _, b in chosen)
+    return [(bi, b, max(1, round(n * b.weight / total_w))) for bi, b in chosen] if n > 0 and chosen else []
+
+
 @torch.no_grad()
 def build_world_cache(out: Path, cfg: WorldCacheConfig, vae, text_encoder, *,
                       on_progress: Callable[[int, int], None] | None = None, batch: int = 16) -> None:
@@ -98,23 +154,24 @@ def build_world_cache(out: Path, cfg: WorldCacheConfig, vae, text_encoder, *,
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     buckets = buckets_of(cfg)
-    total_w = sum(b.weight for b in buckets)
-    plan = [(bi, b, max(1, round(cfg.n_clips * b.weight / total_w))) for bi, b in enumerate(buckets)]
-    total = sum(n for _, _, n in plan)
+    plan = [(bi, b, n, "part", _render_part) for bi, b, n in _plan(cfg, buckets, cfg.n_clips)]
+    plan += [(bi, b, n, "transition", _render_transitions)
+             for bi, b, n in _plan(cfg, buckets, cfg.transitions, lambda b: b.frames >= 13)]
+    total = sum(n for _, _, n, _, _ in plan)
     done = 0
     device = next(vae.parameters()).device
-    for bi, b, n in plan:
+    for bi, b, n, kind, make in plan:
         d = out / f"bucket_{b.name}"
         d.mkdir(exist_ok=True)
         for part, start in enumerate(range(0, n, PART)):
             count = min(PART, n - start)
-            path = d / f"part_{part:04d}.safetensors"
-            if path.exists() and (d / f"part_{part:04d}.json").exists():
+            path = d / f"{kind}_{part:04d}.safetensors"
+            if path.exists() and path.with_suffix(".json").exists():
                 done += count
                 if on_progress:
                     on_progress(done, total)
                 continue
-            frames, rows = _render_part(cfg, bi, b, start, count)
+            frames, rows = make(cfg, bi, b, start, count)
             lat = []
             for k in range(0, count, batch):
                 x = frames[k:k + batch].to(device).float().div(127.5).sub(1)
@@ -124,14 +181,14 @@ def build_world_cache(out: Path, cfg: WorldCacheConfig, vae, text_encoder, *,
                     on_progress(done, total)
             with atomic_path(path) as tmp:
                 save_file({"latents": torch.cat(lat).contiguous()}, str(tmp))
-            atomic_write_bytes(d / f"part_{part:04d}.json", json.dumps(rows).encode())
+            atomic_write_bytes(path.with_suffix(".json"), json.dumps(rows).encode())
     _build_text(out, text_encoder)
 
 
 def _build_text(out: Path, text_encoder) -> None:
     """Embed every unique caption of the cache (and the empty prompt) once."""
     caps = set()
-    for meta in sorted(out.glob("bucket_*/part_*.json")):
+    for meta in sorted([*out.glob("bucket_*/part_*.json"), *out.glob("bucket_*/transition_*.json")]):
         for r in json.loads(meta.read_text()):
             caps.update((r["short"], r["detailed"], r["canonical"]))
     build_text(out, caps, text_encoder)
@@ -179,6 +236,8 @@ class LatentCache:
         self.buckets = list(buckets)
         self.latents: list[torch.Tensor] = []
         self.rows: list[list[dict]] = []
+        self.transitions: list[torch.Tensor | None] = []  # per bucket: scene-change clips, or None
+        self.transition_rows: list[list[dict]] = []
         for b in self.buckets:
             d = root / f"bucket_{b.name}"
             parts = sorted(d.glob("part_*.safetensors"))
@@ -186,22 +245,28 @@ class LatentCache:
                 raise FileNotFoundError(f"{d}: no cached latents (build the cache first)")
             self.latents.append(torch.cat([load_file(str(p))["latents"] for p in parts]))
             self.rows.append([r for p in parts for r in json.loads(p.with_suffix(".json").read_text())])
+            trans = sorted(d.glob("transition_*.safetensors"))
+            self.transitions.append(torch.cat([load_file(str(p))["latents"] for p in trans]) if trans else None)
+            self.transition_rows.append([r for p in trans for r in json.loads(p.with_suffix(".json").read_text())])
         self.text_tokens, self.text_mask, self.caption_row = load_text(root)
 
     def captions(self) -> set[str]:
-        return {c for rows in self.rows for r in rows for c in (r["short"], r["detailed"], r["canonical"])}
+        return {c for rows in (*self.rows, *self.transition_rows) for r in rows
+                for c in (r["short"], r["detailed"], r["canonical"])}
 
     def provenance(self) -> list[dict]:
         """One record per clip of where it came from. World clips have no file: they are rendered from a
         scene spec and a seed, so the record names the generator, the seed and a hash of the spec."""
         out = []
-        for b, rows in zip(self.buckets, self.rows):
+        for b, rows in [*zip(self.buckets, self.rows), *zip(self.buckets, self.transition_rows)]:
             for r in rows:
                 spec = r.get("spec")
+                spec = {"from": r["from_spec"], "to": spec} if "from_spec" in r else spec
                 spec_hash = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest() if spec else None
-                out.append({"path": None, "sha256": None, "source": "procedural: moviola.world",
+                source = "procedural: moviola.world" + (" (two scenes, dissolve)" if "from_spec" in r else "")
+                out.append({"path": None, "sha256": None, "source": source,
                             "seed": r.get("seed"), "spec_sha256": spec_hash, "caption": r["canonical"],
-                            "start": 0.0, "end": round((b.frames - 1) / spec["fps"], 3) if spec else None,
+                            "start": 0.0, "end": round((b.frames - 1) / r["spec"]["fps"], 3) if spec else None,
                             "licence": "generated (no third-party rights)", "consent": "not applicable",
                             "bucket": b.name})
         return out

@@ -94,6 +94,9 @@ class TrainDiTConfig:
     caption_dropout: float = 0.1
     cond_prob: float = 0.0  # share of clips trained with known frames (`random_frame_mask`); > 0 widens the model
     cond_kinds: list[float] = field(default_factory=lambda: list(MASK_KINDS.values()))  # weights of first, prefix, suffix, ends
+    # Share of a step's clips (in buckets that have them: data.transitions > 0) swapped for a scene change (a
+    # dissolving into b), trained with connect's known frames (a's first, b's last): joining unrelated clips.
+    transition_prob: float = 0.0
     detailed_prob: float = 0.5  # share of steps' captions that are the detailed ones (else short)
     time_mean: float = 0.0  # logit-normal time sampling
     time_std: float = 1.0
@@ -226,7 +229,32 @@ class Batches:
             mrng = np.random.default_rng([cfg.data.seed, 11, step])
             out["frame_mask"] = torch.from_numpy(np.stack([random_frame_mask(x0.shape[2], cfg.cond_prob, mrng, cfg.cond_kinds)
                                                            for _ in range(x0.shape[0])]))
+            self._swap_transitions(out, b, step)
         return out
+
+    def _swap_transitions(self, out: dict, b: int, step: int) -> None:
+        """Replace some of the batch's clips by scene changes, with connect's known frames (its own stream)."""
+        from moviola.data.latent_cache import transition_known
+
+        cfg = self.cfg
+        pool = getattr(self.cache, "transitions", None)
+        pool = pool[b] if pool else None
+        if cfg.transition_prob <= 0 or pool is None:
+            return
+        trng = np.random.default_rng([cfg.data.seed, 13, step])
+        T = out["x0"].shape[2]
+        head, tail = transition_known()
+        rows = self.cache.transition_rows[b]
+        for i in np.flatnonzero(trng.random(out["x0"].shape[0]) < cfg.transition_prob):
+            j = int(trng.integers(pool.shape[0]))
+            out["x0"][i] = pool[j].float()
+            row = self.empty if trng.random() < cfg.caption_dropout else \
+                self.cache.caption_row[_row_text(rows[j], trng.random() < cfg.detailed_prob)]
+            out["context"][i] = self.cache.text_tokens[row].float()
+            out["context_mask"][i] = self.cache.text_mask[row]
+            m = torch.zeros(T)
+            m[:head], m[T - tail:] = 1, 1
+            out["frame_mask"][i] = m
 
     def local(self, step: int, world: D.World) -> dict:
         """This rank's slice of step's global batch; ``n`` is the global batch size."""
@@ -367,6 +395,10 @@ def train_dit(cfg: TrainDiTConfig, *, on_step=None, on_cache=None) -> Path:
         raise ValueError(f"grad_accum must be at least 1, got {cfg.grad_accum}")
     if cfg.init_from and cfg.vae:
         raise ValueError("give init_from (its folder's VAE is used) or vae, not both")
+    if cfg.transition_prob > 0 and not cfg.cond_prob > 0:
+        raise ValueError("transition_prob needs cond_prob > 0: scene changes are trained with known frames")
+    if cfg.transition_prob > 0 and not (cfg.data.transitions > 0 or cfg.data.cache_dir):
+        raise ValueError("transition_prob needs data.transitions > 0 (scene-change clips in the cache)")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.set_flush_denormal(True)  # denormals make CPU kernels 10-100x slower late in training
