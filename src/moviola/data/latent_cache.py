@@ -58,7 +58,7 @@ class WorldCacheConfig:
     holdout: str = "default"  # "default": the generalisation-test combinations; "": none; or "a+b,c+d"
     occlusion_prob: float = 0.1
     seed: int = 0
-    transitions: int = 0  # > 0: also this many scene-change clips (a dissolving into b), over buckets of >= 13 frames
+    transitions: int = 0  # > 0: also this many scene-change clips (a dissolving into b), over buckets of 2 s and more
 
 
 def holdout_combos(text: str) -> list[frozenset[str]]:
@@ -138,7 +138,7 @@ def _render_transitions(cfg: WorldCacheConfig, b_index: int, bucket: Bucket, sta
     return torch.stack(clips), rows
 
 
-def _plan(cfg: WorldCacheConfig, buckets: list[Bucket], n: int, eligible=lambda b: True):
+def _plan(buckets: list[Bucket], n: int, eligible=lambda b: True):
     """(bucket index, bucket, clips) for n clips split over the eligible buckets by weight."""
     chosen = [(bi, b) for bi, b in enumerate(buckets) if eligible(b)]
     total_w = sum(b.weight for _, b in chosen)
@@ -154,9 +154,11 @@ def build_world_cache(out: Path, cfg: WorldCacheConfig, vae, text_encoder, *,
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     buckets = buckets_of(cfg)
-    plan = [(bi, b, n, "part", _render_part) for bi, b, n in _plan(cfg, buckets, cfg.n_clips)]
+    head, tail = transition_known()
+    plan = [(bi, b, n, "part", _render_part) for bi, b, n in _plan(buckets, cfg.n_clips)]
+    # a transition needs connect's known latent frames at both ends and at least one to generate between
     plan += [(bi, b, n, "transition", _render_transitions)
-             for bi, b, n in _plan(cfg, buckets, cfg.transitions, lambda b: b.frames >= 13)]
+             for bi, b, n in _plan(buckets, cfg.transitions, lambda b: (b.frames - 1) // 4 + 1 > head + tail)]
     total = sum(n for _, _, n, _, _ in plan)
     done = 0
     device = next(vae.parameters()).device

@@ -211,14 +211,7 @@ class Batches:
         lat = self.cache.latents[b]
         idx = rng.integers(0, lat.shape[0], size=self.sizes[b])
         x0 = lat[torch.from_numpy(idx)].float()
-        rows = []
-        for i in idx:
-            r = self.cache.rows[b][int(i)]
-            if rng.random() < cfg.caption_dropout:
-                rows.append(self.empty)
-            else:
-                rows.append(self.cache.caption_row[_row_text(r, rng.random() < cfg.detailed_prob)])
-        rows_t = torch.tensor(rows)
+        rows_t = torch.tensor([self._caption(self.cache.rows[b][int(i)], rng) for i in idx])
         g = torch.Generator().manual_seed(int(rng.integers(2 ** 62)))
         noise = torch.randn(x0.shape, generator=g)
         shift = cfg.shift or shift_for_tokens(self.tokens[b])
@@ -231,6 +224,12 @@ class Batches:
                                                            for _ in range(x0.shape[0])]))
             self._swap_transitions(out, b, step)
         return out
+
+    def _caption(self, r: dict, rng: np.random.Generator) -> int:
+        """A clip's text-embedding row: "" with caption_dropout, else its detailed or short caption."""
+        if rng.random() < self.cfg.caption_dropout:
+            return self.empty
+        return self.cache.caption_row[_row_text(r, rng.random() < self.cfg.detailed_prob)]
 
     def _swap_transitions(self, out: dict, b: int, step: int) -> None:
         """Replace some of the batch's clips by scene changes, with connect's known frames (its own stream)."""
@@ -248,8 +247,7 @@ class Batches:
         for i in np.flatnonzero(trng.random(out["x0"].shape[0]) < cfg.transition_prob):
             j = int(trng.integers(pool.shape[0]))
             out["x0"][i] = pool[j].float()
-            row = self.empty if trng.random() < cfg.caption_dropout else \
-                self.cache.caption_row[_row_text(rows[j], trng.random() < cfg.detailed_prob)]
+            row = self._caption(rows[j], trng)
             out["context"][i] = self.cache.text_tokens[row].float()
             out["context_mask"][i] = self.cache.text_mask[row]
             m = torch.zeros(T)
