@@ -19,7 +19,8 @@ from moviola.flow.samplers import SOLVERS, known_frames_fn, make_noise, sample
 from moviola.models.dit import DiT, DiTConfig, PRESETS, frame_cond, with_conditioning
 from moviola.models.vae import PRESETS as VAE_PRESETS
 from moviola.models.vae import CausalVAE
-from moviola.pipeline import CONTEXT_FRAMES, SEAM_BLEND, SUFFIX_FRAMES, Card, GenerationError, Pipeline, PipelineConfig
+from moviola.pipeline import (CONTEXT_FRAMES, SEAM_BLEND, SUFFIX_FRAMES, TRANSITION_GUIDANCE, Card, GenerationError,
+                              Pipeline, PipelineConfig, dissolve)
 from moviola.train.dit import MASK_KINDS, random_frame_mask
 
 TEXT_DIM = 8
@@ -467,14 +468,30 @@ def test_a_transition_starts_from_the_cross_fade_of_its_two_sides(pipe, monkeypa
     monkeypatch.setattr(Pipeline, "window", window)
     a, b = _clip(6, seed=1), _clip(7, seed=2)
     pipe.connect(a, b, "x", seconds=1, strength=0.5, **SIZE)
-    pipe.connect(a, b, "x", seconds=1, strength=1.0, **SIZE)
+    pipe.connect(a, b, "x", seconds=1, strength=1.0, guidance=3.0, **SIZE)
     (half, full) = calls
     assert half["strength"] == 0.5 and full["init"] is None
+    # connect guides its transition at TRANSITION_GUIDANCE unless told otherwise, not at the model's 5
+    assert half["guidance"] == TRANSITION_GUIDANCE == 1.0 and full["guidance"] == 3.0
     init = half["init"]
-    assert init.shape == (CONTEXT_FRAMES + 8 + SUFFIX_FRAMES, 32, 32, 3)
-    assert np.array_equal(init[0], a[-1]) and np.array_equal(init[-1], b[0])  # a's last frame into b's first
-    mid = init[len(init) // 2].astype(np.float32)
-    assert np.abs(mid - (a[-1].astype(np.float32) + b[0]) / 2).max() <= 16
+    P, M = CONTEXT_FRAMES, 8
+    assert init.shape == (P + M + SUFFIX_FRAMES, 32, 32, 3)
+    # a's last frame over the known prefix, an eased dissolve over the 8 frames to make, b's first frame after
+    assert all(np.array_equal(f, a[-1]) for f in init[:P]) and all(np.array_equal(f, b[0]) for f in init[P + M:])
+    a0, b0 = a[-1].astype(np.float64), b[0].astype(np.float64)
+    share = [float(((f - a0) * (b0 - a0)).sum() / ((b0 - a0) ** 2).sum()) for f in init[P - 1:P + M + 1]]
+    steps = np.diff(share)
+    assert share[0] == 0 and share[-1] == 1 and (steps > 0).all()
+    assert steps[0] < 0.05 and steps[-1] < 0.05 and steps.max() > 1.5 / (M + 1)  # at rest at both ends
+
+
+def test_dissolve_is_eased_and_symmetric():
+    w = dissolve(8).astype(np.float64)
+    assert w.shape == (8,) and 0 < w[0] < 0.02 and 0.98 < w[-1] < 1
+    assert np.allclose(w + w[::-1], 1, atol=1e-6)  # symmetric about the middle
+    steps = np.diff(np.concatenate([[0], w, [1]]))
+    assert (steps > 0).all() and steps[0] < steps[4] / 10 and steps[4] > 1 / 9  # small at the ends
+    assert dissolve(0).shape == (0,)
 
 
 def test_loop_lengths(pipe):

@@ -646,7 +646,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--seconds", type=float, default=1.0, help="length of the transition (default 1)")
     c.add_argument("--strength", type=float, default=None,
                    help="above 0 to 1: 1 samples the transition from noise, lower starts it from a cross-fade "
-                        "of the two clips (default 0.5)")
+                        "of the two clips (default 0.35)")
     sampling_flags(c)
     c.set_defaults(func=cmd_connect)
 

@@ -92,7 +92,14 @@ SUFFIX_FRAMES = 4
 # (`moviola eval abilities`, seam medians over the clip's median frame difference: same-scene connect 1.65 ->
 # 1.30 (9 -> 15 of 16 seams <= 2), two unrelated scenes 5.22 -> 4.19, loop 1.72 -> 1.63 (16 loops); 0.7 gave
 # 1.51 / 4.49). The lower it is, the more the transition is a dissolve and the less the model's own.
-TRANSITION_STRENGTH = 0.5
+# With the eased cross-fade (`dissolve`) and connect's guidance of 1, 0.35 gave unrelated scenes 2.48 -> 2.10
+# (1 s) and 1.66 -> 1.37 (2 s) on the scene-change model; 0.25 gave 2.03 / 1.22, mostly the cross-fade itself.
+TRANSITION_STRENGTH = 0.35
+# Connect's default guidance. Its transition runs between known frames on both sides, and text guidance pulls
+# the frames next to them away from them (see SUFFIX_GUIDANCE): a 2 s transition's first latent frames, guided
+# at 5, jumped from the first clip (seam medians 2.52 -> 1.66 at guidance 1, scene-change model, strength 0.5).
+# The conditional pass alone still follows the prompt; `guidance=` (`--guidance`) overrides it.
+TRANSITION_GUIDANCE = 1.0
 
 
 @dataclass
@@ -535,8 +542,10 @@ class Pipeline:
         ``seconds`` (a multiple of 4 frames) that starts from a's last frames and ends on b's first ones.
         ``strength`` (0 < s <= 1): 1 samples the transition from noise; lower starts it from a cross-fade of
         a's last frame into b's first, noised to that level (SDEdit), so it changes more gradually.
+        ``guidance`` defaults to TRANSITION_GUIDANCE (1: the conditional pass alone), not the model's.
         Returns a + transition + b at one size (default: the trained size nearest a's aspect ratio)."""
         _check_strength(strength, low_open=True)
+        guidance = TRANSITION_GUIDANCE if guidance is None else guidance
         steps, guidance, sampler, fps = self._settings(steps, guidance, sampler, fps)
         first, width, height = self._fit_source(a, width, height, "first clip")
         self.check_request(width, height, seconds, None, steps, guidance, sampler=sampler)
@@ -745,12 +754,27 @@ def _steps_at(steps: int, strength: float) -> int:
     return max(1, round(steps * strength))
 
 
+def dissolve(n: int) -> np.ndarray:
+    """Weights of the second scene for the ``n`` frames between two known ones, (n,) float32 in (0, 1):
+    smootherstep (6x^5 - 15x^4 + 10x^3) of x = k / (n + 1), so the dissolve starts and ends at rest (first and
+    second derivatives zero) and its steps next to the known frames are small. A linear cross-fade's first
+    step is 1 / (n + 1) of the change: between two unrelated scenes over 1 s, about 2x the clips' own motion.
+    """
+    x = np.arange(1, n + 1, dtype=np.float64) / (n + 1)
+    return (x ** 3 * (x * (6 * x - 15) + 10)).astype(np.float32)
+
+
 def _bridge(prefix: np.ndarray | None, suffix: np.ndarray | None, frames: int) -> np.ndarray:
-    """A stand-in for the frames of a window that are still to be made: a cross-fade from the prefix's last
-    frame to the suffix's first (only what the causal encoder sees before a suffix depends on it)."""
+    """A stand-in for the frames of a window that are still to be made: the prefix's last frame, then a
+    ``dissolve`` into the suffix's first over the frames between them, then that frame (the known frames'
+    places are overwritten by the caller; only what the causal encoder sees before a suffix depends on it)."""
     a = (prefix[-1] if prefix is not None else suffix[0]).astype(np.float32)
     b = (suffix[0] if suffix is not None else prefix[-1]).astype(np.float32)
-    w = np.linspace(0.0, 1.0, frames, dtype=np.float32)[:, None, None, None]
+    P = 0 if prefix is None else len(prefix)
+    S = 0 if suffix is None else len(suffix)
+    m = max(0, frames - P - S)
+    w = np.concatenate([np.zeros(min(P, frames)), dissolve(m), np.ones(frames - min(P, frames) - m)])
+    w = w.astype(np.float32)[:, None, None, None]
     return ((1 - w) * a + w * b).round().astype(np.uint8)
 
 

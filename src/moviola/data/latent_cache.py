@@ -96,13 +96,16 @@ def _render_part(cfg: WorldCacheConfig, b_index: int, bucket: Bucket, start: int
 
 
 def transition_clip(a: np.ndarray, b: np.ndarray, head: int, tail: int) -> np.ndarray:
-    """Scene a's first ``head`` frames, scene b's last ``tail`` frames and a linear dissolve between them:
-    (T, H, W, 3) uint8 from two clips of one shape. Both scenes keep moving through the dissolve."""
+    """Scene a's first ``head`` frames, scene b's last ``tail`` frames and a dissolve between them (the eased
+    one `connect` starts from, ``moviola.pipeline.dissolve``): (T, H, W, 3) uint8 from two clips of one shape.
+    Both scenes keep moving through the dissolve."""
+    from moviola.pipeline import dissolve
+
     T = len(a)
     if b.shape != a.shape or T < head + tail + 1:
         raise ValueError(f"a transition needs two clips of one shape with more than {head + tail} frames, "
                          f"got {a.shape} and {b.shape}")
-    alpha = np.clip((np.arange(T) - (head - 1)) / (T - tail - head + 1), 0.0, 1.0)[:, None, None, None]
+    alpha = np.concatenate([np.zeros(head), dissolve(T - head - tail), np.ones(tail)])[:, None, None, None]
     return np.round((1 - alpha) * a + alpha * b).astype(np.uint8)
 
 
