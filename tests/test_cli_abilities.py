@@ -66,7 +66,9 @@ def test_loop_connect_storyboard_and_long(tmp_path, footage):
     assert read_video(loop).num_frames == 24
     conn = tmp_path / "conn.mp4"
     assert main(["connect", str(footage), str(loop), "a circle", "--seconds", "1", "-o", str(conn), *FAST]) == 0
-    assert read_video(conn).frames.shape == (16 + 8 + 24, 64, 96, 3)
+    vc = read_video(conn)
+    assert vc.frames.shape == (16 + 8 + 24, 64, 96, 3)
+    assert vc.metadata["moviola_guidance"] == "1.0"  # connect's transition guidance, not the model's 5
     board = tmp_path / "board.toml"
     write_image(tmp_path / "card.png", np.full((40, 70, 3), 200, np.uint8))
     board.write_text('seconds = 3\ntransition = "continue"\n'

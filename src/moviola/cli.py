@@ -248,7 +248,7 @@ def cmd_remix(args) -> int:
 
 
 def cmd_connect(args) -> int:
-    from moviola.pipeline import TRANSITION_STRENGTH
+    from moviola.pipeline import TRANSITION_GUIDANCE, TRANSITION_STRENGTH
 
     strength = TRANSITION_STRENGTH if args.strength is None else args.strength
     if not 0 < strength <= 1:
@@ -260,6 +260,7 @@ def cmd_connect(args) -> int:
     b, _, _ = _read_source(args.second, args, pipe)
     meta = _provenance(args, pipe, args.prompt, sources=f"{args.first} + {args.second}", transition_seconds=args.seconds,
                        transition_strength=strength)
+    meta["moviola_guidance"] = str(TRANSITION_GUIDANCE if args.guidance is None else args.guidance)  # connect's own
     return _run("connecting", lambda cb: pipe.connect(a, b, args.prompt, seconds=args.seconds, width=w, height=h,
                                                       strength=strength, callback=cb, **_sampling(args)),
                 out, pipe.config.fps, meta)
@@ -639,7 +640,8 @@ def build_parser() -> argparse.ArgumentParser:
     sampling_flags(r)
     r.set_defaults(func=cmd_remix)
 
-    c = sub.add_parser("connect", help="join two videos with a generated transition")
+    c = sub.add_parser("connect", help="join two videos with a generated transition (guided at 1 unless "
+                                       "--guidance says otherwise)")
     c.add_argument("first")
     c.add_argument("second")
     c.add_argument("prompt")
