@@ -771,10 +771,8 @@ def _bridge(prefix: np.ndarray | None, suffix: np.ndarray | None, frames: int) -
     a = (prefix[-1] if prefix is not None else suffix[0]).astype(np.float32)
     b = (suffix[0] if suffix is not None else prefix[-1]).astype(np.float32)
     P = 0 if prefix is None else len(prefix)
-    S = 0 if suffix is None else len(suffix)
-    m = max(0, frames - P - S)
-    w = np.concatenate([np.zeros(min(P, frames)), dissolve(m), np.ones(frames - min(P, frames) - m)])
-    w = w.astype(np.float32)[:, None, None, None]
+    S = 0 if suffix is None else len(suffix)  # window() has checked that P + S < frames
+    w = np.concatenate([np.zeros(P), dissolve(frames - P - S), np.ones(S)]).astype(np.float32)[:, None, None, None]
     return ((1 - w) * a + w * b).round().astype(np.uint8)
 
 

@@ -6,7 +6,7 @@ means, normalised to unit scale) and stores them in shards of safetensors, resum
 captions are embedded once per unique string.
 
 With ``transitions > 0`` it also stores scene changes for connecting unrelated clips: scene a's first
-frames, a linear dissolve, scene b's last frames (``transition_clip``), captioned as scene b. World clips
+frames, an eased dissolve, scene b's last frames (``transition_clip``), captioned as scene b. World clips
 never change scene, so without them a model asked to join two scenes cuts from one to the other.
 
 Layout of a cache folder:
