@@ -7,6 +7,8 @@ Pink (240, 110, 170) is not in WORLD.md's palette, so the default model has neve
 fine-tunes a LoRA adapter on world clips that include pink (``configs/dit/lora_pink.toml``), then
 generates 64x64 2 s clips for "a ... pink ..." prompts and several seeds with the base model and with
 the adapter, and reports:
+  * each at its own sampler defaults: the base model's guidance, and the adapter's (``[sampling]`` of its
+    config, saved in lora.json: what ``generate --lora`` uses), and the adapter at the base's guidance too;
   * pink pixel fraction: pixels within RGB distance ``--tol`` of (240, 110, 170), over all frames;
   * the world scorer's attributes on the same clips (pink known to it only inside ``extra_colors``);
   * the scorer's attributes on the 8 fixed non-pink prompts of ``train.dit.EVAL_PROMPTS``, so a LoRA
@@ -39,15 +41,17 @@ PINK_PROMPTS = [
 ATTRS = ("background", "count", "color", "shape", "size", "motion")
 
 
-def measure(pipe, prompts: list[str], seeds: list[int], tol: float, steps: int | None = None) -> dict:
-    """Pink fraction and scorer attributes (means over prompts x seeds) of generated 64x64 2 s clips."""
+def measure(pipe, prompts: list[str], seeds: list[int], tol: float, steps: int | None = None,
+            guidance: float | None = None) -> dict:
+    """Pink fraction and scorer attributes (means over prompts x seeds) of generated 64x64 2 s clips, at the
+    pipeline's own guidance (the adapter's while one is applied) unless ``guidance`` is given."""
     from moviola.world.extra import color_fraction, extra_colors
     from moviola.world.score import score_clip
 
     fracs, overall, attrs = [], [], {a: [] for a in ATTRS}
     for p in prompts:
         for s in seeds:
-            frames = pipe(p, width=64, height=64, seconds=2, seed=s, steps=steps)
+            frames = pipe(p, width=64, height=64, seconds=2, seed=s, steps=steps, guidance=guidance)
             fracs.append(color_fraction(frames, PINK, tol))
             with extra_colors("pink"):
                 rep = score_clip(frames, p, fps=pipe.config.fps)
@@ -55,7 +59,8 @@ def measure(pipe, prompts: list[str], seeds: list[int], tol: float, steps: int |
             for a in ATTRS:
                 if rep["attributes"].get(a) is not None:
                     attrs[a].append(rep["attributes"][a])
-    return {"pink_fraction": float(np.mean(fracs)), "pink_fraction_min": float(np.min(fracs)),
+    return {"guidance": pipe.config.guidance if guidance is None else guidance,
+            "pink_fraction": float(np.mean(fracs)), "pink_fraction_min": float(np.min(fracs)),
             "overall": float(np.mean(overall)), **{a: float(np.mean(v)) for a, v in attrs.items() if v}}
 
 
@@ -105,9 +110,12 @@ def main() -> None:
     pipe = Pipeline.from_pretrained(init_dir(cfg))
     rows = {"base": measure(pipe, PINK_PROMPTS, seeds, args.tol),
             "base_world_prompts": measure(pipe, EVAL_PROMPTS, seeds[:1], args.tol)}
-    pipe.load_lora(adapter)
+    base_guidance = pipe.config.guidance
+    pipe.load_lora(adapter)  # with the adapter's own sampler defaults (its run's [sampling]), as generate --lora
     rows["lora"] = measure(pipe, PINK_PROMPTS, seeds, args.tol)
     rows["lora_world_prompts"] = measure(pipe, EVAL_PROMPTS, seeds[:1], args.tol)
+    if pipe.config.guidance != base_guidance:  # and at the base's guidance, the like-for-like comparison
+        rows["lora_at_base_guidance"] = measure(pipe, PINK_PROMPTS, seeds, args.tol, guidance=base_guidance)
     rows["renderer"] = rendered(PINK_PROMPTS, seeds, args.tol)
     world = {}
     if args.world_n:
@@ -124,9 +132,10 @@ def main() -> None:
               **({"eval_world": world} if world else {})}
     (out / "pink_report.json").write_text(json.dumps(report, indent=1))
     keys = ["pink_fraction", "overall"] + list(ATTRS)
-    print(f"{'':<20}" + "".join(f"{k[:13]:>14}" for k in keys))
+    print(f"{'':<22}{'guidance':>9}" + "".join(f"{k[:13]:>14}" for k in keys))
     for name, r in rows.items():
-        print(f"{name:<20}" + "".join(f"{100 * r[k]:>13.2f}%" if k in r else f"{'-':>14}" for k in keys))
+        g = f"{r['guidance']:g}" if "guidance" in r else "-"
+        print(f"{name:<22}{g:>9}" + "".join(f"{100 * r[k]:>13.2f}%" if k in r else f"{'-':>14}" for k in keys))
     for name, sets in world.items():  # eval world rows are already in percent
         for split, r in sets.items():
             print(f"{'world ' + name + ' ' + split:<26}" + "  ".join(f"{k} {r[k]:.1f}" for k in ("overall",) + ATTRS))

@@ -97,13 +97,14 @@ def test_lora_fine_tune_adapter_merge_samples_and_generate_lora(tmp_path, vae_di
     base_dir = train_dit(load_config(TrainDiTConfig, None, common + ["optim.steps=2", f"out='{tmp_path / 'base'}'"]))
     tune = TINY_DIT + [f"init_from='{base_dir}'", "lora.rank=2", "lora.targets=['attn.qkv','cross.kv']",
                        "optim.steps=4", "optim.lr=0.05", "sample_every=4", "sample_prompts=['a red circle falls']",
-                       "sample_steps=2"]
+                       "sample_steps=2", "sampling.guidance=2.5"]
     for name in ("adapter", "merged"):  # the same data: reuse the base run's cache
         shutil.copytree(tmp_path / "base" / "cache", tmp_path / name / "cache")
     adapter = train_dit(load_config(TrainDiTConfig, None, tune + [f"out='{tmp_path / 'adapter'}'"]))
     assert adapter.name == "lora" and (adapter / "lora.safetensors").is_file()
     meta = json.loads((adapter / "lora.json").read_text())
     assert meta["rank"] == 2 and meta["base_model"] == str(base_dir) and len(meta["modules"]) == 4
+    assert meta["sampling"] == {"guidance": 2.5}  # the run's [sampling] travels with the adapter
     assert (tmp_path / "adapter" / "samples" / "step_000004_0.mp4").is_file()
     assert json.loads((adapter / "training_captions.json").read_text())  # eval world holds these out
     # the clips it learned from travel with it, its base model's after its own, and a model card says so
@@ -116,9 +117,17 @@ def test_lora_fine_tune_adapter_merge_samples_and_generate_lora(tmp_path, vae_di
     pipe = Pipeline.from_pretrained(base_dir)
     kw = dict(width=32, height=32, seconds=1, steps=2, seed=3)
     plain = pipe("a small red circle moves right", **kw)
+    base_guidance = pipe.config.guidance
     tuned = pipe.load_lora(adapter)("a small red circle moves right", **kw)
+    assert pipe.config.guidance == 2.5 != base_guidance  # the adapter's sampler default, while it is applied
     assert not np.array_equal(plain, tuned)
     assert np.array_equal(pipe.load_lora(adapter, scale=0.0)("a small red circle moves right", **kw), plain)
+    assert pipe.config.guidance == base_guidance
+    bad = tmp_path / "bad-adapter"
+    shutil.copytree(adapter, bad)
+    (bad / "lora.json").write_text(json.dumps({**meta, "sampling": {"guidanse": 2}}))
+    with pytest.raises(LoRAError, match="unknown sampling setting 'guidanse'"):
+        pipe.load_lora(bad)
 
     tc = base_dir / "training_captions.json"  # a caption only the base saw: the merged model lists it too
     tc.write_text(json.dumps(json.loads(tc.read_text()) + ["a caption only the base model saw"]))

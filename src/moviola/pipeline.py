@@ -23,6 +23,7 @@ parts: the world's renderer is never imported here.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections.abc import Callable, Iterator, Sequence
@@ -155,12 +156,20 @@ class Pipeline:
 
     def load_lora(self, path: str | Path, scale: float = 1.0) -> "Pipeline":
         """Apply a LoRA adapter (``moviola train dit`` with ``[lora]``: a folder with lora.safetensors and
-        lora.json) to the DiT, replacing any applied before; ``scale`` 0 gives the base model back. A
-        LoRAError (a ValueError) if it was trained on another base model."""
-        from moviola.models.lora import load_lora
+        lora.json) to the DiT, replacing any applied before; ``scale`` 0 gives the base model back. The
+        adapter's sampler defaults (its run's ``[sampling]``, e.g. a lower guidance) replace the base's
+        while it is applied; a call's own arguments still win. A LoRAError (a ValueError) if it was trained
+        on another base model or names an unknown sampler setting."""
+        from moviola.models.lora import LoRAError, load_lora
 
-        load_lora(self.dit, path, scale=scale)
+        meta = load_lora(self.dit, path, scale=scale)
         self.dit.to(self.device).eval()
+        base = self._base_config = getattr(self, "_base_config", self.config)
+        sampling = meta.get("sampling") or {}
+        unknown = sorted(set(sampling) - {"steps", "guidance", "shift", "sampler"})
+        if unknown:
+            raise LoRAError(f"{path}: unknown sampling setting {unknown[0]!r} in lora.json")
+        self.config = dataclasses.replace(base, **sampling) if scale else base
         return self
 
     # --- validation ----------------------------------------------------------------------------

@@ -7,7 +7,8 @@ dotted components from the end: ``"attn.qkv"`` hits ``blocks.0.attn.qkv`` ... ``
 
     inject_lora(dit, LoRAConfig(rank=8, alpha=8, targets=["attn.qkv", "cross.kv"]))
     ... train (only the adapters require grad) ...
-    save_lora(dit, folder)          # lora.safetensors (A and B only) + lora.json (rank, alpha, the base's config)
+    save_lora(dit, folder)          # lora.safetensors (A and B only) + lora.json (rank, alpha, the base's config,
+                                    #   and any sampler defaults the adapter wants: {"sampling": {"guidance": 2}})
     merge_lora(dit)                 # or fold the adapters into the weights: a plain DiT again
     load_lora(dit, folder, scale=1) # apply a saved adapter to a base model (checked against it)
 """
@@ -181,9 +182,10 @@ def read_lora(path: str | Path) -> tuple[dict, dict[str, Tensor]]:
     return meta, tensors
 
 
-def load_lora(model: nn.Module, path: str | Path, scale: float = 1.0) -> list[str]:
+def load_lora(model: nn.Module, path: str | Path, scale: float = 1.0) -> dict:
     """Apply a saved adapter to ``model`` (replacing one already applied), unmerged so ``scale`` can be
-    changed later (``set_lora_scale``). A LoRAError when it was trained on a different base."""
+    changed later (``set_lora_scale``). Returns its lora.json metadata (modules, rank, ``sampling``...).
+    A LoRAError when it was trained on a different base."""
     meta, tensors = read_lora(path)
     base = meta.get("base")
     cfg = getattr(model, "config", None)
@@ -213,7 +215,7 @@ def load_lora(model: nn.Module, path: str | Path, scale: float = 1.0) -> list[st
             m.lora_B.copy_(tensors[f"{n}.lora_B"])
         m.requires_grad_(False)
         _set(model, n, m)
-    return list(meta["modules"])
+    return meta
 
 
 def set_lora_scale(model: nn.Module, scale: float) -> None:

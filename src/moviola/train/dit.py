@@ -70,7 +70,8 @@ EVAL_PROMPTS = [
 @dataclass
 class SamplingDefaults:
     """The sampler settings written to the saved model's pipeline.json (what `generate` uses unless told
-    otherwise); each one left at its "keep" value keeps the base model's, or the built-in default."""
+    otherwise), or for a LoRA adapter to its lora.json (used while it is applied); each one left at its
+    "keep" value keeps the base model's, or the built-in default."""
 
     steps: int = 0  # > 0: sampler steps
     guidance: float = 0.0  # > 0: classifier-free guidance scale
@@ -545,10 +546,13 @@ def _with_sampling(pcfg, s: SamplingDefaults):
 
     if s.sampler and s.sampler not in SAMPLERS:
         raise ValueError(f"sampling.sampler {s.sampler!r} is not one of {', '.join(SAMPLERS)}")
-    return dataclasses.replace(pcfg, **({"steps": s.steps} if s.steps > 0 else {}),
-                               **({"guidance": s.guidance} if s.guidance > 0 else {}),
-                               **({"shift": s.shift} if s.shift >= 0 else {}),
-                               **({"sampler": s.sampler} if s.sampler else {}))
+    return dataclasses.replace(pcfg, **_sampling_set(s))
+
+
+def _sampling_set(s: SamplingDefaults) -> dict:
+    """The sampler settings ``s`` sets (those not left at their "keep" value)."""
+    return {**({"steps": s.steps} if s.steps > 0 else {}), **({"guidance": s.guidance} if s.guidance > 0 else {}),
+            **({"shift": s.shift} if s.shift >= 0 else {}), **({"sampler": s.sampler} if s.sampler else {})}
 
 
 def _write_provenance(cache, out: Path, world: D.World) -> Path | None:
@@ -571,7 +575,10 @@ def _save_result(cfg, result: Path, dit: DiT, vae, text, pcfg, base_dir, vae_dir
     if base_dir is not None:
         info["init_from"] = str(base_dir)
     if cfg.lora.rank > 0 and not cfg.lora.merge:
-        save_lora(dit, result, cfg.lora, extra={"base_model": str(base_dir) if base_dir else None, **info})
+        # An adapter carries its run's [sampling] settings: Pipeline.load_lora uses them while it is applied.
+        sampling = _sampling_set(cfg.sampling)
+        save_lora(dit, result, cfg.lora, extra={"base_model": str(base_dir) if base_dir else None, **info,
+                                                **({"sampling": sampling} if sampling else {})})
     else:
         if cfg.lora.rank > 0:
             merge_lora(dit)
