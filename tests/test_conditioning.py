@@ -499,6 +499,30 @@ def test_loop_lengths(pipe):
     assert pipe("a red circle spins", loop=True, seconds=3, **SIZE).shape == (24, 32, 32, 3)
 
 
+def test_a_loop_leaves_out_the_opening_frames_and_returns_to_its_new_first_frame(pipe, monkeypatch):
+    """The clip's first LOOP_SKIP frames (frame 0 is coded alone and steps further) are not in the loop, and the
+    transition leads back to the first frame that is."""
+    from moviola.pipeline import LOOP_SKIP
+
+    assert LOOP_SKIP >= 1
+    made = {}
+
+    def forward(self, prompt, total, **kw):  # frame k is filled with k: where each frame went is readable
+        made["total"] = total
+        yield np.broadcast_to(np.arange(total, dtype=np.uint8)[:, None, None, None], (total, 32, 32, 3)).copy()
+
+    def transition(self, a, b, prompt, frames, **kw):
+        made["b0"] = int(b[0, 0, 0, 0])
+        return np.full((int(frames), 32, 32, 3), 200, np.uint8), b[:3].copy()
+
+    monkeypatch.setattr(Pipeline, "_forward", forward)
+    monkeypatch.setattr(Pipeline, "_transition", transition)
+    out = pipe.loop(P, seconds=3, **SIZE)  # 24 frames: 16 of the clip, then an 8-frame way back
+    assert made["total"] == 16 + LOOP_SKIP and made["b0"] == LOOP_SKIP
+    assert out.shape == (24, 32, 32, 3)
+    assert list(out[:16, 0, 0, 0]) == list(range(LOOP_SKIP, LOOP_SKIP + 16)) and (out[16:] == 200).all()
+
+
 @pytest.mark.parametrize("transition", ["cut", "continue"])
 def test_storyboard_with_image_cards(pipe, transition):
     img1, img2 = _image(seed=4), _image(seed=5)
