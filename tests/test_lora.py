@@ -128,8 +128,9 @@ def test_lora_teaches_the_default_model_pink(tmp_path):
     import json
 
     prov = json.loads((adapter / "provenance.json").read_text())  # its clips, and the shipped base's summary
-    assert prov["clips"] == 48 and prov["base"]["clips"] == 4000
-    assert "4000 clips" in (adapter / "MODEL_CARD.md").read_text()
+    base_clips = json.loads((DEFAULT_MODEL_DIR / "provenance.json").read_text())["clips"]
+    assert prov["clips"] == 48 and prov["base"]["clips"] == base_clips >= 4000
+    assert f"{base_clips} clips" in (adapter / "MODEL_CARD.md").read_text()
 
     pipe = Pipeline.from_pretrained(DEFAULT_MODEL_DIR)
     prompts = ["a large pink circle stays still on a black background", "a large pink square moves right on a gray background"]
