@@ -395,6 +395,48 @@ def test_a_suffix_seam_spreads_the_decoders_residual_evenly():
     assert np.allclose(given0[:, 0, 0, 0], [100 + 70 * j / (SEAM_BLEND + 1) for j in range(1, SEAM_BLEND + 1)], atol=1)
 
 
+def test_a_prefix_seam_fades_the_decoders_residual_out_over_the_new_frames():
+    from moviola.pipeline import PREFIX_SPREAD, _spread_prefix
+
+    H = W = 4
+    new = np.full((PREFIX_SPREAD + 2, H, W, 3), 100, np.uint8)  # generated after the model's decoding
+    given = np.full((H, W, 3), 180, np.uint8)    # the prefix's last frame as given
+    decoded = np.full((H, W, 3), 100, np.uint8)  # the model's decoding of it: a residual of 80 grey levels
+    out = _spread_prefix(new, given, decoded)
+    want = [100 + 80 * (1 - j / (PREFIX_SPREAD + 1)) for j in range(1, PREFIX_SPREAD + 1)] + [100, 100]
+    assert np.allclose(out[:, 0, 0, 0], want, atol=0.5)
+    steps = np.abs(np.diff(np.concatenate([[180], out[:, 0, 0, 0].astype(float)])))
+    assert steps.max() <= 80 / (PREFIX_SPREAD + 1) + 1  # even steps instead of one jump of 80
+    assert np.array_equal(new, np.full_like(new, 100))  # the input is left alone
+    # a residual that would leave the range is clipped, and fewer new frames than the spread take what fits
+    assert _spread_prefix(np.full((1, H, W, 3), 250, np.uint8), given, decoded).max() == 255
+    assert _spread_prefix(new[:0], given, decoded).shape == (0, H, W, 3)
+
+
+@pytest.mark.parametrize("call", ["extend", "image_to_video"])
+def test_frames_after_a_known_prefix_carry_its_residual(pipe, monkeypatch, call):
+    import moviola.pipeline as P
+
+    clip, last = _clip(6), _image(32, 32, seed=5)
+
+    def run():
+        if call == "extend":
+            return pipe.extend(clip, "the circle keeps moving", seconds=1, seed=2, **SIZE)[len(clip):]
+        return pipe.image_to_video("a red circle falls", clip[0], last_image=last, seconds=1, seed=2, **SIZE)[1:-1]
+
+    monkeypatch.setattr(P, "PREFIX_SPREAD", 0)
+    plain = run().astype(int)
+    monkeypatch.setattr(P, "PREFIX_SPREAD", 3)
+    spread = run().astype(int)
+    # the same sample; only the first three new frames move, by a shrinking share of one residual
+    assert np.array_equal(spread[3:], plain[3:])
+    d = spread[:3] - plain[:3]
+    assert np.abs(d[0]).mean() > 1  # a random VAE leaves a large residual
+    assert np.abs(d[0]).mean() > np.abs(d[1]).mean() > np.abs(d[2]).mean() > 0
+    ok = (spread[:3] > 0) & (spread[:3] < 255)  # away from the clipped ends, d[j] = (3 - j) / 4 * e
+    assert np.abs(d[1][ok[1] & ok[0]] - d[0][ok[1] & ok[0]] * 2 / 3).max() <= 1.5
+
+
 def test_frames_before_a_known_suffix_are_guided_less(monkeypatch):
     import moviola.pipeline as P
 
@@ -408,6 +450,14 @@ def test_frames_before_a_known_suffix_are_guided_less(monkeypatch):
     assert P._seam_guidance(5.0, 2, 1, "cpu").flatten().tolist() == [1.0, 5.0]
     monkeypatch.setattr(P, "SUFFIX_GUIDANCE", ())
     assert P._seam_guidance(5.0, 6, 1, "cpu") == 5.0
+    # frames after a known prefix, the same way; where the two ramps meet the lower guidance wins
+    monkeypatch.setattr(P, "SUFFIX_GUIDANCE", (0.0, 0.5))
+    monkeypatch.setattr(P, "PREFIX_GUIDANCE", (0.0, 0.5))
+    assert P._seam_guidance(5.0, 6, 0, "cpu", prefix=0) == 5.0
+    assert P._seam_guidance(5.0, 6, 0, "cpu", prefix=2).flatten().tolist() == [5.0, 5.0, 1.0, 3.0, 5.0, 5.0]
+    assert P._seam_guidance(5.0, 5, 1, "cpu", prefix=1).flatten().tolist() == [5.0, 1.0, 3.0, 1.0, 5.0]
+    monkeypatch.setattr(P, "PREFIX_GUIDANCE", (0.0, 0.0))
+    assert P._seam_guidance(5.0, 5, 1, "cpu", prefix=1).flatten().tolist() == [5.0, 1.0, 1.0, 1.0, 5.0]
 
 
 def test_a_suffix_window_samples_with_the_per_frame_guidance(pipe, monkeypatch):
