@@ -460,7 +460,7 @@ def test_frames_before_a_known_suffix_are_guided_less(monkeypatch):
     assert P._seam_guidance(5.0, 5, 1, "cpu", prefix=1).flatten().tolist() == [5.0, 1.0, 1.0, 1.0, 5.0]
 
 
-def test_a_suffix_window_samples_with_the_per_frame_guidance(pipe, monkeypatch):
+def test_windows_with_known_frames_sample_with_the_per_frame_guidance(pipe, monkeypatch):
     import moviola.pipeline as P
 
     seen = []
@@ -472,10 +472,16 @@ def test_a_suffix_window_samples_with_the_per_frame_guidance(pipe, monkeypatch):
 
     monkeypatch.setattr(P, "cfg_model_fn", spy)
     monkeypatch.setattr(P, "SUFFIX_GUIDANCE", (0.0,))
+    monkeypatch.setattr(P, "PREFIX_GUIDANCE", (0.0,))
     frames = np.zeros((4, 64, 64, 3), np.uint8)
     pipe.window("a red circle", width=64, height=64, frames=9, steps=2, guidance=3.0, seed=0, suffix=frames)
     pipe.window("a red circle", width=64, height=64, frames=9, steps=2, guidance=3.0, seed=0, prefix=frames[:1])
-    assert seen[0].flatten().tolist() == [3.0, 1.0, 3.0] and seen[1] == 3.0
+    pipe.window("a red circle", width=64, height=64, frames=9, steps=2, guidance=3.0, seed=0)
+    monkeypatch.setattr(P, "PREFIX_GUIDANCE", ())
+    pipe.window("a red circle", width=64, height=64, frames=9, steps=2, guidance=3.0, seed=0, prefix=frames[:1])
+    assert seen[0].flatten().tolist() == [3.0, 1.0, 3.0]  # the latent frame before the suffix
+    assert seen[1].flatten().tolist() == [3.0, 1.0, 3.0]  # the latent frame after the prefix
+    assert seen[2] == seen[3] == 3.0  # nothing known, or no prefix rule: the plain number
 
 
 def test_remix_strengths_and_lengths(pipe, text_only):
@@ -756,3 +762,18 @@ def test_eval_abilities_reports_every_ability(pipe, monkeypatch):
     assert res["loop"]["wrap_ratio"]["n"] == 1
     assert set(res["storyboard"]) == {"single_prompt", "cut", "continue"}
     assert len(res["long"]["clips"]) == 3 and res["long"]["color"]["first_8s"] is not None
+
+
+def test_seam_measures_see_a_jump_moved_next_to_the_seam():
+    # A still clip with one jump of 30 grey levels: the step across the seam alone misses it one frame later,
+    # the measures after a prefix (the PREFIX_SPREAD steps after) and around a suffix do not.
+    from moviola.eval.abilities import prefix_seam_ratio, seam_region_ratio
+    from moviola.pipeline import PREFIX_SPREAD
+
+    levels = np.array([100.0] * 8 + [101.0] * 2 + [131.0] * 8)
+    clip = np.broadcast_to(levels[:, None, None, None], (len(levels), 4, 4, 3)).astype(np.uint8)
+    seam = 8  # frames 0-7 given; the step across is 1 level, the jump two steps later (frames 9 to 10)
+    assert seam_region_ratio(clip, seam, after=0, before=0) == 2.0  # 1 level over the 0.5 floor
+    assert prefix_seam_ratio(clip, seam) == 60.0  # the jump, inside the PREFIX_SPREAD steps after the seam
+    assert PREFIX_SPREAD == 3 and prefix_seam_ratio(clip, seam + 3) == 0.0
+    assert seam_region_ratio(clip, 13) == 60.0 and seam_region_ratio(clip, 14) == 0.0  # 3 steps before a suffix

@@ -11,7 +11,9 @@ Sources are world renders (ground truth from the renderer, never used to generat
   model's longest, and two moments of one scene), the mean absolute frame difference across it divided by
   the clip's median frame difference (target <= 2), and the PSNR of the given frames as the decoder remakes
   them (the output keeps the given pixels); for connect also the largest step inside the transition on the
-  same scale.
+  same scale. After given frames (a prefix) the ratio is the largest of the step across the seam and the
+  PREFIX_SPREAD steps after it, where the decoder's residual is faded out; before given frames (a suffix) the
+  largest over the cross-faded steps on both sides.
 - storyboard: each segment scored with its own card's prompt, against single-prompt clips of the same
   prompts and length (target: no segment more than 10 points worse).
 - long: peak memory (RSS) of a 60 s and an 8 s clip made in fresh processes, and the world scores of the
@@ -28,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from moviola.eval.world import aggregate, eval_prompts
-from moviola.pipeline import CONTEXT_FRAMES, SEAM_BEFORE, SEAM_BLEND, SUFFIX_FRAMES
+from moviola.pipeline import CONTEXT_FRAMES, PREFIX_SPREAD, SEAM_BEFORE, SEAM_BLEND, SUFFIX_FRAMES
 
 DRIFT_ATTRS = ("color", "shape", "size", "count")
 
@@ -44,19 +46,18 @@ def frame_diffs(frames: np.ndarray) -> np.ndarray:
     return np.abs(f[1:] - f[:-1]).mean(axis=(1, 2, 3))
 
 
-def seam_ratio(frames: np.ndarray, seam: int) -> float:
-    """Difference across the seam between frames seam - 1 and seam over the clip's median frame difference
-    (the floor of 0.5 grey levels keeps a still clip from dividing by ~0)."""
-    d = frame_diffs(frames)
-    return float(d[seam - 1] / max(np.median(d), 0.5))
-
-
 def seam_region_ratio(frames: np.ndarray, seam: int, after: int = SEAM_BLEND, before: int = SEAM_BEFORE) -> float:
     """The largest of the differences across a seam, the ``after`` steps that follow it and the ``before``
     steps that lead to it (after a known suffix the decoder's residual is spread over those frames), over
     the clip's median frame difference."""
     d = frame_diffs(frames)
     return float(d[max(0, seam - 1 - before):seam + after].max() / max(np.median(d), 0.5))
+
+
+def prefix_seam_ratio(frames: np.ndarray, seam: int) -> float:
+    """After given frames: the largest of the step across the seam and the PREFIX_SPREAD steps after it
+    (the new frames carry a fading share of the decoder's residual there), over the median frame difference."""
+    return seam_region_ratio(frames, seam, after=PREFIX_SPREAD, before=0)
 
 
 def loop_ratio(frames: np.ndarray, after: int = SEAM_BLEND, before: int = SEAM_BEFORE) -> float:
@@ -102,7 +103,7 @@ def evaluate_abilities(model_dir: Path, n: int = 8, *, steps: int | None = None,
                           steps=steps or pipe.config.steps, guidance=pipe.config.guidance)
         dec.append(psnr(out[0], image))
         full = pipe.image_to_video(p, image, seconds=2, seed=seed + i, **kw)
-        seams.append(seam_ratio(full, 1))
+        seams.append(prefix_seam_ratio(full, 1))
     res["image_to_video"] = {"decoded_frame0_psnr": _summary(dec, 30.0, below=False),
                              "output_frame0_exact": True, "seam_ratio": _summary(seams, 2.0)}
 
@@ -113,7 +114,7 @@ def evaluate_abilities(model_dir: Path, n: int = 8, *, steps: int | None = None,
             src = _render(spec)  # 16 frames at 8 fps
             out = pipe.extend(src, p, seconds=2, backward=backward, seed=seed + i, **kw)
             seam = len(out) - len(src) if backward else len(src)
-            ratios.append(seam_region_ratio(out, seam) if backward else seam_ratio(out, seam))
+            ratios.append(seam_region_ratio(out, seam) if backward else prefix_seam_ratio(out, seam))
             given.append(psnr(out[seam:] if backward else out[:len(src)], src))
             if not backward:  # the decoder's version of the 5-frame context the new frames follow
                 ctx = src[-5:]
@@ -127,7 +128,7 @@ def evaluate_abilities(model_dir: Path, n: int = 8, *, steps: int | None = None,
         ratios, given, inside = [], [], []
         for i, (a, b, p) in enumerate(triples):
             out = pipe.connect(a, b, p, seconds=seconds, seed=seed + i, **kw)
-            ratios += [seam_ratio(out, len(a)), seam_region_ratio(out, len(out) - len(b))]
+            ratios += [prefix_seam_ratio(out, len(a)), seam_region_ratio(out, len(out) - len(b))]
             given.append(min(psnr(out[:len(a)], a), psnr(out[len(out) - len(b):], b)))
             d = frame_diffs(out)  # the largest step from a's last frame to b's first: a cut inside shows here
             inside.append(float(d[len(a) - 1:len(out) - len(b)].max() / max(np.median(d), 0.5)))
