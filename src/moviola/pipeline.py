@@ -287,11 +287,10 @@ class Pipeline:
         S = 0 if suffix is None else len(suffix)
         if (P and (P - 1) % 4) or S % 4:
             raise GenerationError(f"known frames: a prefix takes 4j + 1 frames and a suffix 4j, got {P} and {S}")
+        first, last = (1 + (P - 1) // 4 if P else 0), S // 4  # known latent frames at the start and the end
         mask = torch.zeros(t, device=self.device)  # (t,) 1 = known latent frame
-        if P:
-            mask[:1 + (P - 1) // 4] = 1
-        if S:
-            mask[t - S // 4:] = 1
+        mask[:first] = 1
+        mask[t - last:t] = 1
         if mask.sum() >= t:
             raise GenerationError(f"a window of {frames} frames has nothing left to generate after "
                                   f"{P} known first and {S} known last frames")
@@ -310,7 +309,7 @@ class Pipeline:
         if self.dit.config.cond_channels:  # the same known frames in both passes: guidance is on the text
             fc = frame_cond(known if known is not None else torch.zeros(1, C, t, h, w, device=self.device), mask)
             cond["cond"] = uncond["cond"] = fc
-        model_fn = cfg_model_fn(self.dit, cond, uncond, _seam_guidance(guidance, t, S // 4, self.device, prefix=int(mask[:t - S // 4].sum())),
+        model_fn = cfg_model_fn(self.dit, cond, uncond, _seam_guidance(guidance, t, last, self.device, prefix=first),
                                 interval=self.config.guidance_interval)
         noise = make_noise((1, C, t, h, w), seed, self.device)
         if conditioned:
