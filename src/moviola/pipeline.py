@@ -583,9 +583,9 @@ class Pipeline:
         init = _bridge(prefix, head, n) if strength < 1 else None
         out = self.window(prompt, frames=n, prefix=prefix, suffix=head, init=init, strength=strength,
                           callback=_Progress(callback, _steps_at(kw["steps"], strength)).window(), **kw)
-        if len(b) < SUFFIX_FRAMES:  # a padded head: b's frames are not where the decoded ones are
-            return _spread_prefix(out[P:P + M], prefix[-1], out[P - 1]), b[:0]
         mid = _spread_prefix(out[P:P + M], prefix[-1], out[P - 1])
+        if len(b) < SUFFIX_FRAMES:  # a padded head: b's frames are not where the decoded ones are
+            return mid, b[:0]
         kb = min(SEAM_BEFORE, M)
         mid[M - kb:], head = _blend_seam(mid[M - kb:], out[P + M:P + M + SEAM_BLEND], b[:SEAM_BLEND])
         return mid, head
