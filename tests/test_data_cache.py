@@ -243,6 +243,22 @@ def test_world_cache_transitions_are_encoded_dissolves_of_two_scenes(vae, tmp_pa
         WorldCacheConfig(buckets=[(32, 32, 2.0, 1.0)]))).transitions == [None]
 
 
+def test_world_cache_rendered_by_worker_processes_is_the_same_cache(vae, tmp_path, monkeypatch):
+    """render_workers only changes where clips are rendered: every shard, caption and text row is identical,
+    and more parts than the pool's window (two per worker) all arrive, in order."""
+    import moviola.data.latent_cache as lc
+
+    monkeypatch.setattr(lc, "PART", 1)  # one clip a shard: 5 parts through 2 workers
+    model, _ = vae
+    kw = dict(n_clips=3, buckets=[(32, 32, 1.0, 0.5), (32, 32, 2.0, 0.5)], holdout="", transitions=1)
+    build_world_cache(tmp_path / "serial", WorldCacheConfig(**kw), model, StubText())
+    build_world_cache(tmp_path / "pool", WorldCacheConfig(**kw, render_workers=2), model, StubText())
+    files = sorted(p.relative_to(tmp_path / "serial") for p in (tmp_path / "serial").rglob("*") if p.is_file())
+    assert len([f for f in files if f.suffix == ".safetensors"]) == 5 + 1  # 5 shards + text
+    for f in files:
+        assert (tmp_path / "pool" / f).read_bytes() == (tmp_path / "serial" / f).read_bytes(), f
+
+
 def test_a_clip_that_fails_to_load_is_skipped_and_named(footage, vae, tmp_path, monkeypatch):
     """A file can decode in the scan and still fail where a clip is cut (a damaged stretch): that clip is
     left out and named; the build finishes."""

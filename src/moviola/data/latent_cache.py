@@ -59,6 +59,7 @@ class WorldCacheConfig:
     occlusion_prob: float = 0.1
     seed: int = 0
     transitions: int = 0  # > 0: also this many scene-change clips (a dissolving into b), over buckets of 2 s and more
+    render_workers: int = 0  # > 1: render parts in this many processes while the VAE encodes (the same clips)
 
 
 def holdout_combos(text: str) -> list[frozenset[str]]:
@@ -165,6 +166,7 @@ def build_world_cache(out: Path, cfg: WorldCacheConfig, vae, text_encoder, *,
     total = sum(n for _, _, n, _, _ in plan)
     done = 0
     device = next(vae.parameters()).device
+    jobs = []  # (shard path, make, bucket index, bucket, first clip, clips) still to build
     for bi, b, n, kind, make in plan:
         d = out / f"bucket_{b.name}"
         d.mkdir(exist_ok=True)
@@ -176,18 +178,52 @@ def build_world_cache(out: Path, cfg: WorldCacheConfig, vae, text_encoder, *,
                 if on_progress:
                     on_progress(done, total)
                 continue
-            frames, rows = make(cfg, bi, b, start, count)
-            lat = []
-            for k in range(0, count, batch):
-                x = frames[k:k + batch].to(device).float().div(127.5).sub(1)
-                lat.append(vae.normalize(vae.encode(x).mean).half().cpu())
-                done += min(batch, count - k)
-                if on_progress:
-                    on_progress(done, total)
-            with atomic_path(path) as tmp:
-                save_file({"latents": torch.cat(lat).contiguous()}, str(tmp))
-            atomic_write_bytes(path.with_suffix(".json"), json.dumps(rows).encode())
+            jobs.append((path, make, bi, b, start, count))
+    for (path, _, _, _, _, count), (frames, rows) in zip(jobs, _rendered(cfg, jobs)):
+        lat = []
+        for k in range(0, count, batch):
+            x = frames[k:k + batch].to(device).float().div(127.5).sub(1)
+            lat.append(vae.normalize(vae.encode(x).mean).half().cpu())
+            done += min(batch, count - k)
+            if on_progress:
+                on_progress(done, total)
+        with atomic_path(path) as tmp:
+            save_file({"latents": torch.cat(lat).contiguous()}, str(tmp))
+        atomic_write_bytes(path.with_suffix(".json"), json.dumps(rows).encode())
     _build_text(out, text_encoder)
+
+
+def _rendered(cfg: WorldCacheConfig, jobs: list) -> Iterable[tuple[torch.Tensor, list[dict]]]:
+    """(frames, rows) of each job, in order: rendered here, or by ``cfg.render_workers`` forked processes
+    (which inherit the world's colours, `extra_colors` included) while the caller encodes. Every clip is a
+    pure function of its seed, so the cache is the same either way. At most two parts per worker wait."""
+    import multiprocessing as mp
+    from collections import deque
+    from concurrent.futures import ProcessPoolExecutor
+
+    if cfg.render_workers <= 1 or "fork" not in mp.get_all_start_methods():
+        for _, make, bi, b, start, count in jobs:
+            yield make(cfg, bi, b, start, count)
+        return
+    with ProcessPoolExecutor(cfg.render_workers, mp_context=mp.get_context("fork")) as pool:
+        waiting, todo = deque(), iter(jobs)
+        for _, make, bi, b, start, count in todo:
+            waiting.append(pool.submit(_render_job, make, cfg, bi, b, start, count))
+            if len(waiting) >= 2 * cfg.render_workers:
+                break
+        while waiting:
+            frames, rows = waiting.popleft().result()
+            for _, make, bi, b, start, count in todo:  # keep the pool busy: one new part per part taken
+                waiting.append(pool.submit(_render_job, make, cfg, bi, b, start, count))
+                break
+            yield torch.from_numpy(frames), rows
+
+
+def _render_job(make, *args) -> tuple[np.ndarray, list[dict]]:
+    """One part rendered in a worker: one thread (the pool is the parallelism), frames sent back as numpy."""
+    torch.set_num_threads(1)
+    frames, rows = make(*args)
+    return frames.numpy(), rows
 
 
 def _build_text(out: Path, text_encoder) -> None:

@@ -1,0 +1,166 @@
+"""Train DiTs on one GPU in a fixed wall-clock budget: the world cache built once, with its clips rendered
+in parallel, then one `moviola train dit` run per config, side by side on the GPU.
+
+    python scripts/train_gpu.py --minutes 6 --cache runs/gpu-cache --workers 14 \\
+        configs/dit/gpu_finetune.toml configs/dit/gpu_wide.toml [--pack OUT]
+
+Each config is an ordinary `moviola train dit` config; the runs share the first config's world cache
+(``data`` sections must agree) through a link ``<out>/cache``. How many steps a GPU makes in the budget
+is not known in advance, so each run's learning rate follows the warm-up of its config and then the cosine
+over the wall-clock budget instead of over ``optim.steps`` (set it high); every run stops and saves its
+model when the budget is spent (``max_minutes``). On a CPU, or to resume exactly, use `moviola train dit`.
+
+``--pack OUT`` writes each run's DiT in fp16 (what `scripts/ship_default.py` ships) and a .tar.gz of its
+small files (configs, log, pipeline.json, training captions, provenance summary) to OUT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import io
+import json
+import math
+import os
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import torch
+
+
+def _load(path: str, overrides: list[str] = ()):
+    from moviola.config import load_config
+    from moviola.train.dit import TrainDiTConfig
+
+    return load_config(TrainDiTConfig, path, list(overrides))
+
+
+def build_cache(cfg, cache: Path, workers: int, device: torch.device) -> None:
+    """The world cache of ``cfg.data``, encoded with the run's VAE on ``device``."""
+    from moviola.data.latent_cache import build_world_cache
+    from moviola.models.text import load_text_encoder
+    from moviola.models.vae import CausalVAE
+    from moviola.train.dit import _resolve_vae_dir
+
+    t0 = time.time()
+    vae = CausalVAE.from_pretrained(_resolve_vae_dir(cfg), device=device).eval()
+    text = load_text_encoder(None if cfg.text_encoder == "minilm" else cfg.text_encoder, device=device)
+    data = dataclasses.replace(cfg.data, render_workers=workers)
+    last = [0.0]
+
+    def progress(i: int, n: int) -> None:
+        if time.time() - last[0] > 10 or i == n:
+            last[0] = time.time()
+            print(f"cache {i}/{n} clips, {time.time() - t0:.0f} s", flush=True)
+
+    build_world_cache(cache, data, vae, text, on_progress=progress, batch=64)
+    print(f"cache built in {time.time() - t0:.0f} s", flush=True)
+
+
+def wall_clock_cosine(end: float):
+    """lr_at(step, optim) with the cosine over the time left at the end of warm-up (not over steps)."""
+    start = [None]
+
+    def lr_at(step: int, cfg) -> float:
+        if step < cfg.warmup_steps:
+            return cfg.lr * (step + 1) / cfg.warmup_steps
+        now = time.time()
+        if start[0] is None:
+            start[0] = now
+        progress = min(1.0, (now - start[0]) / max(1.0, end - start[0]))
+        return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+    return lr_at
+
+
+def child(config: str, end: float, device: str, threads: int) -> None:
+    """One training run (its own process): stop at ``end`` (epoch seconds), learning rate over the clock."""
+    import moviola.train.dit as T
+
+    cfg = _load(config, [f"device={device}", f"threads={threads}"])
+    cfg.max_minutes = max(0.1, (end - time.time()) / 60)
+    T.lr_at = wall_clock_cosine(end)
+    t0 = time.time()
+
+    def on_step(step: int, total: int, metrics: dict) -> None:
+        if step % 250 == 0:
+            print(f"[{Path(cfg.out).name}] step {step} loss {metrics['loss']:.4f} "
+                  f"lr {metrics['lr']:.2e} {step / (time.time() - t0):.1f} steps/s", flush=True)
+
+    path = T.train_dit(cfg, on_step=on_step)
+    print(f"[{Path(cfg.out).name}] saved {path} after {time.time() - t0:.0f} s", flush=True)
+
+
+def pack(out_dir: Path, runs: list[Path]) -> None:
+    from safetensors.torch import load_file, save_file
+
+    from moviola.data.provenance import MANIFEST, read_manifest, summarize
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for run in runs:
+        model = run / "model"
+        if not (model / "dit.safetensors").exists():
+            print(f"{run}: no model saved", flush=True)
+            continue
+        dit = {k: (v.half() if v.is_floating_point() else v) for k, v in load_file(str(model / "dit.safetensors")).items()}
+        save_file(dit, str(out_dir / f"{run.name}.dit.safetensors"), metadata={"format": "pt", "dtype": "float16"})
+        with tarfile.open(out_dir / f"{run.name}.tar.gz", "w:gz") as tar:
+            for f in [model / "dit.json", model / "pipeline.json", model / "training_captions.json",
+                      run / "config.json", run / "log.jsonl"]:
+                if f.exists():
+                    tar.add(f, arcname=f"{run.name}/{f.name}")
+            rows = read_manifest(model)
+            if rows:
+                digest = hashlib.sha256((model / MANIFEST).read_bytes()).hexdigest()
+                blob = (json.dumps(summarize(rows, digest), indent=1) + "\n").encode()
+                info = tarfile.TarInfo(f"{run.name}/provenance.json")
+                info.size = len(blob)
+                tar.addfile(info, io.BytesIO(blob))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("configs", nargs="*")
+    ap.add_argument("--minutes", type=float, required=True, help="training budget of every run, from their start")
+    ap.add_argument("--cache", default="runs/gpu-cache")
+    ap.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 2), help="rendering processes")
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--threads", type=int, default=4, help="CPU threads per run")
+    ap.add_argument("--pack", default="", help="folder for the fp16 DiTs and small files of each run")
+    ap.add_argument("--child", default="", help=argparse.SUPPRESS)
+    ap.add_argument("--end", type=float, default=0.0, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        return child(args.child, args.end, args.device, args.threads)
+    if not args.configs:
+        ap.error("give at least one config")
+
+    cache = Path(args.cache).resolve()
+    first = _load(args.configs[0])
+    build_cache(first, cache, args.workers, torch.device(args.device))
+    end = time.time() + 60 * args.minutes
+    procs, runs = [], []
+    for config in args.configs:
+        cfg = _load(config)
+        if cfg.data != first.data:
+            raise SystemExit(f"{config}: its data section differs from {args.configs[0]}'s (the runs share one cache)")
+        out = Path(cfg.out)
+        out.mkdir(parents=True, exist_ok=True)
+        if not (out / "cache").exists():
+            (out / "cache").symlink_to(cache, target_is_directory=True)
+        runs.append(out)
+        cmd = [sys.executable, __file__, "--minutes", "0", "--child", config, "--end", str(end),
+               f"--device={args.device}", f"--threads={args.threads}"]
+        procs.append(subprocess.Popen(cmd))
+    codes = [p.wait() for p in procs]
+    print("exit codes", codes, flush=True)
+    if args.pack:
+        pack(Path(args.pack), runs)
+
+
+if __name__ == "__main__":
+    main()
