@@ -99,3 +99,25 @@ def test_a_wider_decoder_trains_on_a_frozen_encoder_from_a_saved_vae(tmp_path):
         train_vae(load_config(TrainVAEConfig, None, TINY + ["model.latent_channels=8", "optim.steps=0",
                                                             "decoder.steps=1", f"init_from='{base}'",
                                                             f"out='{tmp_path / 'bad'}'"]))
+
+
+def test_structural_loss_stays_fp32_inside_bf16_autocast():
+    """On a GPU the trainer runs under bf16 autocast; computed there, SSIM's variances on a flat world-like
+    frame cancel (loss 0.66 for a near-perfect reconstruction, gradients 80x off). It must not follow."""
+    from moviola.train.vae import structural_loss
+
+    x = torch.full((2, 3, 5, 32, 32), 0.8)
+    x[..., 10:20, 10:20] = -0.5  # a square on a flat background
+    rec = (x + 0.01 * torch.randn(x.shape, generator=torch.Generator().manual_seed(0))).requires_grad_()
+    want = structural_loss(rec, x)
+    (g_want,) = torch.autograd.grad(want, rec)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = structural_loss(rec, x)
+    (g_got,) = torch.autograd.grad(got, rec)
+    assert got.dtype == torch.float32 and want.item() < 0.05
+    assert torch.allclose(got, want) and torch.allclose(g_got, g_want)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # what the guard prevents: the same SSIM in bf16
+        from moviola.train.vae import frames_of, ssim
+
+        a, b = frames_of(rec).bfloat16(), frames_of(x).bfloat16()
+        assert abs((1 - ssim(a, b)).item() - want.item()) > 0.1

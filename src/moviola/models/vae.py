@@ -393,7 +393,8 @@ class DiagonalGaussian:
 
     def kl(self) -> Tensor:
         """KL(q || N(0, 1)) per latent element, (B, C, t, h, w); `.kl().mean()` is nats per element."""
-        return 0.5 * (self.mean.pow(2) + self.logvar.exp() - 1.0 - self.logvar)
+        mean, logvar = self.mean.float(), self.logvar.float()  # fp32 even from a bf16 (autocast) encoder
+        return 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar)
 
     @staticmethod
     def cat(parts: list[DiagonalGaussian]) -> DiagonalGaussian:

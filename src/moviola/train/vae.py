@@ -110,11 +110,13 @@ def frames_of(x: torch.Tensor) -> torch.Tensor:
 
 
 def structural_loss(rec: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """1 - SSIM at full and half resolution, per frame."""
-    a, b = frames_of(rec), frames_of(x)
-    full = 1 - ssim(a, b)
-    half = 1 - ssim(F.avg_pool2d(a, 2), F.avg_pool2d(b, 2))
-    return 0.5 * (full + half)
+    """1 - SSIM at full and half resolution, per frame; always in fp32, even inside bf16 autocast, where
+    the variances (blur(x * x) - blur(x) ** 2) cancel catastrophically on flat regions (world backgrounds)."""
+    with torch.autocast(rec.device.type, enabled=False):
+        a, b = frames_of(rec.float()), frames_of(x.float())
+        full = 1 - ssim(a, b)
+        half = 1 - ssim(F.avg_pool2d(a, 2), F.avg_pool2d(b, 2))
+        return 0.5 * (full + half)
 
 
 class PatchDiscriminator(nn.Module):
@@ -262,15 +264,18 @@ def train_vae(cfg: TrainVAEConfig, *, on_step=None) -> Path:
             if decoder_phase and cfg.decoder.latent_noise > 0:
                 z = z + _latent_noise(z, cfg.decoder.latent_noise)
             rec = model.decode(z)
-            rec, xf = rec.float(), x.float()
-            l1 = (rec - xf).abs().mean()
-            st = structural_loss(rec, xf)
-            kl = post.kl().mean()
-            loss = cfg.loss.l1 * l1 + cfg.loss.ssim * st + cfg.loss.kl * kl
-            use_gan = disc is not None and step >= cfg.loss.gan_start
-            if use_gan:
-                g_loss = -disc(frames_of(rec)).mean()
-                loss = loss + cfg.loss.gan_weight * g_loss
+        # The losses in fp32, outside autocast: under it SSIM's blurs ran in bf16, whose variances
+        # (blur(x * x) - blur(x) ** 2) cancel catastrophically (`structural_loss` guards itself too).
+        rec, xf = rec.float(), x.float()
+        l1 = (rec - xf).abs().mean()
+        st = structural_loss(rec, xf)
+        kl = post.kl().mean()
+        loss = cfg.loss.l1 * l1 + cfg.loss.ssim * st + cfg.loss.kl * kl
+        use_gan = disc is not None and step >= cfg.loss.gan_start
+        if use_gan:
+            with autocast(device):
+                g_loss = -disc(frames_of(rec)).float().mean()
+            loss = loss + cfg.loss.gan_weight * g_loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         gnorm = torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], cfg.optim.grad_clip)
