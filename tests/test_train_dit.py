@@ -199,3 +199,30 @@ def test_the_training_config_sets_the_saved_models_sampler_defaults(tmp_path, va
     assert Pipeline.from_pretrained(model_dir).config.steps == 7
     with pytest.raises(ValueError, match="sampling.sampler 'nope'"):
         train_dit(load_config(TrainDiTConfig, None, common + ["sampling.sampler='nope'", f"out='{tmp_path / 'b'}'"]))
+
+
+def test_gpu_script_learning_rate_follows_the_clock_after_warm_up(monkeypatch):
+    """scripts/train_gpu.py: warm-up by steps, then the cosine over the wall-clock time left, reaching
+    lr * min_lr_ratio at the end and staying there."""
+    import importlib.util
+    from pathlib import Path
+
+    from moviola.train.common import OptimConfig
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "train_gpu.py"
+    spec = importlib.util.spec_from_file_location("train_gpu", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    now = [1000.0]
+    monkeypatch.setattr(mod.time, "time", lambda: now[0])
+    cfg = OptimConfig(lr=1e-3, min_lr_ratio=0.1, warmup_steps=10, steps=10 ** 6)
+    lr_at = mod.wall_clock_cosine(end=1100.0)
+    assert lr_at(0, cfg) == 1e-4 and lr_at(9, cfg) == 1e-3  # warm-up: steps, not time
+    now[0] = 1020.0
+    assert lr_at(10, cfg) == 1e-3  # the cosine starts where warm-up ends (t = 1020, 80 s left)
+    lrs = []
+    for t in (1040.0, 1060.0, 1080.0, 1100.0, 1200.0):
+        now[0] = t
+        lrs.append(lr_at(500, cfg))
+    assert abs(lrs[1] - 0.55e-3) < 1e-12  # halfway through the 80 s: the cosine's midpoint
+    assert all(a > b for a, b in zip(lrs[:4], lrs[1:4])) and lrs[3] == lrs[4] == 1e-4
