@@ -93,6 +93,8 @@ def main() -> None:
     ap.add_argument("--checkpointing", choices=["auto", "on", "off"], default="auto",
                     help="activation checkpointing (auto: the preset's setting)")
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--compile", default="", choices=["", "default", "reduce-overhead", "max-autotune"],
+                    help="torch.compile the model in this mode (its compile time is reported apart)")
     ap.add_argument("--peak", type=float, default=0.0, help="peak FLOP/s to compare with (default: see above)")
     args = ap.parse_args()
     if args.threads:
@@ -113,6 +115,7 @@ def main() -> None:
     torch.manual_seed(0)
     model = DiT(cfg).to(device).train()
     opt = make_optimizer(model, OptimConfig(lr=1e-4))
+    forward = torch.compile(model, mode=args.compile) if args.compile else model
     B = args.batch
     x0 = torch.randn(B, *lat, device=device)
     noise = torch.randn_like(x0)
@@ -122,16 +125,18 @@ def main() -> None:
     def step() -> None:
         t = torch.rand(B, device=device)
         with autocast(device):
-            v = model(add_noise(x0, noise, t), t, ctx, mask)
+            v = forward(add_noise(x0, noise, t), t, ctx, mask)
             loss = flow_loss(v.float(), x0, noise)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
 
+    t_warm = time.perf_counter()
     for _ in range(args.warmup):
         step()
     _sync(device)
+    warm = time.perf_counter() - t_warm
     t0 = time.perf_counter()
     for _ in range(args.steps):
         step()
@@ -155,6 +160,7 @@ def main() -> None:
         ("device", f"{name}" + (" (bf16 autocast)" if device.type == "cuda" else " (fp32)")),
         ("batch", f"{B} clips of {w}x{h}, {frames} frames -> latents {lat}, {tokens} tokens each"),
         ("activation checkpointing", str(cfg.gradient_checkpointing)),
+        ("torch.compile", f"{args.compile} ({warm:.1f} s of warm-up steps, compiling included)" if args.compile else "no"),
         ("step time", f"{dt * 1e3:.1f} ms"),
         ("tokens / s", f"{B * tokens / dt:,.0f}"),
         ("clips / s", f"{B / dt:.2f}"),
