@@ -6,6 +6,7 @@ The shipped weights must stay within 20 MB together; fp16 halves the DiT (loadin
 fp32 parameters, so inference is unchanged apart from fp16 rounding of the weights). The VAE stays fp32.
 """
 
+import gzip
 import hashlib
 import json
 import shutil
@@ -21,8 +22,12 @@ from moviola import DEFAULT_MODEL_DIR
 def main(src: str) -> None:
     src_dir, dst = Path(src), DEFAULT_MODEL_DIR
     dst.mkdir(parents=True, exist_ok=True)
-    for name in ("vae.safetensors", "vae.json", "dit.json", "pipeline.json", "training_captions.json"):
+    for name in ("vae.safetensors", "vae.json", "dit.json", "pipeline.json"):
         shutil.copyfile(src_dir / name, dst / name)
+    # The captions trained on, gzipped (a GPU run's list is 11 MB of JSON); `training_captions` reads either.
+    (dst / "training_captions.json.gz").write_bytes(
+        gzip.compress((src_dir / "training_captions.json").read_bytes(), mtime=0))
+    (dst / "training_captions.json").unlink(missing_ok=True)
     # Provenance: a summary (counts by source and licence, the full manifest's hash), not the per-clip list of
     # thousands of procedural clips, which the data config and seeds in pipeline.json regenerate exactly.
     from moviola.data.provenance import MANIFEST, SUMMARY, read_manifest, summarize

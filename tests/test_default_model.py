@@ -48,3 +48,21 @@ def test_generate_cli_writes_a_video(tmp_path):
     assert r.returncode == 0, r.stderr
     vid = read_video(out)
     assert vid.frames.shape[1:] == (64, 64, 3) and vid.num_frames == 8
+
+
+def test_training_captions_are_read_plain_or_gzipped(tmp_path):
+    """The shipped model keeps its caption list gzipped; a training run writes it plain. Either is read, and
+    eval world keeps every one of them out of its prompts."""
+    import gzip
+    import json
+
+    from moviola import DEFAULT_MODEL_DIR
+    from moviola.pipeline import training_captions
+
+    shipped = training_captions(DEFAULT_MODEL_DIR)
+    assert len(shipped) > 100_000
+    (tmp_path / "training_captions.json.gz").write_bytes(gzip.compress(json.dumps(["a", "b"]).encode()))
+    assert training_captions(tmp_path) == {"a", "b"}
+    (tmp_path / "training_captions.json").write_text(json.dumps(["c"]))  # a plain list wins
+    assert training_captions(tmp_path) == {"c"}
+    assert training_captions(tmp_path / "nowhere") == set()

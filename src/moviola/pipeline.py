@@ -45,9 +45,16 @@ CAPTIONS_FILE = "training_captions.json"
 
 
 def training_captions(folder: str | Path) -> set[str]:
-    """The captions listed in ``folder``'s CAPTIONS_FILE (none if it has no such file)."""
+    """The captions listed in ``folder``'s CAPTIONS_FILE, or in its gzipped copy (``.gz``: the shipped model
+    keeps its list of 116,559 captions that way); none if it has neither."""
     path = Path(folder) / CAPTIONS_FILE
-    return set(json.loads(path.read_text())) if path.is_file() else set()
+    if path.is_file():
+        return set(json.loads(path.read_text()))
+    if path.with_name(CAPTIONS_FILE + ".gz").is_file():
+        import gzip
+
+        return set(json.loads(gzip.decompress(path.with_name(CAPTIONS_FILE + ".gz").read_bytes())))
+    return set()
 
 
 class GenerationError(ValueError):
