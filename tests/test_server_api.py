@@ -150,7 +150,23 @@ def test_remix_extend_edit(client, done, stack):
     out = read_video(_save(client, ext.id, stack.root / "ext.mp4")).frames
     assert out.shape == (24, 64, 64, 3)
     assert psnr(out[:16], src) > 30  # the source is kept as the extension's start
-    assert psnr(out[16:], src[-1:]) < 60  # ...and new frames follow it (not the last frame frozen)
+
+    # An uploaded clip whose content the test controls (a generated source may be nearly black at 4 steps,
+    # and black new frames would then look like a frozen last frame): a red square moving right.
+    from moviola.video_io import write_video
+
+    clip = np.zeros((16, 64, 64, 3), np.uint8)
+    for i in range(16):
+        clip[i, 24:36, 8 + 2 * i:20 + 2 * i, 0] = 220
+    write_video(stack.root / "moving.mp4", clip, 8)
+    up = client.videos.extend(prompt="a small red square moves right on a black background", seconds="1",
+                              video=("moving.mp4", (stack.root / "moving.mp4").read_bytes(), "video/mp4"))
+    up = poll(client, up.id)
+    assert up.status == "completed", up.error
+    out = read_video(_save(client, up.id, stack.root / "up.mp4")).frames
+    assert out.shape == (24, 64, 64, 3)
+    assert psnr(out[:16], clip) > 30  # the upload is kept as the extension's start
+    assert psnr(out[16:], out[15:16]) < 60  # ...and new frames follow it (not the last frame frozen)
 
     with pytest.raises(openai.BadRequestError, match="strength") as e:
         client.videos.remix(done.id, prompt="x", extra_body={"strength": 1.5})
