@@ -7,7 +7,6 @@ fp32 parameters, so inference is unchanged apart from fp16 rounding of the weigh
 """
 
 import gzip
-import hashlib
 import json
 import shutil
 import sys
@@ -30,12 +29,11 @@ def main(src: str) -> None:
     (dst / "training_captions.json").unlink(missing_ok=True)
     # Provenance: a summary (counts by source and licence, the full manifest's hash), not the per-clip list of
     # thousands of procedural clips, which the data config and seeds in pipeline.json regenerate exactly.
-    from moviola.data.provenance import MANIFEST, SUMMARY, read_manifest, summarize
+    from moviola.data.provenance import SUMMARY, manifest_summary
 
-    rows = read_manifest(src_dir)
-    if rows:
-        digest = hashlib.sha256((src_dir / MANIFEST).read_bytes()).hexdigest()
-        (dst / SUMMARY).write_text(json.dumps(summarize(rows, digest), indent=1) + "\n")
+    summary = manifest_summary(src_dir)
+    if summary is not None:
+        (dst / SUMMARY).write_text(json.dumps(summary, indent=1) + "\n")
     dit = {k: (v.half() if v.is_floating_point() else v) for k, v in load_file(str(src_dir / "dit.safetensors")).items()}
     save_file(dit, str(dst / "dit.safetensors"), metadata={"format": "pt", "dtype": "float16"})
     for p in dst.iterdir():  # readable by everyone (the writers may leave mkstemp's 0600)

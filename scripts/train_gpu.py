@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import io
 import json
 import math
@@ -98,7 +97,7 @@ def child(config: str, end: float, device: str, threads: int) -> None:
 def pack(out_dir: Path, runs: list[Path]) -> None:
     from safetensors.torch import load_file, save_file
 
-    from moviola.data.provenance import MANIFEST, read_manifest, summarize
+    from moviola.data.provenance import manifest_summary
 
     out_dir.mkdir(parents=True, exist_ok=True)
     for run in runs:
@@ -113,10 +112,9 @@ def pack(out_dir: Path, runs: list[Path]) -> None:
                       run / "config.json", run / "log.jsonl"]:
                 if f.exists():
                     tar.add(f, arcname=f"{run.name}/{f.name}")
-            rows = read_manifest(model)
-            if rows:
-                digest = hashlib.sha256((model / MANIFEST).read_bytes()).hexdigest()
-                blob = (json.dumps(summarize(rows, digest), indent=1) + "\n").encode()
+            summary = manifest_summary(model)
+            if summary is not None:
+                blob = (json.dumps(summary, indent=1) + "\n").encode()
                 info = tarfile.TarInfo(f"{run.name}/provenance.json")
                 info.size = len(blob)
                 tar.addfile(info, io.BytesIO(blob))

@@ -47,13 +47,13 @@ CAPTIONS_FILE = "training_captions.json"
 def training_captions(folder: str | Path) -> set[str]:
     """The captions listed in ``folder``'s CAPTIONS_FILE, or in its gzipped copy (``.gz``: the shipped model
     keeps its list of 116,559 captions that way); none if it has neither."""
-    path = Path(folder) / CAPTIONS_FILE
+    path, gz = Path(folder) / CAPTIONS_FILE, Path(folder) / (CAPTIONS_FILE + ".gz")
     if path.is_file():
         return set(json.loads(path.read_text()))
-    if path.with_name(CAPTIONS_FILE + ".gz").is_file():
+    if gz.is_file():
         import gzip
 
-        return set(json.loads(gzip.decompress(path.with_name(CAPTIONS_FILE + ".gz").read_bytes())))
+        return set(json.loads(gzip.decompress(gz.read_bytes())))
     return set()
 
 

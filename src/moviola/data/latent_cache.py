@@ -200,22 +200,24 @@ def _rendered(cfg: WorldCacheConfig, jobs: list) -> Iterable[tuple[torch.Tensor,
     import multiprocessing as mp
     from collections import deque
     from concurrent.futures import ProcessPoolExecutor
+    from itertools import islice
 
     if cfg.render_workers <= 1 or "fork" not in mp.get_all_start_methods():
         for _, make, bi, b, start, count in jobs:
             yield make(cfg, bi, b, start, count)
         return
     with ProcessPoolExecutor(cfg.render_workers, mp_context=mp.get_context("fork")) as pool:
-        waiting, todo = deque(), iter(jobs)
-        for _, make, bi, b, start, count in todo:
-            waiting.append(pool.submit(_render_job, make, cfg, bi, b, start, count))
-            if len(waiting) >= 2 * cfg.render_workers:
-                break
+        def submit(job):
+            _, make, bi, b, start, count = job
+            return pool.submit(_render_job, make, cfg, bi, b, start, count)
+
+        todo = iter(jobs)
+        waiting = deque(submit(job) for job in islice(todo, 2 * cfg.render_workers))
         while waiting:
             frames, rows = waiting.popleft().result()
-            for _, make, bi, b, start, count in todo:  # keep the pool busy: one new part per part taken
-                waiting.append(pool.submit(_render_job, make, cfg, bi, b, start, count))
-                break
+            job = next(todo, None)  # keep the pool busy: one new part per part taken
+            if job is not None:
+                waiting.append(submit(job))
             yield torch.from_numpy(frames), rows
 
 

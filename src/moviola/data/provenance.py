@@ -48,6 +48,15 @@ def summarize(rows: list[dict[str, Any]], manifest_sha256: str | None = None) ->
     return out
 
 
+def manifest_summary(folder: Path) -> dict[str, Any] | None:
+    """``summarize`` of a folder's manifest with the manifest file's sha256 (None if it has no manifest):
+    what a shipped model keeps instead of thousands of per-clip records."""
+    rows = read_manifest(folder)
+    if not rows:
+        return None
+    return summarize(rows, hashlib.sha256((Path(folder) / MANIFEST).read_bytes()).hexdigest())
+
+
 def carry(run_manifest: Path | None, base_dir: Path | None, result: Path) -> dict[str, Any] | None:
     """Write the saved model's provenance: this run's records followed by its base model's (tagged by
     stage), and the base's summary kept beside them if that is all the base has. Returns the summary
