@@ -1,8 +1,14 @@
-"""Train DiTs on one GPU in a fixed wall-clock budget: the world cache built once, with its clips rendered
-in parallel, then one `moviola train dit` run per config, side by side on the GPU.
+"""Train DiTs (and autoencoders) on one GPU in a fixed wall-clock budget: the world cache built once, with
+its clips rendered in parallel, then one `moviola train dit` run per config, side by side on the GPU.
 
     python scripts/train_gpu.py --minutes 6 --cache runs/gpu-cache --workers 14 \\
         configs/dit/gpu_finetune.toml configs/dit/gpu_wide.toml [--pack OUT]
+
+``--vae CONFIG`` (repeatable) first trains `moviola train vae` configs side by side for ``--vae-minutes``
+(batches rendered by ``--workers`` processes shared among them), each the same way: its warm-up, then the
+cosine over the clock. Each VAE run also writes ``<out>/init``: the shipped model folder with that VAE in
+place of the shipped one, so a DiT config with ``init_from = "<out>/init"`` fine-tunes the shipped DiT in
+the new latent space (its cache is then encoded with the new VAE).
 
 Each config is an ordinary `moviola train dit` config; the runs share the first config's world cache
 (``data`` sections must agree) through a link ``<out>/cache``. How many steps a GPU makes in the budget
@@ -22,6 +28,7 @@ import io
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -76,6 +83,34 @@ def wall_clock_cosine(end: float):
     return lr_at
 
 
+def vae_child(config: str, end: float, device: str, threads: int, workers: int) -> None:
+    """One autoencoder run (its own process): stop at ``end``, learning rate over the clock, then ``init``."""
+    import shutil
+
+    import moviola.train.vae as V
+    from moviola import DEFAULT_MODEL_DIR
+    from moviola.config import load_config
+
+    cfg = load_config(V.TrainVAEConfig, config, [f"device={device}", f"threads={threads}",
+                                                   f"data_workers={workers}"])
+    cfg.max_minutes = max(0.05, (end - time.time()) / 60)
+    V.lr_at = wall_clock_cosine(end)
+    t0 = time.time()
+
+    def on_step(step: int, total: int, metrics: dict) -> None:
+        if step % 250 == 0:
+            print(f"[{Path(cfg.out).name}] step {step} loss {metrics['loss']:.4f} l1 {metrics['l1']:.4f} "
+                  f"lr {metrics['lr']:.2e} {step / (time.time() - t0):.1f} steps/s", flush=True)
+
+    model = V.train_vae(cfg, on_step=on_step)
+    init = Path(cfg.out) / "init"
+    shutil.rmtree(init, ignore_errors=True)
+    shutil.copytree(DEFAULT_MODEL_DIR, init)
+    for name in ("vae.safetensors", "vae.json"):
+        shutil.copyfile(model / name, init / name)
+    print(f"[{Path(cfg.out).name}] saved {model} (and {init}) after {time.time() - t0:.0f} s", flush=True)
+
+
 def child(config: str, end: float, device: str, threads: int) -> None:
     """One training run (its own process): stop at ``end`` (epoch seconds), learning rate over the clock."""
     import moviola.train.dit as T
@@ -94,12 +129,22 @@ def child(config: str, end: float, device: str, threads: int) -> None:
     print(f"[{Path(cfg.out).name}] saved {path} after {time.time() - t0:.0f} s", flush=True)
 
 
-def pack(out_dir: Path, runs: list[Path]) -> None:
+def pack(out_dir: Path, runs: list[Path], vae_runs: list[Path] = ()) -> None:
     from safetensors.torch import load_file, save_file
 
     from moviola.data.provenance import manifest_summary
 
     out_dir.mkdir(parents=True, exist_ok=True)
+    for run in vae_runs:  # the VAE in fp32, as it ships
+        model = run / "model"
+        if not (model / "vae.safetensors").exists():
+            print(f"{run}: no VAE saved", flush=True)
+            continue
+        shutil.copyfile(model / "vae.safetensors", out_dir / f"{run.name}.vae.safetensors")
+        with tarfile.open(out_dir / f"{run.name}.tar.gz", "w:gz") as tar:
+            for f in [model / "vae.json", run / "config.json", run / "log.jsonl"]:
+                if f.exists():
+                    tar.add(f, arcname=f"{run.name}/{f.name}")
     for run in runs:
         model = run / "model"
         if not (model / "dit.safetensors").exists():
@@ -124,6 +169,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("configs", nargs="*")
     ap.add_argument("--minutes", type=float, required=True, help="training budget of every run, from their start")
+    ap.add_argument("--vae", action="append", default=[], help="a `moviola train vae` config to train first")
+    ap.add_argument("--vae-minutes", type=float, default=0.0, help="budget of the VAE runs")
     ap.add_argument("--cache", default="runs/gpu-cache")
     ap.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 2), help="rendering processes")
     ap.add_argument("--device", default="cuda")
@@ -131,11 +178,36 @@ def main() -> None:
     ap.add_argument("--pack", default="", help="folder for the fp16 DiTs and small files of each run")
     ap.add_argument("--child", default="", help=argparse.SUPPRESS)
     ap.add_argument("--end", type=float, default=0.0, help=argparse.SUPPRESS)
+    ap.add_argument("--vae-child", default="", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.vae_child:
+        return vae_child(args.vae_child, args.end, args.device, args.threads, args.workers)
     if args.child:
         return child(args.child, args.end, args.device, args.threads)
-    if not args.configs:
+    if not args.configs and not args.vae:
         ap.error("give at least one config")
+    if args.vae and args.vae_minutes <= 0:
+        ap.error("--vae needs --vae-minutes")
+
+    vae_runs = []
+    if args.vae:
+        from moviola.config import load_config
+        from moviola.train.vae import TrainVAEConfig
+
+        end = time.time() + 60 * args.vae_minutes
+        procs = []
+        for config in args.vae:
+            vae_runs.append(Path(load_config(TrainVAEConfig, config).out))
+            cmd = [sys.executable, __file__, "--minutes", "0", "--vae-child", config, "--end", str(end),
+                   f"--device={args.device}", f"--threads={args.threads}",
+                   f"--workers={max(1, args.workers // len(args.vae))}"]
+            procs.append(subprocess.Popen(cmd))
+        codes = [p.wait() for p in procs]
+        print("VAE exit codes", codes, flush=True)
+        if args.pack:  # now, so that the autoencoders come back even if a later stage fails
+            pack(Path(args.pack), [], vae_runs)
+    if not args.configs:
+        return
 
     cache = Path(args.cache).resolve()
     first = _load(args.configs[0])
@@ -157,7 +229,7 @@ def main() -> None:
     codes = [p.wait() for p in procs]
     print("exit codes", codes, flush=True)
     if args.pack:
-        pack(Path(args.pack), runs)
+        pack(Path(args.pack), runs, vae_runs)
 
 
 if __name__ == "__main__":

@@ -34,6 +34,24 @@ def test_resume_continues_the_same_loss_curve(tmp_path):
     assert torch.allclose(torch.tensor(a), torch.tensor(b), rtol=1e-5, atol=1e-6)
 
 
+def test_batches_made_by_worker_processes_give_the_same_loss_curve(tmp_path):
+    base = TINY + ["optim.steps=4", "ckpt_every=4", "data.world_weight=0.5"]
+    train_vae(load_config(TrainVAEConfig, None, base + [f"out='{tmp_path / 'a'}'"]))
+    train_vae(load_config(TrainVAEConfig, None, base + ["data_workers=2", f"out='{tmp_path / 'b'}'"]))
+    a, b = losses(tmp_path / "a"), losses(tmp_path / "b")
+    assert len(a) == len(b) == 4 and a == b
+
+
+def test_max_minutes_stops_checkpoints_and_saves(tmp_path):
+    out = tmp_path / "run"
+    cfg = load_config(TrainVAEConfig, None, TINY + ["optim.steps=1000", "ckpt_every=1000", "max_minutes=1e-9",
+                                                   f"out='{out}'"])
+    model_dir = train_vae(cfg)
+    assert (model_dir / "vae.safetensors").is_file()
+    assert torch.load(out / "ckpt.pt", weights_only=False)["step"] == 1  # stopped after its first step
+    assert len(losses(out)) == 1
+
+
 def test_training_learns_and_saves_a_loadable_model(tmp_path):
     out = tmp_path / "run"
     cfg = load_config(TrainVAEConfig, None, TINY + ["optim.steps=100", "optim.lr=3e-3", "ckpt_every=100",

@@ -197,34 +197,16 @@ def _rendered(cfg: WorldCacheConfig, jobs: list) -> Iterable[tuple[torch.Tensor,
     """(frames, rows) of each job, in order: rendered here, or by ``cfg.render_workers`` forked processes
     (which inherit the world's colours, `extra_colors` included) while the caller encodes. Every clip is a
     pure function of its seed, so the cache is the same either way. At most two parts per worker wait."""
-    import multiprocessing as mp
-    from collections import deque
-    from concurrent.futures import ProcessPoolExecutor
-    from itertools import islice
+    from moviola.data.parallel import ordered_map
 
-    if cfg.render_workers <= 1 or "fork" not in mp.get_all_start_methods():
-        for _, make, bi, b, start, count in jobs:
-            yield make(cfg, bi, b, start, count)
-        return
-    with ProcessPoolExecutor(cfg.render_workers, mp_context=mp.get_context("fork")) as pool:
-        def submit(job):
-            _, make, bi, b, start, count = job
-            return pool.submit(_render_job, make, cfg, bi, b, start, count)
-
-        todo = iter(jobs)
-        waiting = deque(submit(job) for job in islice(todo, 2 * cfg.render_workers))
-        while waiting:
-            frames, rows = waiting.popleft().result()
-            job = next(todo, None)  # keep the pool busy: one new part per part taken
-            if job is not None:
-                waiting.append(submit(job))
-            yield torch.from_numpy(frames), rows
+    for frames, rows in ordered_map(_render_job, [(cfg, *job[1:]) for job in jobs], cfg.render_workers):
+        yield torch.from_numpy(frames), rows
 
 
-def _render_job(make, *args) -> tuple[np.ndarray, list[dict]]:
-    """One part rendered in a worker: one thread (the pool is the parallelism), frames sent back as numpy."""
-    torch.set_num_threads(1)
-    frames, rows = make(*args)
+def _render_job(job) -> tuple[np.ndarray, list[dict]]:
+    """One part rendered (in a worker or here), frames as numpy so that they cross processes cheaply."""
+    cfg, make, bi, b, start, count = job
+    frames, rows = make(cfg, bi, b, start, count)
     return frames.numpy(), rows
 
 

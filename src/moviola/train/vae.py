@@ -17,8 +17,10 @@ while reconstructions get sharper for the cost of decoder-only steps.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -27,6 +29,7 @@ from torch import nn
 
 from moviola.config import save_config, to_dict
 from moviola.data.clips import ClipBatches, ClipDataConfig, eval_clips, psnr
+from moviola.data.parallel import ordered_map
 from moviola.models.vae import CausalVAE, VAEConfig
 from moviola.train.common import (EMA, JsonlLog, OptimConfig, autocast, load_checkpoint, lr_at, make_optimizer,
                                   pick_device, save_checkpoint)
@@ -70,6 +73,8 @@ class TrainVAEConfig:
     out: str = "runs/vae"
     device: str = "auto"
     threads: int = 0  # torch CPU threads; 0 = torch's default
+    data_workers: int = 0  # > 1: batches made ahead by this many forked processes (the same batches)
+    max_minutes: float = 0.0  # > 0: stop, checkpoint and save the model when the wall-clock budget is spent
     log_every: int = 25
     eval_every: int = 500
     ckpt_every: int = 250
@@ -188,7 +193,12 @@ def _start_decoder_phase(model: CausalVAE, ema: EMA, cfg: TrainVAEConfig) -> tor
 
 
 def _init_from(model: CausalVAE, folder: Path) -> None:
-    """Load a saved VAE's encoder and latent statistics into ``model`` (and its decoder if the shapes match)."""
+    """Load a saved VAE's encoder and latent statistics into ``model`` (and its decoder if the shapes match).
+    ``default`` names the shipped model folder."""
+    if str(folder) == "default":
+        from moviola import DEFAULT_MODEL_DIR
+
+        folder = DEFAULT_MODEL_DIR
     if not (folder / "vae.safetensors").is_file():
         raise FileNotFoundError(f"init_from: {folder} has no vae.safetensors")
     base = CausalVAE.from_pretrained(folder)
@@ -203,6 +213,16 @@ def _init_from(model: CausalVAE, folder: Path) -> None:
         model.decoder.load_state_dict(base.decoder.state_dict())
 
 
+def _close(streams: dict) -> None:
+    for stream in streams.values():
+        stream.close()  # ends its worker processes
+    streams.clear()
+
+
+def _batch_numpy(batches: ClipBatches, index: int):
+    return batches.batch(index).numpy()
+
+
 def train_vae(cfg: TrainVAEConfig, *, on_step=None) -> Path:
     """Train (or resume) and return the saved model folder.
 
@@ -212,6 +232,8 @@ def train_vae(cfg: TrainVAEConfig, *, on_step=None) -> Path:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = pick_device(cfg.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # 3D convolutions: a few shapes (one per bucket), measured once
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.json")
@@ -245,6 +267,8 @@ def train_vae(cfg: TrainVAEConfig, *, on_step=None) -> Path:
     dec_batches = (ClipBatches(dataclasses.replace(cfg.data, frames=cfg.decoder.frames), cfg.optim.batch_size)
                    if cfg.decoder.frames else batches)
     t_last, seen = time.time(), 0
+    t_start = time.time()
+    made = {}  # phase -> stream of its batches from the current step on (made ahead when data_workers > 1)
     while step < total:
         decoder_phase = step >= cfg.optim.steps
         if decoder_phase and step == cfg.optim.steps:
@@ -252,7 +276,11 @@ def train_vae(cfg: TrainVAEConfig, *, on_step=None) -> Path:
         lr = lr_at(step - cfg.optim.steps, _decoder_optim(cfg)) if decoder_phase else lr_at(step, cfg.optim)
         for g in opt.param_groups:
             g["lr"] = lr
-        x = (dec_batches if decoder_phase else batches).batch(step).to(device)
+        if decoder_phase not in made:
+            _close(made)  # the first phase's workers end here
+            src = dec_batches if decoder_phase else batches
+            made[decoder_phase] = ordered_map(partial(_batch_numpy, src), itertools.count(step), cfg.data_workers)
+        x = torch.from_numpy(next(made[decoder_phase])).to(device)
         model.train()
         with autocast(device):
             if decoder_phase:
@@ -301,11 +329,17 @@ def train_vae(cfg: TrainVAEConfig, *, on_step=None) -> Path:
             ev = evaluate(ema.model, device)
             log.write(step=step, **ev)
             metrics.update(ev)
-        if step % cfg.ckpt_every == 0 or step == total:
+        late = bool(cfg.max_minutes) and (time.time() - t_start) / 60 > cfg.max_minutes
+        if late:
+            log.write(step=step, stopped="max_minutes")
+        if step % cfg.ckpt_every == 0 or step == total or late:
             extra = {"disc": disc.state_dict(), "disc_opt": disc_opt.state_dict()} if disc is not None else {}
             save_checkpoint(ckpt, model=model, ema=ema, optimizer=opt, step=step, config=to_dict(cfg), extra=extra)
         if on_step:
             on_step(step, total, metrics)
+        if late:
+            break
+    _close(made)
     final = ema.model
     if not (cfg.init_from and cfg.optim.steps == 0):  # a frozen encoder keeps the statistics it came with
         mean, std = latent_stats(final, batches, cfg.stats_batches, device)

@@ -1,0 +1,34 @@
+"""Work made ahead in forked processes, handed back in order.
+
+Every clip the data code makes is a pure function of its seed or index, so rendering in a pool instead
+of in the caller changes when a batch is made, never what it holds: training and caches stay the same.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+from collections import deque
+from concurrent.futures import ProcessPoolExecutor
+from itertools import islice
+from typing import Callable, Iterable, Iterator
+
+import torch
+
+
+def ordered_map(fn: Callable, items: Iterable, workers: int, ahead: int = 2) -> Iterator:
+    """``fn(item)`` for each item, in order; with ``workers > 1`` computed by that many forked processes,
+    at most ``ahead`` results per worker waiting (``items`` may be endless). Each worker uses one torch
+    thread: the pool is the parallelism. Results cross processes by pickling, so return numpy, not tensors.
+    Without ``fork`` (Windows, macOS's default) or with ``workers <= 1`` it runs in the caller."""
+    if workers <= 1 or "fork" not in mp.get_all_start_methods():
+        yield from map(fn, items)
+        return
+    with ProcessPoolExecutor(workers, mp_context=mp.get_context("fork"), initializer=torch.set_num_threads,
+                             initargs=(1,)) as pool:
+        todo = iter(items)
+        waiting = deque(pool.submit(fn, item) for item in islice(todo, ahead * workers))
+        while waiting:
+            result = waiting.popleft().result()
+            for item in islice(todo, 1):  # keep the pool busy: one new item per result taken
+                waiting.append(pool.submit(fn, item))
+            yield result
