@@ -83,10 +83,20 @@ def wall_clock_cosine(end: float):
     return lr_at
 
 
+def with_vae(base: Path, vae: Path, out: Path) -> Path:
+    """``out``: a copy of the model folder ``base`` with the VAE of folder ``vae`` in place of its own."""
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(base, tmp)
+    for name in ("vae.safetensors", "vae.json"):
+        shutil.copyfile(vae / name, tmp / name)
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    return out
+
+
 def vae_child(config: str, end: float, device: str, threads: int, workers: int) -> None:
     """One autoencoder run (its own process): stop at ``end``, learning rate over the clock, then ``init``."""
-    import shutil
-
     import moviola.train.vae as V
     from moviola import DEFAULT_MODEL_DIR
     from moviola.config import load_config
@@ -103,11 +113,7 @@ def vae_child(config: str, end: float, device: str, threads: int, workers: int) 
                   f"lr {metrics['lr']:.2e} {step / (time.time() - t0):.1f} steps/s", flush=True)
 
     model = V.train_vae(cfg, on_step=on_step)
-    init = Path(cfg.out) / "init"
-    shutil.rmtree(init, ignore_errors=True)
-    shutil.copytree(DEFAULT_MODEL_DIR, init)
-    for name in ("vae.safetensors", "vae.json"):
-        shutil.copyfile(model / name, init / name)
+    init = with_vae(DEFAULT_MODEL_DIR, model, Path(cfg.out) / "init")
     print(f"[{Path(cfg.out).name}] saved {model} (and {init}) after {time.time() - t0:.0f} s", flush=True)
 
 

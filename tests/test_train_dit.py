@@ -226,3 +226,30 @@ def test_gpu_script_learning_rate_follows_the_clock_after_warm_up(monkeypatch):
         lrs.append(lr_at(500, cfg))
     assert abs(lrs[1] - 0.55e-3) < 1e-12  # halfway through the 80 s: the cosine's midpoint
     assert all(a > b for a, b in zip(lrs[:4], lrs[1:4])) and lrs[3] == lrs[4] == 1e-4
+
+
+def test_gpu_script_vae_stage_folder_is_the_base_with_the_new_vae(tmp_path):
+    """scripts/train_gpu.py's `with_vae`: the DiT stage's init folder holds the base folder's files, its
+    VAE replaced by the new one, written whole (no half-copied folder under the final name)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "train_gpu.py"
+    spec = importlib.util.spec_from_file_location("train_gpu", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    base, vae = tmp_path / "base", tmp_path / "vae"
+    base.mkdir(), vae.mkdir()
+    for name, text in [("dit.safetensors", "dit"), ("pipeline.json", "{}"), ("vae.safetensors", "old"),
+                       ("vae.json", "old cfg")]:
+        (base / name).write_text(text)
+    (vae / "vae.safetensors").write_text("new")
+    (vae / "vae.json").write_text("new cfg")
+    (tmp_path / "run").mkdir()
+    out = mod.with_vae(base, vae, tmp_path / "run" / "init")
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in base.iterdir())
+    assert (out / "vae.safetensors").read_text() == "new" and (out / "vae.json").read_text() == "new cfg"
+    assert (out / "dit.safetensors").read_text() == "dit" and (base / "vae.safetensors").read_text() == "old"
+    (vae / "vae.safetensors").write_text("newer")
+    mod.with_vae(base, vae, out)  # again over an existing folder
+    assert (out / "vae.safetensors").read_text() == "newer" and not (tmp_path / "run" / "init.tmp").exists()
