@@ -63,7 +63,10 @@ def build_cache(cfg, cache: Path, workers: int, device: torch.device) -> None:
             last[0] = time.time()
             print(f"cache {i}/{n} clips, {time.time() - t0:.0f} s", flush=True)
 
-    build_world_cache(cache, data, vae, text, on_progress=progress, batch=64)
+    from moviola.world.extra import extra_colors
+
+    with extra_colors(*cfg.extra_colors):  # opt-in colours (a LoRA teaching pink): rendered into the cache too
+        build_world_cache(cache, data, vae, text, on_progress=progress, batch=64)
     print(f"cache built in {time.time() - t0:.0f} s", flush=True)
 
 
@@ -153,6 +156,13 @@ def pack(out_dir: Path, runs: list[Path], vae_runs: list[Path] = ()) -> None:
                     tar.add(f, arcname=f"{run.name}/{f.name}")
     for run in runs:
         model = run / "model"
+        if (run / "lora").is_dir():  # a LoRA adapter: small, its folder as it is
+            with tarfile.open(out_dir / f"{run.name}.tar.gz", "w:gz") as tar:
+                tar.add(run / "lora", arcname=f"{run.name}/lora")
+                for f in [run / "config.json", run / "log.jsonl"]:
+                    if f.exists():
+                        tar.add(f, arcname=f"{run.name}/{f.name}")
+            continue
         if not (model / "dit.safetensors").exists():
             print(f"{run}: no model saved", flush=True)
             continue
