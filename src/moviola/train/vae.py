@@ -12,6 +12,10 @@ An optional second phase (``decoder.steps > 0``, the recipe of Stable Diffusion'
 continues from the EMA weights with the encoder frozen and trains only the decoder, with its own warm-up
 and cosine schedule: the latent space (and any diffusion model trained in it) stays exactly as it was,
 while reconstructions get sharper for the cost of decoder-only steps.
+
+On a GPU, rendering batches in the training process starves it: ``data_workers = N`` makes them ahead in N
+forked processes (the same batches, so the same loss curve), and ``max_minutes`` stops a run on the clock
+(checkpointed and saved as at its last step; a rerun resumes with a fresh budget).
 """
 
 from __future__ import annotations
