@@ -98,6 +98,18 @@ def with_vae(base: Path, vae: Path, out: Path) -> Path:
     return out
 
 
+def _progress(name: str, t0: float, keys: tuple[str, ...]):
+    """A trainer's on_step printing ``keys``, the learning rate and steps per second every 250 steps."""
+
+    def on_step(step: int, total: int, metrics: dict) -> None:
+        if step % 250 == 0:
+            shown = " ".join(f"{k} {metrics[k]:.4f}" for k in keys)
+            print(f"[{name}] step {step} {shown} lr {metrics['lr']:.2e} "
+                  f"{step / (time.time() - t0):.1f} steps/s", flush=True)
+
+    return on_step
+
+
 def vae_child(config: str, end: float, device: str, threads: int, workers: int) -> None:
     """One autoencoder run (its own process): stop at ``end``, learning rate over the clock, then ``init``."""
     import moviola.train.vae as V
@@ -109,13 +121,7 @@ def vae_child(config: str, end: float, device: str, threads: int, workers: int) 
     cfg.max_minutes = max(0.05, (end - time.time()) / 60)
     V.lr_at = wall_clock_cosine(end)
     t0 = time.time()
-
-    def on_step(step: int, total: int, metrics: dict) -> None:
-        if step % 250 == 0:
-            print(f"[{Path(cfg.out).name}] step {step} loss {metrics['loss']:.4f} l1 {metrics['l1']:.4f} "
-                  f"lr {metrics['lr']:.2e} {step / (time.time() - t0):.1f} steps/s", flush=True)
-
-    model = V.train_vae(cfg, on_step=on_step)
+    model = V.train_vae(cfg, on_step=_progress(Path(cfg.out).name, t0, ("loss", "l1")))
     init = with_vae(DEFAULT_MODEL_DIR, model, Path(cfg.out) / "init")
     print(f"[{Path(cfg.out).name}] saved {model} (and {init}) after {time.time() - t0:.0f} s", flush=True)
 
@@ -128,13 +134,7 @@ def child(config: str, end: float, device: str, threads: int) -> None:
     cfg.max_minutes = max(0.1, (end - time.time()) / 60)
     T.lr_at = wall_clock_cosine(end)
     t0 = time.time()
-
-    def on_step(step: int, total: int, metrics: dict) -> None:
-        if step % 250 == 0:
-            print(f"[{Path(cfg.out).name}] step {step} loss {metrics['loss']:.4f} "
-                  f"lr {metrics['lr']:.2e} {step / (time.time() - t0):.1f} steps/s", flush=True)
-
-    path = T.train_dit(cfg, on_step=on_step)
+    path = T.train_dit(cfg, on_step=_progress(Path(cfg.out).name, t0, ("loss",)))
     print(f"[{Path(cfg.out).name}] saved {path} after {time.time() - t0:.0f} s", flush=True)
 
 
