@@ -17,7 +17,7 @@ over the wall-clock budget instead of over ``optim.steps`` (set it high); every 
 model when the budget is spent (``max_minutes``). On a CPU, or to resume exactly, use `moviola train dit`.
 
 ``--pack OUT`` writes each run's DiT in fp16 (what `scripts/ship_default.py` ships) and a .tar.gz of its
-small files (configs, log, pipeline.json, training captions, provenance summary) to OUT.
+small files (configs, log, the model's config.json files, training captions, provenance summary) to OUT.
 """
 
 from __future__ import annotations
@@ -36,6 +36,8 @@ import time
 from pathlib import Path
 
 import torch
+
+from moviola.layout import CONFIG_NAME, LEGACY_CONFIG, WEIGHTS, config_path, config_text, part_weights, read_config
 
 
 def _load(path: str, overrides: list[str] = ()):
@@ -91,8 +93,13 @@ def with_vae(base: Path, vae: Path, out: Path) -> Path:
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(base, tmp)
-    for name in ("vae.safetensors", "vae.json"):
-        shutil.copyfile(vae / name, tmp / name)
+    part = tmp / "vae"  # the new VAE's files in the copy's vae/ folder; an old flat layout's own VAE files go
+    shutil.rmtree(part, ignore_errors=True)
+    part.mkdir()
+    shutil.copyfile(part_weights(vae, "vae"), part / WEIGHTS["vae"])
+    (part / CONFIG_NAME).write_text(config_text("vae", read_config(vae, "vae")))
+    for name in (WEIGHTS["vae"], LEGACY_CONFIG["vae"]):
+        (tmp / name).unlink(missing_ok=True)
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
     return out
@@ -144,35 +151,35 @@ def pack(out_dir: Path, runs: list[Path], vae_runs: list[Path] = ()) -> None:
     from moviola.data.provenance import manifest_summary
 
     out_dir.mkdir(parents=True, exist_ok=True)
+
+    def add(tar: tarfile.TarFile, run: Path, files: list[Path]) -> None:  # kept at their paths under the run
+        for f in files:
+            if f.exists():
+                tar.add(f, arcname=f"{run.name}/{f.relative_to(run)}")
+
     for run in vae_runs:  # the VAE in fp32, as it ships
         model = run / "model"
-        if not (model / "vae.safetensors").exists():
+        if not part_weights(model, "vae").exists():
             print(f"{run}: no VAE saved", flush=True)
             continue
-        shutil.copyfile(model / "vae.safetensors", out_dir / f"{run.name}.vae.safetensors")
+        shutil.copyfile(part_weights(model, "vae"), out_dir / f"{run.name}.vae.safetensors")
         with tarfile.open(out_dir / f"{run.name}.tar.gz", "w:gz") as tar:
-            for f in [model / "vae.json", run / "config.json", run / "log.jsonl"]:
-                if f.exists():
-                    tar.add(f, arcname=f"{run.name}/{f.name}")
+            add(tar, run, [config_path(model, "vae"), run / "config.json", run / "log.jsonl"])
     for run in runs:
         model = run / "model"
         if (run / "lora").is_dir():  # a LoRA adapter: small, its folder as it is
             with tarfile.open(out_dir / f"{run.name}.tar.gz", "w:gz") as tar:
                 tar.add(run / "lora", arcname=f"{run.name}/lora")
-                for f in [run / "config.json", run / "log.jsonl"]:
-                    if f.exists():
-                        tar.add(f, arcname=f"{run.name}/{f.name}")
+                add(tar, run, [run / "config.json", run / "log.jsonl"])
             continue
-        if not (model / "dit.safetensors").exists():
+        if not part_weights(model, "dit").exists():
             print(f"{run}: no model saved", flush=True)
             continue
-        dit = {k: (v.half() if v.is_floating_point() else v) for k, v in load_file(str(model / "dit.safetensors")).items()}
+        dit = {k: (v.half() if v.is_floating_point() else v) for k, v in load_file(str(part_weights(model, "dit"))).items()}
         save_file(dit, str(out_dir / f"{run.name}.dit.safetensors"), metadata={"format": "pt", "dtype": "float16"})
         with tarfile.open(out_dir / f"{run.name}.tar.gz", "w:gz") as tar:
-            for f in [model / "dit.json", model / "pipeline.json", model / "training_captions.json",
-                      run / "config.json", run / "log.jsonl"]:
-                if f.exists():
-                    tar.add(f, arcname=f"{run.name}/{f.name}")
+            add(tar, run, [config_path(model, "dit"), config_path(model, "pipeline"), model / "training_captions.json",
+                           run / "config.json", run / "log.jsonl"])
             summary = manifest_summary(model)
             if summary is not None:
                 blob = (json.dumps(summary, indent=1) + "\n").encode()

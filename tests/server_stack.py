@@ -151,21 +151,20 @@ _SHARED: Stack | None = None
 def model_with_known_frames(root: Path) -> str | None:
     """None if the shipped default takes known frames; else the folder of a copy whose DiT is widened with
     ``with_conditioning`` (same outputs for text-only requests; the abilities run)."""
-    import json
-
     from moviola import DEFAULT_MODEL_DIR
+    from moviola.layout import read_config
 
     src = Path(DEFAULT_MODEL_DIR)
-    if json.loads((src / "dit.json").read_text()).get("cond_channels"):
+    if read_config(src, "dit").get("cond_channels"):
         return None
     from moviola.models.dit import DiT, with_conditioning
 
     dst = root / "models" / "default"
     dst.mkdir(parents=True)
     for f in src.iterdir():
-        if f.is_file() and not f.name.startswith("dit."):
+        if f.name != "dit":
             os.symlink(f, dst / f.name)
-    with_conditioning(DiT.from_pretrained(src)).save_pretrained(dst)
+    with_conditioning(DiT.from_pretrained(src)).save_pretrained(dst / "dit")
     return str(dst)
 
 

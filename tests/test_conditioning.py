@@ -126,7 +126,7 @@ def test_with_conditioning_computes_the_original_until_trained(tmp_path):
 
     # The config names the conditioning and round-trips through a model folder.
     wide.save_pretrained(tmp_path)
-    assert json.loads((tmp_path / "dit.json").read_text())["cond_channels"] == 5
+    assert json.loads((tmp_path / "config.json").read_text())["cond_channels"] == 5
     loaded = DiT.from_pretrained(tmp_path)
     assert loaded.config == wide.config
     with torch.no_grad():

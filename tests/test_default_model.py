@@ -8,13 +8,14 @@ import pytest
 
 from moviola import DEFAULT_MODEL_DIR
 
-pytestmark = pytest.mark.skipif(not (DEFAULT_MODEL_DIR / "dit.safetensors").is_file(),
+pytestmark = pytest.mark.skipif(not (DEFAULT_MODEL_DIR / "dit" / "dit.safetensors").is_file(),
                                 reason="no default model shipped")
 
 
 def test_weights_within_size_limits():
-    vae = (DEFAULT_MODEL_DIR / "vae.safetensors").stat().st_size
-    total = sum(p.stat().st_size for p in DEFAULT_MODEL_DIR.glob("*.safetensors"))
+    vae = (DEFAULT_MODEL_DIR / "vae" / "vae.safetensors").stat().st_size
+    total = sum(p.stat().st_size for p in DEFAULT_MODEL_DIR.rglob("*.safetensors"))
+    assert total > vae > 0
     assert vae <= 8 * 10 ** 6, vae
     assert total <= 20 * 10 ** 6, total
     assert (DEFAULT_MODEL_DIR / "MODEL_CARD.md").is_file()

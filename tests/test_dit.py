@@ -221,15 +221,16 @@ def test_batch_independence():
 def test_save_load_round_trip(tmp_path):
     model = make_model(shared_adaln=True)
     model.save_pretrained(tmp_path)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["dit.json", "dit.safetensors"]  # no temp files left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "dit.safetensors"]  # no temp files left
     loaded = DiT.from_pretrained(tmp_path)
     assert loaded.config == model.config
     x, t, context, mask = inputs()
     with torch.no_grad():
         assert torch.equal(loaded(x, t, context, mask), model(x, t, context, mask))
 
-    cfg = json.loads((tmp_path / "dit.json").read_text())
-    (tmp_path / "dit.json").write_text(json.dumps(cfg | {"dim_typo": 3}))
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    assert cfg["_class_name"] == "DiT"
+    (tmp_path / "config.json").write_text(json.dumps(cfg | {"dim_typo": 3}))
     with pytest.raises(ValueError, match="dim_typo"):
         DiT.from_pretrained(tmp_path)
 

@@ -115,7 +115,7 @@ def test_lora_teaches_the_default_model_pink(tmp_path):
     from moviola.world.extra import EXTRA_COLORS, color_fraction
     from moviola.world.spec import COLORS
 
-    if not (DEFAULT_MODEL_DIR / "dit.safetensors").is_file():
+    if not (DEFAULT_MODEL_DIR / "dit" / "dit.safetensors").is_file():
         pytest.skip("no shipped default model")
     cfg = load_config(TrainDiTConfig, None, [
         "init_from='default'", "extra_colors=['pink']", f"out='{tmp_path}'",

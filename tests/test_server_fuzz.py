@@ -93,9 +93,10 @@ def test_text_only_model_refuses_abilities_before_queuing(tmp_path):
 
     model = tmp_path / "text-only"
     model.mkdir()
-    (model / "pipeline.json").write_text((DEFAULT_MODEL_DIR / "pipeline.json").read_text())
-    (model / "dit.json").write_text(json.dumps({**json.loads((DEFAULT_MODEL_DIR / "dit.json").read_text()),
-                                                "cond_channels": 0}))
+    (model / "dit").mkdir()
+    (model / "config.json").write_text((DEFAULT_MODEL_DIR / "config.json").read_text())
+    (model / "dit" / "config.json").write_text(json.dumps({**json.loads((DEFAULT_MODEL_DIR / "dit" / "config.json")
+                                                                        .read_text()), "cond_channels": 0}))
     app = create_app(ServerConfig(storage=str(tmp_path / "s"), model=str(model)))
     token, _ = create_key(app.state.db, "t")
     auth = {"Authorization": f"Bearer {token}"}

@@ -126,7 +126,7 @@ def test_two_processes_match_one_and_resume_exactly(tmp_path, vae_dir):
     # a 2-process checkpoint resumes in 1 process and continues the same curve
     model_dir = train_dit(_cfg(vae_dir, two_ckpt, 20))
     assert np.abs(np.array(_losses(two_ckpt)) - np.array(ref)).max() < 1e-5
-    assert (model_dir / "dit.safetensors").is_file()
+    assert (model_dir / "dit" / "dit.safetensors").is_file()
     # only rank 0 wrote: one log line per step, no stray files from rank 1
     assert len((two / "log.jsonl").read_text().splitlines()) == 20
 
@@ -145,6 +145,6 @@ def test_torchrun_launches_the_cli_trainer(tmp_path, vae_dir):
            "-m", "moviola.cli", "train", "dit", *args]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert res.returncode == 0, res.stderr[-2000:]
-    assert (two / "model" / "dit.safetensors").is_file()
+    assert (two / "model" / "dit" / "dit.safetensors").is_file()
     assert len(_losses(two)) == 4
     assert np.abs(np.array(_losses(two)) - np.array(_losses(one))).max() < 1e-5

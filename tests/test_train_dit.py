@@ -189,12 +189,14 @@ def test_tensorboard_scalars_or_a_clear_error(tmp_path, vae_dir, monkeypatch):
 
 
 def test_the_training_config_sets_the_saved_models_sampler_defaults(tmp_path, vae_dir):
-    """[sampling] in a training config is written to the model's pipeline.json, so one command makes the
+    """[sampling] in a training config is written to the model's config.json, so one command makes the
     model `generate` runs as shipped; keys left at their "keep" values keep the defaults."""
     common = TINY_DIT + [f"vae='{vae_dir}'", "optim.steps=1"]
     model_dir = train_dit(load_config(TrainDiTConfig, None, common + [
         "sampling.steps=7", "sampling.guidance=3.5", "sampling.shift=2.0", f"out='{tmp_path / 'a'}'"]))
-    saved = json.loads((model_dir / "pipeline.json").read_text())
+    saved = json.loads((model_dir / "config.json").read_text())
+    assert saved["_class_name"] == "Pipeline" and sorted(p.name for p in (model_dir / "dit").iterdir()) == [
+        "config.json", "dit.safetensors"]  # moviola.layout: a folder per part
     assert (saved["steps"], saved["guidance"], saved["shift"], saved["sampler"]) == (7, 3.5, 2.0, "euler")
     assert Pipeline.from_pretrained(model_dir).config.steps == 7
     with pytest.raises(ValueError, match="sampling.sampler 'nope'"):
@@ -239,17 +241,26 @@ def test_gpu_script_vae_stage_folder_is_the_base_with_the_new_vae(tmp_path):
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     base, vae = tmp_path / "base", tmp_path / "vae"
-    base.mkdir(), vae.mkdir()
-    for name, text in [("dit.safetensors", "dit"), ("pipeline.json", "{}"), ("vae.safetensors", "old"),
-                       ("vae.json", "old cfg")]:
+    for d in (base / "vae", base / "dit", vae):
+        d.mkdir(parents=True)
+    for name, text in [("dit/dit.safetensors", "dit"), ("config.json", "{}"), ("vae/vae.safetensors", "old"),
+                       ("vae/config.json", '{"base_channels": 1}')]:
         (base / name).write_text(text)
-    (vae / "vae.safetensors").write_text("new")
-    (vae / "vae.json").write_text("new cfg")
+    (vae / "vae.safetensors").write_text("new")  # a VAE's own folder, as `moviola train vae` saves it
+    (vae / "config.json").write_text('{"_class_name": "CausalVAE", "base_channels": 2}')
     (tmp_path / "run").mkdir()
     out = mod.with_vae(base, vae, tmp_path / "run" / "init")
     assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in base.iterdir())
-    assert (out / "vae.safetensors").read_text() == "new" and (out / "vae.json").read_text() == "new cfg"
-    assert (out / "dit.safetensors").read_text() == "dit" and (base / "vae.safetensors").read_text() == "old"
+    assert (out / "vae" / "vae.safetensors").read_text() == "new"
+    assert json.loads((out / "vae" / "config.json").read_text())["base_channels"] == 2
+    assert (out / "dit" / "dit.safetensors").read_text() == "dit" and (base / "vae" / "vae.safetensors").read_text() == "old"
     (vae / "vae.safetensors").write_text("newer")
     mod.with_vae(base, vae, out)  # again over an existing folder
-    assert (out / "vae.safetensors").read_text() == "newer" and not (tmp_path / "run" / "init.tmp").exists()
+    assert (out / "vae" / "vae.safetensors").read_text() == "newer" and not (tmp_path / "run" / "init.tmp").exists()
+    flat = tmp_path / "flat"  # a model folder of the old flat layout: its VAE files give way to vae/
+    flat.mkdir()
+    for name in ("dit.safetensors", "dit.json", "pipeline.json", "vae.safetensors", "vae.json"):
+        (flat / name).write_text("{}")
+    out = mod.with_vae(flat, vae, tmp_path / "run" / "flat")
+    assert not (out / "vae.safetensors").exists() and not (out / "vae.json").exists()
+    assert (out / "vae" / "vae.safetensors").read_text() == "newer" and (out / "dit.safetensors").exists()

@@ -146,8 +146,9 @@ def test_save_load_round_trip(vae, tmp_path):
     model = CausalVAE(PRESETS["tiny"])
     model.set_latent_stats(torch.randn(4), torch.rand(4) + 0.5)
     model.save_pretrained(tmp_path)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["vae.json", "vae.safetensors"]  # no temp files left
-    meta = json.loads((tmp_path / "vae.json").read_text())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "vae.safetensors"]  # no temp files left
+    meta = json.loads((tmp_path / "config.json").read_text())
+    assert meta["_class_name"] == "CausalVAE"
     assert meta["latent_std"] == pytest.approx(model.latent_std.tolist())
 
     loaded = CausalVAE.from_pretrained(tmp_path)
@@ -161,7 +162,7 @@ def test_save_load_round_trip(vae, tmp_path):
     assert max_diff(loaded.denormalize(loaded.normalize(z)), z) <= 1e-5
 
     meta["kernel_size"] = 3
-    (tmp_path / "vae.json").write_text(json.dumps(meta))
+    (tmp_path / "config.json").write_text(json.dumps(meta))
     with pytest.raises(ValueError, match="'kernel_size'"):
         CausalVAE.from_pretrained(tmp_path)
 

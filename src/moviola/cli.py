@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from moviola.config import ConfigError
+from moviola.layout import part_weights, read_config
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -414,12 +415,14 @@ def cmd_data_cache(args, extra: list[str]) -> int:
     cfg = load_config(FolderCacheConfig, args.config, overrides)
     cfg.buckets = parse_buckets(args.buckets) if args.buckets else check_buckets(cfg.buckets)
     model = _model_dir(args.model)
-    if not (model / "vae.safetensors").is_file():
-        raise FileNotFoundError(f"{model}: no vae.safetensors here (pass --model DIR)")
+    if not part_weights(model, "vae").is_file():
+        raise FileNotFoundError(f"{model}: no VAE here (pass --model DIR: a model folder or a VAE's own)")
     text_name = args.text_encoder
-    if text_name is None:  # the model folder says which text encoder its DiT was trained with
-        pj = model / "pipeline.json"
-        text_name = json.loads(pj.read_text()).get("text_encoder", "minilm") if pj.is_file() else "minilm"
+    if text_name is None:  # a model folder says which text encoder its DiT was trained with; a VAE's own, none
+        try:
+            text_name = read_config(model, "pipeline").get("text_encoder", "minilm")
+        except (FileNotFoundError, ValueError):
+            text_name = "minilm"
     vae = CausalVAE.from_pretrained(model)
     text = load_text_encoder(None if text_name == "minilm" else text_name)
     with progress() as bar:
@@ -441,8 +444,8 @@ def cmd_eval_vae(args) -> int:
     from moviola.eval.vae import evaluate_vae
 
     model = Path(args.model) if args.model else DEFAULT_MODEL_DIR
-    if not (model / "vae.safetensors").is_file():
-        raise FileNotFoundError(f"{model}: no vae.safetensors here (pass --model DIR)")
+    if not part_weights(model, "vae").is_file():
+        raise FileNotFoundError(f"{model}: no VAE here (pass --model DIR: a model folder or a VAE's own)")
     print(json.dumps(evaluate_vae(model, n=args.n), indent=1))
     return 0
 
@@ -700,8 +703,8 @@ def build_parser() -> argparse.ArgumentParser:
     dk.add_argument("--config", help="TOML config of FolderCacheConfig (e.g. configs/data/footage.toml); other "
                                      "flags and dotted overrides (--shots.min_shot_seconds=1) apply on top")
     dk.add_argument("--out", help="cache folder (default: FOLDER-cache beside the folder)")
-    dk.add_argument("--model", help="model folder with vae.safetensors (and pipeline.json naming its text "
-                                    "encoder); default: the shipped model")
+    dk.add_argument("--model", help="model folder (its VAE and the text encoder its config names) or a VAE's "
+                                    "own folder; default: the shipped model")
     dk.add_argument("--text-encoder", help="minilm or a local T5/CLIP folder (default: the model's)")
     dk.add_argument("--buckets", help="bucket file (.toml/.json: [{width, height, frames, batch_size, weight}]) or "
                                       "inline WxHxFRAMES[:BATCH[:WEIGHT]],... (default: 64x64, 96x64, 64x96, 112x48 "

@@ -15,10 +15,10 @@ head of the next one), the rest are sampled by a DiT trained with random conditi
 with the causal VAE: a prefix encodes exactly as it will decode (causality), a suffix is encoded after a
 cross-fade standing in for the frames still to be made. Output clips keep the given frames as given.
 
-A model folder holds one file pair per part (``vae.safetensors`` + ``vae.json``, ``dit.safetensors`` +
-``dit.json``) and ``pipeline.json`` (text encoder, frame rate, the sizes and durations the model supports,
-sampler defaults). Everything loads from disk; nothing is downloaded. Generation uses only the learned
-parts: the world's renderer is never imported here.
+A model folder holds ``config.json`` (text encoder, frame rate, the sizes and durations the model supports,
+sampler defaults) and a folder per part with its safetensors and ``config.json`` (``vae/``, ``dit/``; see
+``moviola.layout``, which also reads the old flat layout). Everything loads from disk; nothing is
+downloaded. Generation uses only the learned parts: the world's renderer is never imported here.
 """
 
 from __future__ import annotations
@@ -35,11 +35,12 @@ import torch
 
 from moviola.flow.path import add_noise, shift_for_tokens, timesteps
 from moviola.flow.samplers import SOLVERS, cfg_model_fn, known_frames_fn, make_noise
+from moviola.layout import CONFIG_NAME, config_text, missing_parts, read_config
 from moviola.models.dit import DiT, frame_cond
 from moviola.models.text import load_text_encoder
 from moviola.models.vae import CausalVAE
 
-PIPELINE_FILE = "pipeline.json"
+PIPELINE_FILE = CONFIG_NAME  # the model folder's own config.json (moviola.layout)
 # The captions a model (or adapter) trained on, its base model's included, so evaluation can avoid them.
 CAPTIONS_FILE = "training_captions.json"
 
@@ -143,10 +144,10 @@ class Pipeline:
     @classmethod
     def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu") -> "Pipeline":
         d = Path(directory)
-        for name in (PIPELINE_FILE, "vae.safetensors", "dit.safetensors"):
-            if not (d / name).is_file():
-                raise FileNotFoundError(f"{d}: not a Moviola model folder (missing {name})")
-        cfg = PipelineConfig.from_dict(json.loads((d / PIPELINE_FILE).read_text()))
+        missing = missing_parts(d)
+        if missing:
+            raise FileNotFoundError(f"{d}: not a Moviola model folder (missing {', '.join(missing)})")
+        cfg = PipelineConfig.from_dict(read_config(d, "pipeline"))
         vae = CausalVAE.from_pretrained(d, device=device)
         dit = DiT.from_pretrained(d, device=device)
         text = load_text_encoder(None if cfg.text_encoder == "minilm" else cfg.text_encoder)
@@ -157,9 +158,9 @@ class Pipeline:
 
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
-        self.vae.save_pretrained(d)
-        self.dit.save_pretrained(d)
-        atomic_write_bytes(d / PIPELINE_FILE, (json.dumps(asdict(self.config), indent=2) + "\n").encode())
+        self.vae.save_pretrained(d / "vae")
+        self.dit.save_pretrained(d / "dit")
+        atomic_write_bytes(d / PIPELINE_FILE, config_text("pipeline", asdict(self.config)).encode())
 
     def load_lora(self, path: str | Path, scale: float = 1.0) -> "Pipeline":
         """Apply a LoRA adapter (``moviola train dit`` with ``[lora]``: a folder with lora.safetensors and

@@ -65,10 +65,12 @@ class FolderCacheConfig:
 
 
 def vae_fingerprint(path: str | Path) -> str:
-    """sha256 of a VAE's weights: ``path`` is ``vae.safetensors`` or a model folder holding it."""
+    """sha256 of a VAE's weights: ``path`` is ``vae.safetensors``, a VAE's folder or a model folder."""
+    from moviola.layout import part_weights
+
     p = Path(path)
     if p.is_dir():
-        p = p / "vae.safetensors"
+        p = part_weights(p, "vae")
     if not p.is_file():
         raise FileNotFoundError(f"{p}: no such VAE weights file")
     return file_sha256(p)

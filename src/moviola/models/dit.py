@@ -39,8 +39,7 @@ from torch.utils.checkpoint import checkpoint
 from moviola.config import from_dict, to_dict
 from moviola.models.layers import MLP, QKNorm, RMSNorm, TimestepEmbedder, apply_rope, rope_3d, rope_axis_dims
 
-WEIGHTS_NAME = "dit.safetensors"
-CONFIG_NAME = "dit.json"
+WEIGHTS_NAME = "dit.safetensors"  # with config.json beside it (moviola.layout)
 
 
 # --- config --------------------------------------------------------------------------------------
@@ -346,25 +345,33 @@ class DiT(nn.Module):
     # --- persistence -----------------------------------------------------------------------------
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
-        """Write `dit.safetensors` (weights) and `dit.json` (config), each atomically."""
+        """Write `dit.safetensors` (weights) and `config.json` (config), each atomically, into the DiT's own
+        folder (a model folder's `dit/`); one whose config.json is another part's is refused."""
         from safetensors.torch import save_file
 
+        from moviola.layout import CONFIG_NAME, check_writable, config_text
+
         d = Path(directory)
+        check_writable(d, "dit")
         d.mkdir(parents=True, exist_ok=True)
         tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
         _atomic_write(d / WEIGHTS_NAME, lambda p: save_file(tensors, p, metadata={"format": "pt"}))
-        _atomic_write(d / CONFIG_NAME, lambda p: Path(p).write_text(json.dumps(self.config.to_dict(), indent=2) + "\n"))
+        _atomic_write(d / CONFIG_NAME, lambda p: Path(p).write_text(config_text("dit", self.config.to_dict())))
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, device: str | torch.device = "cpu") -> DiT:
-        """Load what `save_pretrained` wrote; no network. Returns the model in eval mode on `device`."""
+        """Load what `save_pretrained` wrote, from that folder or from a model folder holding it in `dit/`
+        (or, in the old flat layout, `dit.safetensors` + `dit.json`); no network. Returns the model in eval
+        mode on `device`."""
         from safetensors.torch import load_file
 
-        d = Path(directory)
-        if not (d / CONFIG_NAME).is_file() or not (d / WEIGHTS_NAME).is_file():
-            raise FileNotFoundError(f"{d} must hold {CONFIG_NAME} and {WEIGHTS_NAME} (see DiT.save_pretrained)")
-        model = cls(DiTConfig.from_dict(json.loads((d / CONFIG_NAME).read_text())))
-        model.load_state_dict(load_file(d / WEIGHTS_NAME, device=str(device)))
+        from moviola.layout import part_weights, read_config
+
+        weights = part_weights(directory, "dit")
+        if not weights.is_file():
+            raise FileNotFoundError(f"{directory}: no DiT here (expected {weights}; see DiT.save_pretrained)")
+        model = cls(DiTConfig.from_dict(read_config(directory, "dit")))
+        model.load_state_dict(load_file(weights, device=str(device)))
         return model.to(device).eval()
 
 

@@ -32,8 +32,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-WEIGHTS_NAME = "vae.safetensors"
-CONFIG_NAME = "vae.json"
+WEIGHTS_NAME = "vae.safetensors"  # with config.json beside it (moviola.layout)
 
 
 # --- config --------------------------------------------------------------------------------------
@@ -650,26 +649,38 @@ class CausalVAE(nn.Module):
     # --- files ---------------------------------------------------------------------------------
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
-        """Write `vae.safetensors` (weights and latent stats) and `vae.json` (config and stats), atomically."""
+        """Write `vae.safetensors` (weights and latent stats) and `config.json` (config and stats), atomically.
+
+        `directory` is the VAE's own folder (a model folder's `vae/`); one whose config.json is another part's
+        is refused."""
         from safetensors.torch import save_file
 
+        from moviola.layout import CONFIG_NAME, check_writable, config_text
+
         d = Path(directory)
+        check_writable(d, "vae")
         d.mkdir(parents=True, exist_ok=True)
         tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
         stats = {"latent_mean": self.latent_mean.tolist(), "latent_std": self.latent_std.tolist()}
         meta = self.config.to_dict() | stats  # the stats are informational here; the safetensors copy loads
         _atomic_write(d / WEIGHTS_NAME, lambda p: save_file(tensors, p, metadata={"format": "pt"}))
-        _atomic_write(d / CONFIG_NAME, lambda p: Path(p).write_text(json.dumps(meta, indent=2) + "\n"))
+        _atomic_write(d / CONFIG_NAME, lambda p: Path(p).write_text(config_text("vae", meta)))
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, device: str | torch.device = "cpu") -> CausalVAE:
-        """Load what `save_pretrained` wrote; no network. Returns the model in eval mode on `device`."""
+        """Load what `save_pretrained` wrote, from that folder or from a model folder holding it in `vae/`
+        (or, in the old flat layout, `vae.safetensors` + `vae.json`); no network. Returns the model in eval
+        mode on `device`."""
         from safetensors.torch import load_file
 
-        d = Path(directory)
-        meta = json.loads((d / CONFIG_NAME).read_text())
+        from moviola.layout import part_weights, read_config
+
+        weights = part_weights(directory, "vae")
+        if not weights.is_file():
+            raise FileNotFoundError(f"{directory}: no VAE here (expected {weights}; see CausalVAE.save_pretrained)")
+        meta = read_config(directory, "vae")
         meta.pop("latent_mean", None)  # informational: the safetensors copy is the one loaded
         meta.pop("latent_std", None)
         model = cls(VAEConfig.from_dict(meta))
-        model.load_state_dict(load_file(d / WEIGHTS_NAME, device=str(device)))
+        model.load_state_dict(load_file(weights, device=str(device)))
         return model.to(device).eval()

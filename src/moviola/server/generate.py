@@ -1,7 +1,7 @@
 """The server's one door to the model: what a request may ask for, and how a job becomes frames.
 
-Request limits come from the model folder's ``pipeline.json`` and ``dit.json`` (read as JSON, so the API
-process never imports torch): sides ``min_side..max_side`` in multiples of ``side_multiple`` (the default
+Request limits come from the model folder's ``config.json`` and its DiT's (``moviola.layout``; read as JSON,
+so the API process never imports torch): sides ``min_side..max_side`` in multiples of ``side_multiple`` (the default
 model: 32-128 in steps of 16) at ``fps`` (8).
 
 Sizes. A size the model supports is used as given. Sora's four sizes are mapped to the supported size
@@ -14,7 +14,7 @@ uploaded video with no size asked for is made at the trained size nearest its as
 (64x64, 96x64 or 64x96, as ``Pipeline.size_for``).
 
 Seconds: any number given as a string ("2", "2.5") up to ``ModelInfo.longest``: a model trained with
-known frames (``dit.json`` ``cond_channels > 0``) makes clips window by window, so up to its
+known frames (its DiT config's ``cond_channels > 0``) makes clips window by window, so up to its
 ``max_total_seconds`` capped by the server's own limit (``DEFAULT_MAX_SECONDS`` = 60 s, the length of
 Sora's headline clips; a longer clip is a long CPU job); a text-only model makes one window, up to its
 ``max_seconds`` (4 s). Clips are streamed to disk window by window (``Result.frames`` may be an iterator),
@@ -37,12 +37,13 @@ foresee fails the job with code ``invalid_request`` and the pipeline's message.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from moviola.layout import CONFIG_NAME, config_path, read_config
 
 DEFAULT_SIZE = (64, 64)
 DEFAULT_SECONDS = "4"
@@ -72,7 +73,7 @@ class JobFailure(Exception):
 
 @dataclass
 class ModelInfo:
-    """The served model's name and the limits from its ``pipeline.json`` and ``dit.json`` (no torch)."""
+    """The served model's name and the limits from its configs (no torch)."""
 
     name: str
     directory: Path
@@ -85,21 +86,20 @@ class ModelInfo:
     steps: int = 16
     guidance: float = 4.0
     sampler: str = "euler"
-    conditioned: bool = False  # the DiT takes known frames (dit.json cond_channels > 0)
+    conditioned: bool = False  # the DiT takes known frames (the DiT config's cond_channels > 0)
     cap_seconds: float = DEFAULT_MAX_SECONDS  # the server's own limit
 
     @classmethod
     def from_dir(cls, directory: str | Path, name: str | None = None,
                  cap_seconds: float = DEFAULT_MAX_SECONDS) -> "ModelInfo":
         d = Path(directory)
-        f = d / "pipeline.json"
-        if not f.is_file():
-            raise FileNotFoundError(f"{d}: not a Moviola model folder (missing pipeline.json)")
-        cfg = json.loads(f.read_text())
+        if not config_path(d, "pipeline").is_file():
+            raise FileNotFoundError(f"{d}: not a Moviola model folder (missing {CONFIG_NAME})")
+        cfg = read_config(d, "pipeline")
         keep = {k: cfg[k] for k in ("fps", "min_side", "max_side", "side_multiple", "max_seconds",
                                     "max_total_seconds", "steps", "guidance", "sampler") if k in cfg}
-        dit = d / "dit.json"
-        conditioned = dit.is_file() and int(json.loads(dit.read_text()).get("cond_channels") or 0) > 0
+        dit = config_path(d, "dit")
+        conditioned = dit.is_file() and int(read_config(d, "dit").get("cond_channels") or 0) > 0
         if name is None:
             from moviola import DEFAULT_MODEL_DIR
 

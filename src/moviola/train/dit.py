@@ -39,6 +39,7 @@ import torch
 from moviola.config import save_config, to_dict
 from moviola.data.latent_cache import LatentCache, WorldCacheConfig, build_world_cache, buckets_of
 from moviola.flow.path import add_noise, flow_loss, sample_time, shift_for_tokens
+from moviola.layout import missing_parts, part_weights, read_config
 from moviola.models.dit import DiT, DiTConfig, PRESETS, frame_cond, with_conditioning
 from moviola.models.lora import LoRAConfig, inject_lora, merge_lora, save_lora
 from moviola.models.text import load_text_encoder
@@ -69,7 +70,7 @@ EVAL_PROMPTS = [
 
 @dataclass
 class SamplingDefaults:
-    """The sampler settings written to the saved model's pipeline.json (what `generate` uses unless told
+    """The sampler settings written to the saved model's config.json (what `generate` uses unless told
     otherwise), or for a LoRA adapter to its lora.json (used while it is applied); each one left at its
     "keep" value keeps the base model's, or the built-in default."""
 
@@ -83,7 +84,7 @@ class SamplingDefaults:
 class TrainDiTConfig:
     model: DiTConfig = field(default_factory=lambda: dataclasses.replace(PRESETS["small"]))  # unused with init_from
     vae: str = ""  # folder with vae.safetensors; "" = the shipped default model folder (or init_from's)
-    text_encoder: str = "minilm"  # unused with init_from (the folder's pipeline.json names it)
+    text_encoder: str = "minilm"  # unused with init_from (the folder's config.json names it)
     init_from: str = ""  # a model folder to fine-tune ("default" = the shipped one); "" = train from scratch
     lora: LoRAConfig = field(default_factory=LoRAConfig)  # rank 0 = train every weight
     data: DataConfig = field(default_factory=DataConfig)
@@ -137,8 +138,8 @@ def _resolve_vae_dir(cfg: TrainDiTConfig) -> Path:
     from moviola import DEFAULT_MODEL_DIR
 
     d = Path(cfg.vae) if cfg.vae else (init_dir(cfg) or DEFAULT_MODEL_DIR)
-    if not (d / "vae.safetensors").is_file():
-        raise FileNotFoundError(f"{d}: no vae.safetensors (train one with 'moviola train vae' and pass --vae)")
+    if not part_weights(d, "vae").is_file():
+        raise FileNotFoundError(f"{d}: no VAE here (train one with 'moviola train vae' and pass --vae)")
     return d
 
 
@@ -149,9 +150,10 @@ def init_dir(cfg: TrainDiTConfig) -> Path | None:
     if not cfg.init_from:
         return None
     d = DEFAULT_MODEL_DIR if cfg.init_from == "default" else Path(cfg.init_from)
-    for name in ("pipeline.json", "dit.safetensors", "dit.json", "vae.safetensors"):
-        if not (d / name).is_file():
-            raise FileNotFoundError(f"init_from {cfg.init_from!r}: {d} is not a Moviola model folder (missing {name})")
+    missing = missing_parts(d)
+    if missing:
+        raise FileNotFoundError(f"init_from {cfg.init_from!r}: {d} is not a Moviola model folder "
+                                f"(missing {', '.join(missing)})")
     return d
 
 
@@ -387,7 +389,7 @@ class _Scalars:
 def train_dit(cfg: TrainDiTConfig, *, on_step=None, on_cache=None) -> Path:
     """Build the cache if needed, train (or resume), and save the model folder (or LoRA adapter) on rank 0;
     returns its path (on every rank)."""
-    from moviola.pipeline import PIPELINE_FILE, Pipeline, PipelineConfig
+    from moviola.pipeline import Pipeline, PipelineConfig
 
     t_start = time.time()
     if cfg.grad_accum < 1:
@@ -413,7 +415,7 @@ def train_dit(cfg: TrainDiTConfig, *, on_step=None, on_cache=None) -> Path:
         vae_dir = _resolve_vae_dir(cfg)
         vae = CausalVAE.from_pretrained(vae_dir, device=device)
         if base_dir is not None:
-            pcfg = PipelineConfig.from_dict(json.loads((base_dir / PIPELINE_FILE).read_text()))
+            pcfg = PipelineConfig.from_dict(read_config(base_dir, "pipeline"))
         else:
             pcfg = PipelineConfig(text_encoder=cfg.text_encoder, fps=cfg.data.fps, guidance=cfg.guidance)
         pcfg = _with_sampling(pcfg, cfg.sampling)

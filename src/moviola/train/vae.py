@@ -34,6 +34,7 @@ from torch import nn
 from moviola.config import save_config, to_dict
 from moviola.data.clips import ClipBatches, ClipDataConfig, eval_clips, psnr
 from moviola.data.parallel import ordered_map
+from moviola.layout import part_weights
 from moviola.models.vae import CausalVAE, VAEConfig
 from moviola.train.common import (EMA, JsonlLog, OptimConfig, autocast, load_checkpoint, lr_at, make_optimizer,
                                   pick_device, save_checkpoint)
@@ -203,8 +204,8 @@ def _init_from(model: CausalVAE, folder: Path) -> None:
         from moviola import DEFAULT_MODEL_DIR
 
         folder = DEFAULT_MODEL_DIR
-    if not (folder / "vae.safetensors").is_file():
-        raise FileNotFoundError(f"init_from: {folder} has no vae.safetensors")
+    if not part_weights(folder, "vae").is_file():
+        raise FileNotFoundError(f"init_from: {folder} has no VAE ({part_weights(folder, 'vae')})")
     base = CausalVAE.from_pretrained(folder)
     if base.config.encoder_fields() != model.config.encoder_fields():
         diff = {k: (v, model.config.encoder_fields()[k]) for k, v in base.config.encoder_fields().items()

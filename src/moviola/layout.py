@@ -1,0 +1,107 @@
+"""Where a model folder keeps each part (torch-free, so the server can read limits without loading a model).
+
+    MODEL/config.json                       the pipeline: text encoder, fps, size and duration limits, sampler
+    MODEL/vae/vae.safetensors + config.json the causal VAE (weights with latent statistics; architecture)
+    MODEL/dit/dit.safetensors + config.json the diffusion transformer
+    MODEL/MODEL_CARD.md, provenance.json, training_captions.json(.gz)
+
+Each part's folder stands alone too: ``moviola train vae`` saves ``vae.safetensors`` + ``config.json`` and that
+folder is what ``--vae`` and ``eval vae --model`` take. Every ``config.json`` names its part in ``_class_name``
+(the diffusers convention), so a part is never saved over another's config. Folders written by earlier
+versions (before 2026-12-04 evening) kept the parts flat with their own JSON names (``pipeline.json``,
+``vae.json``, ``dit.json``); they still load, and are never written.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+CONFIG_NAME = "config.json"
+CLASS_KEY = "_class_name"
+WEIGHTS = {"vae": "vae.safetensors", "dit": "dit.safetensors"}
+CLASS_NAMES = {"vae": "CausalVAE", "dit": "DiT", "pipeline": "Pipeline"}
+LEGACY_CONFIG = {"vae": "vae.json", "dit": "dit.json", "pipeline": "pipeline.json"}
+
+
+def part_dir(folder: str | Path, part: str) -> Path:
+    """The folder holding ``part``'s files: ``folder/part`` in a model folder, else ``folder`` itself (a part
+    saved alone, or a model folder of the old flat layout)."""
+    d = Path(folder)
+    sub = d / part
+    return sub if (sub / WEIGHTS[part]).is_file() or (sub / CONFIG_NAME).is_file() else d
+
+
+def part_weights(folder: str | Path, part: str) -> Path:
+    """``part``'s safetensors file under ``folder`` (which may not exist: callers say what is missing)."""
+    return part_dir(folder, part) / WEIGHTS[part]
+
+
+def config_path(folder: str | Path, part: str) -> Path:
+    """``part``'s config file under ``folder`` (which may not exist): its ``config.json``, or the old flat
+    layout's name where that is the one present. For "pipeline", ``folder`` is the model folder itself. A
+    ``config.json`` beside no weights of ``part`` is not taken for the part's (it is the model folder's)."""
+    folder = Path(folder)
+    if part == "pipeline":
+        d, own = folder, True
+    else:
+        d = part_dir(folder, part)
+        own = d != folder or (d / WEIGHTS[part]).is_file()
+    new, old = d / CONFIG_NAME, d / LEGACY_CONFIG[part]
+    if new.is_file() and own:
+        return new
+    if old.is_file():
+        return old
+    return new if part == "pipeline" else folder / part / CONFIG_NAME
+
+
+def read_config(folder: str | Path, part: str) -> dict:
+    """``part``'s config as a dict without its ``_class_name``; FileNotFoundError naming the file if absent,
+    ValueError if the ``config.json`` found belongs to another part."""
+    path = config_path(folder, part)
+    if not path.is_file():
+        raise FileNotFoundError(f"{Path(folder)}: no {part} config (expected {path})")
+    try:
+        cfg = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(cfg, dict):
+        raise ValueError(f"{path}: expected a JSON object")
+    found = cfg.pop(CLASS_KEY, CLASS_NAMES[part])
+    if found != CLASS_NAMES[part]:
+        raise ValueError(f"{path} is the config of a {found}, not of a {CLASS_NAMES[part]}")
+    return cfg
+
+
+def config_text(part: str, cfg: dict) -> str:
+    """The ``config.json`` text for ``part``: its class name first, then ``cfg``."""
+    return json.dumps({CLASS_KEY: CLASS_NAMES[part], **cfg}, indent=2) + "\n"
+
+
+def check_writable(folder: str | Path, part: str) -> None:
+    """Refuse to save ``part`` where ``folder/config.json`` is another part's (a model folder's own config, say)."""
+    path = Path(folder) / CONFIG_NAME
+    if path.is_file():
+        try:
+            found = json.loads(path.read_text()).get(CLASS_KEY)
+        except (json.JSONDecodeError, AttributeError):
+            found = None
+        if found is not None and found != CLASS_NAMES[part]:
+            raise ValueError(f"{path} is a {found}'s config: save the {part} in its own folder "
+                             f"(a model folder keeps it in {Path(folder) / part})")
+
+
+def is_model_folder(folder: str | Path) -> bool:
+    """Whether ``folder`` holds a whole model (pipeline config, VAE and DiT weights) in either layout."""
+    return (config_path(folder, "pipeline").is_file() and part_weights(folder, "vae").is_file()
+            and part_weights(folder, "dit").is_file())
+
+
+def missing_parts(folder: str | Path) -> list[str]:
+    """The files a model folder lacks (empty if it is whole), named as the current layout names them."""
+    d = Path(folder)
+    miss = [] if config_path(d, "pipeline").is_file() else [CONFIG_NAME]
+    for part in ("vae", "dit"):
+        if not part_weights(d, part).is_file():
+            miss.append(f"{part}/{WEIGHTS[part]}")
+    return miss
