@@ -165,6 +165,42 @@ def test_lora_fine_tune_adapter_merge_samples_and_generate_lora(tmp_path, vae_di
     assert main(["generate", "a red circle falls", "-o", str(out), "--lora", str(adapter)]) == 2  # shipped base
 
 
+def test_prior_preservation_learns_the_base_where_captions_name_nothing_new(tmp_path, vae_dir):
+    """preserve_except: a clip whose caption names none of its words learns the base model's own prediction.
+    A word no clip names leaves the base as the answer everywhere (loss 0 from the first step, the adapter
+    still the identity, and a full fine-tune's frozen copy the same); a word every clip names is a plain
+    fine-tune, loss for loss."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    from moviola.train.dit import names_any
+
+    assert names_any({"canonical": "A Pink circle, on gray."}, ["pink"])
+    assert not names_any({"canonical": "a pinkish circle"}, ["pink"]) and not names_any({"caption": ""}, ["pink"])
+    common = TINY_DIT + [f"vae='{vae_dir}'"]
+    base_dir = train_dit(load_config(TrainDiTConfig, None, common + ["optim.steps=2", f"out='{tmp_path / 'base'}'"]))
+    tune = TINY_DIT + [f"init_from='{base_dir}'", "lora.rank=2", "lora.targets=['attn.qkv','cross.kv']",
+                       "optim.steps=3", "optim.lr=0.05", "cond_prob=0.5"]
+    runs = {"kept": ["preserve_except=['pink']"], "all": ["preserve_except=['background']"], "plain": [],
+            "full": ["preserve_except=['pink']", "lora.rank=0"]}
+    for name, extra in runs.items():
+        shutil.copytree(tmp_path / "base" / "cache", tmp_path / name / "cache")
+        train_dit(load_config(TrainDiTConfig, None, tune + extra + [f"out='{tmp_path / name}'"]))
+    assert _losses(tmp_path / "kept") == [0.0, 0.0, 0.0]
+    def moved(name):  # the largest entry of the adapters' B (zero when they were made)
+        return max(v.abs().max().item() for k, v in load_file(tmp_path / name / "lora" / "lora.safetensors").items()
+                   if k.endswith("lora_B"))
+
+    # the adapter still changes nothing (up to float noise: the teacher's no-grad pass may take other kernels)
+    assert moved("kept") < 1e-6 and moved("plain") > 1e-2
+    assert _losses(tmp_path / "full")[0] == 0.0
+    plain = _losses(tmp_path / "plain")
+    assert min(plain) > 0 and np.allclose(_losses(tmp_path / "all"), plain, rtol=1e-5, atol=1e-7)
+    with pytest.raises(ValueError, match="preserve_except needs init_from"):
+        train_dit(load_config(TrainDiTConfig, None, common + ["preserve_except=['pink']", f"out='{tmp_path / 'x'}'"]))
+
+
 def test_tensorboard_scalars_or_a_clear_error(tmp_path, vae_dir, monkeypatch):
     import builtins
 

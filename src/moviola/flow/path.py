@@ -104,15 +104,18 @@ def velocity_target(x0: Tensor, noise: Tensor) -> Tensor:
 
 
 def flow_loss(model_out: Tensor, x0: Tensor, noise: Tensor, weights: Tensor | None = None,
-              mask: Tensor | None = None) -> Tensor:
+              mask: Tensor | None = None, target: Tensor | None = None) -> Tensor:
     """Mean squared error between predicted and target velocity, computed in float32.
 
     weights: optional (B,) per-sample weights (e.g. a loss weighting in t), or anything broadcastable
     to x0. mask: optional boolean/0-1 tensor broadcastable to x0, e.g. (B, 1, T, 1, 1) to leave
     conditioning frames out; the loss is the weighted mean over the elements the mask keeps (0 when it
-    keeps none, still attached to the graph).
+    keeps none, still attached to the graph). target: a velocity to match instead of the path's (like x0;
+    distillation: a frozen teacher's prediction).
     """
-    err = (model_out.float() - velocity_target(x0, noise).float()).square()  # (B, ...)
+    if target is None:
+        target = velocity_target(x0, noise)
+    err = (model_out.float() - target.float()).square()  # (B, ...)
     if weights is not None:
         weights = weights.float()
         if weights.ndim == 1 and err.ndim > 1:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -221,3 +222,17 @@ def load_lora(model: nn.Module, path: str | Path, scale: float = 1.0) -> dict:
 def set_lora_scale(model: nn.Module, scale: float) -> None:
     for m in lora_modules(model).values():
         m.scale = scale
+
+
+@contextmanager
+def lora_disabled(model: nn.Module):
+    """Within the block the adapted model computes what its base does (every adapter's scale 0)."""
+    mods = lora_modules(model).values()
+    scales = [m.scale for m in mods]
+    try:
+        for m in mods:
+            m.scale = 0.0
+        yield model
+    finally:
+        for m, s in zip(mods, scales):
+            m.scale = s

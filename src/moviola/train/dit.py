@@ -20,13 +20,17 @@ Two phases, both resumable by rerunning the same command:
 Fine-tuning: ``init_from`` names a model folder ("default" = the shipped one) whose DiT is the start and
 whose VAE and text encoder are used. ``[lora] rank > 0`` trains low-rank adapters only
 (``moviola.models.lora``); the result is ``out/lora`` (adapter: ``moviola generate --lora out/lora``) or,
-with ``lora.merge = true``, a normal model folder ``out/model``.
+with ``lora.merge = true``, a normal model folder ``out/model``. ``preserve_except`` adds prior
+preservation (DreamBooth's remedy for a fine-tune's drift, here as distillation): clips whose caption names
+none of its words learn the base model's own prediction, not their data, so the fine-tune teaches what the
+words name and leaves the rest where the base had it.
 
 Only rank 0 writes: config, logs (JSONL, optional TensorBoard), samples, checkpoints and the model.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import time
@@ -38,10 +42,10 @@ import torch
 
 from moviola.config import save_config, to_dict
 from moviola.data.latent_cache import LatentCache, WorldCacheConfig, build_world_cache, buckets_of
-from moviola.flow.path import add_noise, flow_loss, sample_time, shift_for_tokens
+from moviola.flow.path import add_noise, flow_loss, sample_time, shift_for_tokens, velocity_target
 from moviola.layout import missing_parts, part_weights, read_config
 from moviola.models.dit import DiT, DiTConfig, PRESETS, frame_cond, with_conditioning
-from moviola.models.lora import LoRAConfig, inject_lora, merge_lora, save_lora
+from moviola.models.lora import LoRAConfig, inject_lora, lora_disabled, merge_lora, save_lora
 from moviola.models.text import load_text_encoder
 from moviola.models.vae import CausalVAE
 from moviola.train import distributed as D
@@ -99,6 +103,10 @@ class TrainDiTConfig:
     # Share of a step's clips (in buckets that have them: data.transitions > 0) swapped for a scene change (a
     # dissolving into b), trained with connect's known frames (a's first, b's last): joining unrelated clips.
     transition_prob: float = 0.0
+    # Fine-tunes only: words naming what the run teaches (e.g. ["pink"]). A clip whose full caption names none
+    # of them is trained towards the base model's prediction for the same input (adapters off, or a frozen
+    # copy for a full fine-tune) instead of its data velocity. [] = off. Costs one forward pass more a step.
+    preserve_except: list[str] = field(default_factory=list)
     detailed_prob: float = 0.5  # share of steps' captions that are the detailed ones (else short)
     time_mean: float = 0.0  # logit-normal time sampling
     time_std: float = 1.0
@@ -155,6 +163,14 @@ def init_dir(cfg: TrainDiTConfig) -> Path | None:
         raise FileNotFoundError(f"init_from {cfg.init_from!r}: {d} is not a Moviola model folder "
                                 f"(missing {', '.join(missing)})")
     return d
+
+
+def names_any(r: dict, words: list[str]) -> bool:
+    """Whether a clip's full caption (a world cache's canonical one, a footage cache's own) names one of
+    ``words`` (whole words, any case)."""
+    text = (r.get("canonical") or r.get("caption") or r.get("detailed") or "").lower()
+    found = set("".join(c if c.isalnum() else " " for c in text).split())
+    return any(w.lower() in found for w in words)
 
 
 def _row_text(r: dict, detailed: bool) -> str:
@@ -221,6 +237,9 @@ class Batches:
         t = sample_time(x0.shape[0], g, mean=cfg.time_mean, std=cfg.time_std, shift=shift)
         out = {"x0": x0, "noise": noise, "t": t, "context": self.cache.text_tokens[rows_t].float(),
                "context_mask": self.cache.text_mask[rows_t], "bucket": b}
+        if cfg.preserve_except:  # (b,) True: learn the base's prediction (decided by the clip, not its drawn caption)
+            out["prior"] = torch.tensor([not names_any(self.cache.rows[b][int(i)], cfg.preserve_except)
+                                         for i in idx])
         if cfg.cond_prob > 0:  # its own stream, so runs without conditioning keep their batches bit for bit
             mrng = np.random.default_rng([cfg.data.seed, 11, step])
             out["frame_mask"] = torch.from_numpy(np.stack([random_frame_mask(x0.shape[2], cfg.cond_prob, mrng, cfg.cond_kinds)
@@ -253,6 +272,8 @@ class Batches:
             row = self._caption(rows[j], trng)
             out["context"][i] = self.cache.text_tokens[row].float()
             out["context_mask"][i] = self.cache.text_mask[row]
+            if "prior" in out:
+                out["prior"][i] = not names_any(rows[j], cfg.preserve_except)
             m = torch.zeros(T)
             m[:head], m[T - tail:] = 1, 1
             out["frame_mask"][i] = m
@@ -422,6 +443,12 @@ def train_dit(cfg: TrainDiTConfig, *, on_step=None, on_cache=None) -> Path:
         text = _LazyText(pcfg.text_encoder)
         model = _build_model(cfg, base_dir, device)
         mcfg = model.config
+        teacher = None  # the base's prediction for preserve_except: a frozen copy (full fine-tune) or adapters off
+        if cfg.preserve_except:
+            if base_dir is None:
+                raise ValueError("preserve_except needs init_from: it keeps a base model's behaviour")
+            if cfg.lora.rank == 0:
+                teacher = copy.deepcopy(model).requires_grad_(False).eval()
         if mcfg.in_channels != vae.config.latent_channels:
             raise ValueError(f"model.in_channels {mcfg.in_channels} != the VAE's latent channels "
                              f"{vae.config.latent_channels}")
@@ -491,9 +518,20 @@ def train_dit(cfg: TrainDiTConfig, *, on_step=None, on_cache=None) -> Path:
                     fm = b["frame_mask"][sl].to(device)  # (b, T)
                     known = fm[:, None, :, None, None].bool()  # (b, 1, T, 1, 1)
                     xt, cond, keep = torch.where(known, x0, xt), frame_cond(x0, fm), ~known
+                ctx, ctx_mask = b["context"][sl].to(device), b["context_mask"][sl].to(device)
+                target = None
+                if "prior" in b:  # the whole micro-batch, on every rank: FSDP's gathers are collective
+                    with torch.no_grad(), autocast(device):
+                        if teacher is not None:
+                            v_base = teacher(xt, t, ctx, ctx_mask, cond)
+                        else:
+                            with lora_disabled(D.unwrap(trained)) as base:
+                                v_base = base(xt, t, ctx, ctx_mask, cond)
+                    prior = b["prior"][sl].to(device)[:, None, None, None, None]
+                    target = torch.where(prior, v_base.float(), velocity_target(x0, noise))
                 with D.no_sync(trained, k < len(micro) - 1), autocast(device):
-                    v = trained(xt, t, b["context"][sl].to(device), b["context_mask"][sl].to(device), cond)
-                    per = flow_loss(v.float(), x0, noise, mask=keep)  # mean over this micro-batch
+                    v = trained(xt, t, ctx, ctx_mask, cond)
+                    per = flow_loss(v.float(), x0, noise, mask=keep, target=target)  # mean over this micro-batch
                     # DDP averages gradients over ranks; this weighting makes the result the gradient of
                     # the global batch's mean loss, whatever the slice and micro-batch sizes.
                     (per * (x0.shape[0] * world.size / b["n"])).backward()
