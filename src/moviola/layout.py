@@ -15,6 +15,9 @@ versions (before 2026-12-04 evening) kept the parts flat with their own JSON nam
 from __future__ import annotations
 
 import json
+import os
+import secrets
+from contextlib import contextmanager
 from pathlib import Path
 
 CONFIG_NAME = "config.json"
@@ -105,3 +108,41 @@ def missing_parts(folder: str | Path) -> list[str]:
         if not part_weights(d, part).is_file():
             miss.append(f"{part}/{WEIGHTS[part]}")
     return miss
+
+
+@contextmanager
+def _atomic(path: Path):
+    """A temporary name beside ``path``, renamed onto it when the block succeeds and deleted when it fails."""
+    tmp = path.with_name(f".{path.name}.tmp-{secrets.token_hex(4)}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def save_part(folder: str | Path, part: str, tensors: dict, cfg: dict) -> None:
+    """Write ``part``'s weights (safetensors) and ``config.json`` into ``folder``, its own folder (a model
+    folder's ``vae/`` or ``dit/``), each atomically; a folder whose config.json is another part's is refused."""
+    from safetensors.torch import save_file
+
+    d = Path(folder)
+    check_writable(d, part)
+    d.mkdir(parents=True, exist_ok=True)
+    with _atomic(d / WEIGHTS[part]) as tmp:
+        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp), metadata={"format": "pt"})
+    with _atomic(d / CONFIG_NAME) as tmp:
+        tmp.write_text(config_text(part, cfg))
+
+
+def load_part(folder: str | Path, part: str, device: str = "cpu") -> tuple[dict, dict]:
+    """(config, weights) of ``part`` under ``folder`` (its own folder, a model folder, or the old flat layout);
+    FileNotFoundError naming the file expected when the weights are missing."""
+    from safetensors.torch import load_file
+
+    weights = part_weights(folder, part)
+    if not weights.is_file():
+        raise FileNotFoundError(f"{folder}: no {CLASS_NAMES[part]} here (expected {weights}; see "
+                                f"{CLASS_NAMES[part]}.save_pretrained)")
+    return read_config(folder, part), load_file(weights, device=str(device))

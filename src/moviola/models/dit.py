@@ -22,13 +22,9 @@ is the identity and the fresh model outputs exactly zero (DiT's adaLN-zero).
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -347,31 +343,20 @@ class DiT(nn.Module):
     def save_pretrained(self, directory: str | os.PathLike) -> None:
         """Write `dit.safetensors` (weights) and `config.json` (config), each atomically, into the DiT's own
         folder (a model folder's `dit/`); one whose config.json is another part's is refused."""
-        from safetensors.torch import save_file
+        from moviola.layout import save_part
 
-        from moviola.layout import CONFIG_NAME, check_writable, config_text
-
-        d = Path(directory)
-        check_writable(d, "dit")
-        d.mkdir(parents=True, exist_ok=True)
-        tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        _atomic_write(d / WEIGHTS_NAME, lambda p: save_file(tensors, p, metadata={"format": "pt"}))
-        _atomic_write(d / CONFIG_NAME, lambda p: Path(p).write_text(config_text("dit", self.config.to_dict())))
+        save_part(directory, "dit", self.state_dict(), self.config.to_dict())
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, device: str | torch.device = "cpu") -> DiT:
         """Load what `save_pretrained` wrote, from that folder or from a model folder holding it in `dit/`
         (or, in the old flat layout, `dit.safetensors` + `dit.json`); no network. Returns the model in eval
         mode on `device`."""
-        from safetensors.torch import load_file
+        from moviola.layout import load_part
 
-        from moviola.layout import part_weights, read_config
-
-        weights = part_weights(directory, "dit")
-        if not weights.is_file():
-            raise FileNotFoundError(f"{directory}: no DiT here (expected {weights}; see DiT.save_pretrained)")
-        model = cls(DiTConfig.from_dict(read_config(directory, "dit")))
-        model.load_state_dict(load_file(weights, device=str(device)))
+        cfg, weights = load_part(directory, "dit", str(device))
+        model = cls(DiTConfig.from_dict(cfg))
+        model.load_state_dict(weights)
         return model.to(device).eval()
 
 
@@ -426,16 +411,3 @@ def _masked_mean(context: Tensor, mask: Tensor | None) -> Tensor:
         return context.mean(dim=1) if context.shape[1] else context.new_zeros(context.shape[0], context.shape[2])
     w = mask.to(context.dtype)[..., None]  # (B, L, 1)
     return (context * w).sum(dim=1) / w.sum(dim=1).clamp(min=1.0)  # (B, E)
-
-
-def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    """Write via a temporary file in the same directory, then rename over `path`."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise

@@ -19,13 +19,10 @@ overlapping spatial tiles whose seams are blended with linear ramps (`tile_laten
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
-import tempfile
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -448,20 +445,6 @@ def _rechunk(chunks: Iterable[Tensor], first: int, size: int, multiple: int) -> 
         yield torch.cat(buffer, dim=2)
 
 
-def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    """Write via a temporary file in the same directory, then rename over `path`."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    os.chmod(tmp, 0o644)  # mkstemp makes it owner-only
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 # --- the model -----------------------------------------------------------------------------------
 
 class CausalVAE(nn.Module):
@@ -653,34 +636,21 @@ class CausalVAE(nn.Module):
 
         `directory` is the VAE's own folder (a model folder's `vae/`); one whose config.json is another part's
         is refused."""
-        from safetensors.torch import save_file
+        from moviola.layout import save_part
 
-        from moviola.layout import CONFIG_NAME, check_writable, config_text
-
-        d = Path(directory)
-        check_writable(d, "vae")
-        d.mkdir(parents=True, exist_ok=True)
-        tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
         stats = {"latent_mean": self.latent_mean.tolist(), "latent_std": self.latent_std.tolist()}
-        meta = self.config.to_dict() | stats  # the stats are informational here; the safetensors copy loads
-        _atomic_write(d / WEIGHTS_NAME, lambda p: save_file(tensors, p, metadata={"format": "pt"}))
-        _atomic_write(d / CONFIG_NAME, lambda p: Path(p).write_text(config_text("vae", meta)))
+        save_part(directory, "vae", self.state_dict(), self.config.to_dict() | stats)  # stats informational here
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, device: str | torch.device = "cpu") -> CausalVAE:
         """Load what `save_pretrained` wrote, from that folder or from a model folder holding it in `vae/`
         (or, in the old flat layout, `vae.safetensors` + `vae.json`); no network. Returns the model in eval
         mode on `device`."""
-        from safetensors.torch import load_file
+        from moviola.layout import load_part
 
-        from moviola.layout import part_weights, read_config
-
-        weights = part_weights(directory, "vae")
-        if not weights.is_file():
-            raise FileNotFoundError(f"{directory}: no VAE here (expected {weights}; see CausalVAE.save_pretrained)")
-        meta = read_config(directory, "vae")
+        meta, weights = load_part(directory, "vae", str(device))
         meta.pop("latent_mean", None)  # informational: the safetensors copy is the one loaded
         meta.pop("latent_std", None)
         model = cls(VAEConfig.from_dict(meta))
-        model.load_state_dict(load_file(weights, device=str(device)))
+        model.load_state_dict(weights)
         return model.to(device).eval()
