@@ -139,3 +139,18 @@ def test_structural_loss_stays_fp32_inside_bf16_autocast():
 
         a, b = frames_of(rec).bfloat16(), frames_of(x).bfloat16()
         assert abs((1 - ssim(a, b)).item() - want.item()) > 0.1
+
+
+def test_scale_equivariance_term_trains_in_the_whole_model_phase_only(tmp_path):
+    out = tmp_path / "se"
+    cfg = load_config(TrainVAEConfig, None, TINY + ["optim.steps=40", "optim.lr=3e-3", "ckpt_every=50",
+                                                   "data.world_weight=1.0", "decoder.steps=3",
+                                                   "loss.scale_equiv=1.0", f"out='{out}'"])
+    train_vae(cfg)
+    logged = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines() if "loss" in line]
+    term = [r["scale_equiv"] for r in logged if "scale_equiv" in r]
+    # Logged (so computed and added) at every whole-model step, never in the decoder phase (steps 41..43).
+    assert [r["step"] for r in logged if "scale_equiv" in r] == list(range(1, 41))
+    assert len(logged) == 43
+    # Pooled latents learn to decode to the pooled clip.
+    assert sum(term[-10:]) < 0.6 * sum(term[:10])

@@ -47,6 +47,11 @@ class VAELossConfig:
     kl: float = 1e-6
     gan_weight: float = 0.0  # > 0 turns the adversarial term on
     gan_start: int = 1000  # step from which the adversarial term is used
+    # > 0: scale equivariance (Skorokhodov et al. 2025, "Improving the diffusability of autoencoders"): the
+    # latents average-pooled 2x in space must decode to the clip average-pooled 2x, weighted by this (L1 and
+    # structural terms as above). It keeps the latents' spectrum image-like, without the high-frequency
+    # detail a diffusion model generates worst. Whole-model phase only (it shapes the encoder's latent space).
+    scale_equiv: float = 0.0
 
 
 @dataclass
@@ -111,6 +116,11 @@ def ssim(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     sab = blur(a * b) - mu_a * mu_b
     s = ((2 * mu_a * mu_b + c1) * (2 * sab + c2)) / ((mu_a ** 2 + mu_b ** 2 + c1) * (saa + sbb + c2))
     return s.mean()
+
+
+def pool_space(x: torch.Tensor) -> torch.Tensor:
+    """(B, C, T, H, W) -> (B, C, T, H/2, W/2), averaged over 2x2 pixels (or latents)."""
+    return F.avg_pool3d(x, (1, 2, 2))
 
 
 def frames_of(x: torch.Tensor) -> torch.Tensor:
@@ -297,6 +307,8 @@ def train_vae(cfg: TrainVAEConfig, *, on_step=None) -> Path:
             if decoder_phase and cfg.decoder.latent_noise > 0:
                 z = z + _latent_noise(z, cfg.decoder.latent_noise)
             rec = model.decode(z)
+            use_se = cfg.loss.scale_equiv > 0 and not decoder_phase and min(z.shape[-2:]) >= 2
+            rec_half = model.decode(pool_space(z)) if use_se else None
         # The losses in fp32, outside autocast: under it SSIM's blurs ran in bf16, whose variances
         # (blur(x * x) - blur(x) ** 2) cancel catastrophically (`structural_loss` guards itself too).
         rec, xf = rec.float(), x.float()
@@ -304,6 +316,11 @@ def train_vae(cfg: TrainVAEConfig, *, on_step=None) -> Path:
         st = structural_loss(rec, xf)
         kl = post.kl().mean()
         loss = cfg.loss.l1 * l1 + cfg.loss.ssim * st + cfg.loss.kl * kl
+        se = None
+        if rec_half is not None:
+            rec_half, x_half = rec_half.float(), pool_space(xf)
+            se = cfg.loss.l1 * (rec_half - x_half).abs().mean() + cfg.loss.ssim * structural_loss(rec_half, x_half)
+            loss = loss + cfg.loss.scale_equiv * se
         use_gan = disc is not None and step >= cfg.loss.gan_start
         if use_gan:
             with autocast(device):
@@ -326,6 +343,8 @@ def train_vae(cfg: TrainVAEConfig, *, on_step=None) -> Path:
         seen += x.shape[0]
         metrics = {"loss": loss.item(), "l1": l1.item(), "ssim_term": st.item(), "kl": kl.item(),
                    "grad_norm": float(gnorm), "lr": lr}
+        if se is not None:
+            metrics["scale_equiv"] = se.item()
         if step % cfg.log_every == 0 or step == total:
             dt = time.time() - t_last
             log.write(step=step, clips_per_s=round(seen / max(dt, 1e-9), 2), **{k: round(v, 6) for k, v in metrics.items()})

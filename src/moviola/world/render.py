@@ -103,6 +103,15 @@ def _fall(y0: float, floor: float, g: float, t: np.ndarray) -> tuple[np.ndarray,
     return y, ([t1] if h > 0 else []) + impacts[1:]
 
 
+def _velocity(o: ObjectSpec, s: float) -> tuple[float, float]:
+    """Pixels a second (vx, vy) of a linear or bouncing object, before any wall reflects it."""
+    if o.motion == "bounces":
+        a = math.radians(o.angle)
+        return BOUNCE_SPEED * s * math.cos(a), BOUNCE_SPEED * s * math.sin(a)
+    dx, dy = DIRECTIONS[o.motion]
+    return MOVE_SPEED * s * dx, MOVE_SPEED * s * dy
+
+
 def object_states(spec: SceneSpec, i: int, times: np.ndarray) -> tuple[np.ndarray, ...]:
     """Centre x, y (pixels), radius (pixels) and rotation (radians) of object i at each time."""
     o: ObjectSpec = spec.objects[i]
@@ -114,12 +123,7 @@ def object_states(spec: SceneSpec, i: int, times: np.ndarray) -> tuple[np.ndarra
     r = np.full_like(t, r0)
     rot = np.zeros_like(t)
     if o.motion in LINEAR_MOTIONS or o.motion == "bounces":
-        if o.motion == "bounces":
-            a = math.radians(o.angle)
-            vx, vy = BOUNCE_SPEED * s * math.cos(a), BOUNCE_SPEED * s * math.sin(a)
-        else:
-            dx, dy = DIRECTIONS[o.motion]
-            vx, vy = MOVE_SPEED * s * dx, MOVE_SPEED * s * dy
+        vx, vy = _velocity(o, s)
         x = _reflect(o.x * W, vx, t, r0, W - r0)
         y = _reflect(o.y * H, vy, t, r0, H - r0)
     elif o.motion == "falls":
@@ -140,12 +144,7 @@ def object_events(spec: SceneSpec, i: int) -> list[Event]:
     freq = 880.0 if o.size == "small" else 440.0
     out: list[Event] = []
     if o.motion in LINEAR_MOTIONS or o.motion == "bounces":
-        if o.motion == "bounces":
-            a = math.radians(o.angle)
-            vx, vy = BOUNCE_SPEED * s * math.cos(a), BOUNCE_SPEED * s * math.sin(a)
-        else:
-            dx, dy = DIRECTIONS[o.motion]
-            vx, vy = MOVE_SPEED * s * dx, MOVE_SPEED * s * dy
+        vx, vy = _velocity(o, s)
         out += [Event(i, t, "right" if hi else "left", freq) for t, hi in _reflect_events(o.x * W, vx, T, r0, W - r0)]
         out += [Event(i, t, "bottom" if hi else "top", freq) for t, hi in _reflect_events(o.y * H, vy, T, r0, H - r0)]
     elif o.motion == "falls":
