@@ -54,6 +54,10 @@ def _worker(rank, port, vae_dir, out, copy_to, out_fsdp):
     for stop, p in ((10, port + 2), (0, port + 3)):
         os.environ["MASTER_PORT"] = str(p)
         train_dit(_cfg(vae_dir, out_fsdp, 20, "parallel='fsdp'", f"stop_after={stop}"))
+    # Every result is on disk now: leave without the interpreter's finalisation, where gloo's leftover threads
+    # can abort the process (SIGABRT, "terminate called without an active exception"; seen once in CI, cf.
+    # pytorch/pytorch#179291) after the work has succeeded.
+    os._exit(0)
 
 
 def _free_port():
