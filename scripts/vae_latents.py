@@ -32,10 +32,9 @@ def high_frequency_share(z: torch.Tensor) -> float:
 def probe(folder: str, x: torch.Tensor) -> dict:
     m = CausalVAE.from_pretrained(folder).eval()
     z = m.encode(x).mean  # (B, C, t, h, w)
-    zn = (z - m.latent_mean.view(1, -1, 1, 1, 1)) / m.latent_std.view(1, -1, 1, 1, 1)
     return {"model": folder, "psnr": round(psnr(m.decode(z), x), 2),
             "pooled_decode_psnr": round(psnr(m.decode(pool_space(z)), pool_space(x)), 2),
-            "latent_high_frequency_share": round(high_frequency_share(zn), 3)}
+            "latent_high_frequency_share": round(high_frequency_share(m.normalize(z)), 3)}
 
 
 def main() -> None:

@@ -139,6 +139,11 @@ def structural_loss(rec: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         return 0.5 * (full + half)
 
 
+def reconstruction_terms(rec: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(L1, 1 - SSIM) of a reconstruction against its clip, both (B, 3, T, H, W) in fp32."""
+    return (rec - x).abs().mean(), structural_loss(rec, x)
+
+
 class PatchDiscriminator(nn.Module):
     """A small per-frame PatchGAN: (N, 3, H, W) -> (N, 1, H/8, W/8) logits."""
 
@@ -312,14 +317,13 @@ def train_vae(cfg: TrainVAEConfig, *, on_step=None) -> Path:
         # The losses in fp32, outside autocast: under it SSIM's blurs ran in bf16, whose variances
         # (blur(x * x) - blur(x) ** 2) cancel catastrophically (`structural_loss` guards itself too).
         rec, xf = rec.float(), x.float()
-        l1 = (rec - xf).abs().mean()
-        st = structural_loss(rec, xf)
+        l1, st = reconstruction_terms(rec, xf)
         kl = post.kl().mean()
         loss = cfg.loss.l1 * l1 + cfg.loss.ssim * st + cfg.loss.kl * kl
         se = None
         if rec_half is not None:
-            rec_half, x_half = rec_half.float(), pool_space(xf)
-            se = cfg.loss.l1 * (rec_half - x_half).abs().mean() + cfg.loss.ssim * structural_loss(rec_half, x_half)
+            se_l1, se_st = reconstruction_terms(rec_half.float(), pool_space(xf))
+            se = cfg.loss.l1 * se_l1 + cfg.loss.ssim * se_st
             loss = loss + cfg.loss.scale_equiv * se
         use_gan = disc is not None and step >= cfg.loss.gan_start
         if use_gan:
