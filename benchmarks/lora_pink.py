@@ -2,6 +2,7 @@
 
     python benchmarks/lora_pink.py                                   # train (resumable) + measure
     python benchmarks/lora_pink.py --skip-train --out runs/lora-pink # measure an existing adapter
+    python benchmarks/lora_pink.py lora.rank=0 optim.lr=1e-4        # a full fine-tune instead (rows still "lora")
 
 Pink (240, 110, 170) is not in WORLD.md's palette, so the default model has never seen it. The run
 fine-tunes a LoRA adapter on world clips that include pink (``configs/dit/lora_pink.toml``), then
@@ -104,14 +105,19 @@ def main() -> None:
     cfg = load_config(TrainDiTConfig, args.config, overrides)
     out = Path(cfg.out)
     t0 = time.time()
-    adapter = out / "lora" if args.skip_train else train_dit(cfg)
+    adapter = (out / ("model" if cfg.lora.rank == 0 or cfg.lora.merge else "lora") if args.skip_train
+               else train_dit(cfg))
     train_min = (time.time() - t0) / 60
     seeds = list(range(100, 100 + args.seeds))
     pipe = Pipeline.from_pretrained(init_dir(cfg))
     rows = {"base": measure(pipe, PINK_PROMPTS, seeds, args.tol),
             "base_world_prompts": measure(pipe, EVAL_PROMPTS, seeds[:1], args.tol)}
     base_guidance = pipe.config.guidance
-    pipe.load_lora(adapter)  # with the adapter's own sampler defaults (its run's [sampling]), as generate --lora
+    tuned = not (adapter / "lora.json").is_file()  # a full fine-tune ([lora] rank 0) or a merged adapter: a model
+    if tuned:
+        pipe = Pipeline.from_pretrained(adapter)
+    else:
+        pipe.load_lora(adapter)  # with the adapter's own sampler defaults (its run's [sampling]), as generate --lora
     rows["lora"] = measure(pipe, PINK_PROMPTS, seeds, args.tol)
     rows["lora_world_prompts"] = measure(pipe, EVAL_PROMPTS, seeds[:1], args.tol)
     if pipe.config.guidance != base_guidance:  # and at the base's guidance, the like-for-like comparison
@@ -123,8 +129,9 @@ def main() -> None:
         from moviola.pipeline import training_captions
 
         seen = training_captions(adapter)  # the adapter's captions, kept out of both prompt lists
-        for name, lora in (("base", None), ("lora", adapter)):
-            r = evaluate_world(init_dir(cfg), args.world_n, baselines=False, lora=lora, exclude=seen)
+        for name, model, lora in (("base", init_dir(cfg), None),
+                                  ("lora", adapter, None) if tuned else ("lora", init_dir(cfg), adapter)):
+            r = evaluate_world(model, args.world_n, baselines=False, lora=lora, exclude=seen)
             world[name] = {k: r[k]["model"] for k in ("held_in", "held_out")}
     report = {"adapter": str(adapter), "train_minutes": None if args.skip_train else round(train_min, 1),
               "steps": cfg.optim.steps, "batch_size": cfg.optim.batch_size, "lora": vars(cfg.lora) | {},
