@@ -143,9 +143,10 @@ def test_lora_fine_tune_adapter_merge_samples_and_generate_lora(tmp_path, vae_di
     # eval world on the base with the adapter applied: scores the adapted model, names the adapter, and puts
     # the renderer's own clips (near 100) and random weights (near chance) beside it
     capsys.readouterr()
-    assert main(["eval", "world", "--model", str(base_dir), "--lora", str(adapter), "--n", "2", "--steps", "2"]) == 0
+    assert main(["eval", "world", "--model", str(base_dir), "--lora", str(adapter), "--n", "2", "--steps", "2",
+                 "--seed", "5"]) == 0
     rep = json.loads(capsys.readouterr().out)
-    assert rep["lora"] == str(adapter) and rep["held_in"]["model"]["clips"] == 2
+    assert rep["lora"] == str(adapter) and rep["held_in"]["model"]["clips"] == 2 and rep["seed"] == 5
     for rows in (rep["held_in"], rep["held_out"]):
         assert set(rows) == {"model", "renderer", "random_weights"}
         assert rows["renderer"]["overall"] >= 80 > rows["random_weights"]["overall"]

@@ -330,7 +330,7 @@ def cmd_eval_world(args) -> int:
     with progress() as bar:
         task = bar.add_task("eval world", total=None)
         report = evaluate_world(_model_dir(args.model), n=args.n, steps=args.steps, guidance=args.guidance,
-                                baselines=not args.no_baselines, lora=Path(args.lora) if args.lora else None,
+                                seed=args.seed, baselines=not args.no_baselines, lora=Path(args.lora) if args.lora else None,
                                 progress=lambda i, n: bar.update(task, completed=i, total=n))
     print(json.dumps(report, indent=1))
     return 0
@@ -672,6 +672,8 @@ def build_parser() -> argparse.ArgumentParser:
     evw.add_argument("--n", type=int, default=48, help="held-in prompts (held-out: n/2)")
     evw.add_argument("--steps", type=int)
     evw.add_argument("--guidance", type=float)
+    evw.add_argument("--seed", type=int, default=0, help="noise seed of the first prompt's clip (the i-th: seed + i); "
+                     "the prompts stay the same, so runs with other seeds measure the sampling noise")
     evw.add_argument("--no-baselines", action="store_true", help="skip the renderer and random-weights rows")
     evw.add_argument("--lora", help="a LoRA adapter folder to apply to the model (as generate --lora)")
     evw.set_defaults(func=cmd_eval_world)

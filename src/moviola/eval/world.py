@@ -102,7 +102,7 @@ def evaluate_world(model_dir: Path, n: int = 48, *, steps: int | None = None, gu
 
     result = {"model": str(model_dir), **({"lora": str(lora)} if lora is not None else {}), "size": "64x64",
               "seconds": 2, "steps": steps or pipe.config.steps,
-              "guidance": pipe.config.guidance if guidance is None else guidance}
+              "guidance": pipe.config.guidance if guidance is None else guidance, "seed": seed}
     for name, prompts in sets.items():
         row = {"model": _score_set(gen(pipe), prompts, fps)}
         if baselines:
