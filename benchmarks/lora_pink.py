@@ -14,7 +14,9 @@ the adapter, and reports:
   * the world scorer's attributes on the same clips (pink known to it only inside ``extra_colors``);
   * the scorer's attributes on the 8 fixed non-pink prompts of ``train.dit.EVAL_PROMPTS``, so a LoRA
     that damaged what the base knew would show;
-  * the renderer's own clips for the pink prompts, the ceiling of the pink fraction;
+  * the renderer's own clips for the pink prompts, the ceiling of the pink fraction, and the same clips
+    through the autoencoder, scored: the ceiling of every attribute (the VAE shifts some of pink's edge
+    pixels to within the scorer's core distance of purple, which it then counts as an extra object);
   * with ``--world-n N``, ``moviola eval world``'s held-in and held-out figures for the base and the
     adapter on the same N (N / 2) prompts: the check that the adapter kept what the base knew (the
     8-prompt row above is too small to say "no worse").
@@ -65,20 +67,38 @@ def measure(pipe, prompts: list[str], seeds: list[int], tol: float, steps: int |
             "overall": float(np.mean(overall)), **{a: float(np.mean(v)) for a, v in attrs.items() if v}}
 
 
-def rendered(prompts: list[str], seeds: list[int], tol: float) -> dict:
-    """The renderer's own clips for the prompts: the most pink a perfect model would show."""
+def rendered(prompts: list[str], seeds: list[int], tol: float, pipe=None) -> dict:
+    """The renderer's own clips for the prompts (the most pink a perfect model would show), and with ``pipe``
+    the same clips through its autoencoder (encode, decode): the pink fraction and scorer attributes a
+    perfect DiT could reach through that VAE, the ceiling of the adapter's rows."""
     from moviola.world.caption import parse_prompt
     from moviola.world.extra import color_fraction, extra_colors
     from moviola.world.render import render
     from moviola.world.sample import scene_from_prompt
+    from moviola.world.score import score_clip
 
-    fr = []
+    fr, rec_fr, attrs = [], [], {a: [] for a in ATTRS}
     with extra_colors("pink"):
         for p in prompts:
             for s in seeds:
                 spec = scene_from_prompt(parse_prompt(p), np.random.default_rng(s))
-                fr.append(color_fraction(render(spec).frames, PINK, tol))
-    return {"pink_fraction": float(np.mean(fr))}
+                frames = render(spec).frames
+                fr.append(color_fraction(frames, PINK, tol))
+                if pipe is None:
+                    continue
+                # the VAE takes 1 + 4k frames: the first frame once more in front (encoded on its own), then dropped
+                padded = np.concatenate([frames[:1], frames]) if len(frames) % 4 == 0 else frames
+                rec = pipe.decode_frames(pipe.encode_frames(padded))[len(padded) - len(frames):]
+                rec_fr.append(color_fraction(rec, PINK, tol))
+                rep = score_clip(rec, p, fps=spec.fps)
+                for a in ATTRS:
+                    if rep["attributes"].get(a) is not None:
+                        attrs[a].append(rep["attributes"][a])
+    out = {"renderer": {"pink_fraction": float(np.mean(fr))}}
+    if pipe is not None:
+        out["renderer_through_vae"] = {"pink_fraction": float(np.mean(rec_fr)),
+                                       **{a: float(np.mean(v)) for a, v in attrs.items() if v}}
+    return out
 
 
 def main() -> None:
@@ -122,7 +142,7 @@ def main() -> None:
     rows["lora_world_prompts"] = measure(pipe, EVAL_PROMPTS, seeds[:1], args.tol)
     if pipe.config.guidance != base_guidance:  # and at the base's guidance, the like-for-like comparison
         rows["lora_at_base_guidance"] = measure(pipe, PINK_PROMPTS, seeds, args.tol, guidance=base_guidance)
-    rows["renderer"] = rendered(PINK_PROMPTS, seeds, args.tol)
+    rows.update(rendered(PINK_PROMPTS, seeds, args.tol, pipe))
     world = {}
     if args.world_n:
         from moviola.eval.world import evaluate_world
