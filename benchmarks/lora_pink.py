@@ -44,6 +44,17 @@ PINK_PROMPTS = [
 ATTRS = ("background", "count", "color", "shape", "size", "motion")
 
 
+def _tally(attrs: dict[str, list], report: dict) -> None:
+    """Append a score_clip report's attributes (those it scored) to per-attribute lists."""
+    for a in ATTRS:
+        if report["attributes"].get(a) is not None:
+            attrs[a].append(report["attributes"][a])
+
+
+def _means(attrs: dict[str, list]) -> dict[str, float]:
+    return {a: float(np.mean(v)) for a, v in attrs.items() if v}
+
+
 def measure(pipe, prompts: list[str], seeds: list[int], tol: float, steps: int | None = None,
             guidance: float | None = None) -> dict:
     """Pink fraction and scorer attributes (means over prompts x seeds) of generated 64x64 2 s clips, at the
@@ -59,12 +70,10 @@ def measure(pipe, prompts: list[str], seeds: list[int], tol: float, steps: int |
             with extra_colors("pink"):
                 rep = score_clip(frames, p, fps=pipe.config.fps)
             overall.append(rep["overall"])
-            for a in ATTRS:
-                if rep["attributes"].get(a) is not None:
-                    attrs[a].append(rep["attributes"][a])
+            _tally(attrs, rep)
     return {"guidance": pipe.config.guidance if guidance is None else guidance,
             "pink_fraction": float(np.mean(fracs)), "pink_fraction_min": float(np.min(fracs)),
-            "overall": float(np.mean(overall)), **{a: float(np.mean(v)) for a, v in attrs.items() if v}}
+            "overall": float(np.mean(overall)), **_means(attrs)}
 
 
 def rendered(prompts: list[str], seeds: list[int], tol: float, pipe=None) -> dict:
@@ -86,18 +95,15 @@ def rendered(prompts: list[str], seeds: list[int], tol: float, pipe=None) -> dic
                 fr.append(color_fraction(frames, PINK, tol))
                 if pipe is None:
                     continue
-                # the VAE takes 1 + 4k frames: the first frame once more in front (encoded on its own), then dropped
-                padded = np.concatenate([frames[:1], frames]) if len(frames) % 4 == 0 else frames
-                rec = pipe.decode_frames(pipe.encode_frames(padded))[len(padded) - len(frames):]
+                # the VAE takes 1 + 4k frames: the first frame repeated in front (encoded on its own), then dropped
+                pad = (1 - len(frames)) % 4
+                padded = np.concatenate([np.repeat(frames[:1], pad, axis=0), frames])
+                rec = pipe.decode_frames(pipe.encode_frames(padded))[pad:]
                 rec_fr.append(color_fraction(rec, PINK, tol))
-                rep = score_clip(rec, p, fps=spec.fps)
-                for a in ATTRS:
-                    if rep["attributes"].get(a) is not None:
-                        attrs[a].append(rep["attributes"][a])
+                _tally(attrs, score_clip(rec, p, fps=spec.fps))
     out = {"renderer": {"pink_fraction": float(np.mean(fr))}}
     if pipe is not None:
-        out["renderer_through_vae"] = {"pink_fraction": float(np.mean(rec_fr)),
-                                       **{a: float(np.mean(v)) for a, v in attrs.items() if v}}
+        out["renderer_through_vae"] = {"pink_fraction": float(np.mean(rec_fr)), **_means(attrs)}
     return out
 
 
