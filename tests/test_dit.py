@@ -6,8 +6,8 @@ import json
 import pytest
 import torch
 
-from moviola.models.dit import PRESETS, DiT, DiTConfig, patchify, unpatchify
-from moviola.models.layers import apply_rope, gelu_tanh, rope_3d
+from moviola.models.dit import PRESETS, DiT, DiTConfig, patchify, unpatchify, with_abs_pos
+from moviola.models.layers import POSITION_FREQS, apply_rope, gelu_tanh, position_features, rope_3d
 from tensors import randn  # tests/tensors.py
 
 TEXT_DIM = PRESETS["tiny"].text_dim
@@ -192,6 +192,39 @@ def test_cond_channels_widen_patchify():
         assert torch.equal(model(x, t, context, mask), model(x, t, context, mask, cond=torch.zeros_like(cond)))
     with pytest.raises(ValueError, match="cond"):
         model(x, t, context, mask, cond=cond[:, :5])
+
+
+def test_position_features_name_every_place_and_keep_time_by_index():
+    f = position_features((3, 4, 6))  # (72, F): row-major (t, h, w) like patchify
+    assert f.shape[0] == 3 * 4 * 6
+    assert torch.cdist(f, f).add(torch.eye(72) * 1e9).min() > 1e-3  # no two tokens look alike
+    # Time is the latent frame index from the clip's start: the same features whatever the duration.
+    g = position_features((5, 4, 6))
+    torch.testing.assert_close(g[:72], f)
+    # Height and width are fractions of the canvas: the same place on a canvas three times as wide looks
+    # alike (the width's features are the last columns), and other places do not.
+    narrow, wide = position_features((1, 1, 3)), position_features((1, 1, 9))
+    w = 2 * POSITION_FREQS
+    torch.testing.assert_close(wide[[1, 4, 7], -w:], narrow[:, -w:])
+    assert (wide[[0, 3, 6], -w:] - narrow[:, -w:]).abs().max() > 0.1
+
+
+def test_with_abs_pos_starts_as_the_original_then_sees_where_it_is(tmp_path):
+    base = make_model()
+    x, t, context, mask = inputs()
+    wide = with_abs_pos(base)
+    assert wide is not base and wide.config.abs_pos and not base.config.abs_pos and not wide.training
+    assert with_abs_pos(wide) is wide
+    with torch.no_grad():
+        torch.testing.assert_close(wide(x, t, context, mask), base(x, t, context, mask), rtol=0, atol=0)
+        # Once trained, the embedding changes what the model computes.
+        wide.pos_embed.weight.normal_(std=0.5)
+        assert (wide(x, t, context, mask) - base(x, t, context, mask)).abs().max() > 1e-3
+    wide.save_pretrained(tmp_path)
+    back = DiT.from_pretrained(tmp_path)
+    assert back.config.abs_pos
+    with torch.no_grad():
+        torch.testing.assert_close(back(x, t, context, mask), wide(x, t, context, mask))
 
 
 # --- determinism, batches, files -----------------------------------------------------------------

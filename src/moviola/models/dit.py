@@ -3,7 +3,7 @@
 The model maps noisy latents x_t, the flow time t in [0, 1] and text tokens to a velocity of the same
 shape as the latents; it knows nothing of noise schedules (those live in `moviola.flow`).
 
-    x (B, C, T, H, W) --patchify--> tokens (B, N, D), N = T/pt * H/ph * W/pw
+    x (B, C, T, H, W) --patchify--> tokens (B, N, D), N = T/pt * H/ph * W/pw   (+ absolute place, if abs_pos)
     t (B,) -> sinusoid -> MLP (+ pooled text) = c (B, D) --adaLN--> shift/scale/gate of every block
     context (B, L, text_dim) -> MLP -> (B, L, D), plus one learned null token every query may attend to
     blocks: x += gate * SelfAttn(modulate(LN(x)))      QK-RMSNorm, 3D RoPE over (t, h, w), SDPA
@@ -11,8 +11,9 @@ shape as the latents; it knows nothing of noise schedules (those live in `moviol
             x += gate * MLP(modulate(LN(x)))
     final: modulate(LN(x)) -> Linear -> unpatchify -> v (B, C, T, H, W)
 
-Positions enter only through RoPE on integer patch coordinates, so one model handles any duration, size
-and aspect ratio. adaLN gates, the cross-attention output and the final layer start at zero: every block
+Positions enter through RoPE on integer patch coordinates, so one model handles any duration, size and
+aspect ratio; with `abs_pos` each token also gets an embedding of where it sits on the canvas (fractions of
+height and width) and in the clip (latent frame index), which RoPE alone can't tell it from noise. adaLN gates, the cross-attention output and the final layer start at zero: every block
 is the identity and the fresh model outputs exactly zero (DiT's adaLN-zero).
 
     model = DiT(PRESETS["small"])
@@ -33,7 +34,8 @@ from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
 from moviola.config import from_dict, to_dict
-from moviola.models.layers import MLP, QKNorm, RMSNorm, TimestepEmbedder, apply_rope, rope_3d, rope_axis_dims
+from moviola.models.layers import (MLP, QKNorm, RMSNorm, TimestepEmbedder, apply_rope, position_feature_dim,
+                                   position_features, rope_3d, rope_axis_dims)
 
 WEIGHTS_NAME = "dit.safetensors"  # with config.json beside it (moviola.layout)
 
@@ -56,6 +58,7 @@ class DiTConfig:
     qk_norm: bool = True  # RMSNorm of queries and keys per head, in self- and cross-attention
     pooled_text: bool = True  # add the masked mean of the text tokens to the timestep conditioning
     shared_adaln: bool = False  # Wan-style: one adaLN projection for all blocks + a learned table per block
+    abs_pos: bool = False  # add an embedding of each token's absolute place (`position_features`) to RoPE
     freq_dim: int = 256  # sinusoidal timestep embedding width
     time_scale: float = 1000.0  # t in [0, 1] is embedded as t * time_scale
     rope_theta: float = 10000.0
@@ -228,6 +231,7 @@ class DiT(nn.Module):
         self.gradient_checkpointing = cfg.gradient_checkpointing
         patch_volume = math.prod(cfg.patch)
         self.patch_embed = nn.Linear(patch_volume * (cfg.in_channels + cfg.cond_channels), cfg.dim)
+        self.pos_embed = nn.Linear(position_feature_dim(), cfg.dim) if cfg.abs_pos else None
         self.time_embed = TimestepEmbedder(cfg.dim, cfg.freq_dim, cfg.time_scale)
         self.text_embed = MLP(cfg.text_dim, cfg.dim, cfg.dim)
         self.pooled_embed = nn.Linear(cfg.text_dim, cfg.dim) if cfg.pooled_text else None
@@ -237,12 +241,13 @@ class DiT(nn.Module):
         self.blocks = nn.ModuleList([DiTBlock(cfg) for _ in range(cfg.depth)])
         self.final = FinalLayer(cfg.dim, patch_volume * cfg.in_channels, cfg.eps)
         self._rope_cache: dict[tuple, Tensor] = {}
+        self._pos_cache: dict[tuple, Tensor] = {}
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         """DiT's initialisation: Xavier Linears with zero biases, N(0, 0.02) timestep MLP and null token, zeros for
-        every adaLN projection, the cross-attention outputs and the final Linear (so blocks start as the
-        identity and the output as zero)."""
+        every adaLN projection, the cross-attention outputs, the absolute-position embedding and the final
+        Linear (so blocks start as the identity and the output as zero)."""
         for m in self.modules():
             if isinstance(m, nn.Linear):
                 nn.init.xavier_uniform_(m.weight)
@@ -250,7 +255,7 @@ class DiT(nn.Module):
         nn.init.normal_(self.null_token, std=0.02)
         nn.init.normal_(self.time_embed.fc1.weight, std=0.02)
         nn.init.normal_(self.time_embed.fc2.weight, std=0.02)
-        zero = [self.final.adaln, self.final.linear] + ([self.adaln] if self.adaln is not None else [])
+        zero = [self.final.adaln, self.final.linear] + [m for m in (self.adaln, self.pos_embed) if m is not None]
         for block in self.blocks:
             zero.append(block.cross.proj)
             if block.adaln is not None:
@@ -278,6 +283,14 @@ class DiT(nn.Module):
             freqs = rope_3d(grid, self.config.head_dim, self.config.rope_theta, device)[:, None, None]  # (N, 1, 1, d/2)
             self._rope_cache[key] = freqs
         return freqs
+
+    def positions(self, grid: tuple[int, int, int], device: torch.device) -> Tensor:
+        """Cached `position_features` of a token grid: (N, position_feature_dim()) on `device`."""
+        key = (grid, str(device))
+        feats = self._pos_cache.get(key)
+        if feats is None:
+            feats = self._pos_cache[key] = position_features(grid, device)
+        return feats
 
     def forward(self, x: Tensor, t: Tensor, context: Tensor, context_mask: Tensor | None = None,
                 cond: Tensor | None = None) -> Tensor:
@@ -330,6 +343,8 @@ class DiT(nn.Module):
         rope = self.rope(grid, x.device)  # (N, 1, 1, head_dim / 2) complex
         # The residual stream stays float32: under bf16 autocast only the matmuls run in bf16
         h = self.patch_embed(patchify(x, cfg.patch)).float()  # (B, N, D)
+        if self.pos_embed is not None:
+            h = h + self.pos_embed(self.positions(grid, x.device)).float()  # (B, N, D) + (N, D)
         for block in self.blocks:
             if self.gradient_checkpointing and torch.is_grad_enabled():
                 h = checkpoint(block, h, block_c, ctx, bias, rope, use_reentrant=False)  # (B, N, D)
@@ -403,6 +418,18 @@ def with_conditioning(model: DiT) -> DiT:
     sd["patch_embed.weight"] = w_new.flatten(1)  # (D, P * (C + C + 1))
     new.load_state_dict(sd)
     return new.to(w_old.device).train(model.training)
+
+
+def with_abs_pos(model: DiT) -> DiT:
+    """A copy of a DiT without `abs_pos` that has it: the new embedding starts at zero, so the copy computes
+    exactly what the original did until it is fine-tuned. A model that already has it is returned as is."""
+    if model.config.abs_pos:
+        return model
+    new = DiT(DiTConfig.from_dict({**model.config.to_dict(), "abs_pos": True}))
+    missing, unexpected = new.load_state_dict(model.state_dict(), strict=False)
+    assert not unexpected and set(missing) == {"pos_embed.weight", "pos_embed.bias"}, (missing, unexpected)
+    device = next(model.parameters()).device
+    return new.to(device).train(model.training)
 
 
 def _masked_mean(context: Tensor, mask: Tensor | None) -> Tensor:

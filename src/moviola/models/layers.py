@@ -147,3 +147,44 @@ def apply_rope(x: Tensor, freqs: Tensor) -> Tensor:
     """
     xc = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))  # (..., d/2) complex
     return torch.view_as_real(xc * freqs).flatten(-2).type_as(x)  # (..., d)
+
+
+# --- absolute positions --------------------------------------------------------------------------
+
+POSITION_FREQS = 4  # sine/cosine pairs per axis
+TIME_HORIZON = 16.0  # latent frames over which the time features make half a turn at their lowest frequency
+
+
+def position_features(grid: tuple[int, int, int], device: torch.device | str | None = None) -> Tensor:
+    """Where each token of a (T', H', W') grid sits, as features a Linear can read: (N, 6 * POSITION_FREQS + 1).
+
+    RoPE tells a token only how far it is from another one. From pure noise that leaves it no way to know
+    where the canvas edges are or which frame comes first, yet the world's prompts are about exactly
+    that ("moves right" starts in the left third and ends to the right; "falls" starts near the top): a DiT
+    with RoPE alone predicted the same centred mean for "moves left" and "moves right" at high noise. So
+    height and width enter as fractions of the canvas (any size or aspect ratio: the walls are at 0 and 1),
+    time as the latent frame index from the clip's start (frame 0, a single pixel frame in the causal
+    VAE, also gets its own flag), each through sines and cosines of pi * k * position, k = 1 .. POSITION_FREQS.
+    Row-major (t, h, w) token order, as patchify.
+    """
+    nt, nh, nw = grid
+    k = torch.arange(1, POSITION_FREQS + 1, device=device, dtype=torch.float32) * math.pi  # (F,)
+
+    def axis(pos: Tensor) -> Tensor:  # (P,) -> (P, 2F)
+        a = pos[:, None] * k[None]
+        return torch.cat([torch.sin(a), torch.cos(a)], dim=-1)
+
+    ft = axis(torch.arange(nt, device=device, dtype=torch.float32) / TIME_HORIZON)  # (T', 2F)
+    first = (torch.arange(nt, device=device) == 0).float()[:, None]  # (T', 1)
+    fh = axis((torch.arange(nh, device=device, dtype=torch.float32) + 0.5) / nh)  # (H', 2F)
+    fw = axis((torch.arange(nw, device=device, dtype=torch.float32) + 0.5) / nw)  # (W', 2F)
+    feats = torch.cat([
+        torch.cat([ft, first], dim=-1)[:, None, None].expand(nt, nh, nw, -1),
+        fh[None, :, None].expand(nt, nh, nw, -1),
+        fw[None, None, :].expand(nt, nh, nw, -1),
+    ], dim=-1)  # (T', H', W', 6F + 1)
+    return feats.reshape(nt * nh * nw, -1)
+
+
+def position_feature_dim() -> int:
+    return 6 * POSITION_FREQS + 1
