@@ -6,8 +6,8 @@ import json
 import pytest
 import torch
 
-from moviola.models.dit import PRESETS, DiT, DiTConfig, patchify, unpatchify, with_abs_pos
-from moviola.models.layers import POSITION_FREQS, apply_rope, gelu_tanh, position_features, rope_3d
+from moviola.models.dit import PRESETS, DiT, DiTConfig, patchify, unpatchify, with_extras
+from moviola.models.layers import POSITION_FREQS, apply_rope, gelu_tanh, position_features, rope_1d, rope_3d
 from tensors import randn  # tests/tensors.py
 
 TEXT_DIM = PRESETS["tiny"].text_dim
@@ -212,9 +212,9 @@ def test_position_features_name_every_place_and_keep_time_by_index():
 def test_with_abs_pos_starts_as_the_original_then_sees_where_it_is(tmp_path):
     base = make_model()
     x, t, context, mask = inputs()
-    wide = with_abs_pos(base)
+    wide = with_extras(base, abs_pos=True)
     assert wide is not base and wide.config.abs_pos and not base.config.abs_pos and not wide.training
-    assert with_abs_pos(wide) is wide
+    assert with_extras(wide, abs_pos=True) is wide and with_extras(wide) is wide
     with torch.no_grad():
         torch.testing.assert_close(wide(x, t, context, mask), base(x, t, context, mask), rtol=0, atol=0)
         # Once trained, the embedding changes what the model computes.
@@ -225,6 +225,37 @@ def test_with_abs_pos_starts_as_the_original_then_sees_where_it_is(tmp_path):
     assert back.config.abs_pos
     with torch.no_grad():
         torch.testing.assert_close(back(x, t, context, mask), wide(x, t, context, mask))
+
+
+def test_text_refiner_starts_as_the_identity_and_ignores_padding(tmp_path):
+    base = make_model()
+    x, t, context, mask = inputs()
+    wide = with_extras(base, text_refiner=2)
+    assert wide.config.text_refiner == 2 and len(wide.text_refiner) == 2
+    with torch.no_grad():
+        torch.testing.assert_close(wide(x, t, context, mask), base(x, t, context, mask), rtol=0, atol=0)
+        for block in wide.text_refiner:  # as if trained
+            block.attn.proj.weight.normal_(std=0.2)
+            block.mlp.fc2.weight.normal_(std=0.2)
+        v = wide(x, t, context, mask)
+        assert (v - base(x, t, context, mask)).abs().max() > 1e-3
+        # Tokens mix: a refiner block's output for one token depends on the other real tokens ...
+        block, rope = wide.text_refiner[0], rope_1d(wide.config.head_dim, torch.arange(5))[:, None, None]
+        tokens = randn(1, 5, wide.config.dim, seed=7)
+        moved = tokens.clone()
+        moved[0, 0] = randn(wide.config.dim, seed=8)
+        assert (block(moved, None, rope)[0, 2] - block(tokens, None, rope)[0, 2]).abs().max() > 1e-4
+        # ... but padding never enters: sample 0's padded tokens (3 and 4) may hold anything.
+        junk = context.clone()
+        junk[0, 3:] = 100.0
+        torch.testing.assert_close(wide(x, t, junk, mask), v)
+        # An empty prompt (no real token) still gives finite output: the null token is always there.
+        assert torch.isfinite(wide(x, t, context, torch.zeros_like(mask))).all()
+    wide.save_pretrained(tmp_path)
+    back = DiT.from_pretrained(tmp_path)
+    assert back.config.text_refiner == 2
+    with torch.no_grad():
+        torch.testing.assert_close(back(x, t, context, mask), v)
 
 
 # --- determinism, batches, files -----------------------------------------------------------------

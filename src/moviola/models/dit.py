@@ -6,6 +6,7 @@ shape as the latents; it knows nothing of noise schedules (those live in `moviol
     x (B, C, T, H, W) --patchify--> tokens (B, N, D), N = T/pt * H/ph * W/pw   (+ absolute place, if abs_pos)
     t (B,) -> sinusoid -> MLP (+ pooled text) = c (B, D) --adaLN--> shift/scale/gate of every block
     context (B, L, text_dim) -> MLP -> (B, L, D), plus one learned null token every query may attend to
+            (-> text_refiner blocks of self-attention over the tokens, if any)
     blocks: x += gate * SelfAttn(modulate(LN(x)))      QK-RMSNorm, 3D RoPE over (t, h, w), SDPA
             x += CrossAttn(LN(x), context)             keys/values from real text tokens only
             x += gate * MLP(modulate(LN(x)))
@@ -35,7 +36,7 @@ from torch.utils.checkpoint import checkpoint
 
 from moviola.config import from_dict, to_dict
 from moviola.models.layers import (MLP, QKNorm, RMSNorm, TimestepEmbedder, apply_rope, position_feature_dim,
-                                   position_features, rope_3d, rope_axis_dims)
+                                   position_features, rope_1d, rope_3d, rope_axis_dims)
 
 WEIGHTS_NAME = "dit.safetensors"  # with config.json beside it (moviola.layout)
 
@@ -59,6 +60,7 @@ class DiTConfig:
     pooled_text: bool = True  # add the masked mean of the text tokens to the timestep conditioning
     shared_adaln: bool = False  # Wan-style: one adaLN projection for all blocks + a learned table per block
     abs_pos: bool = False  # add an embedding of each token's absolute place (`position_features`) to RoPE
+    text_refiner: int = 0  # blocks of self-attention over the text tokens before any cross-attention reads them
     freq_dim: int = 256  # sinusoidal timestep embedding width
     time_scale: float = 1000.0  # t in [0, 1] is embedded as t * time_scale
     rope_theta: float = 10000.0
@@ -69,8 +71,8 @@ class DiTConfig:
         self.patch = tuple(self.patch)
         if len(self.patch) != 3 or min(self.patch) < 1:
             raise ValueError(f"patch must be three positive ints (pt, ph, pw), got {self.patch!r}")
-        if min(self.in_channels, self.dim, self.depth, self.heads, self.text_dim) < 1 or self.cond_channels < 0:
-            raise ValueError("in_channels, dim, depth, heads and text_dim must be positive")
+        if min(self.in_channels, self.dim, self.depth, self.heads, self.text_dim) < 1 or min(self.cond_channels, self.text_refiner) < 0:
+            raise ValueError("in_channels, dim, depth, heads and text_dim must be positive (cond_channels, text_refiner >= 0)")
         if self.dim % self.heads:
             raise ValueError(f"dim {self.dim} is not divisible by heads {self.heads}")
         rope_axis_dims(self.head_dim)  # raises if the head can't be split between t, h and w
@@ -136,12 +138,16 @@ class SelfAttention(nn.Module):
         self.norm_qk = QKNorm(dim // heads, eps) if qk_norm else nn.Identity()
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: Tensor, rope: Tensor) -> Tensor:
-        """x: (B, N, D); rope: complex (N, 1, 1, head_dim / 2) -> (B, N, D)."""
+    def forward(self, x: Tensor, rope: Tensor, bias: Tensor | None = None) -> Tensor:
+        """x: (B, N, D); rope: complex (N, 1, 1, head_dim / 2); bias: additive key mask (B, 1, 1, N) or None
+        -> (B, N, D)."""
         qkv = self.qkv(x).unflatten(-1, (3, self.heads, -1))  # (B, N, 3, H, d)
         qk = apply_rope(self.norm_qk(qkv[:, :, :2]), rope).to(qkv.dtype)  # (B, N, 2, H, d)
         q, k, v = qk[:, :, 0], qk[:, :, 1], qkv[:, :, 2]  # 3 x (B, N, H, d), views
-        out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))  # (B, H, N, d)
+        if bias is not None:
+            bias = bias.to(q.dtype)
+        out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                             attn_mask=bias)  # (B, H, N, d)
         return self.proj(out.transpose(1, 2).flatten(2))  # (B, N, D), no copy: SDPA's output is (B, N, H, d) in memory
 
 
@@ -167,6 +173,29 @@ class CrossAttention(nn.Module):
         out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
                                              attn_mask=bias)  # (B, H, N, d)
         return self.proj(out.transpose(1, 2).flatten(2))  # (B, N, D)
+
+
+class TextRefinerBlock(nn.Module):
+    """Pre-norm self-attention (1D RoPE over token index, padding masked) and MLP over the text tokens, both
+    residual with zero-initialised outputs, so a new refiner starts as the identity.
+
+    Why: cross-attention reads a token only if some query attends to it, and a trained small DiT attended
+    to colour and background words while giving each motion word under 4 % of every head's attention
+    (`benchmarks/word_probe.py`): "moves left" and "moves right" made the same clip. Mixing the tokens
+    first lets a motion word reach the words that are attended (its object's colour and shape).
+    """
+
+    def __init__(self, cfg: DiTConfig) -> None:
+        super().__init__()
+        self.eps = cfg.eps
+        self.attn = SelfAttention(cfg.dim, cfg.heads, cfg.qk_norm, cfg.eps)
+        self.mlp = MLP(cfg.dim, cfg.mlp_dim)
+
+    def forward(self, x: Tensor, bias: Tensor | None, rope: Tensor) -> Tensor:
+        """x: (B, L, D) text tokens; bias: (B, 1, 1, L) or None; rope: complex (L, 1, 1, head_dim / 2)."""
+        D = x.shape[-1]
+        x = x + self.attn(F.layer_norm(x, (D,), eps=self.eps), rope, bias)  # (B, L, D)
+        return x + self.mlp(F.layer_norm(x, (D,), eps=self.eps))  # (B, L, D)
 
 
 class DiTBlock(nn.Module):
@@ -238,6 +267,7 @@ class DiT(nn.Module):
         # Always attendable, so a query never sees an all-masked row (an empty prompt): no NaNs.
         self.null_token = nn.Parameter(torch.empty(1, 1, cfg.dim))
         self.adaln = nn.Linear(cfg.dim, 6 * cfg.dim) if cfg.shared_adaln else None
+        self.text_refiner = nn.ModuleList([TextRefinerBlock(cfg) for _ in range(cfg.text_refiner)])
         self.blocks = nn.ModuleList([DiTBlock(cfg) for _ in range(cfg.depth)])
         self.final = FinalLayer(cfg.dim, patch_volume * cfg.in_channels, cfg.eps)
         self._rope_cache: dict[tuple, Tensor] = {}
@@ -256,6 +286,8 @@ class DiT(nn.Module):
         nn.init.normal_(self.time_embed.fc1.weight, std=0.02)
         nn.init.normal_(self.time_embed.fc2.weight, std=0.02)
         zero = [self.final.adaln, self.final.linear] + [m for m in (self.adaln, self.pos_embed) if m is not None]
+        for block in self.text_refiner:
+            zero += [block.attn.proj, block.mlp.fc2]
         for block in self.blocks:
             zero.append(block.cross.proj)
             if block.adaln is not None:
@@ -339,6 +371,11 @@ class DiT(nn.Module):
             keep = F.pad(context_mask.bool(), (0, 1), value=True)  # (B, L + 1)
             bias = torch.zeros(keep.shape, device=x.device).masked_fill_(~keep, float("-inf"))  # (B, L + 1)
             bias = bias[:, None, None, :]  # (B, 1, 1, L + 1)
+        if len(self.text_refiner):
+            text_rope = rope_1d(cfg.head_dim, torch.arange(ctx.shape[1], device=x.device), cfg.rope_theta)
+            text_rope = text_rope[:, None, None]  # (L + 1, 1, 1, head_dim / 2)
+            for block in self.text_refiner:
+                ctx = block(ctx, bias, text_rope)  # (B, L + 1, D)
 
         rope = self.rope(grid, x.device)  # (N, 1, 1, head_dim / 2) complex
         # The residual stream stays float32: under bf16 autocast only the matmuls run in bf16
@@ -420,14 +457,19 @@ def with_conditioning(model: DiT) -> DiT:
     return new.to(w_old.device).train(model.training)
 
 
-def with_abs_pos(model: DiT) -> DiT:
-    """A copy of a DiT without `abs_pos` that has it: the new embedding starts at zero, so the copy computes
-    exactly what the original did until it is fine-tuned. A model that already has it is returned as is."""
-    if model.config.abs_pos:
+def with_extras(model: DiT, *, abs_pos: bool = False, text_refiner: int = 0) -> DiT:
+    """A copy of a trained DiT with parts it lacks added: the absolute-position embedding, or text refiner
+    blocks up to `text_refiner`. The new parts start as the identity (zero-initialised outputs), so the copy
+    computes exactly what the original did until it is fine-tuned. With nothing to add, the model itself."""
+    cfg = model.config
+    changes = {k: v for k, v in (("abs_pos", abs_pos or cfg.abs_pos),
+                                 ("text_refiner", max(text_refiner, cfg.text_refiner))) if v != getattr(cfg, k)}
+    if not changes:
         return model
-    new = DiT(DiTConfig.from_dict({**model.config.to_dict(), "abs_pos": True}))
+    new = DiT(DiTConfig.from_dict({**cfg.to_dict(), **changes}))
     missing, unexpected = new.load_state_dict(model.state_dict(), strict=False)
-    assert not unexpected and set(missing) == {"pos_embed.weight", "pos_embed.bias"}, (missing, unexpected)
+    if unexpected or not all(k.startswith(("pos_embed.", "text_refiner.")) for k in missing):
+        raise RuntimeError(f"with_extras: unexpected state dict difference (missing {missing}, unexpected {unexpected})")
     device = next(model.parameters()).device
     return new.to(device).train(model.training)
 

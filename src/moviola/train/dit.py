@@ -44,7 +44,7 @@ from moviola.config import save_config, to_dict
 from moviola.data.latent_cache import LatentCache, WorldCacheConfig, build_world_cache, buckets_of
 from moviola.flow.path import add_noise, flow_loss, sample_time, shift_for_tokens, velocity_target
 from moviola.layout import missing_parts, part_weights, read_config
-from moviola.models.dit import DiT, DiTConfig, PRESETS, frame_cond, with_abs_pos, with_conditioning
+from moviola.models.dit import DiT, DiTConfig, PRESETS, frame_cond, with_conditioning, with_extras
 from moviola.models.lora import LoRAConfig, inject_lora, lora_disabled, merge_lora, save_lora
 from moviola.models.text import load_text_encoder
 from moviola.models.vae import CausalVAE
@@ -86,8 +86,8 @@ class SamplingDefaults:
 
 @dataclass
 class TrainDiTConfig:
-    # With init_from only model.abs_pos is read: true adds absolute-position embeddings (zero-initialised) to a
-    # base without them; every other field is the base's.
+    # With init_from only model.abs_pos and model.text_refiner are read: they add absolute-position embeddings or
+    # text refiner blocks (starting as the identity) to a base without them; every other field is the base's.
     model: DiTConfig = field(default_factory=lambda: dataclasses.replace(PRESETS["small"]))
     vae: str = ""  # folder with vae.safetensors; "" = the shipped default model folder (or init_from's)
     text_encoder: str = "minilm"  # unused with init_from (the folder's config.json names it)
@@ -350,8 +350,8 @@ def _build_model(cfg: TrainDiTConfig, base_dir: Path | None, device: torch.devic
     model = DiT.from_pretrained(base_dir).train()
     if cfg.cond_prob > 0:
         model = with_conditioning(model)  # a text-only base learns known frames from zero-initialised inputs
-    if cfg.model.abs_pos:
-        model = with_abs_pos(model)  # a base without them learns absolute positions from a zero-initialised embedding
+    # Parts the base lacks (absolute positions, text refiner blocks) start as the identity and learn from there.
+    model = with_extras(model, abs_pos=cfg.model.abs_pos, text_refiner=cfg.model.text_refiner)
     model.gradient_checkpointing = cfg.model.gradient_checkpointing or model.config.gradient_checkpointing
     return model
 
