@@ -10,9 +10,10 @@ that knows where it is puts them there; one that doesn't predicts the same centr
 
     PYTHONPATH=src python benchmarks/word_probe.py [--model DIR] [--n 48] [--objects 1]
 
-Found with it (2026-12-06, the shipped model of then): direction reversed +2.5 % loss at t = 0.8 where colours
-swapped cost +65 %, and a centred high-noise prediction for every direction: the model without absolute
-positions (`DiTConfig.abs_pos`) did not know left from right.
+Found with it (2026-12-06, the shipped model of then): direction reversed +2.4 % loss at t = 0.8 where colours
+swapped cost +65 %, and the same high-noise prediction for "moves left" and "moves right": the model did not read
+left from right. Fine-tunes with absolute positions (`DiTConfig.abs_pos`), a text refiner
+(`DiTConfig.text_refiner`) or noisier training times did not change that (the model card has the figures).
 """
 
 from __future__ import annotations
