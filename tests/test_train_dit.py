@@ -301,3 +301,27 @@ def test_gpu_script_vae_stage_folder_is_the_base_with_the_new_vae(tmp_path):
     out = mod.with_vae(flat, vae, tmp_path / "run" / "flat")
     assert not (out / "vae.safetensors").exists() and not (out / "vae.json").exists()
     assert (out / "vae" / "vae.safetensors").read_text() == "newer" and (out / "dit.safetensors").exists()
+
+
+def test_fine_tune_adds_abs_pos_and_text_refiner_to_a_base_without_them(tmp_path):
+    """With init_from, model.abs_pos and model.text_refiner widen the base; the widened model starts as the base."""
+    import dataclasses
+
+    from moviola.models.dit import PRESETS, DiT
+    from moviola.train.dit import _build_model
+
+    torch.manual_seed(0)
+    base = DiT(PRESETS["tiny"]).eval()
+    with torch.no_grad():
+        for p in base.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    base.save_pretrained(tmp_path / "dit")
+    cfg = TrainDiTConfig(model=dataclasses.replace(PRESETS["tiny"], abs_pos=True, text_refiner=1))
+    model = _build_model(cfg, tmp_path / "dit", torch.device("cpu")).eval()
+    assert model.config.abs_pos and model.config.text_refiner == 1 and model.config.dim == base.config.dim
+    x, t = torch.randn(2, 16, 3, 4, 4), torch.rand(2)
+    ctx, mask = torch.randn(2, 5, base.config.text_dim), torch.ones(2, 5, dtype=torch.bool)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x, t, ctx, mask), base(x, t, ctx, mask), rtol=0, atol=0)
+    plain = _build_model(TrainDiTConfig(), tmp_path / "dit", torch.device("cpu"))
+    assert not plain.config.abs_pos and plain.config.text_refiner == 0

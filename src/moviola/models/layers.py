@@ -165,7 +165,8 @@ def position_features(grid: tuple[int, int, int], device: torch.device | str | N
     height and width enter as fractions of the canvas (any size or aspect ratio: the walls are at 0 and 1),
     time as the latent frame index from the clip's start (frame 0, a single pixel frame in the causal
     VAE, also gets its own flag), each through sines and cosines of pi * k * position, k = 1 .. POSITION_FREQS.
-    Row-major (t, h, w) token order, as patchify.
+    Row-major (t, h, w) token order, as patchify. (A 1,600-step fine-tune of that DiT with them,
+    `configs/dit/abs_pos.toml`, still did not tell left from right: RoPE was not what held it back.)
     """
     nt, nh, nw = grid
     k = torch.arange(1, POSITION_FREQS + 1, device=device, dtype=torch.float32) * math.pi  # (F,)
