@@ -37,8 +37,8 @@ def swap_words(text: str, table: dict[str, str]) -> str:
     return re.sub(r"\b(" + "|".join(table) + r")\b", lambda m: table[m.group(1)], text)
 
 
-def world_clips(n: int, objects: int | None, frames: int = 17) -> tuple[torch.Tensor, list[str]]:
-    """n 64x64 clips (n, 3, frames, 64, 64) in [-1, 1] whose objects all move in a straight line, and captions."""
+def world_clips(n: int, objects: int | None, frames: int = 17) -> tuple[list[np.ndarray], list[str]]:
+    """n 64x64 clips (frames, 64, 64, 3) uint8 whose objects all move in a straight line, and their captions."""
     from moviola.world.caption import caption
     from moviola.world.render import render
     from moviola.world.sample import sample_scene
@@ -53,13 +53,13 @@ def world_clips(n: int, objects: int | None, frames: int = 17) -> tuple[torch.Te
         if objects is not None and len(spec.objects) != objects:
             continue
         caps.append(caption(spec, detailed=True))
-        clips.append(torch.from_numpy(render(spec, num_frames=frames).frames).permute(3, 0, 1, 2).float() / 127.5 - 1)
-    return torch.stack(clips), caps
+        clips.append(render(spec, num_frames=frames).frames)
+    return clips, caps
 
 
 @torch.no_grad()
-def loss_table(pipe, x: torch.Tensor, caps: list[str]) -> dict[str, list[float]]:
-    z = pipe.vae.normalize(pipe.vae.encode(x).mean)  # (n, C, t, h, w)
+def loss_table(pipe, clips: list[np.ndarray], caps: list[str]) -> dict[str, list[float]]:
+    z = torch.cat([pipe.encode_frames(c) for c in clips])  # (n, C, t, h, w)
     noise = torch.randn(z.shape, generator=torch.Generator().manual_seed(0))
     variants = {"true": caps, **{k: [swap_words(c, tab) for c in caps] for k, tab in SWAPS.items()},
                 "empty": [""] * len(caps)}
@@ -78,10 +78,11 @@ def loss_table(pipe, x: torch.Tensor, caps: list[str]) -> dict[str, list[float]]
 PROBE_MOTIONS = ("moves right", "moves left", "moves down")
 
 
-def _red_centroids(frames: torch.Tensor) -> tuple[float, float, float, float]:
-    """Red-mass centroid (x, y in pixels) of the mean clip's first and last frame; frames (n, 3, T, H, W)."""
-    red = (frames[:, 0] - frames[:, 1:].amax(1)).clamp_min(0).mean(0)  # (T, H, W): 0 on any grey, 1.4 on red
-    ys, xs = (torch.arange(s, dtype=torch.float32) for s in red.shape[1:])
+def _red_centroids(clips: list[np.ndarray]) -> tuple[float, float, float, float]:
+    """Red-mass centroid (x, y in pixels) of the mean clip's first and last frame; clips (T, H, W, 3) uint8."""
+    rgb = np.stack(clips).astype(np.float32)  # (n, T, H, W, 3)
+    red = np.clip(rgb[..., 0] - rgb[..., 1:].max(-1), 0, None).mean(0)  # (T, H, W): 0 on any grey
+    ys, xs = (np.arange(s, dtype=np.float32) for s in red.shape[1:])
 
     def centroid(f: int) -> tuple[float, float]:
         w = red[f] + 1e-8
@@ -103,12 +104,11 @@ def high_noise_centroids(pipe, n: int = 16, t: float = 0.95) -> dict[str, tuple[
         ctx, mask = pipe.text_encoder.encode([prompt] * n)
         noise = torch.randn(n, pipe.dit.config.in_channels, 5, 8, 8, generator=torch.Generator().manual_seed(0))
         v = pipe.dit(noise, torch.full((n,), t), ctx, mask)
-        frames = pipe.vae.decode(pipe.vae.denormalize(noise - t * v)).clamp(-1, 1)  # (n, 3, 17, 64, 64)
-        truth = torch.stack([
-            torch.from_numpy(render(scene_from_prompt(parse_prompt(prompt), np.random.default_rng(i), seconds=2.0),
-                                    num_frames=17).frames).permute(3, 0, 1, 2).float() / 127.5 - 1
-            for i in range(n)])
-        out[motion] = (_red_centroids(frames), _red_centroids(truth))
+        x0 = noise - t * v  # (n, C, 5, 8, 8): the model's clean prediction
+        made = [pipe.decode_frames(x0[i:i + 1]) for i in range(n)]  # (17, 64, 64, 3) uint8 each
+        truth = [render(scene_from_prompt(parse_prompt(prompt), np.random.default_rng(i), seconds=2.0),
+                        num_frames=17).frames for i in range(n)]
+        out[motion] = (_red_centroids(made), _red_centroids(truth))
     return out
 
 
@@ -124,8 +124,8 @@ def main() -> None:
     from moviola.pipeline import Pipeline
 
     pipe = Pipeline.from_pretrained(args.model or DEFAULT_MODEL_DIR)
-    x, caps = world_clips(args.n, args.objects)
-    table = loss_table(pipe, x, caps)
+    clips, caps = world_clips(args.n, args.objects)
+    table = loss_table(pipe, clips, caps)
     print(f"model {args.model or 'shipped default'}: flow loss on {args.n} clips of straight-line movers "
           f"(objects: {args.objects or '1 to 3'}), t = {', '.join(map(str, TIMES))}")
     for name, row in table.items():

@@ -274,8 +274,7 @@ class DiT(nn.Module):
         self.text_refiner = nn.ModuleList([TextRefinerBlock(cfg) for _ in range(cfg.text_refiner)])
         self.blocks = nn.ModuleList([DiTBlock(cfg) for _ in range(cfg.depth)])
         self.final = FinalLayer(cfg.dim, patch_volume * cfg.in_channels, cfg.eps)
-        self._rope_cache: dict[tuple, Tensor] = {}
-        self._pos_cache: dict[tuple, Tensor] = {}
+        self._grid_cache: dict[tuple, Tensor] = {}  # per-grid constants: RoPE tables, position features
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -311,22 +310,28 @@ class DiT(nn.Module):
                              f"patch {self.config.patch}")
         return frames // pt, height // ph, width // pw
 
+    def _cached(self, kind: str, grid: tuple[int, ...], device: torch.device, make) -> Tensor:
+        key = (kind, grid, str(device))
+        value = self._grid_cache.get(key)
+        if value is None:
+            value = self._grid_cache[key] = make()
+        return value
+
     def rope(self, grid: tuple[int, int, int], device: torch.device) -> Tensor:
         """Cached RoPE rotations for a token grid: complex64 (N, 1, 1, head_dim / 2) on `device`."""
-        key = (grid, str(device))
-        freqs = self._rope_cache.get(key)
-        if freqs is None:
-            freqs = rope_3d(grid, self.config.head_dim, self.config.rope_theta, device)[:, None, None]  # (N, 1, 1, d/2)
-            self._rope_cache[key] = freqs
-        return freqs
+        cfg = self.config
+        return self._cached("rope", grid, device,
+                            lambda: rope_3d(grid, cfg.head_dim, cfg.rope_theta, device)[:, None, None])
+
+    def text_rope(self, length: int, device: torch.device) -> Tensor:
+        """Cached 1D RoPE over text token index for the refiner: complex64 (length, 1, 1, head_dim / 2)."""
+        cfg = self.config
+        return self._cached("text_rope", (length,), device, lambda: rope_1d(
+            cfg.head_dim, torch.arange(length, device=device), cfg.rope_theta)[:, None, None])
 
     def positions(self, grid: tuple[int, int, int], device: torch.device) -> Tensor:
         """Cached `position_features` of a token grid: (N, position_feature_dim()) on `device`."""
-        key = (grid, str(device))
-        feats = self._pos_cache.get(key)
-        if feats is None:
-            feats = self._pos_cache[key] = position_features(grid, device)
-        return feats
+        return self._cached("positions", grid, device, lambda: position_features(grid, device))
 
     def forward(self, x: Tensor, t: Tensor, context: Tensor, context_mask: Tensor | None = None,
                 cond: Tensor | None = None) -> Tensor:
@@ -376,8 +381,7 @@ class DiT(nn.Module):
             bias = torch.zeros(keep.shape, device=x.device).masked_fill_(~keep, float("-inf"))  # (B, L + 1)
             bias = bias[:, None, None, :]  # (B, 1, 1, L + 1)
         if len(self.text_refiner):
-            text_rope = rope_1d(cfg.head_dim, torch.arange(ctx.shape[1], device=x.device), cfg.rope_theta)
-            text_rope = text_rope[:, None, None]  # (L + 1, 1, 1, head_dim / 2)
+            text_rope = self.text_rope(ctx.shape[1], x.device)  # (L + 1, 1, 1, head_dim / 2)
             for block in self.text_refiner:
                 ctx = block(ctx, bias, text_rope)  # (B, L + 1, D)
 
