@@ -259,7 +259,9 @@ def test_training_with_cond_prob_widens_the_model_and_leaves_text_only_batches_a
               f"model.text_dim={TEXT_DIM}", "data.n_clips=4", "data.buckets=[[32,32,1.0,0.5],[32,32,2.0,0.5]]",
               "optim.batch_size=4", "optim.warmup_steps=1", "eval_every=0", "log_every=1", "ckpt_every=10",
               f"vae='{tmp_path / 'vae'}'", "optim.steps=2"]
-    cfg = load_config(train_dit_module.TrainDiTConfig, None, common + ["cond_prob=0.5", f"out='{tmp_path / 'c'}'"])
+    # with the motion term too: its frame pairs skip known frames
+    cfg = load_config(train_dit_module.TrainDiTConfig, None,
+                      common + ["cond_prob=0.5", "motion_loss=0.5", f"out='{tmp_path / 'c'}'"])
     model_dir = train_dit_module.train_dit(cfg)
     dit = DiT.from_pretrained(model_dir)
     assert dit.config.cond_channels == dit.config.in_channels + 1 == 5
@@ -777,3 +779,33 @@ def test_seam_measures_see_a_jump_moved_next_to_the_seam():
     assert prefix_seam_ratio(clip, seam) == 60.0  # the jump, inside the PREFIX_SPREAD steps after the seam
     assert PREFIX_SPREAD == 3 and prefix_seam_ratio(clip, seam + 3) == 0.0
     assert seam_region_ratio(clip, 13) == 60.0 and seam_region_ratio(clip, 14) == 0.0  # 3 steps before a suffix
+
+
+def test_objects_weights_draw_clips_by_their_object_count(tmp_path):
+    import moviola.train.dit as T
+    from moviola.data.latent_cache import LatentCache, build_world_cache, buckets_of
+
+    torch.manual_seed(0)
+    data = T.DataConfig(n_clips=12, buckets=[(32, 32, 1.0, 1.0)], holdout="")
+    build_world_cache(tmp_path, data, CausalVAE(VAE_PRESETS["tiny"]), HashText())
+    cache = LatentCache(tmp_path, buckets_of(data))
+    counts = [len(r["spec"]["objects"]) for r in cache.rows[0]]
+    assert 1 in counts and max(counts) > 1
+    optim = dataclasses.replace(T.TrainDiTConfig().optim, batch_size=8)
+
+    def drawn(weights):  # object counts of the clips in 6 batches
+        cfg = T.TrainDiTConfig(data=dataclasses.replace(data, objects_weights=weights), optim=optim)
+        batches, out = T.Batches(cache, cfg, (1, 2, 2)), []
+        for step in range(6):
+            x0 = batches.batch(step)["x0"]
+            out += [counts[next(j for j, lat in enumerate(cache.latents[0]) if torch.equal(x, lat.float()))]
+                    for x in x0]
+        return out
+
+    assert set(drawn([1.0, 0.0, 0.0])) == {1}
+    assert 1 not in drawn([0.0, 1.0, 1.0])
+    assert len(set(drawn([]))) > 1  # empty: every clip alike
+    for bad in ([1.0], [0.0, 0.0, 0.0], [1.0, -1.0, 1.0]):
+        with pytest.raises(ValueError, match="objects_weights"):
+            T.Batches(cache, T.TrainDiTConfig(data=dataclasses.replace(data, objects_weights=bad), optim=optim),
+                      (1, 2, 2))

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from moviola.flow import path, samplers
-from moviola.flow.path import (add_noise, flow_loss, sample_time, shift_for_tokens, shift_time, timesteps,
-                               velocity_target)
+from moviola.flow.path import (add_noise, flow_loss, sample_time, shift_for_tokens, shift_time, temporal_loss,
+                               timesteps, velocity_target)
 from moviola.flow.samplers import SAMPLERS, cfg_model_fn, make_noise, sample
 from tensors import randn  # tests/tensors.py
 
@@ -109,6 +109,30 @@ def test_flow_loss_weights_and_mask():
     assert flow_loss(bad, x0, noise, mask=torch.zeros(1, 3, 1, dtype=torch.bool)).item() == 0.0
     # computed in float32 even for bf16 predictions
     assert flow_loss(target.bfloat16(), x0, noise).dtype == torch.float32
+
+
+def test_temporal_loss_sees_only_frame_to_frame_change_of_the_error():
+    x0, noise = randn(2, 3, 4, 2, 2, seed=5), randn(2, 3, 4, 2, 2, seed=6)  # (B, C, T, H, W)
+    target = velocity_target(x0, noise)
+    # an error that is the same in every frame costs the plain loss, not this one
+    same = target + randn(2, 3, 1, 2, 2, seed=7)
+    assert flow_loss(same, x0, noise).item() > 0.1
+    assert temporal_loss(same, x0, noise).item() == pytest.approx(0.0, abs=1e-10)
+    # an error of +1 in frame 2 only: pairs (1, 2) and (2, 3) change by 1, of 3 pairs
+    bump = target.clone()
+    bump[:, :, 2] += 1.0
+    out = bump.requires_grad_()
+    loss = temporal_loss(out, x0, noise)
+    assert loss.item() == pytest.approx(2 / 3)
+    loss.backward()
+    assert out.grad is not None
+    # a pair counts only when both of its frames are kept: frame 2 known -> no pair sees the bump
+    keep = torch.tensor([True, True, False, True]).reshape(1, 1, 4, 1, 1)
+    assert temporal_loss(bump.detach(), x0, noise, mask=keep).item() == pytest.approx(0.0)
+    # one latent frame (an image): 0, still in the graph
+    img = target[:, :, :1].clone().requires_grad_()
+    zero = temporal_loss(img + 1, x0[:, :, :1], noise[:, :, :1])
+    assert zero.item() == 0.0 and zero.requires_grad
 
 
 def test_timesteps_grid():

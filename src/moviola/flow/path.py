@@ -127,6 +127,27 @@ def flow_loss(model_out: Tensor, x0: Tensor, noise: Tensor, weights: Tensor | No
     return (err * mask).sum() / mask.sum().clamp_min(1.0)
 
 
+def temporal_loss(model_out: Tensor, x0: Tensor, noise: Tensor, mask: Tensor | None = None,
+                  target: Tensor | None = None) -> Tensor:
+    """Mean squared frame-to-frame change of the velocity error, in float32 (a motion term for video).
+
+    The plain loss weighs an error that is the same in every frame (where a thing is) like one that differs
+    from frame to frame (how it moves); this term sees only the second kind, so adding it to ``flow_loss``
+    (VideoJAM's argument, Chefer et al. 2025, without its optical-flow head) puts more of the gradient on
+    motion. model_out, x0, noise: (B, C, T, H, W); mask as in ``flow_loss`` with its time axis at dim 2: a
+    pair of frames counts when both are kept. A clip of one latent frame gives 0 (still in the graph).
+    """
+    if target is None:
+        target = velocity_target(x0, noise)
+    err = model_out.float() - target.float()  # (B, C, T, H, W)
+    d = (err[:, :, 1:] - err[:, :, :-1]).square()  # (B, C, T - 1, H, W)
+    if mask is None:
+        return d.mean() if d.numel() else err.sum() * 0.0
+    mask = mask.to(d.dtype)
+    pair = (mask[:, :, 1:] * mask[:, :, :-1]).expand_as(d)
+    return (d * pair).sum() / pair.sum().clamp_min(1.0)
+
+
 def timesteps(steps: int, *, shift: float = 1.0, device: torch.device | str | None = None) -> Tensor:
     """The sampling grid (steps + 1,) float32: evenly spaced from 1 to 0, then shifted.
     Strictly decreasing, first entry exactly 1 (pure noise), last exactly 0 (data)."""

@@ -42,7 +42,7 @@ import torch
 
 from moviola.config import save_config, to_dict
 from moviola.data.latent_cache import LatentCache, WorldCacheConfig, build_world_cache, buckets_of
-from moviola.flow.path import add_noise, flow_loss, sample_time, shift_for_tokens, velocity_target
+from moviola.flow.path import add_noise, flow_loss, sample_time, shift_for_tokens, temporal_loss, velocity_target
 from moviola.layout import missing_parts, part_weights, read_config
 from moviola.models.dit import DiT, DiTConfig, PRESETS, frame_cond, with_conditioning, with_extras
 from moviola.models.lora import LoRAConfig, inject_lora, lora_disabled, merge_lora, save_lora
@@ -58,6 +58,9 @@ class DataConfig(WorldCacheConfig):
     """World clips (the fields of WorldCacheConfig), or a cache of your own footage."""
 
     cache_dir: str = ""  # a cache made by `moviola data cache` (its buckets and batch sizes rule); "" = world clips
+    # World caches: relative weights for drawing clips of 1, 2, 3 ... objects (a curriculum towards simple
+    # scenes, say [3, 1, 1]); empty = every cached clip alike.
+    objects_weights: list[float] = field(default_factory=list)
 
 
 EVAL_PROMPTS = [
@@ -112,6 +115,7 @@ class TrainDiTConfig:
     detailed_prob: float = 0.5  # share of steps' captions that are the detailed ones (else short)
     time_mean: float = 0.0  # logit-normal time sampling
     time_std: float = 1.0
+    motion_loss: float = 0.0  # > 0: add this times `temporal_loss` (frame-to-frame change of the error)
     shift: float = 0.0  # 0 = shift_for_tokens
     out: str = "runs/dit"
     device: str = "auto"
@@ -224,13 +228,29 @@ class Batches:
         self.sizes = [getattr(b, "batch_size", 0) or max(1, round(cfg.optim.batch_size * base / t))
                       for b, t in zip(cache.buckets, self.tokens)]
         self.empty = cache.caption_row[""]
+        self.clip_p = [self._clip_p(rows) for rows in cache.rows] if cfg.data.objects_weights else None
+
+    def _clip_p(self, rows: list[dict]) -> np.ndarray:
+        """Each clip's draw probability in its bucket from its object count (``data.objects_weights``)."""
+        w = self.cfg.data.objects_weights
+        counts = [len(r["spec"]["objects"]) if r.get("spec") else 0 for r in rows]
+        if min(counts) < 1 or max(counts) > len(w):
+            raise ValueError(f"data.objects_weights has {len(w)} weights; the cache has clips of "
+                             f"{min(counts)} to {max(counts)} objects (and needs world clips' specs)")
+        p = np.array([w[c - 1] for c in counts], dtype=np.float64)
+        if p.sum() <= 0 or (p < 0).any():
+            raise ValueError(f"data.objects_weights must be >= 0 with a positive sum, got {w}")
+        return p / p.sum()
 
     def batch(self, step: int) -> dict:
         cfg = self.cfg
         rng = np.random.default_rng([cfg.data.seed, 7, step])
         b = int(rng.choice(len(self.weights), p=self.weights))
         lat = self.cache.latents[b]
-        idx = rng.integers(0, lat.shape[0], size=self.sizes[b])
+        if self.clip_p is None:
+            idx = rng.integers(0, lat.shape[0], size=self.sizes[b])
+        else:
+            idx = rng.choice(lat.shape[0], size=self.sizes[b], p=self.clip_p[b])
         x0 = lat[torch.from_numpy(idx)].float()
         rows_t = torch.tensor([self._caption(self.cache.rows[b][int(i)], rng) for i in idx])
         g = torch.Generator().manual_seed(int(rng.integers(2 ** 62)))
@@ -536,9 +556,12 @@ def train_dit(cfg: TrainDiTConfig, *, on_step=None, on_cache=None) -> Path:
                 with D.no_sync(trained, k < len(micro) - 1), autocast(device):
                     v = trained(xt, t, ctx, ctx_mask, cond)
                     per = flow_loss(v.float(), x0, noise, mask=keep, target=target)  # mean over this micro-batch
+                    total = per
+                    if cfg.motion_loss > 0:  # logged loss stays the flow loss, comparable across runs
+                        total = per + cfg.motion_loss * temporal_loss(v.float(), x0, noise, mask=keep, target=target)
                     # DDP averages gradients over ranks; this weighting makes the result the gradient of
                     # the global batch's mean loss, whatever the slice and micro-batch sizes.
-                    (per * (x0.shape[0] * world.size / b["n"])).backward()
+                    (total * (x0.shape[0] * world.size / b["n"])).backward()
                 loss_sum += per.detach() * x0.shape[0]
             gnorm = torch.nn.utils.clip_grad_norm_([p for p in trained.parameters() if p.requires_grad],
                                                    cfg.optim.grad_clip)
