@@ -314,6 +314,7 @@ def test_scene_changes_replace_clips_with_connects_known_frames(tmp_path):
 @pytest.mark.parametrize("overrides, message", [
     (dict(transition_prob=0.1), "transition_prob needs cond_prob > 0"),
     (dict(transition_prob=0.1, cond_prob=0.5), "transition_prob needs data.transitions > 0"),
+    (dict(motion_loss=-1.0), "motion_loss must be >= 0"),
 ])
 def test_scene_changes_need_known_frames_and_cached_transitions(tmp_path, overrides, message):
     import moviola.train.dit as T

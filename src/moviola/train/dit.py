@@ -441,6 +441,8 @@ def train_dit(cfg: TrainDiTConfig, *, on_step=None, on_cache=None) -> Path:
         raise ValueError(f"grad_accum must be at least 1, got {cfg.grad_accum}")
     if cfg.init_from and cfg.vae:
         raise ValueError("give init_from (its folder's VAE is used) or vae, not both")
+    if cfg.motion_loss < 0:
+        raise ValueError(f"motion_loss must be >= 0, got {cfg.motion_loss}")
     if cfg.transition_prob > 0 and not cfg.cond_prob > 0:
         raise ValueError("transition_prob needs cond_prob > 0: scene changes are trained with known frames")
     if cfg.transition_prob > 0 and not (cfg.data.transitions > 0 or cfg.data.cache_dir):
