@@ -42,13 +42,14 @@ def world_clips(n: int, objects: int | None, frames: int = 17) -> tuple[list[np.
     from moviola.world.caption import caption
     from moviola.world.render import render
     from moviola.world.sample import sample_scene
+    from moviola.world.spec import LINEAR_MOTIONS
 
     clips, caps, i = [], [], 0
     while len(clips) < n:
         rng = np.random.default_rng([99, i])
         i += 1
         spec = sample_scene(rng, sizes=[(64, 64)], seconds_range=(2.0, 2.0), occlusion_prob=0.0)
-        if not all(o.motion in ("left", "right", "up", "down") for o in spec.objects):
+        if not all(o.motion in LINEAR_MOTIONS for o in spec.objects):
             continue
         if objects is not None and len(spec.objects) != objects:
             continue
@@ -59,6 +60,8 @@ def world_clips(n: int, objects: int | None, frames: int = 17) -> tuple[list[np.
 
 @torch.no_grad()
 def loss_table(pipe, clips: list[np.ndarray], caps: list[str]) -> dict[str, list[float]]:
+    from moviola.flow.path import add_noise, flow_loss
+
     z = torch.cat([pipe.encode_frames(c) for c in clips])  # (n, C, t, h, w)
     noise = torch.randn(z.shape, generator=torch.Generator().manual_seed(0))
     variants = {"true": caps, **{k: [swap_words(c, tab) for c in caps] for k, tab in SWAPS.items()},
@@ -68,9 +71,8 @@ def loss_table(pipe, clips: list[np.ndarray], caps: list[str]) -> dict[str, list
         ctx, mask = pipe.text_encoder.encode(texts)
         row = []
         for t in TIMES:
-            xt = (1 - t) * z + t * noise
-            v = pipe.dit(xt, torch.full((len(texts),), t), ctx, mask)
-            row.append(float(((v - (noise - z)) ** 2).mean()))
+            v = pipe.dit(add_noise(z, noise, t), torch.full((len(texts),), t), ctx, mask)
+            row.append(float(flow_loss(v, z, noise)))
         out[name] = row
     return out
 
