@@ -282,6 +282,26 @@ def test_batch_independence():
         torch.testing.assert_close(model(x2, t2, context2, mask)[0], v[0], rtol=1e-5, atol=1e-6)
 
 
+def test_sample_prediction_turns_the_predicted_clean_latents_into_a_velocity():
+    """prediction = "sample": the network's output is x0, and the model returns the velocity (x_t - x0) / t,
+    with t no smaller than SAMPLE_T_MIN; the same weights as a velocity model output x0 itself."""
+    from moviola.models.dit import SAMPLE_T_MIN
+
+    vel, smp = make_model(), make_model(prediction="sample")
+    x, _, context, mask = inputs()
+    t = torch.tensor([0.6, 0.01])  # the second clamped
+    with torch.no_grad():
+        x0, v = vel(x, t, context, mask), smp(x, t, context, mask)
+    tt = t.clamp_min(SAMPLE_T_MIN).reshape(2, 1, 1, 1, 1)
+    torch.testing.assert_close(v, (x - x0) / tt)
+    assert not torch.allclose(v, x0)
+    half = torch.tensor(0.5)  # a scalar time broadcasts here too
+    with torch.no_grad():
+        torch.testing.assert_close(smp(x, half, context, mask), (x - vel(x, half, context, mask)) / 0.5)
+    with pytest.raises(ValueError, match="prediction"):
+        DiTConfig(prediction="epsilon")
+
+
 def test_save_load_round_trip(tmp_path):
     model = make_model(shared_adaln=True)
     model.save_pretrained(tmp_path)

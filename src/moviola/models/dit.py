@@ -44,6 +44,12 @@ WEIGHTS_NAME = "dit.safetensors"  # with config.json beside it (moviola.layout)
 
 # --- config --------------------------------------------------------------------------------------
 
+PREDICTIONS = ("velocity", "sample")
+# With prediction = "sample", v = (x_t - x0) / t divides by t no smaller than this, so near-clean times
+# don't blow an error in x0 up without bound (JiT clips the same denominator at 0.05).
+SAMPLE_T_MIN = 0.05
+
+
 @dataclass
 class DiTConfig:
     """Architecture of a DiT. JSON-serialisable via `to_dict` / `from_dict`."""
@@ -62,6 +68,9 @@ class DiTConfig:
     shared_adaln: bool = False  # Wan-style: one adaLN projection for all blocks + a learned table per block
     abs_pos: bool = False  # add an embedding of each token's absolute place (`position_features`) to RoPE
     text_refiner: int = 0  # blocks of self-attention over the text tokens before any cross-attention reads them
+    # What the last layer outputs: "velocity" (v = noise - x0, the usual) or "sample" (the clean latents x0,
+    # turned into v = (x_t - x0) / t, so the loss and every sampler still see a velocity: JiT, Li & He 2025)
+    prediction: str = "velocity"
     freq_dim: int = 256  # sinusoidal timestep embedding width
     time_scale: float = 1000.0  # t in [0, 1] is embedded as t * time_scale
     rope_theta: float = 10000.0
@@ -79,6 +88,8 @@ class DiTConfig:
         if self.dim % self.heads:
             raise ValueError(f"dim {self.dim} is not divisible by heads {self.heads}")
         rope_axis_dims(self.head_dim)  # raises if the head can't be split between t, h and w
+        if self.prediction not in PREDICTIONS:
+            raise ValueError(f"unknown prediction {self.prediction!r}; choose one of {', '.join(PREDICTIONS)}")
 
     @property
     def head_dim(self) -> int:
@@ -346,13 +357,15 @@ class DiT(nn.Module):
                 frames and their mask), only for a model with cond_channels > 0; None there means none
                 known (text-only generation).
         Returns:
-            (B, in_channels, T, H, W) velocity, in x's dtype.
+            (B, in_channels, T, H, W) velocity, in x's dtype (with prediction = "sample", the one implied
+            by the clean latents the network predicts).
         """
         cfg = self.config
         B, C, T, H, W = x.shape
         if C != cfg.in_channels:
             raise ValueError(f"x has {C} channels, the model expects in_channels={cfg.in_channels}")
         grid = self.grid(T, H, W)
+        x_t = x  # (B, C, T, H, W), kept for prediction = "sample"
         if context.ndim != 3 or context.shape[0] != B or context.shape[2] != cfg.text_dim:
             raise ValueError(f"context must be (B={B}, L, text_dim={cfg.text_dim}), got {tuple(context.shape)}")
         if context_mask is not None and context_mask.shape != context.shape[:2]:
@@ -395,8 +408,11 @@ class DiT(nn.Module):
                 h = checkpoint(block, h, block_c, ctx, bias, rope, use_reentrant=False)  # (B, N, D)
             else:
                 h = block(h, block_c, ctx, bias, rope)  # (B, N, D)
-        out = self.final(h, c)  # (B, N, P * C)
-        return unpatchify(out, cfg.patch, grid).to(x.dtype)  # (B, C, T, H, W)
+        out = unpatchify(self.final(h, c), cfg.patch, grid)  # (B, C, T, H, W)
+        if cfg.prediction == "sample":  # out is x0: the velocity that takes x_t there in time t
+            tt = t.expand(B).float().clamp_min(SAMPLE_T_MIN).reshape(B, 1, 1, 1, 1)  # (B, 1, 1, 1, 1)
+            out = (x_t.float() - out.float()) / tt
+        return out.to(x_t.dtype)  # (B, C, T, H, W)
 
     # --- persistence -----------------------------------------------------------------------------
 
