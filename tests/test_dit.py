@@ -285,7 +285,7 @@ def test_batch_independence():
 def test_sample_prediction_turns_the_predicted_clean_latents_into_a_velocity():
     """prediction = "sample": the network's output is x0, and the model returns the velocity (x_t - x0) / t,
     with t no smaller than SAMPLE_T_MIN; the same weights as a velocity model output x0 itself."""
-    from moviola.models.dit import SAMPLE_T_MIN
+    from moviola.flow.path import SAMPLE_T_MIN
 
     vel, smp = make_model(), make_model(prediction="sample")
     x, _, context, mask = inputs()

@@ -98,6 +98,19 @@ def add_noise(x0: Tensor, noise: Tensor, t: Tensor | float) -> Tensor:
     return (1 - t) * x0 + t * noise
 
 
+# `velocity_from_sample` divides by t no smaller than this, so near-clean times don't blow an error in x0 up
+# without bound (JiT clips the same denominator at 0.05).
+SAMPLE_T_MIN = 0.05
+
+
+def velocity_from_sample(x_t: Tensor, x0: Tensor, t: Tensor | float, t_min: float = SAMPLE_T_MIN) -> Tensor:
+    """The velocity that takes x_t to a predicted x0 in time t: v = (x_t - x0) / max(t, t_min), in float32.
+    x_t, x0: (B, ...); t: a scalar or (B,). For a network that predicts clean latents (JiT, Li & He 2025)."""
+    t = _expand_time(t, x_t)
+    t = t.float().clamp_min(t_min) if isinstance(t, Tensor) else max(float(t), t_min)
+    return (x_t.float() - x0.float()) / t
+
+
 def velocity_target(x0: Tensor, noise: Tensor) -> Tensor:
     """The regression target v = noise - x0 (the path's constant velocity), like x0."""
     return noise - x0

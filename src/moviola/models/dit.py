@@ -36,6 +36,7 @@ from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
 from moviola.config import from_dict, to_dict
+from moviola.flow.path import velocity_from_sample
 from moviola.models.layers import (MLP, QKNorm, RMSNorm, TimestepEmbedder, apply_rope, position_feature_dim,
                                    position_features, rope_1d, rope_3d, rope_axis_dims)
 
@@ -45,9 +46,6 @@ WEIGHTS_NAME = "dit.safetensors"  # with config.json beside it (moviola.layout)
 # --- config --------------------------------------------------------------------------------------
 
 PREDICTIONS = ("velocity", "sample")
-# With prediction = "sample", v = (x_t - x0) / t divides by t no smaller than this, so near-clean times
-# don't blow an error in x0 up without bound (JiT clips the same denominator at 0.05).
-SAMPLE_T_MIN = 0.05
 
 
 @dataclass
@@ -410,8 +408,7 @@ class DiT(nn.Module):
                 h = block(h, block_c, ctx, bias, rope)  # (B, N, D)
         out = unpatchify(self.final(h, c), cfg.patch, grid)  # (B, C, T, H, W)
         if cfg.prediction == "sample":  # out is x0: the velocity that takes x_t there in time t
-            tt = t.expand(B).float().clamp_min(SAMPLE_T_MIN).reshape(B, 1, 1, 1, 1)  # (B, 1, 1, 1, 1)
-            out = (x_t.float() - out.float()) / tt
+            out = velocity_from_sample(x_t, out, t)  # (B, C, T, H, W)
         return out.to(x_t.dtype)  # (B, C, T, H, W)
 
     # --- persistence -----------------------------------------------------------------------------
