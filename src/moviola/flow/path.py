@@ -106,9 +106,10 @@ SAMPLE_T_MIN = 0.05
 def velocity_from_sample(x_t: Tensor, x0: Tensor, t: Tensor | float, t_min: float = SAMPLE_T_MIN) -> Tensor:
     """The velocity that takes x_t to a predicted x0 in time t: v = (x_t - x0) / max(t, t_min), in float32.
     x_t, x0: (B, ...); t: a scalar or (B,). For a network that predicts clean latents (JiT, Li & He 2025)."""
+    x_t = x_t.float()  # before expanding t, which takes x_t's dtype: t in float32 even under bf16 autocast
     t = _expand_time(t, x_t)
-    t = t.float().clamp_min(t_min) if isinstance(t, Tensor) else max(float(t), t_min)
-    return (x_t.float() - x0.float()) / t
+    t = t.clamp_min(t_min) if isinstance(t, Tensor) else max(float(t), t_min)
+    return (x_t - x0.float()) / t
 
 
 def velocity_target(x0: Tensor, noise: Tensor) -> Tensor:
