@@ -123,3 +123,15 @@ def test_keys_cli(tmp_path, capsys):
     assert rc == 2 and "key name" in err
     rc = main(["keys", "list", "--db", "postgresql://nobody@127.0.0.1:1/none"])
     assert rc == 2 and "cannot connect" in capsys.readouterr().err
+
+
+def test_serve_and_worker_name_an_unreachable_database(tmp_path, capsys):
+    """Every server verb turns a database it cannot use into one clear line (exit 2), not a traceback."""
+    from moviola.cli import main
+
+    url = "postgresql://nobody@127.0.0.1:1/none"
+    for verb in (["worker", "--threads", "1"], ["serve", "--port", "1"]):
+        capsys.readouterr()
+        rc = main([*verb, "--storage", str(tmp_path), "--db", url])
+        err = capsys.readouterr().err
+        assert rc == 2 and "cannot connect" in err and "Traceback" not in err, (verb, err)

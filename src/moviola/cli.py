@@ -7,6 +7,7 @@ as one line naming the problem, with exit status 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -491,41 +492,47 @@ def _server_db(args) -> str:
     return args.db or sqlite_url(Path(args.storage) / "moviola.db")
 
 
+@contextlib.contextmanager
+def _database_errors():
+    """A database that cannot be opened or used (a bad URL, a locked or foreign file) becomes the ValueError
+    that `main` prints as one line, instead of a traceback from deep inside the server."""
+    from moviola.server.db import DatabaseError
+
+    try:
+        yield
+    except DatabaseError as e:
+        raise ValueError(str(e)) from None
+
+
 def cmd_serve(args) -> int:
     from moviola.server.app import ServerConfig, serve
-    from moviola.server.db import DatabaseError
 
     Path(args.storage).mkdir(parents=True, exist_ok=True)
     cfg = ServerConfig(storage=args.storage, db=args.db, model=args.model, host=args.host, port=args.port,
                        workers=args.workers, steps=args.steps, poll_after_ms=args.poll_after_ms,
                        ttl_seconds=args.ttl_seconds, lease_seconds=args.lease_seconds, worker_threads=args.threads,
                        max_seconds=args.max_seconds)
-    try:
+    with _database_errors():
         return serve(cfg)
-    except DatabaseError as e:
-        raise ValueError(str(e)) from None
 
 
 def cmd_worker(args) -> int:
-    from moviola.server.db import DatabaseError
     from moviola.server.worker import WorkerConfig, main as worker_main
 
     Path(args.storage).mkdir(parents=True, exist_ok=True)
     cfg = WorkerConfig(db=_server_db(args), storage=args.storage, model=args.model, lease_seconds=args.lease_seconds,
                        poll_seconds=args.poll_seconds, ttl_seconds=args.ttl_seconds, threads=args.threads,
                        max_jobs=args.max_jobs, parent_pid=args.parent_pid, nice=args.nice)
-    try:
+    with _database_errors():
         return worker_main(cfg)
-    except DatabaseError as e:
-        raise ValueError(str(e)) from None
 
 
 def cmd_keys(args) -> int:
     from moviola.server import keys
-    from moviola.server.db import Database, DatabaseError
+    from moviola.server.db import Database
 
     Path(args.storage).mkdir(parents=True, exist_ok=True)
-    try:
+    with _database_errors():
         db = Database(_server_db(args))
         if args.keys_verb == "create":
             token, rec = keys.create_key(db, args.name, quota_seconds_per_day=args.quota_seconds_per_day,
@@ -543,8 +550,6 @@ def cmd_keys(args) -> int:
         else:
             keys.revoke_key(db, args.name)
             print(f"revoked key {args.name!r}", file=sys.stderr)
-    except DatabaseError as e:
-        raise ValueError(str(e)) from None
     return 0
 
 
