@@ -119,6 +119,37 @@ def test_a_wider_decoder_trains_on_a_frozen_encoder_from_a_saved_vae(tmp_path):
                                                             f"out='{tmp_path / 'bad'}'"]))
 
 
+def test_a_decoder_grown_to_a_temporal_kernel_at_full_resolution_starts_as_the_saved_one(tmp_path):
+    """decoder_full_res_temporal_kernel=3 on a saved spatial-only decoder: init_from puts the old kernels in
+    the newest taps, so before any step the grown decoder reconstructs exactly as the saved one; it streams
+    like the one-shot decode, and decoder-only steps train it. A kernel cannot shrink."""
+    import pytest
+
+    from moviola.train.vae import _init_from, grow_temporal_kernels
+
+    base = train_vae(load_config(TrainVAEConfig, None, TINY + ["optim.steps=3", f"out='{tmp_path / 'base'}'"]))
+    a = CausalVAE.from_pretrained(base)
+    grown_cfg = load_config(TrainVAEConfig, None, TINY + ["model.decoder_full_res_temporal_kernel=3"]).model
+    b = CausalVAE(grown_cfg).eval()
+    assert b.decoder.conv_out.conv.weight.shape[2] == 3 and a.decoder.conv_out.conv.weight.shape[2] == 1
+    _init_from(b, base)
+    z = torch.randn(1, 4, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.allclose(a.decode(z), b.decode(z), atol=1e-6)
+        torch.nn.init.normal_(b.decoder.conv_out.conv.weight, std=0.1)  # the past taps now matter
+        whole = b.decode(z)
+        assert (whole - a.decode(z)).abs().max() > 1e-3
+        assert torch.allclose(whole, b.decode_video(z, chunked=True, latents_per_chunk=1), atol=1e-4)
+    with pytest.raises(ValueError, match="cannot grow"):
+        grow_temporal_kernels(b.decoder.state_dict(), a.decoder.state_dict())
+    run = TINY + ["model.decoder_full_res_temporal_kernel=3", "optim.steps=0", "decoder.steps=6",
+                  "decoder.lr=3e-3", "decoder.warmup_steps=1", f"init_from='{base}'", f"out='{tmp_path / 'kt3'}'"]
+    out = train_vae(load_config(TrainVAEConfig, None, run))
+    assert CausalVAE.from_pretrained(out).config.decoder_full_res_temporal_kernel == 3
+    curve = losses(tmp_path / "kt3")
+    assert len(curve) == 6 and curve[-1] < curve[0]
+
+
 def test_structural_loss_stays_fp32_inside_bf16_autocast():
     """On a GPU the trainer runs under bf16 autocast; computed there, SSIM's variances on a flat world-like
     frame cancel (loss 0.66 for a near-perfect reconstruction, gradients 80x off). It must not follow."""

@@ -58,6 +58,11 @@ class VAEConfig:
     # it, stay as they are while reconstructions get sharper.
     decoder_base_channels: int = 0
     decoder_channel_mult: tuple[int, ...] = ()
+    # The decoder's temporal kernel at full resolution (0: full_res_temporal_kernel). Most of the world error
+    # is at the edges of moving objects, and a spatial-only full-resolution level places them frame by frame;
+    # a decoder with kernel 3 there can be grown from a shipped one on its frozen encoder (`_init_from`
+    # of `moviola.train.vae` puts the old kernel in the newest tap, so training starts from the same output).
+    decoder_full_res_temporal_kernel: int = 0
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -82,6 +87,8 @@ class VAEConfig:
             raise ValueError(f"padding_mode must be 'replicate' or 'zeros', got {self.padding_mode!r}")
         if self.full_res_temporal_kernel < 1 or min(self.channel_mult) < 1 or self.base_channels < 1:
             raise ValueError("kernel sizes, channel_mult and base_channels must be positive")
+        if self.decoder_full_res_temporal_kernel < 0:
+            raise ValueError("decoder_full_res_temporal_kernel must be positive (0: full_res_temporal_kernel)")
 
     @property
     def channels(self) -> list[int]:
@@ -308,9 +315,11 @@ class Upsample(nn.Module):
         return y + regroup_channels(sc, self.out_channels)
 
 
-def _level_kt(cfg: VAEConfig, level: int) -> int:
+def _level_kt(cfg: VAEConfig, level: int, decoder: bool = False) -> int:
     """Temporal kernel of the convs working at a resolution level (only level 0 may be spatial-only)."""
-    return cfg.full_res_temporal_kernel if level == 0 else 3
+    if level > 0:
+        return 3
+    return (decoder and cfg.decoder_full_res_temporal_kernel) or cfg.full_res_temporal_kernel
 
 
 class Encoder(nn.Module):
@@ -357,12 +366,14 @@ class Decoder(nn.Module):
         self.shortcuts = cfg.shortcuts
         layers: list[nn.Module] = []
         for i in reversed(range(len(ch))):
-            layers += [ResBlock(ch[i], _level_kt(cfg, i), pm) for _ in range(cfg.decoder_res_blocks)]
+            kt = _level_kt(cfg, i, decoder=True)
+            layers += [ResBlock(ch[i], kt, pm) for _ in range(cfg.decoder_res_blocks)]
             if i > 0:
                 layers.append(Upsample(ch[i], ch[i - 1], cfg.temporal_downsample[i - 1], pm, cfg.shortcuts))
         self.layers = nn.ModuleList(layers)
         self.norm_out = RMSNorm(ch[0])
-        self.conv_out = CausalConv3d(ch[0], cfg.in_channels, (_level_kt(cfg, 0), 3, 3), padding_mode=pm)
+        kt0 = _level_kt(cfg, 0, decoder=True)
+        self.conv_out = CausalConv3d(ch[0], cfg.in_channels, (kt0, 3, 3), padding_mode=pm)
 
     def forward(self, z: Tensor, state: StreamState | None = None) -> Tensor:
         h = self.conv_in(z, state)  # (B, C3, t, h, w)

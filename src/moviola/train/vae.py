@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 
 from moviola.config import save_config, to_dict
 from moviola.data.clips import ClipBatches, ClipDataConfig, eval_clips, psnr
@@ -230,7 +230,24 @@ def _init_from(model: CausalVAE, folder: Path) -> None:
     model.set_latent_stats(base.latent_mean, base.latent_std)
     if base.config.decoder_channels == model.config.decoder_channels and \
             base.config.decoder_res_blocks == model.config.decoder_res_blocks:
-        model.decoder.load_state_dict(base.decoder.state_dict())
+        model.decoder.load_state_dict(grow_temporal_kernels(base.decoder.state_dict(), model.decoder.state_dict()))
+
+
+def grow_temporal_kernels(source: dict[str, Tensor], target: dict[str, Tensor]) -> dict[str, Tensor]:
+    """``source``'s weights shaped for ``target``: a conv kernel (O, I, kt, kh, kw) that is longer in time in
+    the target goes into its newest taps (causal convs pad the past, so the last tap is the current frame) with
+    zeros before, which leaves the network's output unchanged; every other tensor must match in shape."""
+    out = {}
+    for k, t in target.items():
+        s = source[k]
+        if s.shape != t.shape:
+            if s.dim() != 5 or s.shape[:2] != t.shape[:2] or s.shape[3:] != t.shape[3:] or s.shape[2] > t.shape[2]:
+                raise ValueError(f"cannot grow {k} from {tuple(s.shape)} to {tuple(t.shape)}")
+            grown = torch.zeros_like(t)
+            grown[:, :, t.shape[2] - s.shape[2]:] = s
+            s = grown
+        out[k] = s
+    return out
 
 
 def _close(streams: dict) -> None:
