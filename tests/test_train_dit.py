@@ -141,15 +141,17 @@ def test_lora_fine_tune_adapter_merge_samples_and_generate_lora(tmp_path, vae_di
     assert main(["generate", "a small red circle moves right", "-o", str(out), "--size", "32x32", "--seconds", "1",
                  "--steps", "2", "--model", str(base_dir), "--lora", str(adapter)]) == 0
     # eval world on the base with the adapter applied: scores the adapted model, names the adapter, and puts
-    # the renderer's own clips (near 100) and random weights (near chance) beside it
+    # the renderer's own clips (near 100), the same clips through the autoencoder and random weights (near
+    # chance) beside it
     capsys.readouterr()
     assert main(["eval", "world", "--model", str(base_dir), "--lora", str(adapter), "--n", "2", "--steps", "2",
                  "--seed", "5"]) == 0
     rep = json.loads(capsys.readouterr().out)
     assert rep["lora"] == str(adapter) and rep["held_in"]["model"]["clips"] == 2 and rep["seed"] == 5
     for rows in (rep["held_in"], rep["held_out"]):
-        assert set(rows) == {"model", "renderer", "random_weights"}
+        assert set(rows) == {"model", "renderer", "autoencoder", "random_weights"}
         assert rows["renderer"]["overall"] >= 80 > rows["random_weights"]["overall"]
+        assert rows["autoencoder"]["clips"] == rows["renderer"]["clips"] and 0 <= rows["autoencoder"]["overall"] <= 100
     # captions passed in `exclude` (benchmarks/lora_pink.py: the adapter's, for the base too) leave the lists
     from moviola.eval.world import evaluate_world
 

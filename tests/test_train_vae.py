@@ -185,3 +185,22 @@ def test_scale_equivariance_term_trains_in_the_whole_model_phase_only(tmp_path):
     assert len(logged) == 43
     # Pooled latents learn to decode to the pooled clip.
     assert sum(term[-10:]) < 0.6 * sum(term[:10])
+
+
+def test_the_discriminator_warms_up_alone_then_the_adversarial_term_joins_and_resumes_exactly(tmp_path):
+    gan = TINY + ["optim.steps=6", "ckpt_every=3", "loss.gan_weight=0.5", "loss.gan_start=3", "loss.gan_warmup=2"]
+    straight = tmp_path / "a"
+    train_vae(load_config(TrainVAEConfig, None, gan + [f"out='{straight}'"]))
+    logged = [json.loads(line) for line in (straight / "log.jsonl").read_text().splitlines() if "loss" in line]
+    # The critic trains from step gan_start - gan_warmup (steps 2..6 logged), the decoder sees it from gan_start.
+    assert [r["step"] for r in logged if "d_loss" in r] == [2, 3, 4, 5, 6]
+    assert [r["step"] for r in logged if "g_loss" in r] == [4, 5, 6]
+    # Interrupted at the checkpoint inside the adversarial phase and resumed: the same curve (critic restored).
+    cut = tmp_path / "b"
+    cfg = load_config(TrainVAEConfig, None, gan + [f"out='{cut}'"])
+    cfg.optim.steps = 3
+    train_vae(cfg)
+    train_vae(load_config(TrainVAEConfig, None, gan + [f"out='{cut}'"]))
+    a, b = losses(straight), losses(cut)
+    assert len(a) == len(b) == 6
+    assert torch.allclose(torch.tensor(a), torch.tensor(b), rtol=1e-5, atol=1e-6)

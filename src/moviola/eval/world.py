@@ -7,7 +7,9 @@ is verbatim a training caption (the model folder's ``training_captions.json``) i
 prompts use no held-out combination; held-out prompts contain at least one object with a combination the
 training data never showed (purple triangle, orange circle, cyan square, growing circle, falling square,
 triangle moving up). Beside the model, the same prompts are scored on the renderer's own clips (the
-scorer's ceiling, should be 100) and on a model with random weights (the floor, near chance).
+scorer's ceiling, should be 100), on those clips through the model's autoencoder (encoded and decoded: the
+most a perfect diffusion model could reach in this latent space) and on a model with random weights (the
+floor, near chance).
 """
 
 from __future__ import annotations
@@ -82,7 +84,7 @@ def evaluate_world(model_dir: Path, n: int = 48, *, steps: int | None = None, gu
     sets = {"held_in": eval_prompts(n, held_out=False, exclude=exclude),
             "held_out": eval_prompts(max(1, n // 2), held_out=True, exclude=exclude)}
     fps = pipe.config.fps
-    total = sum(len(v) for v in sets.values()) * (3 if baselines else 1)
+    total = sum(len(v) for v in sets.values()) * (4 if baselines else 1)
     done = [0]
 
     def tick():
@@ -100,6 +102,12 @@ def evaluate_world(model_dir: Path, n: int = 48, *, steps: int | None = None, gu
         tick()
         return render(spec, num_frames=int(round(spec.seconds * fps))).frames
 
+    def autoencoded(i, p, spec):
+        tick()
+        n = int(round(spec.seconds * fps))
+        frames = render(spec, num_frames=4 * ((n + 2) // 4) + 1).frames  # 4k + 1 >= n frames: the VAE's lengths
+        return pipe.decode_frames(pipe.encode_frames(frames))[:n]
+
     result = {"model": str(model_dir), **({"lora": str(lora)} if lora is not None else {}), "size": "64x64",
               "seconds": 2, "steps": steps or pipe.config.steps,
               "guidance": pipe.config.guidance if guidance is None else guidance, "seed": seed}
@@ -107,6 +115,7 @@ def evaluate_world(model_dir: Path, n: int = 48, *, steps: int | None = None, gu
         row = {"model": _score_set(gen(pipe), prompts, fps)}
         if baselines:
             row["renderer"] = _score_set(truth, prompts, fps)
+            row["autoencoder"] = _score_set(autoencoded, prompts, fps)
         result[name] = row
     if baselines:
         torch.manual_seed(0)

@@ -47,6 +47,9 @@ class VAELossConfig:
     kl: float = 1e-6
     gan_weight: float = 0.0  # > 0 turns the adversarial term on
     gan_start: int = 1000  # step from which the adversarial term is used
+    # steps before gan_start in which only the discriminator trains, so the decoder's first adversarial
+    # gradients come from a critic that already tells its output from real frames, not from random weights
+    gan_warmup: int = 0
     # > 0: scale equivariance (Skorokhodov et al. 2025, "Improving the diffusability of autoencoders"): the
     # latents average-pooled 2x in space must decode to the clip average-pooled 2x, weighted by this (L1 and
     # structural terms as above). It keeps the latents' spectrum image-like, without the high-frequency
@@ -343,6 +346,7 @@ def train_vae(cfg: TrainVAEConfig, *, on_step=None) -> Path:
             se = cfg.loss.l1 * se_l1 + cfg.loss.ssim * se_st
             loss = loss + cfg.loss.scale_equiv * se
         use_gan = disc is not None and step >= cfg.loss.gan_start
+        train_disc = disc is not None and step >= cfg.loss.gan_start - cfg.loss.gan_warmup
         if use_gan:
             with autocast(device):
                 g_loss = -disc(frames_of(rec)).float().mean()
@@ -351,7 +355,8 @@ def train_vae(cfg: TrainVAEConfig, *, on_step=None) -> Path:
         loss.backward()
         gnorm = torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], cfg.optim.grad_clip)
         opt.step()
-        if use_gan:
+        d_loss = None
+        if train_disc:
             with autocast(device):
                 d_real = disc(frames_of(xf))
                 d_fake = disc(frames_of(rec.detach()))
@@ -366,6 +371,10 @@ def train_vae(cfg: TrainVAEConfig, *, on_step=None) -> Path:
                    "grad_norm": float(gnorm), "lr": lr}
         if se is not None:
             metrics["scale_equiv"] = se.item()
+        if d_loss is not None:
+            metrics["d_loss"] = d_loss.item()
+            if use_gan:
+                metrics["g_loss"] = g_loss.item()
         if step % cfg.log_every == 0 or step == total:
             dt = time.time() - t_last
             log.write(step=step, clips_per_s=round(seen / max(dt, 1e-9), 2), **{k: round(v, 6) for k, v in metrics.items()})
