@@ -382,3 +382,20 @@ def test_make_noise_is_seeded():
     torch.manual_seed(123)
     assert torch.equal(make_noise((2, 3, 4), seed=7), a)
     assert path.TIME_EPS > 0  # training times stay off the exact ends
+
+
+def test_frame_correlated_noise_keeps_unit_variance_and_correlates_frames_by_the_given_amount():
+    shape = (4, 8, 5, 16, 16)  # (B, C, T, H, W): 5 latent frames
+    plain = make_noise(shape, seed=3)
+    assert torch.equal(make_noise(shape, seed=3, frame_corr=0.0), plain)  # 0: the independent noise, bit for bit
+    for corr in (0.25, 0.5, 0.8):
+        n = make_noise(shape, seed=3, frame_corr=corr)
+        assert torch.equal(n, make_noise(shape, seed=3, frame_corr=corr))  # seeded
+        assert abs(n.std().item() - 1) < 0.02 and abs(n.mean().item()) < 0.02
+        frames = n.transpose(0, 2).reshape(5, -1)  # (T, everything else)
+        c = torch.corrcoef(frames)
+        off = c[~torch.eye(5, dtype=torch.bool)]
+        assert (off - corr).abs().max() < 0.03, (corr, off)
+    assert path.correlate_frames(plain, torch.zeros(4, 8, 1, 16, 16), 0.5).std() < 0.8  # the shared part counts
+    with pytest.raises(ValueError, match=r"in \[0, 1\)"):
+        path.correlate_frames(plain, plain[:, :, :1], 1.0)

@@ -240,6 +240,14 @@ def test_the_training_config_sets_the_saved_models_sampler_defaults(tmp_path, va
     assert Pipeline.from_pretrained(model_dir).config.steps == 7
     with pytest.raises(ValueError, match="sampling.sampler 'nope'"):
         train_dit(load_config(TrainDiTConfig, None, common + ["sampling.sampler='nope'", f"out='{tmp_path / 'b'}'"]))
+    # A model trained on frame-correlated noise samples from it (the prior travels in config.json), and a
+    # fine-tune of it that names no prior of its own keeps its base's
+    corr = train_dit(load_config(TrainDiTConfig, None, common + ["noise_frame_corr=0.5", f"out='{tmp_path / 'c'}'"]))
+    assert json.loads((corr / "config.json").read_text())["noise_frame_corr"] == 0.5
+    tuned = train_dit(load_config(TrainDiTConfig, None, TINY_DIT + ["optim.steps=1", f"init_from='{corr}'",
+                                                                     f"out='{tmp_path / 'd'}'"]))
+    assert Pipeline.from_pretrained(tuned).config.noise_frame_corr == 0.5
+    assert Pipeline.from_pretrained(model_dir).config.noise_frame_corr == 0.0
 
 
 def test_gpu_script_learning_rate_follows_the_clock_after_warm_up(monkeypatch):

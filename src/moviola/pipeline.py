@@ -79,6 +79,9 @@ class PipelineConfig:
     guidance_interval: tuple[float, float] = (0.0, 1.0)
     sampler: str = "euler"
     shift: float = 0.0  # 0: shift_for_tokens picks one from the latent token count
+    # Correlation between the latent frames of the starting noise: the prior the DiT was trained on (its
+    # trainer's noise_frame_corr, written here); 0 = independent frames
+    noise_frame_corr: float = 0.0
     extra: dict = field(default_factory=dict)  # provenance: how the model was trained
 
     @classmethod
@@ -319,7 +322,7 @@ class Pipeline:
             cond["cond"] = uncond["cond"] = fc
         model_fn = cfg_model_fn(self.dit, cond, uncond, _seam_guidance(guidance, t, last, self.device, prefix=first),
                                 interval=self.config.guidance_interval)
-        noise = make_noise((1, C, t, h, w), seed, self.device)
+        noise = make_noise((1, C, t, h, w), seed, self.device, frame_corr=self.config.noise_frame_corr)
         if conditioned:
             model_fn = known_frames_fn(model_fn, known, mask, noise)
         p = self.dit.config.patch

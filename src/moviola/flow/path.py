@@ -92,6 +92,20 @@ def _expand_time(t: Tensor | float, like: Tensor) -> Tensor | float:
     return t.to(like.dtype).reshape(-1, *([1] * (like.ndim - 1)))
 
 
+def correlate_frames(noise: Tensor, shared: Tensor, corr: float) -> Tensor:
+    """Noise whose latent frames share a component (the mixed prior of PYoCo, Ge et al. 2023): every frame is
+    (noise + a shared draw * sqrt(a)) / sqrt(1 + a), a = corr / (1 - corr), so each element stays N(0, 1) and
+    two frames correlate by `corr`. A video's frames are alike, so a prior whose frames are alike starts them
+    from one layout, instead of leaving the network to pull independent noise frames into one scene.
+
+    noise: (B, C, T, H, W) standard normal; shared: (B, C, 1, H, W) standard normal; corr in [0, 1).
+    """
+    if not 0 <= corr < 1:
+        raise ValueError(f"frame noise correlation must be in [0, 1), got {corr}")
+    a = corr / (1 - corr)
+    return (noise + shared * math.sqrt(a)) / math.sqrt(1 + a)
+
+
 def add_noise(x0: Tensor, noise: Tensor, t: Tensor | float) -> Tensor:
     """x_t = (1 - t) x0 + t noise. x0, noise: (B, ...); t: a scalar or (B,). Returns (B, ...)."""
     t = _expand_time(t, x0)

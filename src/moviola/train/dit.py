@@ -42,7 +42,8 @@ import torch
 
 from moviola.config import save_config, to_dict
 from moviola.data.latent_cache import LatentCache, WorldCacheConfig, build_world_cache, buckets_of
-from moviola.flow.path import add_noise, flow_loss, sample_time, shift_for_tokens, temporal_loss, velocity_target
+from moviola.flow.path import (add_noise, correlate_frames, flow_loss, sample_time, shift_for_tokens, temporal_loss,
+                               velocity_target)
 from moviola.layout import missing_parts, part_weights, read_config
 from moviola.models.dit import DiT, DiTConfig, PRESETS, frame_cond, with_conditioning, with_extras
 from moviola.models.lora import LoRAConfig, inject_lora, lora_disabled, merge_lora, save_lora
@@ -117,6 +118,9 @@ class TrainDiTConfig:
     time_std: float = 1.0
     motion_loss: float = 0.0  # > 0: add this times `temporal_loss` (frame-to-frame change of the error)
     shift: float = 0.0  # 0 = shift_for_tokens
+    # > 0: the noise's latent frames correlate by this (`flow.path.correlate_frames`, PYoCo's mixed prior), in
+    # training and, through the saved model's config, in sampling; 0 = independent frames, or a base model's own
+    noise_frame_corr: float = 0.0
     out: str = "runs/dit"
     device: str = "auto"
     threads: int = 0
@@ -218,8 +222,8 @@ def random_frame_mask(frames: int, cond_prob: float, rng: np.random.Generator,
 class Batches:
     """Global training batches as a pure function of (seed, step); ``local`` is one rank's slice."""
 
-    def __init__(self, cache, cfg: TrainDiTConfig, patch: tuple[int, int, int]):
-        self.cache, self.cfg = cache, cfg
+    def __init__(self, cache, cfg: TrainDiTConfig, patch: tuple[int, int, int], frame_corr: float = 0.0):
+        self.cache, self.cfg, self.frame_corr = cache, cfg, frame_corr
         w = np.array([b.weight for b in cache.buckets], dtype=np.float64)
         self.weights = w / w.sum()
         self.tokens = [int(np.prod([s // q for s, q in zip(lat.shape[2:], patch)])) for lat in cache.latents]
@@ -255,6 +259,9 @@ class Batches:
         rows_t = torch.tensor([self._caption(self.cache.rows[b][int(i)], rng) for i in idx])
         g = torch.Generator().manual_seed(int(rng.integers(2 ** 62)))
         noise = torch.randn(x0.shape, generator=g)
+        if self.frame_corr:
+            B, C, _, H, W = x0.shape
+            noise = correlate_frames(noise, torch.randn((B, C, 1, H, W), generator=g), self.frame_corr)
         shift = cfg.shift or shift_for_tokens(self.tokens[b])
         t = sample_time(x0.shape[0], g, mean=cfg.time_mean, std=cfg.time_std, shift=shift)
         out = {"x0": x0, "noise": noise, "t": t, "context": self.cache.text_tokens[rows_t].float(),
@@ -466,6 +473,8 @@ def train_dit(cfg: TrainDiTConfig, *, on_step=None, on_cache=None) -> Path:
         else:
             pcfg = PipelineConfig(text_encoder=cfg.text_encoder, fps=cfg.data.fps, guidance=cfg.guidance)
         pcfg = _with_sampling(pcfg, cfg.sampling)
+        if cfg.noise_frame_corr:  # else a fine-tune keeps its base's prior
+            pcfg = dataclasses.replace(pcfg, noise_frame_corr=cfg.noise_frame_corr)
         text = _LazyText(pcfg.text_encoder)
         model = _build_model(cfg, base_dir, device)
         mcfg = model.config
@@ -483,7 +492,7 @@ def train_dit(cfg: TrainDiTConfig, *, on_step=None, on_cache=None) -> Path:
             raise ValueError(f"{cfg.data.cache_dir or out / 'cache'}: the text embeddings are "
                              f"{cache.text_tokens.shape[-1]}-d, the model wants model.text_dim={mcfg.text_dim} "
                              f"(text encoder {pcfg.text_encoder!r})")
-        batches = Batches(cache, cfg, mcfg.patch)
+        batches = Batches(cache, cfg, mcfg.patch, frame_corr=pcfg.noise_frame_corr)
         if min(batches.sizes) < world.size:
             raise ValueError(f"a global batch of {min(batches.sizes)} clips cannot be split over {world.size} "
                              f"processes: raise optim.batch_size (batch sizes per bucket: {batches.sizes})")
