@@ -248,6 +248,8 @@ def test_the_training_config_sets_the_saved_models_sampler_defaults(tmp_path, va
                                                                      f"out='{tmp_path / 'd'}'"]))
     assert Pipeline.from_pretrained(tuned).config.noise_frame_corr == 0.5
     assert Pipeline.from_pretrained(model_dir).config.noise_frame_corr == 0.0
+    with pytest.raises(ValueError, match=r"noise_frame_corr must be in \[0, 1\), got 1.0"):
+        train_dit(load_config(TrainDiTConfig, None, common + ["noise_frame_corr=1.0", f"out='{tmp_path / 'e'}'"]))
 
 
 def test_gpu_script_learning_rate_follows_the_clock_after_warm_up(monkeypatch):

@@ -473,6 +473,8 @@ def train_dit(cfg: TrainDiTConfig, *, on_step=None, on_cache=None) -> Path:
         else:
             pcfg = PipelineConfig(text_encoder=cfg.text_encoder, fps=cfg.data.fps, guidance=cfg.guidance)
         pcfg = _with_sampling(pcfg, cfg.sampling)
+        if not 0 <= cfg.noise_frame_corr < 1:
+            raise ValueError(f"noise_frame_corr must be in [0, 1), got {cfg.noise_frame_corr}")
         if cfg.noise_frame_corr:  # else a fine-tune keeps its base's prior
             pcfg = dataclasses.replace(pcfg, noise_frame_corr=cfg.noise_frame_corr)
         text = _LazyText(pcfg.text_encoder)
