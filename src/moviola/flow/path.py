@@ -106,6 +106,17 @@ def correlate_frames(noise: Tensor, shared: Tensor, corr: float) -> Tensor:
     return (noise + shared * math.sqrt(a)) / math.sqrt(1 + a)
 
 
+def frame_noise(shape: tuple[int, ...], generator: torch.Generator, frame_corr: float = 0.0) -> Tensor:
+    """Standard normal float32 noise of `shape` drawn from `generator`; with `frame_corr` > 0 the latent frames
+    of the (B, C, T, H, W) shape correlate by it (`correlate_frames`, the shared draw taken next from the same
+    generator). The one draw the trainer and the samplers both make, so they sample the same prior."""
+    noise = torch.randn(tuple(shape), generator=generator, dtype=torch.float32)
+    if frame_corr:
+        B, C, _, H, W = shape
+        noise = correlate_frames(noise, torch.randn((B, C, 1, H, W), generator=generator), frame_corr)
+    return noise
+
+
 def add_noise(x0: Tensor, noise: Tensor, t: Tensor | float) -> Tensor:
     """x_t = (1 - t) x0 + t noise. x0, noise: (B, ...); t: a scalar or (B,). Returns (B, ...)."""
     t = _expand_time(t, x0)

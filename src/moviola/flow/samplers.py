@@ -34,7 +34,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from moviola.flow.path import correlate_frames
+from moviola.flow.path import frame_noise
 from moviola.flow.path import timesteps as make_timesteps
 
 ModelFn = Callable[[Tensor, Tensor], Tensor]
@@ -47,13 +47,9 @@ def make_noise(shape: tuple[int, ...], seed: int, device: torch.device | str | N
                dtype: torch.dtype = torch.float32, frame_corr: float = 0.0) -> Tensor:
     """Standard normal noise drawn by a CPU generator, then moved to `device`: the same seed gives the
     same noise, hence the same video, on any device. With `frame_corr` > 0 (a model trained on that prior),
-    the latent frames of a (B, C, T, H, W) shape correlate by it (`path.correlate_frames`)."""
+    the latent frames of a (B, C, T, H, W) shape correlate by it (`path.frame_noise`)."""
     g = torch.Generator(device="cpu").manual_seed(int(seed))
-    noise = torch.randn(tuple(shape), generator=g, dtype=torch.float32)
-    if frame_corr:
-        B, C, _, H, W = shape
-        noise = correlate_frames(noise, torch.randn((B, C, 1, H, W), generator=g), frame_corr)
-    return noise.to(device=device, dtype=dtype)
+    return frame_noise(shape, g, frame_corr).to(device=device, dtype=dtype)
 
 
 def _t(value: Tensor | float, x: Tensor) -> Tensor:

@@ -42,7 +42,7 @@ import torch
 
 from moviola.config import save_config, to_dict
 from moviola.data.latent_cache import LatentCache, WorldCacheConfig, build_world_cache, buckets_of
-from moviola.flow.path import (add_noise, correlate_frames, flow_loss, sample_time, shift_for_tokens, temporal_loss,
+from moviola.flow.path import (add_noise, flow_loss, frame_noise, sample_time, shift_for_tokens, temporal_loss,
                                velocity_target)
 from moviola.layout import missing_parts, part_weights, read_config
 from moviola.models.dit import DiT, DiTConfig, PRESETS, frame_cond, with_conditioning, with_extras
@@ -258,10 +258,7 @@ class Batches:
         x0 = lat[torch.from_numpy(idx)].float()
         rows_t = torch.tensor([self._caption(self.cache.rows[b][int(i)], rng) for i in idx])
         g = torch.Generator().manual_seed(int(rng.integers(2 ** 62)))
-        noise = torch.randn(x0.shape, generator=g)
-        if self.frame_corr:
-            B, C, _, H, W = x0.shape
-            noise = correlate_frames(noise, torch.randn((B, C, 1, H, W), generator=g), self.frame_corr)
+        noise = frame_noise(x0.shape, g, self.frame_corr)
         shift = cfg.shift or shift_for_tokens(self.tokens[b])
         t = sample_time(x0.shape[0], g, mean=cfg.time_mean, std=cfg.time_std, shift=shift)
         out = {"x0": x0, "noise": noise, "t": t, "context": self.cache.text_tokens[rows_t].float(),
