@@ -92,10 +92,18 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, footage):
     board = tmp_path / "b.toml"
     board.write_text('[[card]]\nstart = 0\nprompt = "a"\n[[card]]\nstart = 2\nprompt = "b"\n'
                      '[[card]]\nstart = 1\nprompt = "c"\n')
+    cut = tmp_path / "cut.mp4"  # a download cut off mid-way: faststart, so its first half decodes cleanly
+    cut.write_bytes(footage.read_bytes()[: footage.stat().st_size // 2])
+    (tmp_path / "adir.mp4").mkdir()
+    (tmp_path / "afile").write_text("x")
     cases = [
         (["remix", str(footage), "x", "--strength", "1.5", "-o", str(tmp_path / "r.mp4")], "strength"),
         (["extend", str(corrupt), "x", "-o", str(tmp_path / "e.mp4")], "corrupt"),
         (["extend", str(tmp_path / "missing.mp4"), "x", "-o", str(tmp_path / "e.mp4")], "missing.mp4"),
+        (["extend", str(cut), "x", "-o", str(tmp_path / "e.mp4")], "frames stop at"),
+        (["remix", str(cut), "x", "-o", str(tmp_path / "r.mp4")], "frames stop at"),
+        (["generate", "x", "-o", str(tmp_path / "adir.mp4")], "is a directory"),
+        (["generate", "x", "-o", str(tmp_path / "afile" / "g.mp4")], "is a file, not a directory"),
         (["generate", "x", "--image", str(png), "-o", str(tmp_path / "g.mp4")], "too small"),
         (["generate", "x", "--seconds", "500", "-o", str(tmp_path / "g.mp4")], "at most"),
         (["generate", "x", "--seconds", "0", "-o", str(tmp_path / "g.mp4")], ".png"),
@@ -124,3 +132,26 @@ def test_interrupted_stream_keeps_a_playable_file(tmp_path):
             w.write(np.zeros((3, 32, 32, 3), np.uint8))
             raise RuntimeError("boom")
     assert list(tmp_path.iterdir()) == [path]
+
+
+def test_interrupted_generate_never_replaces_an_existing_file(tmp_path, capsys):
+    """Ctrl-C keeps what was made, but beside an output that was there before (NAME.partial.mp4), not over it."""
+    from moviola.cli import _run
+
+    def chunks(_callback):
+        yield np.full((8, 32, 32, 3), 200, np.uint8)
+        raise KeyboardInterrupt
+
+    out = tmp_path / "clip.mp4"
+    write_video(out, np.zeros((20, 32, 32, 3), np.uint8), 8)
+    with pytest.raises(KeyboardInterrupt):
+        _run("generating", chunks, out, 8.0, {})
+    assert read_video(out).num_frames == 20  # the earlier file, untouched
+    partial = read_video(tmp_path / "clip.partial.mp4")
+    assert partial.num_frames == 8 and partial.frames.mean() > 150
+    assert "kept 8 frames in" in capsys.readouterr().err
+    fresh = tmp_path / "new.mp4"
+    with pytest.raises(KeyboardInterrupt):
+        _run("generating", chunks, fresh, 8.0, {})
+    assert read_video(fresh).num_frames == 8  # no earlier file: the partial clip takes the name
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.mp4", "clip.partial.mp4", "new.mp4"]

@@ -199,3 +199,45 @@ def test_a_world_dataset_folder_is_a_training_folder(tmp_path):
     rows = [json.loads(line) for line in (out / "captions.jsonl").read_text().splitlines()]
     assert {c.caption for c in report.clips} == {r["caption"] for r in rows}
     assert all(c.licence.startswith("generated") for c in report.clips)
+
+
+def test_captions_in_the_encodings_spreadsheets_and_editors_save(tmp_path):
+    """Excel's "CSV UTF-8" (a byte-order mark, CRLF), Windows-1252 and UTF-16 text all read; a caption file that
+    is none of them is named as a problem of its clip, not an error for the whole folder."""
+    write_video(tmp_path / "a.mp4", np.zeros((8, 32, 32, 3), np.uint8), 8)
+    write_video(tmp_path / "b.mp4", np.zeros((8, 32, 32, 3), np.uint8), 8)
+    (tmp_path / "m.csv").write_bytes("\ufeffpath,caption\r\na.mp4,un café\r\n".encode("utf-8"))
+    assert read_manifest(tmp_path / "m.csv")[0]["caption"] == "un café"
+    (tmp_path / "m.csv").write_bytes("path,caption\r\na.mp4,un café\r\n".encode("cp1252"))
+    assert read_manifest(tmp_path / "m.csv")[0]["caption"] == "un café"
+    (tmp_path / "m.jsonl").write_bytes('\ufeff{"path": "a.mp4", "caption": "x"}\n'.encode("utf-8"))
+    assert read_manifest(tmp_path / "m.jsonl")[0]["path"] == "a.mp4"
+    (tmp_path / "a.txt").write_bytes("a red circle".encode("utf-16"))
+    (tmp_path / "b.txt").write_bytes(b"\x81\x8d\x8f\x90")  # undefined even in Windows-1252
+    report = check_folder(tmp_path, manifest=None)
+    assert [c.caption for c in report.clips] == ["a red circle"]
+    assert [(Path(p.path).name, "caption file unreadable" in p.problem) for p in report.problems] == [("b.mp4", True)]
+
+
+@pytest.mark.parametrize("field, value, problem", [
+    ("start", -3, "start must be a number of seconds >= 0"),
+    ("start", "nan", "start must be a number of seconds >= 0"),
+    ("end", "inf", "end must be a number of seconds >= 0"),
+    ("end", 0.5, r"end \(0.5 s\) must be after start \(1 s\)"),
+])
+def test_manifest_times_must_make_sense(tmp_path, field, value, problem):
+    row = {"path": "a.mp4", "caption": "x", "start": 1, field: value}
+    (tmp_path / "m.jsonl").write_text(json.dumps(row) + "\n")
+    with pytest.raises(DatasetError, match=f"m.jsonl:1: {problem}"):
+        read_manifest(tmp_path / "m.jsonl")
+
+
+def test_camera_containers_are_found(tmp_path):
+    """AVCHD (.MTS, .m2ts), MPEG-2 (.mpg) and phone (.3gp) files are checked like any other video."""
+    clip = write_video(tmp_path / "src.mp4", np.zeros((8, 32, 32, 3), np.uint8), 8).read_bytes()
+    for name in ("a.MTS", "b.m2ts", "c.mpg", "d.3gp"):
+        (tmp_path / name).write_bytes(clip)  # FFmpeg goes by the bytes, not the name
+        (tmp_path / name).with_suffix(".txt").write_text("a caption")
+    (tmp_path / "src.mp4").unlink()
+    report = check_folder(tmp_path)
+    assert sorted(Path(c.path).name for c in report.clips) == ["a.MTS", "b.m2ts", "c.mpg", "d.3gp"]

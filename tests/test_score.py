@@ -190,3 +190,38 @@ def test_float_frames_are_accepted():
     frames = render(TWO).frames
     report = score_clip(frames.astype(np.float32) / 255.0, TWO_PROMPT, fps=8.0)
     assert report["overall"] == 1.0
+
+
+def test_score_file_reads_footage_by_time(tmp_path):
+    """A clip whose rate was raised by holding frames (8 fps content in a 29.97 fps file, as re-encoders and
+    sharing sites make them) and a variable-frame-rate file score as the clip itself: motion is read by the
+    frames' timestamps, not by frame-to-frame differences of held copies."""
+    from fractions import Fraction
+
+    import av
+
+    from moviola.world.score import score_file
+
+    spec = SceneSpec(objects=(ObjectSpec("blue", "square", "large", "falls", y=0.25),), background="white",
+                     seconds=3.0)
+    prompt = caption(spec, detailed=True)
+    frames = render(spec).frames
+    assert score_clip(frames, prompt, fps=8.0)["physics"]["fall"] == 1.0
+
+    def write(path, times):  # frame shown at each timestamp: the 8 fps frame on screen then
+        with av.open(str(path), "w") as c:
+            s = c.add_stream("libx264", rate=30, options={"crf": "10"})
+            s.width, s.height, s.pix_fmt = 64, 64, "yuv420p"
+            s.codec_context.time_base = s.time_base = Fraction(1, 30000)
+            for t in times:
+                f = av.VideoFrame.from_ndarray(frames[min(int(t * 8 + 1e-9), len(frames) - 1)], format="rgb24")
+                f.pts, f.time_base = round(t * 30000), Fraction(1, 30000)
+                c.mux(s.encode(f))
+            c.mux(s.encode())
+        return path
+
+    held = write(tmp_path / "held.mp4", [k * 1001 / 30000 for k in range(round(3 * 30000 / 1001))])
+    vfr = write(tmp_path / "vfr.mp4", [k / 30 for k in range(30)] + [1 + k / 10 for k in range(20)])
+    for path in (held, vfr):
+        report = score_file(path, prompt)
+        assert report["physics"]["fall"] == 1.0 and report["attributes"]["motion"] == 1.0, (path.name, report)

@@ -477,3 +477,90 @@ def test_probe_video_fields(tmp_path):
     assert info["codec"] == "h264" and info["has_audio"] is True and info["rotation"] == 0
     webm = probe_video(write_video(tmp_path / "clip.webm", gradient_clip(t=20), 10, audio=sine(3.0)))
     assert webm["num_frames"] == 20 and webm["duration"] == pytest.approx(2.0, abs=0.01)  # not 3 s
+
+
+# --- the files real footage brings (found by a review, 2026-12-07) -----------------------------------
+
+def test_fitted_read_refuses_a_cut_off_file_and_a_too_long_one_before_decoding(tmp_path, monkeypatch):
+    """read_video_fitted (what extend, remix, connect and the server read sources with) catches a cut-off
+    faststart mp4 as read_video does, and refuses a file longer than max_seconds from its header."""
+    whole = write_video(tmp_path / "whole.mp4", gradient_clip(t=64), 8)
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    with pytest.raises(VideoError, match="cut.mp4: truncated or corrupt video"):
+        video_io.read_video_fitted(cut, 32, 32, 8)
+    assert len(video_io.read_video_fitted(cut, 32, 32, 8, end=1.0)) == 8  # a window inside the intact part
+    decoded = []
+    monkeypatch.setattr(video_io, "_decode_frames", lambda *a, **k: decoded.append(1))
+    with pytest.raises(VideoError, match="whole.mp4: video is 8.00 s long; at most 4 s"):
+        video_io.read_video_fitted(whole, 32, 32, 8, max_seconds=4)
+    assert not decoded
+
+
+def test_non_square_pixels_are_shown_at_their_display_aspect(tmp_path):
+    """Anamorphic footage (4:3 pixels, as HDV stores 16:9 in 1440x1080) is widened to its display size, so
+    a circle that is round on screen stays round when cropped for a model."""
+    h, w, sar = 60, 80, Fraction(4, 3)
+    yy, xx = np.mgrid[:h, :w]
+    disc = ((yy - h / 2) ** 2 + ((xx - w / 2) * float(sar)) ** 2) < (0.35 * h) ** 2  # round once widened
+    frames = np.repeat(np.where(disc[..., None], 255, 0).astype(np.uint8)[None].repeat(3, -1), 8, axis=0)
+    path = tmp_path / "anamorphic.mp4"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=8)
+        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+        stream.codec_context.sample_aspect_ratio = sar
+        for i, rgb in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+            frame.pts = i
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    assert probe_video(path)["width"] == round(w * sar) and read_video(path).width == round(w * sar)
+    fitted = video_io.read_video_fitted(path, 48, 48, 8)
+    ys, xs = np.nonzero(fitted[0, ..., 0] > 128)
+    assert abs((np.ptp(xs) + 1) / (np.ptp(ys) + 1) - 1) < 0.1  # round, not squeezed to 0.75
+
+
+def test_deep_grayscale_images_keep_their_tones(tmp_path):
+    """16-bit grayscale PNGs (scanners, depth maps) are scaled to 8 bits, not clipped to white."""
+    ramp = np.linspace(0, 65535, 64)[None].repeat(8, 0).astype(np.uint16)
+    Image.fromarray(ramp).save(tmp_path / "g16.png")
+    image = read_image(tmp_path / "g16.png")
+    assert image.shape == (8, 64, 3) and image.dtype == np.uint8
+    np.testing.assert_allclose(image[0, :, 0], ramp[0] / 257, atol=1)
+    Image.fromarray((ramp / 65535).astype(np.float32)).save(tmp_path / "f.tiff")
+    np.testing.assert_allclose(read_image(tmp_path / "f.tiff")[0, :, 1], ramp[0] / 257, atol=1)
+
+
+def test_variable_frame_rate_is_read_by_timestamps(tmp_path):
+    """A phone-style file (30 fps for 1 s, then 10 fps, millisecond timestamps): the frame picked for time
+    k / fps is the one on screen then, so a clip keeps its real speed."""
+    times = [i / 30 for i in range(30)] + [1 + i / 10 for i in range(10)]
+    path = tmp_path / "vfr.mp4"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=30, options={"crf": "0"})
+        stream.width, stream.height, stream.pix_fmt = 32, 32, "yuv444p"
+        stream.codec_context.time_base = stream.time_base = Fraction(1, 1000)
+        for i, t in enumerate(times):  # brightness = index of the source frame
+            frame = av.VideoFrame.from_ndarray(np.full((32, 32, 3), 5 * i, np.uint8), format="rgb24")
+            frame.pts, frame.time_base = round(t * 1000), Fraction(1, 1000)
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    got = video_io.read_video_fitted(path, 32, 32, 8, start=0.45, num_frames=9)
+    want = [max(i for i, t in enumerate(times) if t <= 0.45 + k / 8 + 1e-6) for k in range(9)]
+    np.testing.assert_allclose(got[:, 16, 16, 0] / 5, want, atol=0.5)
+    with pytest.raises(VideoError, match="only .* of video from 1.5 s"):
+        video_io.read_video_fitted(path, 32, 32, 8, start=1.5, num_frames=8)
+
+
+def test_streaming_writer_errors_are_video_errors_and_leave_nothing(tmp_path):
+    (tmp_path / "isdir.mp4").mkdir()
+    with pytest.raises(VideoError, match="isdir.mp4: could not write video"):
+        video_io.VideoWriter(tmp_path / "isdir.mp4", 8)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(VideoError, match="could not write video"):
+        video_io.VideoWriter(tmp_path / "file" / "x.mp4", 8)
+    with video_io.VideoWriter(tmp_path / "out.mp4", 8) as writer:
+        writer.write(gradient_clip(t=4))
+        kept = writer.close(keep=True, path=tmp_path / "elsewhere.mp4")
+    assert kept == tmp_path / "elsewhere.mp4" and read_video(kept).num_frames == 4
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["elsewhere.mp4", "file", "isdir.mp4"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -136,11 +137,21 @@ def _provenance(args, pipe, prompt: str, **extra) -> dict:
             "creation_time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
 
+MIN_INPUT_SIDE = 8  # pixels: the smallest image or video side worth scaling up to condition on (as the pipeline's)
+
+
 def _output(path: str, *, image_ok: bool = False) -> Path:
     out = Path(path)
     allowed = VIDEO_OUTPUTS + ((".png",) if image_ok else ())
     if out.suffix.lower() not in allowed:
         raise ValueError(f"{out}: output must end in {', '.join(allowed)}")
+    if out.is_dir():
+        raise ValueError(f"{out}: output is a directory; give a file name")
+    parent = next((d for d in out.absolute().parents if d.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise ValueError(f"{out}: cannot create the output: {parent} is a file, not a directory")
+    if parent is not None and not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"{out}: cannot write there: {parent} is not writable")
     return out
 
 
@@ -169,14 +180,22 @@ def _run(label: str, make, out: Path, fps: float, meta: dict) -> int:
             write_image(out, frames[0]) if out.suffix.lower() == ".png" else write_video(out, frames, fps, metadata=meta)
         else:
             shape = None
+            existed = out.exists()
             with VideoWriter(out, fps, metadata=meta) as writer:
                 try:
                     for chunk in result:
                         writer.write(chunk)
                         shape = chunk.shape
                 except KeyboardInterrupt:
-                    writer.close(keep=True)
-                    print(f"moviola: interrupted; kept {writer.frames_written} frames in {out}", file=sys.stderr)
+                    # What was made is kept, but never in place of a file that was there before the run.
+                    kept = writer.close(keep=True, path=out.with_name(f"{out.stem}.partial{out.suffix}")
+                                        if existed else None)
+                    if kept is None:
+                        print("moviola: interrupted before any frame was made", file=sys.stderr)
+                    else:
+                        note = f" ({out} left as it was)" if existed else ""
+                        print(f"moviola: interrupted; kept {writer.frames_written} frames in {kept}{note}",
+                              file=sys.stderr)
                     raise
             n = writer.frames_written
     took = time.perf_counter() - t0
@@ -186,8 +205,6 @@ def _run(label: str, make, out: Path, fps: float, meta: dict) -> int:
 
 
 def cmd_generate(args) -> int:
-    from moviola.video_io import read_image
-
     w, h = args.size
     out = _output(args.output, image_ok=True)
     one = args.frames == 1 or (args.frames is None and args.seconds == 0)
@@ -195,8 +212,8 @@ def cmd_generate(args) -> int:
         raise ValueError(f"{out}: a single frame (--seconds 0 or --frames 1) is written as an image: use a .png output")
     if out.suffix.lower() == ".png" and not one:
         raise ValueError(f"{out}: a .png holds one frame: add --seconds 0 (or --frames 1)")
-    image = read_image(args.image) if args.image else None
-    last = read_image(args.last_image) if args.last_image else None
+    image = _read_picture(args.image) if args.image else None
+    last = _read_picture(args.last_image) if args.last_image else None
     pipe = _load_pipe(args)
     fps = args.fps or pipe.config.fps
     length = {"num_frames": 1} if one else ({"num_frames": args.frames} if args.frames else {"seconds": args.seconds})
@@ -215,12 +232,26 @@ def cmd_generate(args) -> int:
     return _run("generating", make, out, fps, meta)
 
 
+def _read_picture(path: str):
+    """An image file to condition on, (H, W, 3) uint8; a ValueError naming it if it is under 8 px a side."""
+    from moviola.video_io import read_image
+
+    image = read_image(path)
+    if min(image.shape[:2]) < MIN_INPUT_SIDE:
+        raise ValueError(f"{path}: image is {image.shape[1]}x{image.shape[0]}: too small to condition on "
+                         f"({MIN_INPUT_SIDE} px a side at least)")
+    return image
+
+
 def _read_source(path: str, args, pipe, name: str = "video"):
     """A video file as the model takes it: (T, H, W, 3) uint8 at the model's fps, scaled and centre-cropped
     to --size or the trained size nearest its aspect ratio (real footage: any size, rate, codec)."""
     from moviola.video_io import probe_video, read_video_fitted
 
     info = probe_video(path)
+    if min(info["width"], info["height"]) < MIN_INPUT_SIDE:
+        raise ValueError(f"{path}: video is {info['width']}x{info['height']}: too small "
+                         f"({MIN_INPUT_SIDE} px a side at least)")
     w, h = args.size or pipe.size_for(info["width"], info["height"])
     frames = read_video_fitted(path, w, h, pipe.config.fps, max_seconds=pipe.config.max_total_seconds)
     return frames, w, h
@@ -274,7 +305,6 @@ def load_board(path: str) -> dict:
     import tomllib
 
     from moviola.pipeline import Card
-    from moviola.video_io import read_image
 
     p = Path(path)
     if not p.is_file():
@@ -294,7 +324,7 @@ def load_board(path: str) -> dict:
             raise ValueError(f"{p}: card {i + 1}: unknown key {bad[0]!r} (known: image, prompt, start)")
         if "start" not in c or "prompt" not in c:
             raise ValueError(f"{p}: card {i + 1} needs start and prompt")
-        image = read_image(p.parent / c["image"]) if c.get("image") else None
+        image = _read_picture(str(p.parent / c["image"])) if c.get("image") else None
         cards.append(Card(start=c["start"], prompt=c["prompt"], image=image))
     if not cards:
         raise ValueError(f"{p}: no cards (add [[card]] tables with start and prompt)")

@@ -448,10 +448,14 @@ class VideoWriter:
         self._metadata = {str(k): str(v) for k, v in (metadata or {}).items()}
         self._quality = quality
         self._size: tuple[int, int] | None = None
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._kept: Path | None = None
+        self._container = None
+        if self.path.is_dir():
+            raise VideoError(self.path, "could not write video (is a directory)")
         self._tmp = self.path.with_name(f".{self.path.stem}.tmp-{secrets.token_hex(4)}{self.path.suffix}")
         options = {"movflags": "use_metadata_tags+faststart"} if ext in (".mp4", ".mov") else {}
         try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
             self._container = av.open(str(self._tmp), "w", options=options)
         except (av.FFmpegError, OSError) as e:
             raise VideoError(self.path, f"could not write video ({_reason(e)})") from None
@@ -480,19 +484,29 @@ class VideoWriter:
         except (av.FFmpegError, OSError) as e:
             raise VideoError(self.path, f"could not write video ({_reason(e)})") from None
 
-    def close(self, keep: bool = True) -> Path | None:
-        """Finish the file and move it into place (``keep``), else delete it. Returns the path kept."""
+    def close(self, keep: bool = True, path: PathLike | None = None) -> Path | None:
+        """Finish the file and move it into place (``keep``: at ``path``, by default the writer's own), else
+        delete it. Returns the path kept. A second call returns what the first kept."""
         if self._container is None:
-            return self.path if keep else None
+            return self._kept
         try:
             if self._stream is not None:
                 self._container.mux(self._stream.encode())
             self._container.close()
+        except (av.FFmpegError, OSError) as e:
+            self._tmp.unlink(missing_ok=True)
+            raise VideoError(self.path, f"could not write video ({_reason(e)})") from None
         finally:
             self._container = None
         if keep and self.frames_written:
-            os.replace(self._tmp, self.path)
-            return self.path
+            target = Path(path) if path is not None else self.path
+            try:
+                os.replace(self._tmp, target)
+            except OSError as e:
+                self._tmp.unlink(missing_ok=True)
+                raise VideoError(target, f"could not write video ({_reason(e)})") from None
+            self._kept = target
+            return target
         self._tmp.unlink(missing_ok=True)
         return None
 
@@ -504,33 +518,63 @@ class VideoWriter:
 
 
 def read_video_fitted(path: PathLike, width: int, height: int, fps: float, *, start: float = 0.0,
-                      end: float | None = None, max_seconds: float | None = None) -> np.ndarray:
+                      end: float | None = None, max_seconds: float | None = None,
+                      num_frames: int | None = None, phase: float = 0.0) -> np.ndarray:
     """Read a video for a model: (T, height, width, 3) uint8 at ``fps``, each frame scaled to cover the size
     and centre-cropped as it is decoded, so a long or large camera file never sits in memory whole.
 
-    Frame k of the result shows time start + k / fps (the latest source frame at or before it), as
-    ``resample_fps`` picks them. ``max_seconds``: a VideoError if the window read is longer.
+    Frame k of the result shows time start + k / fps by the frames' own timestamps (the latest source frame
+    at or before it), so variable-frame-rate footage keeps its real speed. ``max_seconds``: a VideoError if
+    the window read is longer (checked against the header before decoding, when it has a duration).
+    ``num_frames``: exactly that many frames from ``start`` (``end`` is then implied); a VideoError if the
+    file ends more than one source frame before the last of them. ``phase``: sample at start + (k + phase)
+    / fps instead (0.5: mid-frame, which reads footage whose frames were held to raise its rate, e.g. 8 fps
+    content in a 29.97 fps file, at its own frames rather than one late).
     """
     p = Path(path)
+    if num_frames is not None:
+        if num_frames < 1:
+            raise ValueError(f"num_frames must be >= 1; got {num_frames}")
+        end = start + num_frames / fps
 
     def fit(rgb: np.ndarray) -> np.ndarray:
         return fit_frames(rgb[None], width, height, mode="crop")[0]
 
+    if start < 0 or (end is not None and end <= start):
+        raise ValueError(f"need 0 <= start < end; got start={start}, end={end}")
+    too_long = f"at most {max_seconds:g} s can be used here" if max_seconds is not None else ""
     try:
         with _open(p) as container:
             stream = _video_stream(p, container)
             src_fps = _stream_fps(container, stream)
-            frames, times = _decode_frames(p, container, stream, src_fps, start, end, None, transform=fit)
+            expected = _stream_duration(container, stream, allow_container=False)
+            if max_seconds is not None and expected:  # refuse a long file before decoding all of it
+                window = min(expected, end if end is not None else expected) - start
+                if window > max_seconds + 0.5:
+                    raise VideoError(p, f"video is {window:.2f} s long; {too_long}")
+            # With num_frames, frame 0 is the one on screen at `start`, which may begin up to a frame before it.
+            lookback = 2.0 / (src_fps or DEFAULT_FPS) if num_frames is not None else 0.0
+            frames, times = _decode_frames(p, container, stream, src_fps, max(0.0, start - lookback), end, None,
+                                           transform=fit)
     except VideoError:
         raise
     except (av.FFmpegError, OSError) as e:
         raise VideoError(p, f"truncated or corrupt video ({_reason(e)})") from None
-    span = times[-1] - times[0] + 1.0 / (src_fps or DEFAULT_FPS)
+    if end is None:
+        _check_complete(p, times, src_fps or _fps_from_times(times), expected)
+    frame_step = 1.0 / (src_fps or DEFAULT_FPS)
+    span = times[-1] - times[0] + frame_step
     if max_seconds is not None and span > max_seconds + 1e-6:
-        raise VideoError(p, f"video is {span:.2f} s long; at most {max_seconds:g} s can be used here")
-    n = max(1, round(span * fps))
-    t0 = times[0]
-    idx = np.searchsorted(np.asarray(times) - t0, np.arange(n) / fps + 1e-6, side="right") - 1
+        raise VideoError(p, f"video is {span:.2f} s long; {too_long}")
+    if num_frames is not None:
+        t0, n = start, num_frames
+        last_needed = (n - 1) / fps
+        if last_needed > times[-1] - t0 + 1.5 * frame_step:  # more than one source frame missing
+            raise VideoError(p, f"only {times[-1] - t0 + frame_step:.2f} s of video from {start:g} s; "
+                                f"{n} frames at {fps:g} fps need {n / fps:.2f} s")
+    else:
+        t0, n = times[0], max(1, round(span * fps))
+    idx = np.searchsorted(np.asarray(times) - t0, (np.arange(n) + phase) / fps + 1e-6, side="right") - 1
     return frames[np.clip(idx, 0, len(frames) - 1)]
 
 
@@ -582,6 +626,18 @@ def encode_image(image: Any, fmt: str = "png") -> bytes:
     return buf.getvalue()
 
 
+def _deep_gray_to_rgb(gray: np.ndarray, mode: str) -> np.ndarray:
+    """A grayscale image deeper than 8 bits (PIL modes I;16*, I, F) as (H, W, 3) uint8: 16-bit scaled by
+    255 / 65535; 32-bit integers likewise unless they fit in 8 bits; floats taken as [0, 1] unless larger."""
+    x = gray.astype(np.float64)
+    if mode == "F":
+        scale = 255.0 if np.nanmax(x, initial=0.0) <= 1.0 else 1.0
+    else:
+        scale = 255.0 / 65535.0 if mode.startswith("I;16") or np.max(x, initial=0) > 255 else 1.0
+    out = np.nan_to_num(x * scale).round().clip(0, 255).astype(np.uint8)
+    return np.repeat(out[..., None], 3, axis=-1)
+
+
 def read_image(path: PathLike) -> np.ndarray:
     """Read an image as (H, W, 3) uint8 RGB. EXIF orientation is applied; alpha is composited onto
     black; grayscale and palette images are expanded to RGB."""
@@ -590,6 +646,8 @@ def read_image(path: PathLike) -> np.ndarray:
     try:
         with Image.open(p) as im:
             im = ImageOps.exif_transpose(im)
+            if im.mode.startswith(("I", "F")):  # 16-bit, 32-bit or float grayscale (PIL would clip at 255)
+                return _deep_gray_to_rgb(np.asarray(im), im.mode)
             if im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info:
                 rgba = im.convert("RGBA")
                 im = Image.alpha_composite(Image.new("RGBA", rgba.size, (0, 0, 0, 255)), rgba)
@@ -653,7 +711,7 @@ def _video_stream(path: Path, container: Any) -> Any:
     fmt = container.format.name
     # ffmpeg opens PNG/JPEG/... through image demuxers that expose one "video" stream of one frame.
     if fmt == "image2" or (fmt.endswith("_pipe") and fmt != "gif_pipe"):
-        raise VideoError(path, "not a video: no video stream (a still image; use read_image)")
+        raise VideoError(path, "not a video: no video stream (a still image: give it where an image is expected)")
     for stream in container.streams.video:
         if not stream.disposition & av.stream.Disposition.attached_pic:  # album art in audio files
             if stream.codec_context is None:  # PyAV found no decoder for the stream's codec
@@ -698,13 +756,23 @@ def _container_metadata(container: Any) -> dict[str, str]:
     return tags
 
 
+def _display_size(stream: Any, width: int, height: int) -> tuple[int, int]:
+    """(width, height) a frame is shown at: the stored size with its sample (pixel) aspect ratio applied,
+    widening or narrowing it (a 1440x1080 HDV frame of 4:3 pixels shows as 1920x1080)."""
+    sar = stream.sample_aspect_ratio or (stream.codec_context.sample_aspect_ratio if stream.codec_context else None)
+    if not sar or sar <= 0 or sar == 1 or not 0.2 <= float(sar) <= 5:  # unset, square, or nonsense
+        return width, height
+    return max(1, round(width * float(sar))), height
+
+
 def _decode_frames(path: Path, container: Any, stream: Any, fps: float | None, start: float,
                    end: float | None, max_frames: int | None,
                    transform: Callable[[np.ndarray], np.ndarray] | None = None) -> tuple[np.ndarray, list[float]]:
     """Decode frames in presentation order whose timestamps fall in [start, end).
 
     Returns (T, H, W, 3) uint8 and their timestamps in seconds from the stream start. Display
-    rotation (phone videos) is applied in multiples of 90 degrees.
+    rotation (phone videos) is applied in multiples of 90 degrees, and non-square pixels (anamorphic
+    DV/HDV footage) are scaled to the display aspect ratio, so a circle stays round.
     """
     stream.thread_type = "AUTO"
     tb = stream.time_base
@@ -728,11 +796,12 @@ def _decode_frames(path: Path, container: Any, stream: Any, fps: float | None, s
             if end is not None and t >= end - eps:
                 break
             if size is None:
-                size = (frame.width, frame.height)
+                native = (frame.width, frame.height)
+                size = _display_size(stream, *native)
                 turns = round((getattr(frame, "rotation", 0) or 0) / 90) % 4
             if (frame.width, frame.height) == size:
                 rgb = frame.to_ndarray(format="rgb24")
-            else:  # resolution changed mid-stream: keep one shape for the whole clip
+            else:  # non-square pixels, or the resolution changed mid-stream: one display shape for the clip
                 rgb = frame.to_ndarray(format="rgb24", width=size[0], height=size[1])
             rgb = np.rot90(rgb, turns) if turns else rgb
             frames.append(transform(np.ascontiguousarray(rgb)) if transform is not None else rgb)
@@ -788,6 +857,25 @@ def _read_audio(path: Path, video_origin: float, start: float, stop: float | Non
     return np.clip(samples, -1.0, 1.0), int(rate)
 
 
+def _fps_from_times(times: list[float]) -> float:
+    """Mean frame rate of decoded timestamps; DEFAULT_FPS for a single frame."""
+    span = times[-1] - times[0]
+    return (len(times) - 1) / span if len(times) > 1 and span > 0 else DEFAULT_FPS
+
+
+def _check_complete(path: Path, times: list[float], fps: float, expected: float | None) -> None:
+    """A VideoError if the frames decoded to the end of a file stop well before its header's duration.
+
+    A cut-off mkv/webm (or an mp4 with its index in front, as Moviola writes them) decodes without any
+    error up to the cut; only the duration in its header tells. The margin tolerates headers that are off
+    by a few frames but catches an interrupted download."""
+    if not expected:
+        return
+    covered = times[-1] + 1.0 / fps
+    if expected - covered > max(0.5, 0.1 * expected):
+        raise VideoError(path, f"truncated or corrupt video (frames stop at {covered:.2f} s of {expected:.2f} s)")
+
+
 def read_video(path: PathLike, *, max_frames: int | None = None, start: float = 0.0,
                end: float | None = None, with_audio: bool = False) -> Video:
     """Decode a video file (mp4, webm, mov, mkv, gif, avi: anything PyAV opens with a video stream).
@@ -820,16 +908,9 @@ def read_video(path: PathLike, *, max_frames: int | None = None, start: float = 
             origin = float((stream.start_time or 0) * stream.time_base) if stream.time_base else 0.0
             expected = _stream_duration(container, stream, allow_container=False)
         if fps is None:  # no rate in the container: use the timestamps, else the GIF convention
-            span = times[-1] - times[0]
-            fps = (len(times) - 1) / span if len(times) > 1 and span > 0 else DEFAULT_FPS
-        if end is None and max_frames is None and expected:
-            # A cut-off mkv/webm (or an mp4 with its index in front) decodes without any error up
-            # to the cut; only the duration in its header tells. The margin tolerates headers that
-            # are off by a few frames but catches an interrupted download.
-            covered = times[-1] + 1.0 / fps
-            if expected - covered > max(0.5, 0.1 * expected):
-                raise VideoError(p, f"truncated or corrupt video (frames stop at {covered:.2f} s "
-                                    f"of {expected:.2f} s)")
+            fps = _fps_from_times(times)
+        if end is None and max_frames is None:
+            _check_complete(p, times, fps, expected)
         audio = sample_rate = None
         if with_audio:
             whole = end is None and max_frames is None
@@ -849,7 +930,7 @@ def probe_video(path: PathLike) -> dict[str, Any]:
     """Cheap facts about a video without decoding it all (one frame is decoded, which also proves
     the file is readable and gives the display rotation).
 
-    Returns a dict with width, height (as ``read_video`` returns them, i.e. after rotation), fps,
+    Returns a dict with width, height (as ``read_video`` returns them: after rotation, in square pixels), fps,
     num_frames (from the container index, else duration * fps), duration (seconds), codec,
     has_audio, container (format name) and rotation (degrees, counter-clockwise).
     """
@@ -870,7 +951,7 @@ def probe_video(path: PathLike) -> dict[str, Any]:
             if first is None:
                 raise VideoError(p, "truncated or corrupt video (no decodable frames)")
             rotation = int(round((getattr(first, "rotation", 0) or 0) / 90) % 4 * 90)
-            width, height = first.width, first.height
+            width, height = _display_size(stream, first.width, first.height)
             if rotation in (90, 270):
                 width, height = height, width
     except VideoError:

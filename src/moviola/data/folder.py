@@ -15,12 +15,17 @@ one clip out of a file for a model: frames at a target fps, resized and centre-c
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import io
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-VIDEO_EXTENSIONS = (".mp4", ".webm", ".mov", ".mkv", ".gif", ".avi", ".m4v")
+# Camera and broadcast containers too: AVCHD (.mts/.m2ts), MPEG-2 (.mpg/.mpeg/.vob/.ts), phones (.3gp), DV.
+VIDEO_EXTENSIONS = (".mp4", ".webm", ".mov", ".mkv", ".gif", ".avi", ".m4v", ".mts", ".m2ts", ".ts", ".mpg",
+                    ".mpeg", ".vob", ".3gp", ".3g2", ".dv", ".wmv", ".flv", ".ogv", ".mxf")
 MANIFEST_NAMES = ("manifest.jsonl", "manifest.csv", "captions.jsonl")  # the last: `moviola world dataset`
 MANIFEST_FIELDS = ("path", "caption", "start", "end", "licence", "consent", "source")
 WORLD_FIELDS = ("index", "detailed_caption", "spec")  # a world dataset's extras, ignored
@@ -66,12 +71,32 @@ class FolderReport:
 
 
 def _number(value, what: str, where: str) -> float | None:
+    """A manifest's start / end: None when empty, else a finite number of seconds >= 0 (DatasetError)."""
     if value in (None, ""):
         return None
     try:
-        return float(value)
+        number = float(value)
     except (TypeError, ValueError):
-        raise DatasetError(f"{where}: {what} must be a number of seconds, got {value!r}") from None
+        number = math.nan
+    if isinstance(value, bool) or not math.isfinite(number) or number < 0:
+        raise DatasetError(f"{where}: {what} must be a number of seconds >= 0, got {value!r}")
+    return number
+
+
+def read_text(path: Path) -> str:
+    """A caption file's text: UTF-8 (a byte-order mark, as Excel writes, is dropped), UTF-16 with a byte-order
+    mark, else Windows-1252 (what spreadsheets save otherwise); a DatasetError naming the file if none fits."""
+    data = path.read_bytes()
+    if data[:2] in (b"\xff\xfe", b"\xfe\xff"):  # UTF-16 with its byte-order mark (Notepad's "Unicode")
+        with contextlib.suppress(UnicodeDecodeError):
+            return data.decode("utf-16")
+        raise DatasetError(f"{path}: damaged UTF-16 text; save it as UTF-8")
+    for encoding in ("utf-8-sig", "cp1252"):
+        try:
+            return data.decode(encoding)
+        except UnicodeDecodeError:
+            continue
+    raise DatasetError(f"{path}: not UTF-8 text; save it as UTF-8")
 
 
 def read_manifest(path: str | Path) -> list[dict]:
@@ -82,7 +107,7 @@ def read_manifest(path: str | Path) -> list[dict]:
     path = Path(path)
     rows: list[tuple[str, dict]] = []
     if path.suffix == ".jsonl":
-        for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        for i, line in enumerate(read_text(path).splitlines(), 1):
             if not line.strip():
                 continue
             try:
@@ -93,9 +118,11 @@ def read_manifest(path: str | Path) -> list[dict]:
                 raise DatasetError(f"{path}:{i}: not a JSON object")
             rows.append((f"{path}:{i}", row))
     elif path.suffix == ".csv":
-        with path.open(newline="", encoding="utf-8") as f:
-            for i, row in enumerate(csv.DictReader(f), 2):
-                rows.append((f"{path}:{i}", row))
+        for i, row in enumerate(csv.DictReader(io.StringIO(read_text(path), newline="")), 2):
+            if None in row:  # more cells than the header has names
+                raise DatasetError(f"{path}:{i}: {len(row) - 1 + len(row[None])} cells, the header names "
+                                   f"{len(row) - 1}")
+            rows.append((f"{path}:{i}", {k.strip(): v for k, v in row.items()}))
     else:
         raise DatasetError(f"{path}: a manifest must be .jsonl or .csv")
     out = []
@@ -113,6 +140,8 @@ def read_manifest(path: str | Path) -> list[dict]:
         clean = {k: row.get(k) or "" for k in MANIFEST_FIELDS}
         clean["start"] = _number(row.get("start"), "start", where) or 0.0
         clean["end"] = _number(row.get("end"), "end", where)
+        if clean["end"] is not None and clean["end"] <= clean["start"]:
+            raise DatasetError(f"{where}: end ({clean['end']:g} s) must be after start ({clean['start']:g} s)")
         clean["where"] = where
         out.append(clean)
     return out
@@ -150,7 +179,11 @@ def check_folder(root: str | Path, *, manifest: str | Path | None = None, min_se
     for p, row in items:
         if row is None:
             side = p.with_suffix(".txt")
-            caption = side.read_text(encoding="utf-8").strip() if side.is_file() else ""
+            try:
+                caption = read_text(side).strip() if side.is_file() else ""
+            except (DatasetError, OSError) as e:
+                report.problems.append(Problem(str(p), f"caption file unreadable: {e}"))
+                continue
             row = {"caption": caption, "start": 0.0, "end": None, "licence": "", "consent": "", "source": ""}
         if need_captions and not str(row["caption"]).strip():
             report.problems.append(Problem(str(p), "no caption (add it to the manifest or a sidecar .txt)"))
@@ -189,18 +222,12 @@ def load_clip(path: str | Path, start: float, *, frames: int, width: int, height
     """(frames, height, width, 3) uint8: ``frames`` frames at ``fps`` from ``start`` seconds of the video,
     scaled to cover (width, height) and centre-cropped.
 
-    Frame k shows source time start + k / fps (the latest source frame at or before it), so 29.97 fps
-    footage sampled at 8 fps keeps its real speed. Raises VideoError if the file cannot be decoded there
-    or ends more than one frame early.
+    Frame k shows source time start + k / fps by the frames' timestamps (the latest source frame at or
+    before it), so 29.97 fps and variable-frame-rate footage sampled at 8 fps keep their real speed.
+    ``src_fps`` is not needed for that (kept for callers). Raises VideoError if the file cannot be decoded
+    there or ends more than one source frame early.
     """
-    import numpy as np
+    from moviola.video_io import read_video_fitted
 
-    from moviola.video_io import VideoError, fit_frames, read_video
-
-    # One source frame of margin past the last needed time; read_video seeks, so long files stay cheap.
-    vid = read_video(path, start=start, end=start + (frames - 1) / fps + 1.5 / src_fps)
-    idx = np.floor(np.arange(frames) * (vid.fps / fps) + 1e-6).astype(np.int64)
-    if idx[-1] > vid.num_frames:  # more than one frame missing: the span is not really there
-        raise VideoError(path, f"only {vid.num_frames} frames from {start:.2f} s, need {frames} at {fps:g} fps")
-    clip = vid.frames[np.minimum(idx, vid.num_frames - 1)]
-    return fit_frames(clip, width, height, mode="crop")
+    del src_fps  # the timestamps decide; read_video_fitted seeks, so long files stay cheap
+    return read_video_fitted(path, width, height, fps, start=start, num_frames=frames)

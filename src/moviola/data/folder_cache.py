@@ -184,8 +184,9 @@ def _encode_part(root: Path, items: list[dict], bucket: Bucket, cfg: FolderCache
         try:
             arr = load_clip(root / c["path"], c["start"], frames=bucket.frames, width=bucket.width,
                             height=bucket.height, fps=cfg.fps, src_fps=c["src_fps"])
-        except VideoError as e:
-            failed.append({"path": str(root / c["path"]), "start": c["start"], "problem": e.problem})
+        except (VideoError, ValueError) as e:  # one clip that will not load is skipped, named, never fatal
+            problem = e.problem if isinstance(e, VideoError) else str(e)
+            failed.append({"path": str(root / c["path"]), "start": c["start"], "problem": problem})
             continue
         frames.append(torch.from_numpy(arr).permute(3, 0, 1, 2))  # (3, T, H, W) uint8
         rows.append({"short": c["caption"], "detailed": c["caption"], "canonical": c["caption"],

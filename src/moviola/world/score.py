@@ -633,13 +633,26 @@ def score_clip(frames: np.ndarray, prompt: str | Prompt, fps: float = 8.0) -> di
     }
 
 
+FILE_FPS = 8.0  # the world's default rate: files faster than it are scored at it
+
+
 def score_file(path: str | Path, prompt: str | Prompt) -> dict:
-    """Score a video file (any format video_io reads) or a PNG image."""
-    from moviola.video_io import read_image, read_video
+    """Score a video file (any format video_io reads) or a PNG image.
+
+    A file faster than 8 fps is read at 8 fps by its frames' timestamps (mid-frame), as the world defines
+    motion by time, not frame index: variable-frame-rate files keep their real timing, and a clip whose rate
+    was raised by holding frames (8 fps content in a 29.97 fps file) is read at its own frames, where
+    frame-to-frame differences of the held copies would read as no motion.
+    """
+    from moviola.video_io import probe_video, read_image, read_video, read_video_fitted
 
     path = Path(path)
     if path.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp"):
         return score_clip(read_image(path), prompt, fps=8.0)
+    info = probe_video(path)
+    if info["fps"] > FILE_FPS + 1e-3:
+        frames = read_video_fitted(path, info["width"], info["height"], FILE_FPS, phase=0.5)
+        return score_clip(frames, prompt, fps=FILE_FPS)
     vid = read_video(path)
     return score_clip(vid.frames, prompt, fps=vid.fps)
 
