@@ -72,6 +72,8 @@ def test_round_trip_and_every_variant_decodes(client, done, stack):
     assert v.metadata["moviola_seed"] == "7" and v.metadata["moviola_steps"] == str(server_stack.STEPS)
     assert v.metadata["moviola_model"] == "moviola-default" and v.metadata["creation_time"].startswith("20")
     assert v.metadata["moviola_sampler"] and v.metadata["moviola_guidance"]
+    assert len(v.metadata["moviola_weights_sha256"]) == 64  # which weights, not where the server keeps them
+    assert not any(str(stack.root) in t or "/weights/" in t for t in v.metadata.values())
 
     thumb = Image.open(io.BytesIO(client.videos.download_content(done.id, variant="thumbnail").read()))
     assert thumb.format == "WEBP" and thumb.size == (64, 64)
@@ -147,7 +149,10 @@ def test_remix_extend_edit(client, done, stack):
         out = read_video(_save(client, v.id, stack.root / f"{v.id}.mp4"))
         assert out.frames.shape == src.shape and out.metadata["moviola_kind"] == v.moviola["kind"]
     assert read_video(stack.root / f"{remix.id}.mp4").metadata["moviola_strength"] == "0.5"
-    out = read_video(_save(client, ext.id, stack.root / "ext.mp4")).frames
+    extended = read_video(_save(client, ext.id, stack.root / "ext.mp4"))
+    assert (extended.metadata["moviola_extension_seconds"], extended.metadata["moviola_backward"]) == ("1.0", "false")
+    assert (ext.moviola["extension_seconds"], ext.moviola["backward"]) == (1.0, False)
+    out = extended.frames
     assert out.shape == (24, 64, 64, 3)
     assert psnr(out[:16], src) > 30  # the source is kept as the extension's start
 
@@ -207,8 +212,13 @@ def test_input_reference_and_uploaded_edit(client, stack):
     assert e.size == "96x64" and e.seconds == "1"
     v, e = poll(client, v.id), poll(client, e.id)
     assert v.status == "completed", v.error
-    frames = read_video(_save(client, v.id, stack.root / "i2v.mp4")).frames
+    made = read_video(_save(client, v.id, stack.root / "i2v.mp4"))
+    frames = made.frames
     assert frames.shape == (8, 64, 64, 3)
+    # Provenance says what it started from: the image's hash in the file and in the Video object.
+    assert made.metadata["moviola_input_image_sha256"] == v.moviola["input_image_sha256"]
+    assert v.moviola["input_image_sha256"] == hashlib.sha256(encode_image(image)).hexdigest()
+    assert e.moviola["source_sha256"] == hashlib.sha256(clip.read_bytes()).hexdigest()
     assert psnr(frames[0], image) >= 25  # frame 0 is the uploaded image (after H.264)
     assert e.status == "completed", e.error
     assert read_video(_save(client, e.id, stack.root / "edit.mp4")).frames.shape == (8, 64, 96, 3)

@@ -135,3 +135,37 @@ def test_serve_and_worker_name_an_unreachable_database(tmp_path, capsys):
         rc = main([*verb, "--storage", str(tmp_path), "--db", url])
         err = capsys.readouterr().err
         assert rc == 2 and "cannot connect" in err and "Traceback" not in err, (verb, err)
+
+
+def test_the_key_is_checked_before_the_body(stack):
+    """A request without a valid key gets 401 whatever its body (malformed JSON, garbage multipart), and the
+    admin API too; with a key, a malformed body is a 400 saying so, and a form endpoint sent JSON says it takes
+    multipart/form-data instead of "missing prompt"."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    def call(path, data, content_type, token=None):
+        req = urllib.request.Request(stack.base_url + path, data=data, method="POST",
+                                     headers={"Content-Type": content_type,
+                                              **({"Authorization": f"Bearer {token}"} if token else {})})
+        try:
+            with urllib.request.urlopen(req, timeout=30) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read())
+
+    admin = stack.client(stack.key("gate-root", admin=True))
+    revoked = admin.post("/admin/keys", body={"name": "gate-revoked"}, cast_to=object)["key"]
+    admin.post("/admin/keys/gate-revoked/revoke", cast_to=object)
+    for token in (None, "sk-not-a-key", revoked):
+        for path, data, ctype in [("/videos/video_x/remix", b'{"prompt":', "application/json"),
+                                  ("/videos", b"garbage", "multipart/form-data; boundary=xyz"),
+                                  ("/admin/keys", b"{bad", "application/json")]:
+            status, body = call(path, data, ctype, token)
+            assert status == 401 and body["error"]["code"] == "invalid_api_key", (token, path, body)
+    token = stack.key("gate-user")
+    status, body = call("/videos/video_x/remix", b'{"prompt":', "application/json", token)
+    assert status == 400 and "not valid JSON" in body["error"]["message"] and body["error"]["param"] is None
+    status, body = call("/videos", json.dumps({"prompt": "a red circle"}).encode(), "application/json", token)
+    assert status == 400 and "takes multipart/form-data, not application/json" in body["error"]["message"]

@@ -79,6 +79,11 @@ def test_lease_expiry_take_over_and_guarded_completion(env):
     b = jobs.claim(db, "B", 10)
     assert b["id"] == vid and b["attempts"] == 2 and b["worker"] == "B"
     assert not jobs.heartbeat(db, vid, "A", 10)  # A can no longer touch it
+    # B starts over; the progress clients see holds at A's 40 until B passes it (it never goes back)
+    assert b["progress"] == 40 and jobs.heartbeat(db, vid, "B", 10, progress=10)
+    assert db.one("SELECT progress FROM jobs WHERE id = ?", (vid,))["progress"] == 40
+    assert jobs.heartbeat(db, vid, "B", 10, progress=55)
+    assert db.one("SELECT progress FROM jobs WHERE id = ?", (vid,))["progress"] == 55
     assert not jobs.complete(db, vid, "A", assets="x", content_hash="h", gen_seconds=1, note=None, ttl_seconds=None)
     assert jobs.complete(db, vid, "B", assets="y", content_hash="h", gen_seconds=1, note=None, ttl_seconds=60)
     row = db.one("SELECT * FROM jobs WHERE id = ?", (vid,))

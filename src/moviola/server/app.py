@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import io
 import json
 import secrets
@@ -29,6 +30,7 @@ from pathlib import Path
 from typing import Literal
 
 from fastapi import Depends, FastAPI, File, Form, Query, Request, UploadFile
+from fastapi import params as fastapi_params
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -139,7 +141,14 @@ def create_app(cfg: ServerConfig) -> FastAPI:
         loc = [str(x) for x in first.get("loc", ()) if x not in ("body", "query", "path", "header")]
         param = ".".join(loc) or None
         msg = first.get("msg", "invalid request")
-        if first.get("type") == "missing":
+        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower() or "none"
+        route = request.scope.get("route")
+        takes_form = isinstance(getattr(getattr(route, "body_field", None), "field_info", None), fastapi_params.Form)
+        if takes_form and content_type not in ("multipart/form-data", "application/x-www-form-urlencoded"):
+            msg, param = f"this endpoint takes multipart/form-data, not {content_type}", None
+        elif first.get("type") == "json_invalid":
+            msg, param = f"the request body is not valid JSON ({first.get('ctx', {}).get('error', msg)})", None
+        elif first.get("type") == "missing":
             msg = f"missing required parameter {param!r}"
         elif param:
             msg = f"invalid value for {param!r}: {msg}"
@@ -201,21 +210,57 @@ def create_app(cfg: ServerConfig) -> FastAPI:
                 except Exception as e:
                     print(f"moviola serve: audit write failed: {e}", flush=True)
 
-    app.add_middleware(Audit)
-
     # --- auth ------------------------------------------------------------------------------------
 
-    def current_key(request: Request, creds: HTTPAuthorizationCredentials | None = Depends(bearer)) -> dict:
-        if creds is None:
+    def authenticate(token: str | None, state: dict) -> dict:
+        """The key row for a bearer token, or an APIError 401. No cache: a revoked key fails on its next
+        request. Records the key's name in the request state for the audit row."""
+        if not token:
             raise APIError(401, "no API key: send 'Authorization: Bearer KEY' (make one with `moviola keys "
                                 "create --name NAME`)", code="invalid_api_key")
-        key = keys.lookup(db, creds.credentials)  # no cache: a revoked key fails on its next request
+        key = keys.lookup(db, token)
         if key is None:
             raise APIError(401, "incorrect API key", code="invalid_api_key")
-        request.state.key_name = key["name"]
+        state["key_name"] = key["name"]
         if key["revoked_at"] is not None:
             raise APIError(401, f"this API key ({key['prefix']}...) was revoked", code="invalid_api_key")
         return key
+
+    class KeyGate:
+        """Pure ASGI middleware: every /v1 request's key is checked before its body is read, so a request
+        without a valid key gets 401 whatever it sends (not a 400 about a body it had no right to send)
+        and the server never parses uploads for it. The key found is handed to `current_key`."""
+
+        def __init__(self, inner):
+            self.inner = inner
+
+        async def __call__(self, scope, receive, send):
+            path = scope.get("path", "")
+            if scope["type"] != "http" or not path.startswith("/v1/") or path == "/v1/openapi.json":
+                return await self.inner(scope, receive, send)
+            header = dict(scope.get("headers") or []).get(b"authorization", b"").decode("latin-1")
+            scheme, _, token = header.partition(" ")
+            state = scope.setdefault("state", {})
+            try:
+                state["api_key"] = await run_in_threadpool(
+                    authenticate, token.strip() if scheme.lower() == "bearer" else None, state)
+            except APIError as e:
+                response = _error_response(e.status, e.message, e.type, e.code, e.param, e.headers)
+                return await response(scope, receive, send)
+            except Exception as e:  # the database is down: the same answer the routes give
+                response = _error_response(503, f"database unavailable: {e}", "server_error",
+                                           "database_unavailable", None, {"retry-after": "1"})
+                return await response(scope, receive, send)
+            return await self.inner(scope, receive, send)
+
+    app.add_middleware(KeyGate)
+    app.add_middleware(Audit)  # outermost: requests the gate turns away are audited too
+
+    def current_key(request: Request, creds: HTTPAuthorizationCredentials | None = Depends(bearer)) -> dict:
+        key = getattr(request.state, "api_key", None)  # checked by KeyGate moments ago
+        if key is not None:
+            return key
+        return authenticate(creds.credentials if creds else None, request.scope.setdefault("state", {}))
 
     def admin_key(key: dict = Depends(current_key)) -> dict:
         if not key["admin"]:
@@ -377,17 +422,19 @@ def create_app(cfg: ServerConfig) -> FastAPI:
         if input_reference_file_id:
             raise APIError(400, "input_reference.file_id: this server has no Files API; upload the image itself",
                            code="unsupported", param="input_reference")
-        image = None
+        raw = None
         if input_reference is not None:
-            image = image_png(read_upload(input_reference, cfg.max_image_mb, "input_reference"), "input_reference")
+            raw = read_upload(input_reference, cfg.max_image_mb, "input_reference")
         elif input_reference_url:
-            image = image_png(data_url_bytes(input_reference_url, "input_reference"), "input_reference")
+            raw = data_url_bytes(input_reference_url, "input_reference")
+        image = image_png(raw, "input_reference") if raw is not None else None
         if image is not None:
             try:
                 model.require_frames("image-to-video (input_reference)", "input_reference")
             except RequestProblem as e:
                 raise problem(e) from None
             params["input_path"] = storage.relative(storage.save_upload(video_id, "input.png", image))
+            params["input_sha256"] = hashlib.sha256(raw).hexdigest()  # provenance: the file it started from
         return queue(request, key, video_id=video_id, kind="create", prompt=prompt, seconds=s, width=w, height=h,
                      params=params, cost=s)
 
@@ -495,7 +542,8 @@ def create_app(cfg: ServerConfig) -> FastAPI:
             storage.remove_all(new_id)
             raise
         seconds = round(max(dur, 1 / model.fps) * model.fps) / model.fps
-        return {"source_path": storage.relative(path)}, seconds, wh or model.size_for(vw, vh)
+        return ({"source_path": storage.relative(path), "source_sha256": hashlib.sha256(data).hexdigest()}, seconds,
+                wh or model.size_for(vw, vh))
 
     def probe_upload(path: Path) -> tuple[int, int, float]:
         """(width, height, seconds) of an uploaded video, from its header (no torch in the API process)."""
@@ -503,6 +551,9 @@ def create_app(cfg: ServerConfig) -> FastAPI:
             with _av_open(path) as c:
                 st = c.streams.video[0]
                 w, h = st.codec_context.width, st.codec_context.height
+                sar = st.sample_aspect_ratio  # non-square pixels: the aspect it is shown at picks the size
+                if sar and 0.2 <= float(sar) <= 5:
+                    w = max(1, round(w * float(sar)))
                 dur = float(st.duration * st.time_base) if st.duration else float(c.duration or 0) / 1e6
         except Exception:
             raise APIError(400, "video is not a readable video", code="invalid_file", param="video") from None

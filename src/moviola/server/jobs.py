@@ -95,6 +95,8 @@ def to_video(row: dict[str, Any]) -> dict[str, Any]:
                     "guidance": params.get("guidance"), "sampler": params.get("sampler"),
                     "source_video_id": params.get("source_video_id"), "strength": params.get("strength"),
                     "transition": params.get("transition"), "note": row["note"],
+                    "input_image_sha256": params.get("input_sha256"), "source_sha256": params.get("source_sha256"),
+                    "extension_seconds": params.get("extension_seconds"), "backward": params.get("backward"),
                     "content_hash": row["content_hash"], "generation_seconds": row["gen_seconds"],
                     "expired": row["assets_removed_at"] is not None,
                     "feedback": ({"rating": row["feedback_rating"], "comment": row["feedback_comment"]}
@@ -121,20 +123,23 @@ def claim(db: Database, owner: str, lease_seconds: float) -> dict[str, Any] | No
                             "(each one stopped or crashed while running it)", now, row["id"]))
                 continue
             tx.execute("UPDATE jobs SET status = 'in_progress', lease_owner = ?, worker = ?, lease_until = ?, "
-                       "attempts = attempts + 1, started_at = COALESCE(started_at, ?), claimed_at = ?, progress = 0 "
+                       "attempts = attempts + 1, started_at = COALESCE(started_at, ?), claimed_at = ? "
                        "WHERE id = ?", (owner, owner, now + lease_seconds, now, now, row["id"]))
         return db.one("SELECT * FROM jobs WHERE id = ?", (row["id"],))
 
 
 def heartbeat(db: Database, video_id: str, owner: str, lease_seconds: float, progress: int | None = None) -> bool:
-    """Renew the lease (and record progress); False if the job is no longer this worker's."""
+    """Renew the lease (and record progress); False if the job is no longer this worker's.
+
+    The progress shown never goes back: a job taken over after a worker stopped restarts from its first step,
+    and its progress holds where the last attempt reached until the new one passes it."""
     if progress is None:
         n = db.execute("UPDATE jobs SET lease_until = ? WHERE id = ? AND lease_owner = ? AND deleted_at IS NULL "
                        "AND status = 'in_progress'", (time.time() + lease_seconds, video_id, owner))
     else:
-        n = db.execute("UPDATE jobs SET lease_until = ?, progress = ? WHERE id = ? AND lease_owner = ? "
-                       "AND deleted_at IS NULL AND status = 'in_progress'",
-                       (time.time() + lease_seconds, int(progress), video_id, owner))
+        n = db.execute("UPDATE jobs SET lease_until = ?, progress = CASE WHEN progress > ? THEN progress ELSE ? END "
+                       "WHERE id = ? AND lease_owner = ? AND deleted_at IS NULL AND status = 'in_progress'",
+                       (time.time() + lease_seconds, int(progress), int(progress), video_id, owner))
     return n == 1
 
 
@@ -156,7 +161,7 @@ def fail(db: Database, video_id: str, owner: str, code: str, message: str) -> bo
 
 def release(db: Database, video_id: str, owner: str) -> bool:
     """Give a job back to the queue (a worker stopping politely)."""
-    return db.execute("UPDATE jobs SET status = 'queued', lease_owner = NULL, lease_until = NULL, progress = 0, "
+    return db.execute("UPDATE jobs SET status = 'queued', lease_owner = NULL, lease_until = NULL, "
                       "attempts = attempts - 1 WHERE id = ? AND lease_owner = ? AND status = 'in_progress'",
                       (video_id, owner)) == 1
 
