@@ -52,7 +52,7 @@ def build_cache(cfg, cache: Path, workers: int, device: torch.device) -> None:
     from moviola.data.latent_cache import build_world_cache
     from moviola.models.text import load_text_encoder
     from moviola.models.vae import CausalVAE
-    from moviola.train.dit import _resolve_vae_dir
+    from moviola.train.dit import _resolve_vae_dir, world_cache_identity
 
     t0 = time.time()
     vae = CausalVAE.from_pretrained(_resolve_vae_dir(cfg), device=device).eval()
@@ -68,7 +68,8 @@ def build_cache(cfg, cache: Path, workers: int, device: torch.device) -> None:
     from moviola.world.extra import extra_colors
 
     with extra_colors(*cfg.extra_colors):  # opt-in colours (a LoRA teaching pink): rendered into the cache too
-        build_world_cache(cache, data, vae, text, on_progress=progress, batch=64)
+        build_world_cache(cache, data, vae, text, on_progress=progress, batch=64,
+                          identity=world_cache_identity(cfg, _resolve_vae_dir(cfg), cfg.text_encoder))
     print(f"cache built in {time.time() - t0:.0f} s", flush=True)
 
 

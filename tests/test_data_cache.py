@@ -1,5 +1,6 @@
 """`moviola data cache`: footage -> bucketed VAE latents + text embeddings, resumable, with provenance."""
 
+import dataclasses
 import hashlib
 import json
 from fractions import Fraction
@@ -279,3 +280,29 @@ def test_a_clip_that_fails_to_load_is_skipped_and_named(footage, vae, tmp_path, 
     cache = open_cache(tmp_path / "c")
     assert [r["shot"] for rows in cache.rows for r in rows if r["path"] == "edit.mkv"] == [0]
     assert sum(len(lat) for lat in cache.latents) == 3
+
+
+def test_world_cache_made_from_anything_else_is_rebuilt(vae, tmp_path):
+    """A run folder's cache records what made it (VAE weights, text encoder, data settings): reused as is when
+    they match, rebuilt when any differs (a new --vae on an old run folder once trained on the old VAE's
+    latents in silence)."""
+    from moviola.data.latent_cache import cache_identity
+
+    model, _ = vae
+    cfg = WorldCacheConfig(n_clips=2, buckets=[(32, 32, 1.0, 1.0)], holdout="")
+    ident = cache_identity(cfg, vae="a" * 64, text_encoder="minilm")
+    assert not build_world_cache(tmp_path, cfg, model, StubText(), identity=ident)  # nothing there to replace
+    part = tmp_path / "bucket_32x32x9" / "part_0000.safetensors"
+    stamp = part.stat().st_mtime_ns
+    assert not build_world_cache(tmp_path, cfg, model, StubText(), identity=ident)
+    assert part.stat().st_mtime_ns == stamp  # the same identity: reused
+    assert cache_identity(dataclasses.replace(cfg, render_workers=4), vae="a" * 64, text_encoder="minilm") == ident
+    for other in (cache_identity(cfg, vae="b" * 64, text_encoder="minilm"),
+                  cache_identity(cfg, vae="a" * 64, text_encoder="/models/t5"),
+                  cache_identity(dataclasses.replace(cfg, seed=1), vae="a" * 64, text_encoder="minilm"),
+                  cache_identity(cfg, vae="a" * 64, text_encoder="minilm", extra_colors=["pink"])):
+        assert build_world_cache(tmp_path, cfg, model, StubText(), identity=other)
+        assert part.stat().st_mtime_ns != stamp
+        stamp = part.stat().st_mtime_ns
+    assert json.loads((tmp_path / "identity.json").read_text()) == other
+    assert len(LatentCache(tmp_path, buckets_of(cfg)).rows[0]) == 2

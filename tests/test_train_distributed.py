@@ -19,7 +19,7 @@ import torch.multiprocessing as mp
 from moviola.config import load_config
 from moviola.data.latent_cache import build_world_cache
 from moviola.models.vae import CausalVAE, VAEConfig
-from moviola.train.dit import TrainDiTConfig, train_dit
+from moviola.train.dit import TrainDiTConfig, train_dit, world_cache_identity
 from moviola.train.distributed import World, local_slice
 
 # A global batch of 5 (3 in the shorter bucket): the two ranks get unequal slices (3 + 2, 2 + 1).
@@ -89,7 +89,8 @@ def vae_dir(tmp_path):
                               decoder_res_blocks=1))
     vae.save_pretrained(d)
     cfg = load_config(TrainDiTConfig, None, TINY)
-    build_world_cache(tmp_path / "cache", cfg.data, vae, HashText())
+    # made as the runs' own (their VAE, "minilm" by name: HashText stands in for it so no encoder loads)
+    build_world_cache(tmp_path / "cache", cfg.data, vae, HashText(), identity=world_cache_identity(cfg, d, "minilm"))
     return d
 
 

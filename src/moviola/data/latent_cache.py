@@ -18,8 +18,10 @@ Layout of a cache folder:
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+import shutil
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -150,13 +152,45 @@ def _plan(buckets: list[Bucket], n: int, eligible=lambda b: True):
 
 
 @torch.no_grad()
+def cache_identity(cfg: WorldCacheConfig, *, vae: str, text_encoder: str, extra_colors=()) -> dict:
+    """What a world cache's contents depend on: the VAE (its weights' hash), the text encoder and every data
+    setting that changes which clips are rendered (not ``render_workers``, which renders the same clips)."""
+    data = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "render_workers"}
+    return json.loads(json.dumps({"vae": vae, "text_encoder": text_encoder, "extra_colors": sorted(extra_colors),
+                                  "data": data}))  # tuples as lists, as the file stores them
+
+
+def _claim_cache(out: Path, identity: dict | None) -> bool:
+    """Make ``out`` hold a cache of ``identity``: a cache of anything else (another VAE, other data, or one
+    from before caches recorded what made them) is removed, since its latents or captions would be silently
+    wrong for this run. Returns True if it was. ``identity=None``: keep whatever is there (callers that
+    manage the folder themselves)."""
+    if identity is None:
+        return False
+    path = out / "identity.json"
+    old = json.loads(path.read_text()) if path.is_file() else None
+    if old == identity:
+        return False
+    stale = [*out.glob("bucket_*"), *out.glob("text.*")]
+    for p in stale:
+        shutil.rmtree(p) if p.is_dir() else p.unlink()
+    atomic_write_bytes(path, json.dumps(identity, indent=1).encode())
+    return bool(stale)
+
+
 def build_world_cache(out: Path, cfg: WorldCacheConfig, vae, text_encoder, *,
-                      on_progress: Callable[[int, int], None] | None = None, batch: int = 16) -> None:
-    """Render, encode and store ``cfg.n_clips`` clips across the buckets; skips parts already written."""
+                      on_progress: Callable[[int, int], None] | None = None, batch: int = 16,
+                      identity: dict | None = None) -> bool:
+    """Render, encode and store ``cfg.n_clips`` clips across the buckets; skips parts already written.
+
+    ``identity`` (``cache_identity``): what the cache must have been made from; a cache in ``out`` made from
+    anything else is rebuilt. Returns True if an existing cache was thrown away for that.
+    """
     from safetensors.torch import save_file
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    rebuilt = _claim_cache(out, identity)
     buckets = buckets_of(cfg)
     head, tail = transition_known()
     plan = [(bi, b, n, "part", _render_part) for bi, b, n in _plan(buckets, cfg.n_clips)]
@@ -191,6 +225,7 @@ def build_world_cache(out: Path, cfg: WorldCacheConfig, vae, text_encoder, *,
             save_file({"latents": torch.cat(lat).contiguous()}, str(tmp))
         atomic_write_bytes(path.with_suffix(".json"), json.dumps(rows).encode())
     _build_text(out, text_encoder)
+    return rebuilt
 
 
 def _rendered(cfg: WorldCacheConfig, jobs: list) -> Iterable[tuple[torch.Tensor, list[dict]]]:

@@ -33,6 +33,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -41,7 +42,8 @@ import numpy as np
 import torch
 
 from moviola.config import save_config, to_dict
-from moviola.data.latent_cache import LatentCache, WorldCacheConfig, build_world_cache, buckets_of
+from moviola.data.latent_cache import (LatentCache, WorldCacheConfig, build_world_cache, buckets_of,
+                                      cache_identity)
 from moviola.flow.path import (add_noise, flow_loss, frame_noise, sample_time, shift_for_tokens, temporal_loss,
                                velocity_target)
 from moviola.layout import missing_parts, part_weights, read_config
@@ -346,20 +348,32 @@ def write_samples(pipe, prompts: list[str], folder: Path, step: int, steps: int,
     return paths
 
 
+def world_cache_identity(cfg: TrainDiTConfig, vae_dir: Path, text_encoder: str) -> dict:
+    """What this run's world cache must be made from (`latent_cache.cache_identity`): a cache built ahead of the
+    run (scripts/train_gpu.py, tests) passes the same to `build_world_cache` so the run takes it as its own."""
+    from moviola.data.folder_cache import vae_fingerprint
+
+    return cache_identity(cfg.data, vae=vae_fingerprint(vae_dir), text_encoder=text_encoder,
+                          extra_colors=cfg.extra_colors)
+
+
 def _open_cache(cfg: TrainDiTConfig, vae, vae_dir: Path, text, out: Path, world: D.World, on_cache):
     """The latent cache this run trains on: a footage cache, or world clips built here (rank 0 builds)."""
-    if cfg.data.cache_dir:
-        from moviola.data import folder_cache
+    from moviola.data import folder_cache
 
+    if cfg.data.cache_dir:
         # A cache made by another VAE is refused: its latents would mean nothing to this model's decoder.
-        fp = folder_cache.vae_fingerprint(vae_dir) if hasattr(folder_cache, "vae_fingerprint") else None
-        return folder_cache.open_cache(cfg.data.cache_dir, **({"vae_fingerprint": fp} if fp else {}))
+        return folder_cache.open_cache(cfg.data.cache_dir, vae_fingerprint=folder_cache.vae_fingerprint(vae_dir))
     cache_dir = out / "cache"
     if world.main:
         from moviola.world.extra import extra_colors
 
+        # The run folder's cache is this run's: one made with another VAE, text encoder or data is rebuilt.
+        identity = world_cache_identity(cfg, vae_dir, text.name)
         with extra_colors(*cfg.extra_colors):
-            build_world_cache(cache_dir, cfg.data, vae, text, on_progress=on_cache)
+            if build_world_cache(cache_dir, cfg.data, vae, text, on_progress=on_cache, identity=identity):
+                print(f"moviola: {cache_dir} held latents of another VAE, text encoder or data; rebuilt it",
+                      file=sys.stderr, flush=True)
     D.barrier(world)
     return LatentCache(cache_dir, buckets_of(cfg.data))
 
