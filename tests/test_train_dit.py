@@ -337,3 +337,27 @@ def test_fine_tune_adds_abs_pos_and_text_refiner_to_a_base_without_them(tmp_path
         torch.testing.assert_close(model(x, t, ctx, mask), base(x, t, ctx, mask), rtol=0, atol=0)
     plain = _build_model(TrainDiTConfig(), tmp_path / "dit", torch.device("cpu"))
     assert not plain.config.abs_pos and plain.config.text_refiner == 0
+
+
+def test_damaged_or_foreign_checkpoints_and_weights_are_one_line_errors(tmp_path, vae_dir, capsys):
+    """A truncated ckpt.pt, a run folder resumed with another architecture, and a model folder whose weights are
+    damaged or disagree with its config each say so in one line naming the file (found by a review: each had
+    given a traceback)."""
+    out = tmp_path / "run"
+    common = TINY_DIT + [f"vae='{vae_dir}'", f"out='{out}'"]
+    model_dir = train_dit(load_config(TrainDiTConfig, None, common + ["optim.steps=3"]))
+    ckpt = out / "ckpt.pt"
+    good = ckpt.read_bytes()
+    with pytest.raises(ValueError, match="ckpt.pt .model.: the weights do not fit .*trained with another model config"):
+        train_dit(load_config(TrainDiTConfig, None, common + ["optim.steps=4", "model.depth=3"]))
+    ckpt.write_bytes(good[: len(good) // 3])
+    with pytest.raises(ValueError, match="ckpt.pt: unreadable checkpoint .*delete it"):
+        train_dit(load_config(TrainDiTConfig, None, common + ["optim.steps=4"]))
+    weights = model_dir / "dit" / "dit.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    assert main(["generate", "a red circle falls", "-o", str(tmp_path / "x.mp4"), "--model", str(model_dir)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "dit.safetensors: unreadable weights" in err[0]
+    with pytest.raises(ValueError, match="unknown device 'tpu'"):
+        from moviola.train.common import pick_device
+        pick_device("tpu")

@@ -145,4 +145,26 @@ def load_part(folder: str | Path, part: str, device: str = "cpu") -> tuple[dict,
     if not weights.is_file():
         raise FileNotFoundError(f"{folder}: no {CLASS_NAMES[part]} here (expected {weights}; see "
                                 f"{CLASS_NAMES[part]}.save_pretrained)")
-    return read_config(folder, part), load_file(weights, device=str(device))
+    config = read_config(folder, part)  # first: a misplaced config says what it is before any weights load
+    try:
+        tensors = load_file(weights, device=str(device))
+    except Exception as e:  # SafetensorError (truncated, not safetensors), OSError
+        raise ValueError(f"{weights}: unreadable weights ({str(e) or type(e).__name__}); the file is damaged or "
+                         "not a safetensors file") from None
+    return config, tensors
+
+
+def load_state(module, state: dict, where: str | Path) -> None:
+    """``module.load_state_dict(state)``, with a one-line ValueError naming ``where`` and the first difference
+    when the tensors do not fit the module (another architecture, a config edited after training) instead of
+    PyTorch's page of mismatches."""
+    own = module.state_dict()
+    wrong = [f"{k} is {tuple(state[k].shape)} there, {tuple(v.shape)} here" for k, v in own.items()
+             if k in state and tuple(state[k].shape) != tuple(v.shape)]
+    missing = [k for k in own if k not in state]
+    extra = [k for k in state if k not in own]
+    problems = wrong[:1] + ([f"{len(missing)} tensors missing (first {missing[0]})"] if missing else []) + \
+        ([f"{len(extra)} tensors this model has no place for (first {extra[0]})"] if extra else [])
+    if problems:
+        raise ValueError(f"{where}: the weights do not fit the model its config describes ({'; '.join(problems)})")
+    module.load_state_dict(state)

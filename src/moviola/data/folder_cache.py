@@ -288,7 +288,7 @@ class FolderCache:
     plus ``meta`` and ``provenance()``."""
 
     def __init__(self, root: str | Path):
-        from safetensors.torch import load_file
+        from moviola.data.latent_cache import load_part_file
 
         root = Path(root)
         self.root = root
@@ -298,7 +298,7 @@ class FolderCache:
         self.rows: list[list[dict]] = []
         for b in self.buckets:
             parts = sorted((root / f"bucket_{b.name}").glob("part_*.safetensors"))
-            self.latents.append(torch.cat([load_file(str(p))["latents"] for p in parts]))
+            self.latents.append(torch.cat([load_part_file(p)["latents"] for p in parts]))
             self.rows.append(_rows(root, b))
             if len(self.rows[-1]) != len(self.latents[-1]):
                 raise CacheError(f"{root}: bucket {b.name} has {len(self.latents[-1])} latents but "

@@ -152,6 +152,18 @@ def _plan(buckets: list[Bucket], n: int, eligible=lambda b: True):
 
 
 @torch.no_grad()
+def load_part_file(path: Path) -> dict:
+    """The tensors of one cache file; a ValueError naming it (and the fix) if it is damaged."""
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except Exception as e:  # SafetensorError, OSError
+        raise ValueError(f"{path}: damaged cache file ({str(e) or type(e).__name__}); delete its cache folder "
+                         f"({path.parent.parent if path.parent.name.startswith('bucket_') else path.parent}) "
+                         "and it is rebuilt") from None
+
+
 def cache_identity(cfg: WorldCacheConfig, *, vae: str, text_encoder: str, extra_colors=()) -> dict:
     """What a world cache's contents depend on: the VAE (its weights' hash), the text encoder and every data
     setting that changes which clips are rendered (not ``render_workers``, which renders the same clips)."""
@@ -279,9 +291,7 @@ def build_text(out: Path, captions: Iterable[str], text_encoder, batch: int = 64
 
 def load_text(root: Path) -> tuple[torch.Tensor, torch.Tensor, dict[str, int]]:
     """A cache's caption embeddings: tokens (N, L, D), masks (N, L) and caption -> row."""
-    from safetensors.torch import load_file
-
-    text = load_file(str(Path(root) / "text.safetensors"))
+    text = load_part_file(Path(root) / "text.safetensors")
     rows = {c: i for i, c in enumerate(json.loads((Path(root) / "text.json").read_text())["captions"])}
     return text["tokens"], text["mask"], rows
 
@@ -290,8 +300,6 @@ class LatentCache:
     """A built cache loaded in memory: latents per bucket, caption rows, text embeddings."""
 
     def __init__(self, root: Path, buckets: Iterable[Bucket]):
-        from safetensors.torch import load_file
-
         root = Path(root)
         self.buckets = list(buckets)
         self.latents: list[torch.Tensor] = []
@@ -303,10 +311,10 @@ class LatentCache:
             parts = sorted(d.glob("part_*.safetensors"))
             if not parts:
                 raise FileNotFoundError(f"{d}: no cached latents (build the cache first)")
-            self.latents.append(torch.cat([load_file(str(p))["latents"] for p in parts]))
+            self.latents.append(torch.cat([load_part_file(p)["latents"] for p in parts]))
             self.rows.append([r for p in parts for r in json.loads(p.with_suffix(".json").read_text())])
             trans = sorted(d.glob("transition_*.safetensors"))
-            self.transitions.append(torch.cat([load_file(str(p))["latents"] for p in trans]) if trans else None)
+            self.transitions.append(torch.cat([load_part_file(p)["latents"] for p in trans]) if trans else None)
             self.transition_rows.append([r for p in trans for r in json.loads(p.with_suffix(".json").read_text())])
         self.text_tokens, self.text_mask, self.caption_row = load_text(root)
 

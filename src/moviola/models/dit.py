@@ -425,11 +425,11 @@ class DiT(nn.Module):
         """Load what `save_pretrained` wrote, from that folder or from a model folder holding it in `dit/`
         (or, in the old flat layout, `dit.safetensors` + `dit.json`); no network. Returns the model in eval
         mode on `device`."""
-        from moviola.layout import load_part
+        from moviola.layout import load_part, load_state
 
         cfg, weights = load_part(directory, "dit", str(device))
         model = cls(DiTConfig.from_dict(cfg))
-        model.load_state_dict(weights)
+        load_state(model, weights, directory)
         return model.to(device).eval()
 
 

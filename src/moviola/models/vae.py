@@ -657,11 +657,11 @@ class CausalVAE(nn.Module):
         """Load what `save_pretrained` wrote, from that folder or from a model folder holding it in `vae/`
         (or, in the old flat layout, `vae.safetensors` + `vae.json`); no network. Returns the model in eval
         mode on `device`."""
-        from moviola.layout import load_part
+        from moviola.layout import load_part, load_state
 
         meta, weights = load_part(directory, "vae", str(device))
         meta.pop("latent_mean", None)  # informational: the safetensors copy is the one loaded
         meta.pop("latent_std", None)
         model = cls(VAEConfig.from_dict(meta))
-        model.load_state_dict(weights)
+        load_state(model, weights, directory)
         return model.to(device).eval()

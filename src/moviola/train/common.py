@@ -73,7 +73,15 @@ def pick_device(name: str = "auto") -> torch.device:
     torch.set_flush_denormal(True)
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"unknown device {name!r}: use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r}: this machine has no CUDA GPU that torch can use (device = \"cpu\" or \"auto\")")
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"device {name!r}: Moviola trains on cpu or cuda")
+    return device
 
 
 def autocast(device: torch.device):
@@ -100,11 +108,35 @@ def save_checkpoint(path: Path, *, model: nn.Module, ema: EMA, optimizer: torch.
         torch.save(state, tmp)
 
 
+def read_checkpoint(path: Path) -> dict:
+    """A run's ``ckpt.pt``; a ValueError naming it, and what to do, when it cannot be read."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # truncated zip, not a checkpoint at all, unpickling errors
+        raise ValueError(f"{path}: unreadable checkpoint ({str(e).splitlines()[0] if str(e) else type(e).__name__}); "
+                         "delete it to start the run over, or train into another --out") from None
+    if not isinstance(state, dict) or not {"model", "step"} <= set(state):
+        raise ValueError(f"{path}: not a Moviola training checkpoint; delete it or train into another --out")
+    return state
+
+
+def restore_module(module: nn.Module, state: dict, path: Path, what: str = "model") -> None:
+    """Load a checkpoint's ``what`` into ``module``; a run folder made with another architecture is a one-line
+    ValueError saying so, not PyTorch's page of size mismatches."""
+    from moviola.layout import load_state
+
+    try:
+        load_state(module, state[what], f"{path} ({what})")
+    except ValueError as e:
+        raise ValueError(f"{e}: this run folder was trained with another model config; train into another --out, "
+                         "or delete its ckpt.pt to start over") from None
+
+
 def load_checkpoint(path: Path, *, model: nn.Module, ema: EMA, optimizer: torch.optim.Optimizer) -> dict:
     """Restore a checkpoint in place; returns it (step, config, extra)."""
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    model.load_state_dict(state["model"])
-    ema.model.load_state_dict(state["ema"])
+    state = read_checkpoint(path)
+    restore_module(model, state, path, "model")
+    restore_module(ema.model, state, path, "ema")
     optimizer.load_state_dict(state["optimizer"])
     torch.set_rng_state(state["rng"]["torch"])
     if state["rng"].get("cuda") is not None and torch.cuda.is_available():

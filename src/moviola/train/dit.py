@@ -52,7 +52,8 @@ from moviola.models.lora import LoRAConfig, inject_lora, lora_disabled, merge_lo
 from moviola.models.text import load_text_encoder
 from moviola.models.vae import CausalVAE
 from moviola.train import distributed as D
-from moviola.train.common import EMA, JsonlLog, OptimConfig, autocast, lr_at, make_optimizer
+from moviola.train.common import (EMA, JsonlLog, OptimConfig, autocast, lr_at, make_optimizer, read_checkpoint,
+                                  restore_module)
 from moviola.video_io import atomic_path
 
 
@@ -524,13 +525,13 @@ def train_dit(cfg: TrainDiTConfig, *, on_step=None, on_cache=None) -> Path:
         ckpt = out / "ckpt.pt"
         step, state = 0, None
         if ckpt.exists():
-            state = torch.load(ckpt, map_location="cpu", weights_only=False)
-            model.load_state_dict(state["model"])
+            state = read_checkpoint(ckpt)
+            restore_module(model, state, ckpt, "model")
             step = state["step"]
         model.to(device)
         ema = EMA(model, cfg.optim.ema_decay)
         if state is not None:
-            ema.model.load_state_dict(state["ema"])
+            restore_module(ema.model, state, ckpt, "ema")
         D.shard_like(ema.model, world)
         trained = D.wrap(model, world)
         opt = make_optimizer(trained, cfg.optim)

@@ -37,7 +37,7 @@ from moviola.data.parallel import ordered_map
 from moviola.layout import part_weights
 from moviola.models.vae import CausalVAE, VAEConfig
 from moviola.train.common import (EMA, JsonlLog, OptimConfig, autocast, load_checkpoint, lr_at, make_optimizer,
-                                  pick_device, save_checkpoint)
+                                  pick_device, read_checkpoint, save_checkpoint)
 
 
 @dataclass
@@ -285,7 +285,7 @@ def train_vae(cfg: TrainVAEConfig, *, on_step=None) -> Path:
     ema = EMA(model, cfg.optim.ema_decay)
     total = cfg.optim.steps + cfg.decoder.steps
     ckpt = out / "ckpt.pt"
-    resume_step = torch.load(ckpt, map_location="cpu", weights_only=False)["step"] if ckpt.exists() else 0
+    resume_step = read_checkpoint(ckpt)["step"] if ckpt.exists() else 0
     if cfg.decoder.steps and resume_step > cfg.optim.steps:
         opt = _start_decoder_phase(model, ema, cfg)  # shapes for the optimiser state; reloaded below
     else:
