@@ -4,6 +4,8 @@ import json
 
 import numpy as np
 
+import pytest
+
 from moviola.cli import main
 from moviola.video_io import read_video
 from moviola.world.dataset import read_manifest
@@ -76,3 +78,40 @@ def test_dataset_streams_and_resumes(tmp_path):
 def test_unknown_holdout_word(tmp_path, capsys):
     assert main(["world", "dataset", str(tmp_path / "d"), "--n", "1", "--holdout", "pink+circle"]) == 2
     assert "pink" in capsys.readouterr().err
+
+
+def test_a_dataset_folder_is_continued_only_with_its_own_settings(tmp_path, capsys):
+    out = tmp_path / "ds"
+    assert main(["world", "dataset", str(out), "--n", "2", "--size", "32x32", "--max-seconds", "1"]) == 0
+    assert main(["world", "dataset", str(out), "--n", "3", "--size", "64x64", "--max-seconds", "1"]) == 2
+    assert "a dataset made with sizes = [[32, 32]]" in capsys.readouterr().err
+    assert main(["world", "dataset", str(out), "--n", "3", "--size", "32x32", "--max-seconds", "1"]) == 0
+    assert len((out / "captions.jsonl").read_text().splitlines()) == 3
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["generate", "x", "-o", "o.mp4", "--steps", "0"], "--steps: must be at least 1"),
+    (["generate", "x", "-o", "o.mp4", "--fps", "0"], "--fps: must be more than 0"),
+    (["generate", "x", "-o", "o.mp4", "--fps", "nan"], "--fps: expected a finite number"),
+    (["generate", "x", "-o", "o.mp4", "--frames", "0"], "--frames: must be at least 1"),
+    (["generate", "x", "-o", "o.mp4", "--lora-scale", "1e30"], "--lora-scale: must be"),
+    (["generate", "x", "-o", "o.mp4", "--seed", "99999999999999999999"], "--seed: must be"),
+    (["generate", "x", "-o", "o.mp4", "--threads", "-1"], "--threads: must be at least 0"),
+    (["eval", "world", "--n", "0"], "--n: must be at least 1"),
+    (["world", "dataset", "d", "--n", "-2"], "--n: must be at least 1"),
+    (["world", "render", "a red circle falls", "-o", "r.mp4", "--seconds", "100000"], "--seconds: must be"),
+])
+def test_out_of_range_numbers_are_refused_by_name(argv, needle, capsys):
+    """0, NaN and huge values are refused up front, not taken as the default or left to fail later (a review
+    found --steps 0 quietly using the model's steps, --fps 1000 making clips of any length)."""
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2 and needle in capsys.readouterr().err
+
+
+def test_generate_refuses_contradictions_and_too_many_frames(tmp_path, capsys):
+    out = str(tmp_path / "o.mp4")
+    assert main(["generate", "x", "-o", out, "--frames", "3", "--seconds", "7"]) == 2
+    assert "--seconds or --frames, not both" in capsys.readouterr().err
+    assert main(["generate", "a red circle falls", "-o", out, "--seconds", "120", "--fps", "100"]) == 2
+    assert "at most 960 frames" in capsys.readouterr().err

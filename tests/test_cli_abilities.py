@@ -96,6 +96,12 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, footage):
     cut.write_bytes(footage.read_bytes()[: footage.stat().st_size // 2])
     (tmp_path / "adir.mp4").mkdir()
     (tmp_path / "afile").write_text("x")
+    boards = {"b1.toml": 'size = 64\n[[card]]\nstart = 0\nprompt = "a"\n',
+              "b2.toml": '[card]\nstart = 0\nprompt = "a"\n',
+              "b3.toml": 'seed = "abc"\n[[card]]\nstart = 0\nprompt = "a"\n',
+              "b4.toml": '[[card]]\nstart = "zero"\nprompt = "a"\n'}
+    for name, text in boards.items():
+        (tmp_path / name).write_text(text)
     cases = [
         (["remix", str(footage), "x", "--strength", "1.5", "-o", str(tmp_path / "r.mp4")], "strength"),
         (["extend", str(corrupt), "x", "-o", str(tmp_path / "e.mp4")], "corrupt"),
@@ -108,6 +114,10 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, footage):
         (["generate", "x", "--seconds", "500", "-o", str(tmp_path / "g.mp4")], "at most"),
         (["generate", "x", "--seconds", "0", "-o", str(tmp_path / "g.mp4")], ".png"),
         (["storyboard", str(board), "-o", str(tmp_path / "s.mp4")], "order"),
+        (["storyboard", str(tmp_path / "b1.toml"), "-o", str(tmp_path / "s.mp4")], "size must be a string"),
+        (["storyboard", str(tmp_path / "b2.toml"), "-o", str(tmp_path / "s.mp4")], "[[card]] tables (double"),
+        (["storyboard", str(tmp_path / "b3.toml"), "-o", str(tmp_path / "s.mp4")], "seed must be a whole number"),
+        (["storyboard", str(tmp_path / "b4.toml"), "-o", str(tmp_path / "s.mp4")], "start must be a number"),
         (["connect", str(footage), str(footage), "x", "--seconds", "30", "-o", str(tmp_path / "c.mp4")], "transition"),
         (["connect", str(footage), str(footage), "x", "--strength", "0", "-o", str(tmp_path / "c.mp4")], "--strength"),
     ]

@@ -52,3 +52,40 @@ def test_unknown_key_in_file(tmp_path):
         load_config(Outer, p)
     with pytest.raises(ConfigError, match="no such config file"):
         load_config(Outer, tmp_path / "missing.toml")
+
+
+@pytest.mark.parametrize("override, needle", [
+    ("optim.steps=0", "optim.steps must be at least 1"),
+    ("optim.batch_size=0", "optim.batch_size must be at least 1"),
+    ("optim.lr=-1e-3", "optim.lr must be more than 0"),
+    ("lora.rank=-4", "lora.rank and lora.alpha must be at least 0"),
+    ("max_minutes=-1", "max_minutes and stop_after must be at least 0"),
+])
+def test_training_settings_out_of_range_are_refused_by_name(override, needle):
+    """Found by a review: these had trained nothing, crashed in torch, or (rank -4) quietly run a full fine-tune."""
+    from moviola.train.dit import TrainDiTConfig
+
+    with pytest.raises(ValueError, match=needle):
+        load_config(TrainDiTConfig, None, [override])
+
+
+def test_vae_training_needs_some_steps():
+    from moviola.train.vae import TrainVAEConfig
+
+    with pytest.raises(ValueError, match="nothing would be trained"):
+        load_config(TrainVAEConfig, None, ["optim.steps=0", "decoder.steps=0"])
+    assert load_config(TrainVAEConfig, None, ["optim.steps=0", "decoder.steps=5"]).decoder.steps == 5
+
+
+@pytest.mark.parametrize("edit, needle", [
+    ({"steps": "twenty"}, "steps: expected an integer"),
+    ({"side_multiple": 0}, "need 1 <= side_multiple"),
+    ({"guidance_interval": 5}, "guidance_interval: expected a list"),
+    ({"sampler": "ddim"}, "sampler must be one of"),
+    ({"fps": float("nan")}, "fps must be a finite number"),
+])
+def test_a_model_folders_pipeline_config_is_type_and_range_checked(edit, needle):
+    from moviola.pipeline import PipelineConfig
+
+    with pytest.raises(ValueError, match=needle):
+        PipelineConfig.from_dict(edit)

@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import typing
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -84,15 +85,50 @@ class PipelineConfig:
     noise_frame_corr: float = 0.0
     extra: dict = field(default_factory=dict)  # provenance: how the model was trained
 
+    def __post_init__(self) -> None:
+        """A ValueError naming the first setting out of its range (a hand-edited config.json, lora.json's
+        [sampling]): caught here rather than as a TypeError or a division by zero mid-generation."""
+        def bad(name: str, need: str) -> ValueError:
+            return ValueError(f"{PIPELINE_FILE}: {name} must be {need}, got {getattr(self, name)!r}")
+
+        for name in ("fps", "max_seconds", "max_total_seconds", "guidance", "shift", "noise_frame_corr"):
+            if not math.isfinite(getattr(self, name)):
+                raise bad(name, "a finite number")
+        if not 0 < self.fps <= 240:
+            raise bad("fps", "in (0, 240]")
+        if not 1 <= self.side_multiple <= self.min_side <= self.max_side:
+            raise ValueError(f"{PIPELINE_FILE}: need 1 <= side_multiple <= min_side <= max_side, got "
+                             f"{self.side_multiple}, {self.min_side}, {self.max_side}")
+        if not 0 < self.max_seconds <= self.max_total_seconds:
+            raise ValueError(f"{PIPELINE_FILE}: need 0 < max_seconds <= max_total_seconds, got "
+                             f"{self.max_seconds}, {self.max_total_seconds}")
+        if self.steps < 1:
+            raise bad("steps", "at least 1")
+        if self.guidance < 0 or self.shift < 0:
+            raise bad("guidance" if self.guidance < 0 else "shift", ">= 0")
+        lo, hi = self.guidance_interval
+        if not 0 <= lo <= hi <= 1:
+            raise bad("guidance_interval", "[lo, hi] with 0 <= lo <= hi <= 1")
+        if self.sampler not in SOLVERS:
+            raise bad("sampler", f"one of {', '.join(SOLVERS)}")
+        if not 0 <= self.noise_frame_corr < 1:
+            raise bad("noise_frame_corr", "in [0, 1)")
+
     @classmethod
     def from_dict(cls, d: dict) -> "PipelineConfig":
+        """From a model folder's config.json: unknown keys, wrong types and values out of range are ValueErrors
+        naming the key."""
+        from moviola.config import ConfigError, _convert
+
         known = set(cls.__dataclass_fields__)
         unknown = sorted(set(d) - known)
         if unknown:
             raise ValueError(f"unknown key {unknown[0]!r} in {PIPELINE_FILE} (known: {', '.join(sorted(known))})")
-        if "guidance_interval" in d:
-            d = {**d, "guidance_interval": tuple(d["guidance_interval"])}
-        return cls(**d)
+        hints = typing.get_type_hints(cls)
+        try:
+            return cls(**{k: _convert(hints[k], v, k) for k, v in d.items()})
+        except ConfigError as e:
+            raise ValueError(f"{PIPELINE_FILE}: {e}") from None
 
 
 # Known frames carried from one window to the next: 5 frames = 2 latent frames (the first encodes alone),
@@ -107,6 +143,7 @@ SUFFIX_FRAMES = 4
 # With the eased cross-fade (`dissolve`) and connect's guidance of 1, 0.35 gave unrelated scenes 2.48 -> 2.10
 # (1 s) and 1.66 -> 1.37 (2 s) on the scene-change model; 0.25 gave 2.03 / 1.22, mostly the cross-fade itself.
 TRANSITION_STRENGTH = 0.35
+MAX_FPS = 120.0  # the highest output rate a call may ask for
 # Connect's default guidance. Its transition runs between known frames on both sides, and text guidance pulls
 # the frames next to them away from them (see SUFFIX_GUIDANCE): a 2 s transition's first latent frames, guided
 # at 5, jumped from the first clip (seam medians 2.52 -> 1.66 at guidance 1, scene-change model, strength 0.5).
@@ -150,7 +187,10 @@ class Pipeline:
         missing = missing_parts(d)
         if missing:
             raise FileNotFoundError(f"{d}: not a Moviola model folder (missing {', '.join(missing)})")
-        cfg = PipelineConfig.from_dict(read_config(d, "pipeline"))
+        try:
+            cfg = PipelineConfig.from_dict(read_config(d, "pipeline"))
+        except ValueError as e:
+            raise ValueError(f"{d}: {e}") from None
         vae = CausalVAE.from_pretrained(d, device=device)
         dit = DiT.from_pretrained(d, device=device)
         text = load_text_encoder(None if cfg.text_encoder == "minilm" else cfg.text_encoder)
@@ -173,6 +213,8 @@ class Pipeline:
         on another base model or names an unknown sampler setting."""
         from moviola.models.lora import LoRAError, load_lora
 
+        if not math.isfinite(scale) or abs(scale) > 10:
+            raise LoRAError(f"LoRA scale must be a finite number from -10 to 10, got {scale!r}")
         meta = load_lora(self.dit, path, scale=scale)
         self.dit.to(self.device).eval()
         base = self._base_config = getattr(self, "_base_config", self.config)
@@ -180,7 +222,10 @@ class Pipeline:
         unknown = sorted(set(sampling) - {"steps", "guidance", "shift", "sampler"})
         if unknown:
             raise LoRAError(f"{path}: unknown sampling setting {unknown[0]!r} in lora.json")
-        self.config = dataclasses.replace(base, **sampling) if scale else base
+        try:
+            self.config = PipelineConfig.from_dict({**asdict(base), **sampling}) if scale else base
+        except ValueError as e:
+            raise LoRAError(f"{path}: lora.json's sampling: {e}") from None
         return self
 
     # --- validation ----------------------------------------------------------------------------
@@ -193,9 +238,11 @@ class Pipeline:
 
     def check_request(self, width: int, height: int, seconds: float | None, num_frames: int | None,
                       steps: int, guidance: float, *, max_seconds: float | None = None,
-                      sampler: str | None = None) -> None:
+                      sampler: str | None = None, fps: float | None = None) -> None:
         """A GenerationError naming the first bad argument. ``max_seconds`` is the duration limit of the
-        ability (default: the longest clip made window by window)."""
+        ability (default: the longest clip made window by window); with ``fps`` (the output rate), the
+        clip's frames must also fit in what that limit allows at the model's own rate, so a high --fps
+        cannot make a clip of any length."""
         c = self.config
         limit = c.max_total_seconds if max_seconds is None else max_seconds
         for name, side in (("width", width), ("height", height)):
@@ -203,10 +250,17 @@ class Pipeline:
                 raise GenerationError(f"{name} {side} is outside this model's range: multiples of "
                                       f"{c.side_multiple} from {c.min_side} to {c.max_side}")
         if num_frames is not None:
-            if num_frames < 1 or num_frames > round(limit * c.fps):
+            if not isinstance(num_frames, (int, np.integer)) or num_frames < 1 or num_frames > round(limit * c.fps):
                 raise GenerationError(f"num_frames must be 1 to {round(limit * c.fps)}, got {num_frames}")
         elif seconds is not None and not (0 < seconds <= limit and math.isfinite(seconds)):
             raise GenerationError(f"seconds must be more than 0 and at most {limit:g}, got {seconds:g}")
+        if fps is not None:
+            if not (math.isfinite(fps) and 0 < fps <= MAX_FPS):
+                raise GenerationError(f"fps must be more than 0 and at most {MAX_FPS:g}, got {fps:g}")
+            budget = round(limit * c.fps)
+            if seconds is not None and num_frames is None and math.isfinite(seconds) and seconds * fps > budget + 1:
+                raise GenerationError(f"{seconds:g} s at {fps:g} fps is {round(seconds * fps)} frames; this model "
+                                      f"makes at most {budget} frames ({limit:g} s at its {c.fps:g} fps)")
         if not 1 <= steps <= 1000:
             raise GenerationError(f"steps must be 1 to 1000, got {steps}")
         if not 0 <= guidance <= 50:
@@ -341,8 +395,11 @@ class Pipeline:
     # --- generation ----------------------------------------------------------------------------
 
     def _settings(self, steps, guidance, sampler, fps) -> tuple[int, float, str, float]:
+        """A call's settings, the model's defaults where it gave none (None: 0 is a value, and check_request
+        refuses it rather than quietly using the default)."""
         c = self.config
-        return steps or c.steps, c.guidance if guidance is None else guidance, sampler or c.sampler, fps or c.fps
+        return (c.steps if steps is None else steps, c.guidance if guidance is None else guidance,
+                c.sampler if sampler is None else sampler, c.fps if fps is None else fps)
 
     def _plan(self, total: int, first_prefix: int) -> list[tuple[int, int, int]]:
         """Windows that make ``total`` new frames after a first known prefix of 0, 1 or 5 frames:
@@ -429,7 +486,7 @@ class Pipeline:
         --seconds 60``). Each window after the first starts from the last 5 frames of the one before;
         ``image`` becomes frame 0. Arguments are checked before any work starts."""
         steps, guidance, sampler, fps = self._settings(steps, guidance, sampler, fps)
-        self.check_request(width, height, seconds, num_frames, steps, guidance, sampler=sampler)
+        self.check_request(width, height, seconds, num_frames, steps, guidance, sampler=sampler, fps=fps)
         total = self._total(seconds, num_frames, fps)
         tail = None
         if image is not None:
@@ -470,7 +527,7 @@ class Pipeline:
                                                    num_frames=num_frames, fps=fps, steps=steps, guidance=guidance,
                                                    seed=seed, negative_prompt=negative_prompt, sampler=sampler,
                                                    callback=callback, image=image)))
-        self.check_request(width, height, seconds, num_frames, steps, guidance, sampler=sampler,
+        self.check_request(width, height, seconds, num_frames, steps, guidance, sampler=sampler, fps=fps,
                            max_seconds=(self.window_frames - 1) / self.config.fps)
         first = None if image is None else self.fit_image(image, width, height)
         last = self.fit_image(last_image, width, height, "last_image")
@@ -498,7 +555,7 @@ class Pipeline:
         to the trained size nearest its aspect ratio) with the new frames after (or before) it."""
         steps, guidance, sampler, fps = self._settings(steps, guidance, sampler, fps)
         src, width, height = self._fit_source(video, width, height)
-        self.check_request(width, height, seconds, None, steps, guidance, sampler=sampler)
+        self.check_request(width, height, seconds, None, steps, guidance, sampler=sampler, fps=fps)
         self._needs_conditioning("extend")
         total = self._total(seconds, None, fps)
         kw = dict(width=width, height=height, steps=steps, guidance=guidance, seed=seed,
@@ -538,7 +595,7 @@ class Pipeline:
         _check_strength(strength)
         steps, guidance, sampler, fps = self._settings(steps, guidance, sampler, fps)
         src, width, height = self._fit_source(video, width, height)
-        self.check_request(width, height, None, None, steps, guidance, sampler=sampler)
+        self.check_request(width, height, None, None, steps, guidance, sampler=sampler, fps=fps)
         if len(src) > round(self.config.max_total_seconds * self.config.fps):
             raise GenerationError(f"video has {len(src)} frames; remix takes at most "
                                   f"{self.config.max_total_seconds:g} s ({round(self.config.max_total_seconds * self.config.fps)} frames)")
@@ -568,7 +625,7 @@ class Pipeline:
         guidance = TRANSITION_GUIDANCE if guidance is None else guidance
         steps, guidance, sampler, fps = self._settings(steps, guidance, sampler, fps)
         first, width, height = self._fit_source(a, width, height, "first clip")
-        self.check_request(width, height, seconds, None, steps, guidance, sampler=sampler)
+        self.check_request(width, height, seconds, None, steps, guidance, sampler=sampler, fps=fps)
         second = self.fit_video(b, width, height, "second clip")
         self._needs_conditioning("connect")
         mid, head = self._transition(first, second, prompt, seconds * fps, width=width, height=height, steps=steps,
@@ -609,7 +666,7 @@ class Pipeline:
         """A seamless loop: a clip, then a generated transition (1 s) from its end back to its start, so the
         last frame leads into the first. Returns T = round(seconds * fps) frames (at least 2 s)."""
         steps, guidance, sampler, fps = self._settings(steps, guidance, sampler, fps)
-        self.check_request(width, height, seconds, num_frames, steps, guidance, sampler=sampler)
+        self.check_request(width, height, seconds, num_frames, steps, guidance, sampler=sampler, fps=fps)
         total = self._total(seconds, num_frames, fps)
         M = max(4, 4 * round(self.config.fps / 4))
         if total < M + CONTEXT_FRAMES + 3:
@@ -646,7 +703,7 @@ class Pipeline:
         if transition not in ("cut", "continue"):
             raise GenerationError(f"transition must be 'cut' or 'continue', got {transition!r}")
         end = seconds if seconds is not None else cards[-1].start + 2.0
-        self.check_request(width, height, end, None, steps, guidance, sampler=sampler)
+        self.check_request(width, height, end, None, steps, guidance, sampler=sampler, fps=fps)
         bounds = [round(c.start * fps) for c in cards] + [round(end * fps)]
         for i, (a, b) in enumerate(zip(bounds, bounds[1:])):
             if b <= a:

@@ -45,6 +45,11 @@ class LoRAConfig:
     targets: list[str] = field(default_factory=lambda: list(DEFAULT_TARGETS))
     merge: bool = False
 
+    def __post_init__(self) -> None:
+        if self.rank < 0 or self.alpha < 0:
+            raise ValueError(f"lora.rank and lora.alpha must be at least 0 (rank 0: a full fine-tune), got "
+                             f"rank {self.rank}, alpha {self.alpha}")
+
     @property
     def scaling(self) -> float:
         return (self.alpha or self.rank) / self.rank

@@ -33,6 +33,21 @@ class OptimConfig:
     batch_size: int = 8
     steps: int = 2000
 
+    def __post_init__(self) -> None:
+        """A ValueError naming the first setting out of range (``--optim.batch_size=0`` had crashed deep in
+        torch or trained nothing, ``--optim.steps=-5`` saved an untrained model)."""
+        checks = [("lr", self.lr > 0), ("min_lr_ratio", 0 <= self.min_lr_ratio <= 1),
+                  ("warmup_steps", self.warmup_steps >= 0), ("weight_decay", self.weight_decay >= 0),
+                  ("beta1", 0 <= self.beta1 < 1), ("beta2", 0 <= self.beta2 < 1), ("grad_clip", self.grad_clip >= 0),
+                  ("ema_decay", 0 <= self.ema_decay < 1), ("batch_size", self.batch_size >= 1),
+                  ("steps", self.steps >= 0)]
+        need = {"lr": "more than 0", "min_lr_ratio": "in [0, 1]", "beta1": "in [0, 1)", "beta2": "in [0, 1)",
+                "ema_decay": "in [0, 1)", "batch_size": "at least 1"}
+        for name, ok in checks:
+            value = getattr(self, name)
+            if not ok or not math.isfinite(value):
+                raise ValueError(f"optim.{name} must be {need.get(name, 'at least 0')}, got {value!r}")
+
 
 def lr_at(step: int, cfg: OptimConfig) -> float:
     """Linear warm-up, then cosine decay to ``lr * min_lr_ratio``."""

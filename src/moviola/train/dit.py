@@ -141,6 +141,13 @@ class TrainDiTConfig:
     guidance: float = 4.0  # the watch scorer's and samples' guidance (and a new model's default unless sampling.guidance)
     sampling: SamplingDefaults = field(default_factory=SamplingDefaults)
 
+    def __post_init__(self) -> None:
+        if self.optim.steps < 1:
+            raise ValueError(f"optim.steps must be at least 1, got {self.optim.steps}")
+        if self.max_minutes < 0 or self.stop_after < 0:
+            raise ValueError(f"max_minutes and stop_after must be at least 0 (0: no limit), got "
+                             f"{self.max_minutes}, {self.stop_after}")
+
 
 class _LazyText:
     """The text encoder, loaded on first use: a run whose cache already holds every caption's embedding

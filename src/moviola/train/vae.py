@@ -93,6 +93,13 @@ class TrainVAEConfig:
     ckpt_every: int = 250
     stats_batches: int = 16  # batches used for the latent mean / std
 
+    def __post_init__(self) -> None:
+        if self.optim.steps + self.decoder.steps < 1:
+            raise ValueError("optim.steps + decoder.steps must be at least 1 (nothing would be trained)")
+        if self.decoder.steps < 0 or self.max_minutes < 0:
+            raise ValueError(f"decoder.steps and max_minutes must be at least 0, got {self.decoder.steps}, "
+                             f"{self.max_minutes}")
+
 
 # --- losses --------------------------------------------------------------------------------------
 

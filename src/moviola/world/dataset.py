@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from moviola.video_io import write_video
+from moviola.video_io import atomic_write_bytes, write_video
 from moviola.world.caption import caption
 from moviola.world.render import render
 from moviola.world.sample import sample_scene
@@ -46,11 +46,26 @@ def build_dataset(out_dir: Path, *, n: int, seed: int = 0, sizes: Iterable[tuple
     Returns counts: {"done": n, "written": new clips, "skipped": already present}.
     """
     out_dir = Path(out_dir)
-    (out_dir / "clips").mkdir(parents=True, exist_ok=True)
-    manifest = out_dir / MANIFEST
-    start = _completed(manifest)
+    if n < 1:
+        raise ValueError(f"n must be at least 1, got {n}")
     kw = dict(sizes=list(sizes), fps_choices=list(fps_choices), seconds_range=seconds_range,
               holdout=list(holdout), occlusion_prob=occlusion_prob)
+    # What the clips are drawn from: a folder made with other settings is not continued with these (it would
+    # mix two datasets under one manifest). A folder from before settings were recorded takes these.
+    settings = json.loads(json.dumps({"seed": seed, "sizes": kw["sizes"], "fps_choices": kw["fps_choices"],
+                                      "seconds_range": seconds_range, "occlusion_prob": occlusion_prob,
+                                      "holdout": sorted(sorted(c) for c in kw["holdout"])}))
+    settings_path = out_dir / "dataset.json"
+    manifest = out_dir / MANIFEST
+    if settings_path.is_file():
+        old = json.loads(settings_path.read_text())
+        if old != settings:
+            diff = next(k for k in settings if old.get(k) != settings[k])
+            raise ValueError(f"{out_dir}: a dataset made with {diff} = {old.get(diff)!r}; these settings say "
+                             f"{settings[diff]!r}. Use another folder, or the same settings to continue it")
+    (out_dir / "clips").mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(settings_path, json.dumps(settings, indent=1).encode())
+    start = _completed(manifest)
     written = 0
     with open(manifest, "a") as f:
         for i in range(start, n):
