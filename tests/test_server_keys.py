@@ -135,6 +135,13 @@ def test_serve_and_worker_name_an_unreachable_database(tmp_path, capsys):
         rc = main([*verb, "--storage", str(tmp_path), "--db", url])
         err = capsys.readouterr().err
         assert rc == 2 and "cannot connect" in err and "Traceback" not in err, (verb, err)
+    (tmp_path / "garbage.db").write_text("not a database")
+    for argv, needle in [(["--db", f"sqlite:///{tmp_path / 'garbage.db'}"], "is --db a Moviola database"),
+                         (["--db", "foo://bar"], "unknown database URL scheme 'foo://'"),
+                         (["--storage", str(tmp_path / "garbage.db")], "--storage must be a folder")]:
+        rc = main(["keys", "list", "--storage", str(tmp_path / "st"), *argv])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert rc == 2 and len(err) == 1 and needle in err[0], (argv, err)
 
 
 def test_the_key_is_checked_before_the_body(stack):

@@ -590,16 +590,30 @@ def _database_errors():
     that `main` prints as one line, instead of a traceback from deep inside the server."""
     from moviola.server.db import DatabaseError
 
+    import sqlite3
+
     try:
         yield
     except DatabaseError as e:
         raise ValueError(str(e)) from None
+    except sqlite3.DatabaseError as e:  # a file that is not a SQLite database, a damaged one
+        raise ValueError(f"the database cannot be used ({e}); is --db a Moviola database?") from None
+
+
+def _storage_dir(path: str) -> Path:
+    """The server's storage folder, made if missing; a ValueError if a file is in the way."""
+    p = Path(path)
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise ValueError(f"{p}: --storage must be a folder, and a file is in the way") from None
+    return p
 
 
 def cmd_serve(args) -> int:
     from moviola.server.app import ServerConfig, serve
 
-    Path(args.storage).mkdir(parents=True, exist_ok=True)
+    _storage_dir(args.storage)
     cfg = ServerConfig(storage=args.storage, db=args.db, model=args.model, host=args.host, port=args.port,
                        workers=args.workers, steps=args.steps, poll_after_ms=args.poll_after_ms,
                        ttl_seconds=args.ttl_seconds, lease_seconds=args.lease_seconds, worker_threads=args.threads,
@@ -611,7 +625,7 @@ def cmd_serve(args) -> int:
 def cmd_worker(args) -> int:
     from moviola.server.worker import WorkerConfig, main as worker_main
 
-    Path(args.storage).mkdir(parents=True, exist_ok=True)
+    _storage_dir(args.storage)
     cfg = WorkerConfig(db=_server_db(args), storage=args.storage, model=args.model, lease_seconds=args.lease_seconds,
                        poll_seconds=args.poll_seconds, ttl_seconds=args.ttl_seconds, threads=args.threads,
                        max_jobs=args.max_jobs, parent_pid=args.parent_pid, nice=args.nice)
@@ -623,7 +637,7 @@ def cmd_keys(args) -> int:
     from moviola.server import keys
     from moviola.server.db import Database
 
-    Path(args.storage).mkdir(parents=True, exist_ok=True)
+    _storage_dir(args.storage)
     with _database_errors():
         db = Database(_server_db(args))
         if args.keys_verb == "create":

@@ -118,15 +118,24 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
             _merge(data, tomllib.loads(path.read_text()), "")
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"{path}: not valid TOML ({e})") from None
+        except ConfigError as e:
+            raise ConfigError(f"{path}: {e}") from None
     for ov in overrides:
         keys, value = parse_override(ov)
         node = data
         for i, k in enumerate(keys[:-1]):
-            if not isinstance(node.get(k), dict):
-                raise ConfigError(f"unknown config key {'.'.join(keys[:i + 1])!r}")
+            if k not in node:
+                raise ConfigError(f"unknown config key {'.'.join(keys[:i + 1])!r}; known keys here: "
+                                  f"{', '.join(sorted(node))}")
+            if not isinstance(node[k], dict):
+                raise ConfigError(f"{'.'.join(keys[:i + 1])!r} is a setting, not a section: "
+                                  f"give --{'.'.join(keys[:i + 1])}=VALUE")
             node = node[k]
         if keys[-1] not in node:
             raise ConfigError(f"unknown config key {'.'.join(keys)!r}; known keys here: {', '.join(sorted(node))}")
+        if isinstance(node[keys[-1]], dict) and node[keys[-1]] and not isinstance(value, dict):
+            raise ConfigError(f"{'.'.join(keys)!r} is a section: set one of its keys "
+                              f"({', '.join(sorted(node[keys[-1]]))}), e.g. --{'.'.join(keys)}.KEY=VALUE")
         node[keys[-1]] = value
     return from_dict(cls, data)
 

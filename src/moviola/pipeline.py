@@ -173,6 +173,9 @@ class Pipeline:
 
     def __init__(self, vae: CausalVAE, dit: DiT, text_encoder, config: PipelineConfig | None = None,
                  device: str | torch.device = "cpu"):
+        if vae.config.latent_channels != dit.config.in_channels:
+            raise ValueError(f"the VAE makes {vae.config.latent_channels}-channel latents but the DiT takes "
+                             f"{dit.config.in_channels}: they were not trained together")
         self.device = torch.device(device)
         self.vae = vae.to(self.device).eval()
         self.dit = dit.to(self.device).eval()
@@ -193,6 +196,9 @@ class Pipeline:
             raise ValueError(f"{d}: {e}") from None
         vae = CausalVAE.from_pretrained(d, device=device)
         dit = DiT.from_pretrained(d, device=device)
+        if vae.config.latent_channels != dit.config.in_channels:
+            raise ValueError(f"{d}: its VAE makes {vae.config.latent_channels}-channel latents but its DiT takes "
+                             f"{dit.config.in_channels}: the two parts were not trained together")
         text = load_text_encoder(None if cfg.text_encoder == "minilm" else cfg.text_encoder)
         return cls(vae, dit, text, cfg, device)
 

@@ -131,6 +131,10 @@ class Database:
                 raise DatabaseError("PostgreSQL needs psycopg: pip install 'moviola[server]'") from None
             self.url = url
         else:
+            scheme = url.split("://", 1)[0] if "://" in url else ""
+            if scheme and scheme != "sqlite":
+                raise DatabaseError(f"unknown database URL scheme {scheme + '://'!r}: use sqlite:///PATH, a file path "
+                                    "or postgresql://...")
             self.dialect = "sqlite"
             path = url[len("sqlite:///"):] if url.startswith("sqlite:///") else url
             if url.startswith("sqlite:///") and not path.startswith("/"):
