@@ -564,3 +564,24 @@ def test_streaming_writer_errors_are_video_errors_and_leave_nothing(tmp_path):
         kept = writer.close(keep=True, path=tmp_path / "elsewhere.mp4")
     assert kept == tmp_path / "elsewhere.mp4" and read_video(kept).num_frames == 4
     assert sorted(p.name for p in tmp_path.iterdir()) == ["elsewhere.mp4", "file", "isdir.mp4"]
+
+
+def test_the_same_frames_always_make_the_same_h264_file(tmp_path):
+    """x264's macroblock tree read uninitialised memory: the same frames made different files depending on what
+    the process's heap held (after running a model, one run in three differed). glibc's MALLOC_PERTURB_ fills
+    fresh allocations with a chosen byte, which makes that dependence show every time."""
+    import os
+    import subprocess
+    import sys
+
+    frames = tmp_path / "frames.npy"
+    np.save(frames, gradient_clip(t=24, h=64, w=64))
+    code = ("import sys, numpy as np; from moviola.video_io import write_video; "
+            "write_video(sys.argv[2], np.load(sys.argv[1]), 8)")
+    outs = []
+    for perturb in ("0", "165", "77"):
+        out = tmp_path / f"p{perturb}.mp4"
+        subprocess.run([sys.executable, "-c", code, str(frames), str(out)], check=True,
+                       env={**os.environ, "MALLOC_PERTURB_": perturb})
+        outs.append(read_video(out).frames)
+    assert all(np.array_equal(outs[0], o) for o in outs[1:])
