@@ -693,7 +693,14 @@ BAD_REQUESTS = {
     "second clip bad": (lambda p: p.connect(CLIP, CLIP[0], P, **SIZE), "second clip must be a \\(T, H, W, 3\\)"),
     "transition too long": (lambda p: p.connect(CLIP, CLIP, P, seconds=2, **SIZE),
                             "a transition can be at most 1 s with this model \\(8 frames\\), asked for 2 s"),
-    "loop too short": (lambda p: p.loop(P, seconds=1.5, **SIZE), "a loop needs at least 2 s \\(16 frames\\), asked for 12"),
+    "loop too short": (lambda p: p.loop(P, seconds=1.5, **SIZE), "a loop needs at least 16 frames \\(2 s at 8 fps\\), asked for 12"),
+    # wrong types: one line naming the argument, not a TypeError from deep in torch (found by a review)
+    "float steps": (lambda p: p(P, steps=2.5, **SIZE), "steps must be an int, got float 2.5"),
+    "string seconds": (lambda p: p(P, seconds="2", **SIZE), "seconds must be a number, got str"),
+    "no seed": (lambda p: p(P, seed=None, **SIZE), "seed must be an int, got NoneType"),
+    "huge seed": (lambda p: p(P, seed=2**64, **SIZE), "seed must be from 0 to"),
+    "no prompt": (lambda p: p(None, **SIZE), "prompt must be a string, got NoneType"),
+    "tuple card": (lambda p: p.storyboard([(0, P)], seconds=2, **SIZE), "card 1 must be a moviola.pipeline.Card"),
     "loop from an image": (lambda p: p(P, image=IMG, loop=True, **SIZE), "a loop cannot also start or end"),
     "no image": (lambda p: p.image_to_video(P, None, **SIZE), "needs image, last_image or both"),
     "bad size": (lambda p: p.image_to_video(P, IMG, width=40, height=32), "width 40 is outside"),
@@ -810,3 +817,36 @@ def test_objects_weights_draw_clips_by_their_object_count(tmp_path):
         with pytest.raises(ValueError, match="objects_weights"):
             T.Batches(cache, T.TrainDiTConfig(data=dataclasses.replace(data, objects_weights=bad), optim=optim),
                       (1, 2, 2))
+
+
+def test_lora_on_a_pipeline_saves_merged_and_a_failed_load_changes_nothing(tmp_path):
+    """Found by a review: save_pretrained after load_lora wrote a folder that would not load, and a load_lora
+    refused for its lora.json's sampling had already put the adapter's weights in the DiT."""
+    import copy
+
+    from moviola.layout import read_config
+    from moviola.models.lora import LoRAConfig, LoRAError, inject_lora, lora_modules, save_lora
+    from moviola.pipeline import PipelineConfig
+
+    pipe = _pipe(cond=False)
+    lcfg = LoRAConfig(rank=2, targets=["attn.qkv", "mlp.fc2"])
+    src = copy.deepcopy(pipe.dit)
+    inject_lora(src, lcfg)
+    with torch.no_grad():
+        for m in lora_modules(src).values():
+            m.lora_B.normal_(std=0.5)
+    save_lora(src, tmp_path / "good", lcfg, extra={"sampling": {"guidance": 2.0}})
+    save_lora(src, tmp_path / "bad", lcfg, extra={"sampling": {"guidance": -5}})
+    kw = dict(width=32, height=32, seconds=1, seed=3)
+    before = pipe("a red circle", **kw)
+    with pytest.raises(LoRAError, match="guidance must be >= 0"):
+        pipe.load_lora(tmp_path / "bad")
+    assert np.array_equal(pipe("a red circle", **kw), before) and not lora_modules(pipe.dit)
+    pipe.load_lora(tmp_path / "good")
+    with_lora = pipe("a red circle", **kw)
+    assert pipe.config.guidance == 2.0 and not np.array_equal(with_lora, before)
+    pipe.save_pretrained(tmp_path / "model")
+    loaded = Pipeline(CausalVAE.from_pretrained(tmp_path / "model"), DiT.from_pretrained(tmp_path / "model"),
+                      HashText(), PipelineConfig.from_dict(read_config(tmp_path / "model", "pipeline")))
+    assert loaded.config.guidance == 2.0 and not lora_modules(loaded.dit)
+    assert np.abs(loaded("a red circle", **kw).astype(int) - with_lora).mean() < 0.5  # merged = applied

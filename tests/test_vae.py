@@ -273,3 +273,21 @@ def test_tiny_vae_overfits_one_clip():
         opt.step()
         losses.append(loss.item())
     assert min(losses[-10:]) < losses[0] / 10
+
+
+def test_wrong_inputs_are_named():
+    """Found by a review: a 4-D clip, a numpy array or uint8 pixels had failed deep inside the convolutions."""
+    import numpy as np
+
+    from moviola.models.vae import PRESETS
+
+    vae = CausalVAE(PRESETS["tiny"])
+    with pytest.raises(ValueError, match=r"x must be \(B, 3, T, H, W\), got shape \(3, 5, 32, 32\)"):
+        vae.encode(torch.zeros(3, 5, 32, 32))
+    with pytest.raises(TypeError, match="x must be a torch.Tensor, got ndarray"):
+        vae.encode(np.zeros((1, 3, 5, 32, 32)))
+    with pytest.raises(TypeError, match="floating point"):
+        vae.encode(torch.zeros(1, 3, 5, 32, 32, dtype=torch.uint8))
+    with pytest.raises(ValueError, match="z must be"):
+        vae.decode(torch.zeros(4, 2, 4, 4))
+    assert vae.encode(torch.zeros(1, 3, 5, 32, 32, dtype=torch.float64)).mean.dtype == torch.float32

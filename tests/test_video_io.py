@@ -585,3 +585,19 @@ def test_the_same_frames_always_make_the_same_h264_file(tmp_path):
                        env={**os.environ, "MALLOC_PERTURB_": perturb})
         outs.append(read_video(out).frames)
     assert all(np.array_equal(outs[0], o) for o in outs[1:])
+
+
+def test_time_windows_are_start_inclusive_end_exclusive_to_the_millisecond(tmp_path):
+    """[start, end) as documented: with a quarter-frame tolerance the frame at 1.0 s fell out of [0, 1.02) and a
+    window around it was empty (found by a review)."""
+    path = write_video(tmp_path / "c.mp4", gradient_clip(t=24), 8)
+    assert read_video(path, end=1.02).num_frames == 9  # frames at 0, 0.125 ... 1.0
+    assert read_video(path, start=1.02).num_frames == 15  # 1.125 ...
+    assert read_video(path, start=0.99, end=1.01).num_frames == 1
+    assert read_video(path, start=0.5, end=1.0).num_frames == 4  # the frame at 1.0 is the end, excluded
+    with video_io.VideoWriter(tmp_path / "w.mp4", 8) as w:
+        w.write(gradient_clip(t=2))
+    with pytest.raises(ValueError, match="this VideoWriter is closed"):
+        w.write(gradient_clip(t=2))
+    with pytest.raises(ValueError, match="positive and finite"):
+        resample_fps(gradient_clip(t=4), float("inf"), 8)

@@ -13,7 +13,9 @@ Every ability is one mechanism: some latent frames are known (an image, the tail
 head of the next one), the rest are sampled by a DiT trained with random conditioning masks
 (``moviola.models.dit.frame_cond``). Known pixels become known latents by encoding a window of the clip
 with the causal VAE: a prefix encodes exactly as it will decode (causality), a suffix is encoded after a
-cross-fade standing in for the frames still to be made. Output clips keep the given frames as given.
+cross-fade standing in for the frames still to be made. Output clips keep the given frames as given, except
+that a clip following generated frames (backward extension, connect's second clip) has its first 3 frames
+cross-faded from the generated ones (``SEAM_BLEND``), so the seam does not jump.
 
 A model folder holds ``config.json`` (text encoder, frame rate, the sizes and durations the model supports,
 sampler defaults) and a folder per part with its safetensors and ``config.json`` (``vae/``, ``dit/``; see
@@ -23,6 +25,7 @@ downloaded. Generation uses only the learned parts: the world's renderer is neve
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
@@ -203,12 +206,19 @@ class Pipeline:
         return cls(vae, dit, text, cfg, device)
 
     def save_pretrained(self, directory: str | Path) -> None:
+        """Write a model folder ``from_pretrained`` loads. With a LoRA adapter applied, the DiT is saved with it
+        merged in (at its scale) beside the settings it runs with: the folder makes what this pipeline makes."""
+        from moviola.models.lora import lora_modules, merge_lora
         from moviola.video_io import atomic_write_bytes
 
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
+        dit = self.dit
+        if lora_modules(dit):
+            dit = copy.deepcopy(dit)
+            merge_lora(dit)
         self.vae.save_pretrained(d / "vae")
-        self.dit.save_pretrained(d / "dit")
+        dit.save_pretrained(d / "dit")
         atomic_write_bytes(d / PIPELINE_FILE, config_text("pipeline", asdict(self.config)).encode())
 
     def load_lora(self, path: str | Path, scale: float = 1.0) -> "Pipeline":
@@ -217,21 +227,24 @@ class Pipeline:
         adapter's sampler defaults (its run's ``[sampling]``, e.g. a lower guidance) replace the base's
         while it is applied; a call's own arguments still win. A LoRAError (a ValueError) if it was trained
         on another base model or names an unknown sampler setting."""
-        from moviola.models.lora import LoRAError, load_lora
+        from moviola.models.lora import LoRAError, load_lora, read_lora
 
-        if not math.isfinite(scale) or abs(scale) > 10:
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or abs(scale) > 10:
             raise LoRAError(f"LoRA scale must be a finite number from -10 to 10, got {scale!r}")
-        meta = load_lora(self.dit, path, scale=scale)
-        self.dit.to(self.device).eval()
-        base = self._base_config = getattr(self, "_base_config", self.config)
+        # Everything is checked before the DiT is touched: a call that raises leaves the pipeline as it was.
+        meta, _ = read_lora(path)
+        base = getattr(self, "_base_config", self.config)
         sampling = meta.get("sampling") or {}
         unknown = sorted(set(sampling) - {"steps", "guidance", "shift", "sampler"})
         if unknown:
             raise LoRAError(f"{path}: unknown sampling setting {unknown[0]!r} in lora.json")
         try:
-            self.config = PipelineConfig.from_dict({**asdict(base), **sampling}) if scale else base
+            config = PipelineConfig.from_dict({**asdict(base), **sampling}) if scale else base
         except ValueError as e:
             raise LoRAError(f"{path}: lora.json's sampling: {e}") from None
+        load_lora(self.dit, path, scale=scale)  # a LoRAError (another base) before it changes anything
+        self.dit.to(self.device).eval()
+        self._base_config, self.config = base, config
         return self
 
     # --- validation ----------------------------------------------------------------------------
@@ -244,13 +257,25 @@ class Pipeline:
 
     def check_request(self, width: int, height: int, seconds: float | None, num_frames: int | None,
                       steps: int, guidance: float, *, max_seconds: float | None = None,
-                      sampler: str | None = None, fps: float | None = None) -> None:
+                      sampler: str | None = None, fps: float | None = None, seed: int = 0,
+                      prompt: str = "") -> None:
         """A GenerationError naming the first bad argument. ``max_seconds`` is the duration limit of the
         ability (default: the longest clip made window by window); with ``fps`` (the output rate), the
         clip's frames must also fit in what that limit allows at the model's own rate, so a high --fps
         cannot make a clip of any length."""
         c = self.config
         limit = c.max_total_seconds if max_seconds is None else max_seconds
+        integer, number = (int, np.integer), (int, float, np.integer, np.floating)
+        for name, value, kinds, what in (("width", width, integer, "an int"), ("height", height, integer, "an int"),
+                                         ("steps", steps, integer, "an int"), ("guidance", guidance, number, "a number"),
+                                         ("seconds", seconds, number, "a number"), ("seed", seed, integer, "an int"),
+                                         ("num_frames", num_frames, integer, "an int")):
+            if (value is not None or name == "seed") and (isinstance(value, bool) or not isinstance(value, kinds)):
+                raise GenerationError(f"{name} must be {what}, got {type(value).__name__} {value!r}")
+        if not isinstance(prompt, str):
+            raise GenerationError(f"prompt must be a string, got {type(prompt).__name__}")
+        if not 0 <= seed < 2**63:
+            raise GenerationError(f"seed must be from 0 to {2**63 - 1}, got {seed}")
         for name, side in (("width", width), ("height", height)):
             if not (c.min_side <= side <= c.max_side) or side % c.side_multiple:
                 raise GenerationError(f"{name} {side} is outside this model's range: multiples of "
@@ -321,6 +346,9 @@ class Pipeline:
     # --- one window ------------------------------------------------------------------------------
 
     def _text(self, prompt: str, negative_prompt: str) -> tuple[dict, dict]:
+        for name, text in (("prompt", prompt), ("negative_prompt", negative_prompt)):
+            if not isinstance(text, str):
+                raise GenerationError(f"{name} must be a string, got {type(text).__name__}")
         ctx, mask = self.text_encoder.encode([prompt])
         uctx, umask = self.text_encoder.encode([negative_prompt])
         return ({"context": ctx.to(self.device), "context_mask": mask.to(self.device)},
@@ -349,8 +377,10 @@ class Pipeline:
         Args:
             prefix: (P, H, W, 3) known first frames, P = 4j + 1 (1: an image; 5: a clip's tail).
             suffix: (S, H, W, 3) known last frames, S = 4j (the head of what follows).
-            init: (frames, H, W, 3) a clip to start from (remix): its latents are noised to t = strength
-                and the sampler runs from there (SDEdit); strength 1 starts from pure noise.
+            init: (frames, H, W, 3) a clip to start from (remix): the sampler runs the last
+                round(steps * strength) of its steps (SDEdit), from the clip's latents noised to the time
+                those steps start at on the shifted grid (above strength itself: with shift 2 and 24 steps,
+                strength 0.25 starts at t = 0.40, 0.5 at 0.67); strength 1 starts from pure noise.
         The known frames come back as the decoder makes them; callers paste the given pixels.
         """
         C, t, h, w = self.vae.latent_shape(frames, height, width)
@@ -454,7 +484,8 @@ class Pipeline:
                  sampler: str | None = None, callback: Callable[[int, int], None] | None = None,
                  image: np.ndarray | None = None, last_image: np.ndarray | None = None,
                  loop: bool = False) -> np.ndarray:
-        """Generate a clip. Returns frames (T, H, W, 3) uint8, T = round(seconds * fps) (or num_frames).
+        """Generate a clip. Returns frames (T, H, W, 3) uint8, T = round(seconds * fps) (or num_frames); with a
+        ``last_image`` the clip is one window ending on it, so T is rounded to 4k + 1 (``image_to_video``).
 
         Up to ``max_seconds`` it is one window of 4k + 1 frames (the VAE's native length), its extra tail
         trimmed; longer clips are made window by window (``stream``). ``image`` / ``last_image`` make it
@@ -492,7 +523,7 @@ class Pipeline:
         --seconds 60``). Each window after the first starts from the last 5 frames of the one before;
         ``image`` becomes frame 0. Arguments are checked before any work starts."""
         steps, guidance, sampler, fps = self._settings(steps, guidance, sampler, fps)
-        self.check_request(width, height, seconds, num_frames, steps, guidance, sampler=sampler, fps=fps)
+        self.check_request(width, height, seconds, num_frames, steps, guidance, sampler=sampler, fps=fps, seed=seed, prompt=prompt)
         total = self._total(seconds, num_frames, fps)
         tail = None
         if image is not None:
@@ -533,7 +564,7 @@ class Pipeline:
                                                    num_frames=num_frames, fps=fps, steps=steps, guidance=guidance,
                                                    seed=seed, negative_prompt=negative_prompt, sampler=sampler,
                                                    callback=callback, image=image)))
-        self.check_request(width, height, seconds, num_frames, steps, guidance, sampler=sampler, fps=fps,
+        self.check_request(width, height, seconds, num_frames, steps, guidance, sampler=sampler, fps=fps, seed=seed, prompt=prompt,
                            max_seconds=(self.window_frames - 1) / self.config.fps)
         first = None if image is None else self.fit_image(image, width, height)
         last = self.fit_image(last_image, width, height, "last_image")
@@ -561,7 +592,7 @@ class Pipeline:
         to the trained size nearest its aspect ratio) with the new frames after (or before) it."""
         steps, guidance, sampler, fps = self._settings(steps, guidance, sampler, fps)
         src, width, height = self._fit_source(video, width, height)
-        self.check_request(width, height, seconds, None, steps, guidance, sampler=sampler, fps=fps)
+        self.check_request(width, height, seconds, None, steps, guidance, sampler=sampler, fps=fps, seed=seed, prompt=prompt)
         self._needs_conditioning("extend")
         total = self._total(seconds, None, fps)
         kw = dict(width=width, height=height, steps=steps, guidance=guidance, seed=seed,
@@ -595,13 +626,14 @@ class Pipeline:
               height: int | None = None, fps: float | None = None, steps: int | None = None,
               guidance: float | None = None, seed: int = 0, negative_prompt: str = "", sampler: str | None = None,
               callback: Callable[[int, int], None] | None = None) -> np.ndarray:
-        """Video to video with a new prompt: the clip's latents are noised to ``strength`` (0 keeps the clip,
-        1 ignores it) and denoised under the prompt. Clips longer than a window are remixed window by
+        """Video to video with a new prompt: the last round(steps * strength) sampler steps are run from the
+        clip's latents noised to where they start (0 keeps the clip, 1 ignores it; the time shift puts that
+        start above ``strength``, so 0.5 already remakes much of it). Clips longer than a window are remixed window by
         window, each after the last 5 frames remixed. Returns as many frames as the (fitted) source."""
         _check_strength(strength)
         steps, guidance, sampler, fps = self._settings(steps, guidance, sampler, fps)
         src, width, height = self._fit_source(video, width, height)
-        self.check_request(width, height, None, None, steps, guidance, sampler=sampler, fps=fps)
+        self.check_request(width, height, None, None, steps, guidance, sampler=sampler, fps=fps, seed=seed, prompt=prompt)
         if len(src) > round(self.config.max_total_seconds * self.config.fps):
             raise GenerationError(f"video has {len(src)} frames; remix takes at most "
                                   f"{self.config.max_total_seconds:g} s ({round(self.config.max_total_seconds * self.config.fps)} frames)")
@@ -624,14 +656,15 @@ class Pipeline:
         """Join two clips (each (T, H, W, 3) uint8 at the model's fps) with a generated transition of about
         ``seconds`` (a multiple of 4 frames) that starts from a's last frames and ends on b's first ones.
         ``strength`` (0 < s <= 1): 1 samples the transition from noise; lower starts it from a cross-fade of
-        a's last frame into b's first, noised to that level (SDEdit), so it changes more gradually.
+        a's last frame into b's first, of whose sampler steps the last round(steps * strength) are run (SDEdit,
+        as ``remix``), so it changes more gradually.
         ``guidance`` defaults to TRANSITION_GUIDANCE (1: the conditional pass alone), not the model's.
         Returns a + transition + b at one size (default: the trained size nearest a's aspect ratio)."""
         _check_strength(strength, low_open=True)
         guidance = TRANSITION_GUIDANCE if guidance is None else guidance
         steps, guidance, sampler, fps = self._settings(steps, guidance, sampler, fps)
         first, width, height = self._fit_source(a, width, height, "first clip")
-        self.check_request(width, height, seconds, None, steps, guidance, sampler=sampler, fps=fps)
+        self.check_request(width, height, seconds, None, steps, guidance, sampler=sampler, fps=fps, seed=seed, prompt=prompt)
         second = self.fit_video(b, width, height, "second clip")
         self._needs_conditioning("connect")
         mid, head = self._transition(first, second, prompt, seconds * fps, width=width, height=height, steps=steps,
@@ -670,14 +703,16 @@ class Pipeline:
              guidance: float | None = None, seed: int = 0, negative_prompt: str = "", sampler: str | None = None,
              callback: Callable[[int, int], None] | None = None) -> np.ndarray:
         """A seamless loop: a clip, then a generated transition (1 s) from its end back to its start, so the
-        last frame leads into the first. Returns T = round(seconds * fps) frames (at least 2 s)."""
+        last frame leads into the first. Returns T = round(seconds * fps) frames, at least 16 (the 1 s
+        transition, the context before it and a few frames of clip: 2 s at the default 8 fps)."""
         steps, guidance, sampler, fps = self._settings(steps, guidance, sampler, fps)
-        self.check_request(width, height, seconds, num_frames, steps, guidance, sampler=sampler, fps=fps)
+        self.check_request(width, height, seconds, num_frames, steps, guidance, sampler=sampler, fps=fps, seed=seed, prompt=prompt)
         total = self._total(seconds, num_frames, fps)
         M = max(4, 4 * round(self.config.fps / 4))
         if total < M + CONTEXT_FRAMES + 3:
-            raise GenerationError(f"a loop needs at least {(M + CONTEXT_FRAMES + 3) / self.config.fps:g} s "
-                                  f"({M + CONTEXT_FRAMES + 3} frames), asked for {total}")
+            need = M + CONTEXT_FRAMES + 3
+            raise GenerationError(f"a loop needs at least {need} frames ({need / fps:g} s at {fps:g} fps), "
+                                  f"asked for {total}")
         if M > self.window_frames - CONTEXT_FRAMES - SUFFIX_FRAMES:
             raise GenerationError(f"this model's windows ({self.window_frames} frames) are too short for a loop's "
                                   f"{M}-frame transition")
@@ -709,7 +744,7 @@ class Pipeline:
         if transition not in ("cut", "continue"):
             raise GenerationError(f"transition must be 'cut' or 'continue', got {transition!r}")
         end = seconds if seconds is not None else cards[-1].start + 2.0
-        self.check_request(width, height, end, None, steps, guidance, sampler=sampler, fps=fps)
+        self.check_request(width, height, end, None, steps, guidance, sampler=sampler, fps=fps, seed=seed)
         bounds = [round(c.start * fps) for c in cards] + [round(end * fps)]
         for i, (a, b) in enumerate(zip(bounds, bounds[1:])):
             if b <= a:
@@ -750,6 +785,9 @@ def check_cards(cards: Sequence[Card], seconds: float | None, limit: float) -> N
     if not cards:
         raise GenerationError("a storyboard needs at least one card")
     for i, c in enumerate(cards):
+        if not isinstance(c, Card):
+            raise GenerationError(f"card {i + 1} must be a moviola.pipeline.Card(start, prompt, image=None), "
+                                  f"got {type(c).__name__}")
         if not isinstance(c.prompt, str):
             raise GenerationError(f"card {i + 1}: prompt must be text")
         if not (isinstance(c.start, (int, float, np.floating, np.integer)) and math.isfinite(c.start) and c.start >= 0):

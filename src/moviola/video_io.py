@@ -183,8 +183,9 @@ def _as_uint8_image(image: Any) -> np.ndarray:
         arr = arr[..., None]
     if arr.ndim == 3 and arr.shape[-1] == 1:
         arr = np.repeat(arr, 3, axis=-1)
-    if arr.ndim != 3:
-        raise ValueError(f"image must have shape (H, W, 3); got {tuple(arr.shape)}")
+    if arr.ndim != 3 or arr.shape[-1] != 3:
+        hint = " (RGBA: drop or composite the alpha first; CHW: move channels last)" if arr.ndim == 3 else ""
+        raise ValueError(f"image must have shape (H, W, 3) or (H, W); got {tuple(arr.shape)}{hint}")
     return _as_uint8_frames(arr[None], name="image")[0]
 
 
@@ -472,6 +473,8 @@ class VideoWriter:
 
     def write(self, frames: Any) -> None:
         """Append (n, H, W, 3) frames (uint8, or float in [0, 1]); every chunk must have the first's size."""
+        if self._container is None:
+            raise ValueError(f"{self.path}: this VideoWriter is closed")
         clip = _as_uint8_frames(frames)
         if self._stream is None:
             self._open_stream(*clip.shape[1:3])
@@ -781,7 +784,9 @@ def _decode_frames(path: Path, container: Any, stream: Any, fps: float | None, s
     tb = stream.time_base
     origin = stream.start_time or 0  # stream.time_base units
     step = 1.0 / (fps or DEFAULT_FPS)
-    eps = 0.25 * step  # timestamps in ms (matroska) or cs (gif) are rounded; allow a quarter frame
+    # Timestamps in ms (matroska) or cs (gif) are rounded: a frame within eps of a bound counts as on it. A few
+    # milliseconds, at most a quarter frame (a quarter frame at 8 fps had dropped the frame at 1.0 s from [0, 1.02)).
+    eps = min(0.25 * step, 0.006)
     if start > 0:
         with contextlib.suppress(av.FFmpegError, OSError):  # unseekable input: decode from the top
             container.seek(origin + int(start / tb), stream=stream, backward=True)
@@ -1023,8 +1028,8 @@ def resample_fps(frames: Any, src_fps: float, dst_fps: float) -> Any:
     output has round(T * dst_fps / src_fps) frames (at least 1), so 60 frames of 29.97 fps footage
     (2.002 s) become 16 frames at 8 fps. Works on numpy arrays and torch tensors (same type back).
     """
-    if not (src_fps > 0 and dst_fps > 0):
-        raise ValueError(f"fps must be positive; got src_fps={src_fps}, dst_fps={dst_fps}")
+    if not (0 < src_fps < math.inf and 0 < dst_fps < math.inf):
+        raise ValueError(f"fps must be positive and finite; got src_fps={src_fps}, dst_fps={dst_fps}")
     t = len(frames)
     if t == 0:
         raise ValueError("frames is empty")

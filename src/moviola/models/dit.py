@@ -359,6 +359,11 @@ class DiT(nn.Module):
             by the clean latents the network predicts).
         """
         cfg = self.config
+        if not isinstance(x, Tensor) or x.ndim != 5:
+            raise ValueError(f"x must be a (B, C, T, H, W) tensor, got {type(x).__name__} "
+                             f"{tuple(getattr(x, 'shape', ()))}")
+        if not isinstance(t, Tensor):  # a Python number: one time for the whole batch
+            t = torch.as_tensor(t, dtype=torch.float32, device=x.device)
         B, C, T, H, W = x.shape
         if C != cfg.in_channels:
             raise ValueError(f"x has {C} channels, the model expects in_channels={cfg.in_channels}")

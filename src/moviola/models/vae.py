@@ -491,6 +491,15 @@ class CausalVAE(nn.Module):
         s = self.spatial_factor
         return (self.config.latent_channels, 1 + (frames - 1) // self.temporal_factor, height // s, width // s)
 
+    def _check_input(self, x, channels: int, what: str) -> None:
+        """A clear error for an input that is not a (B, channels, T, H, W) floating-point tensor."""
+        if not isinstance(x, Tensor):
+            raise TypeError(f"{what} must be a torch.Tensor, got {type(x).__name__}")
+        if x.ndim != 5 or x.shape[1] != channels:
+            raise ValueError(f"{what} must be (B, {channels}, T, H, W), got shape {tuple(x.shape)}")
+        if not x.is_floating_point():
+            raise TypeError(f"{what} must be floating point (pixels in [-1, 1]), got {x.dtype}")
+
     def _check_video(self, frames: int, height: int, width: int) -> None:
         tf, s = self.temporal_factor, self.spatial_factor
         if (frames - 1) % tf or frames < 1:
@@ -505,14 +514,17 @@ class CausalVAE(nn.Module):
 
         tile_latent=(h, w) encodes overlapping tiles of (8h, 8w) pixels, tile_overlap latents apart.
         """
+        self._check_input(x, self.config.in_channels, "x")
         self._check_video(*x.shape[2:])
-        moments = self._tiled(self.encoder, x, tile_latent, tile_overlap, encode=True)
+        moments = self._tiled(self.encoder, x.to(next(self.parameters()).dtype), tile_latent, tile_overlap,
+                              encode=True)
         return DiagonalGaussian(*moments.chunk(2, dim=1))
 
     def decode(self, z: Tensor, tile_latent: tuple[int, int] | None = None, tile_overlap: int = 4,
                clamp: bool = False) -> Tensor:
         """z: (B, C, 1 + k, h, w) raw latents -> (B, 3, 1 + 4k, 8h, 8w), about [-1, 1] (clamp=True: exactly)."""
-        x = self._tiled(self.decoder, z, tile_latent, tile_overlap, encode=False)
+        self._check_input(z, self.config.latent_channels, "z")
+        x = self._tiled(self.decoder, z.to(next(self.parameters()).dtype), tile_latent, tile_overlap, encode=False)
         return x.clamp(-1.0, 1.0) if clamp else x
 
     def forward(self, x: Tensor, sample: bool = True,

@@ -532,6 +532,10 @@ def _as_uint8(frames) -> np.ndarray:
     if frames.dtype != np.uint8:
         if not np.issubdtype(frames.dtype, np.floating):
             raise ValueError(f"frames must be uint8, or float in [0, 1]; got {frames.dtype}")
+        lo, hi = float(np.nanmin(frames)), float(np.nanmax(frames))
+        if np.isnan(frames).any() or lo < -0.01 or hi > 1.01:  # [0, 255] or [-1, 1] floats: say so, never mis-score
+            raise ValueError(f"float frames must be in [0, 1], got values from {lo:g} to {hi:g} (pass uint8 for "
+                             "0..255; map [-1, 1] with (x + 1) / 2)")
         frames = np.clip(np.rint(frames * 255.0), 0, 255).astype(np.uint8)
     return frames
 
@@ -560,6 +564,10 @@ def score_clip(frames: np.ndarray, prompt: str | Prompt, fps: float = 8.0) -> di
         A JSON-ready dict: per-attribute accuracies in [0, 1] ("attributes"), "overall" (their mean),
         per-object findings, "physics", "permanence", "consistency" (None where not applicable).
     """
+    if not isinstance(prompt, (str, Prompt)):
+        raise TypeError(f"prompt must be a string or a parsed Prompt, got {type(prompt).__name__}")
+    if isinstance(fps, bool) or not isinstance(fps, (int, float, np.number)) or not (math.isfinite(fps) and fps > 0):
+        raise ValueError(f"fps must be a finite number above 0, got {fps!r}")
     p = parse_prompt(prompt) if isinstance(prompt, str) else prompt
     frames = _as_uint8(frames)
     T, H, W, _ = frames.shape
