@@ -306,3 +306,17 @@ def test_world_cache_made_from_anything_else_is_rebuilt(vae, tmp_path):
         stamp = part.stat().st_mtime_ns
     assert json.loads((tmp_path / "identity.json").read_text()) == other
     assert len(LatentCache(tmp_path, buckets_of(cfg)).rows[0]) == 2
+
+
+def test_model_card_names_missing_licences_and_every_base(tmp_path):
+    """Found by a review: clips without a licence showed as an empty label, and a fine-tune of a fine-tune named
+    only its own base's data."""
+    from moviola.data.provenance import summarize, write_card
+
+    rows = [{"source": "my camera", "licence": "", "consent": "yes"}, {"source": "my camera", "licence": "CC-BY"}]
+    summary = summarize(rows)
+    summary["base"] = {"clips": 11, "by_source": {"footage": 11}, "base": {"clips": 44000, "by_source": {"world": 44000}}}
+    card = write_card(tmp_path, title="t", info={"data": {"cache_dir": "c"}}, summary=summary).read_text()
+    assert "licence: not recorded (1), CC-BY (1)" in card and "1 clips have no licence recorded" in card
+    assert "consent: yes (1), not recorded (1)" in card
+    assert "the base model's own data" in card and "the base's base model's own data" in card and "44000 clips" in card

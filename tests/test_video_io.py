@@ -601,3 +601,23 @@ def test_time_windows_are_start_inclusive_end_exclusive_to_the_millisecond(tmp_p
         w.write(gradient_clip(t=2))
     with pytest.raises(ValueError, match="positive and finite"):
         resample_fps(gradient_clip(t=4), float("inf"), 8)
+
+
+def test_a_window_of_mpeg_ts_footage_starts_where_asked(tmp_path):
+    """AVCHD-style MPEG-TS (.MTS: a start offset, B-frames, a keyframe at a cut): a seek there landed on the
+    keyframe after the requested time, and the clip began on that later frame, held (found by a review)."""
+    frames = gradient_clip(t=90, h=48, w=64)
+    frames[60:] = 255 - frames[60:]  # a hard cut at 2 s: the encoder puts a keyframe there
+    path = tmp_path / "00001.MTS"
+    with av.open(str(path), "w", format="mpegts") as container:
+        stream = container.add_stream("libx264", rate=30, options={"x264-params": "bframes=2:keyint=300"})
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        for i, rgb in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+            frame.pts = i + 42  # the stream starts at 1.4 s, as camera files do
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    whole = read_video(path).frames
+    got = video_io.read_video_fitted(path, 64, 48, 10, start=1.0, num_frames=6)  # 1.0 to 1.5 s: before the cut
+    for k in range(6):
+        assert mean_abs_diff(got[k], whole[30 + 3 * k]) < 3, k

@@ -701,7 +701,8 @@ def build_parser() -> argparse.ArgumentParser:
     tv.add_argument("--config", help="TOML config (e.g. configs/vae/default.toml)")
     tv.add_argument("--out", help="run folder (checkpoints, logs, model); overrides the config's 'out'")
     tv.set_defaults(func=cmd_train_vae, takes_extra=True)
-    td = tsub.add_parser("dit", help="train the text-to-video diffusion transformer on world clips",
+    td = tsub.add_parser("dit", help="train the text-to-video diffusion transformer (world clips, or a "
+                                     "footage cache with --data.cache_dir)",
                          description="Builds a latent cache (resumable), then trains. Extra flags are dotted "
                                      "config overrides, e.g. --optim.steps=6000. Rerun to resume.")
     td.add_argument("--config", help="TOML config (e.g. configs/dit/default.toml)")
@@ -711,14 +712,15 @@ def build_parser() -> argparse.ArgumentParser:
                  "torchrun --nproc_per_node=N -m moviola.cli train dit ... (DDP; --parallel=fsdp on GPUs).")
     td.set_defaults(func=cmd_train_dit, takes_extra=True)
 
-    def sampling_flags(q, size_default=None):
+    def sampling_flags(q, size_default=None, board: bool = False):
         q.add_argument("-o", "--output", required=True, help="output .mp4/.webm/.mov/.mkv/.gif")
         q.add_argument("--size", type=_size, default=size_default,
-                       help="WxH (default: " + ("64x64" if size_default else "the trained size nearest the input's aspect ratio") + ")")
+                       help="WxH (default: " + ("64x64" if size_default else "the board's size, else 64x64" if board
+                                                else "the trained size nearest the input's aspect ratio") + ")")
         q.add_argument("--steps", type=STEPS, help="sampler steps (default: the model's)")
         q.add_argument("--guidance", type=GUIDANCE, help="classifier-free guidance scale (1 = off)")
         q.add_argument("--seed", type=SEED, default=None,
-                       help="noise seed (default 0; a storyboard's own seed if it has one)")
+                       help="noise seed (default: " + ("the board's seed if it has one, else 0)" if board else "0)"))
         q.add_argument("--sampler", help="euler, heun, dpm++ or unipc (default: the model's)")
         q.add_argument("--negative-prompt", default="", help="what the unconditional pass steers away from")
         q.add_argument("--model", help="model folder (default: the shipped model)")
@@ -771,7 +773,7 @@ def build_parser() -> argparse.ArgumentParser:
     sb = sub.add_parser("storyboard", help="one continuous clip from a storyboard TOML of timed prompt cards")
     sb.add_argument("board", help="TOML: seconds, size, transition ('cut' or 'continue'), seed, and [[card]] "
                                   "tables with start, prompt and an optional image")
-    sampling_flags(sb)
+    sampling_flags(sb, board=True)
     sb.set_defaults(func=cmd_storyboard)
 
     ev = sub.add_parser("eval", help="evaluate models")

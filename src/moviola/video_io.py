@@ -771,6 +771,39 @@ def _display_size(stream: Any, width: int, height: int) -> tuple[int, int]:
     return max(1, round(width * float(sar))), height
 
 
+def _frames_from(container: Any, stream: Any, start: float, step: float) -> Iterator[tuple[float, Any]]:
+    """(seconds from the stream start, frame) in presentation order, from the last keyframe at or before
+    ``start`` on. Seeking is exact in mp4 and matroska but rough in MPEG-TS (AVCHD .MTS/.m2ts): a seek there
+    can land after ``start`` (a clip would then begin on a later frame, held) or on nothing, so a seek whose
+    first frame comes more than a frame late, or that yields none, is tried again 10 s earlier, then from the
+    top. Frames before ``start`` are the caller's to skip."""
+    tb = stream.time_base
+    origin = stream.start_time or 0  # stream.time_base units
+    targets = [start, max(0.0, start - 10.0), 0.0] if start > 0 else [0.0]
+    for k, target in enumerate(targets):
+        last = k == len(targets) - 1
+        if target > 0 or k > 0:
+            try:  # the top is the container's time 0 (a stream-relative seek to the origin lands late in MPEG-TS)
+                if target > 0:
+                    container.seek(origin + int(target / tb), stream=stream, backward=True)
+                else:
+                    container.seek(0, backward=True)
+            except (av.FFmpegError, OSError):  # unseekable input: decode from where it is (the top)
+                if not last:
+                    continue
+        n = 0
+        for frame in container.decode(stream):
+            t = float((frame.pts - origin) * tb) if frame.pts is not None and tb else n * step
+            if n == 0 and not last and t > start + 1.5 * step:
+                break  # landed late: seek earlier
+            n += 1
+            yield t, frame
+        else:
+            if n or last:
+                return
+            continue  # this seek found no frames at all: seek earlier
+
+
 def _decode_frames(path: Path, container: Any, stream: Any, fps: float | None, start: float,
                    end: float | None, max_frames: int | None,
                    transform: Callable[[np.ndarray], np.ndarray] | None = None) -> tuple[np.ndarray, list[float]]:
@@ -787,17 +820,13 @@ def _decode_frames(path: Path, container: Any, stream: Any, fps: float | None, s
     # Timestamps in ms (matroska) or cs (gif) are rounded: a frame within eps of a bound counts as on it. A few
     # milliseconds, at most a quarter frame (a quarter frame at 8 fps had dropped the frame at 1.0 s from [0, 1.02)).
     eps = min(0.25 * step, 0.006)
-    if start > 0:
-        with contextlib.suppress(av.FFmpegError, OSError):  # unseekable input: decode from the top
-            container.seek(origin + int(start / tb), stream=stream, backward=True)
     frames: list[np.ndarray] = []
     times: list[float] = []
     decoded = 0
     size: tuple[int, int] | None = None
     turns = 0
     try:
-        for frame in container.decode(stream):
-            t = float((frame.pts - origin) * tb) if frame.pts is not None and tb else decoded * step
+        for t, frame in _frames_from(container, stream, start, step):
             decoded += 1
             if t < start - eps:
                 continue

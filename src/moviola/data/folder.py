@@ -132,6 +132,7 @@ def read_manifest(path: str | Path) -> list[dict]:
             row = {k: v for k, v in row.items() if k not in WORLD_FIELDS}
             row.setdefault("source", "procedural: moviola world dataset")
             row.setdefault("licence", "generated (no third-party rights)")
+            row.setdefault("consent", "not applicable")  # as world clips rendered on the fly record it
         unknown = sorted(set(row) - set(MANIFEST_FIELDS))
         if unknown:
             raise DatasetError(f"{where}: unknown field {unknown[0]!r} (known: {', '.join(MANIFEST_FIELDS)})")

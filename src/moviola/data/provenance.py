@@ -37,7 +37,7 @@ def read_manifest(folder: Path) -> list[dict[str, Any]]:
 def summarize(rows: list[dict[str, Any]], manifest_sha256: str | None = None) -> dict[str, Any]:
     """Counts of clips by source, licence and consent (and stage), plus the manifest's hash."""
     def count(key: str) -> dict[str, int]:
-        return dict(Counter(str(r.get(key)) for r in rows).most_common())
+        return dict(Counter(str(r.get(key) or "") for r in rows).most_common())  # "": not recorded
 
     out = {"clips": len(rows), "by_source": count("source"), "by_licence": count("licence"),
            "by_consent": count("consent")}
@@ -98,11 +98,19 @@ def write_card(result: Path, *, title: str, info: dict[str, Any], summary: dict[
                      "licence, consent, source)" + (f", sha256 {summary['manifest_sha256']}." if summary.get("manifest_sha256") else "."))
         for key in ("by_stage", "by_source", "by_licence", "by_consent"):
             if key in summary:
-                lines.append(f"- {key.replace('by_', '')}: " + ", ".join(f"{k} ({v})" for k, v in summary[key].items()))
-        if "base" in summary:
-            b = summary["base"]
-            lines.append(f"- the base model's own data (summary in `{SUMMARY}`): {b.get('clips')} clips, "
-                         + ", ".join(f"{k} ({v})" for k, v in b.get("by_source", {}).items()))
+                lines.append(f"- {key.replace('by_', '')}: " + ", ".join(f"{k or 'not recorded'} ({v})"
+                                                                        for k, v in summary[key].items()))
+        missing = sum(v for k, v in summary.get("by_licence", {}).items() if not k)
+        if missing:
+            lines.append(f"- {missing} clips have no licence recorded: add it to the footage manifest "
+                         "(licence, consent, source) before sharing this model")
+        base, depth = summary.get("base"), 0
+        while base:  # the base's base too: a fine-tune of a fine-tune still names the first model's data
+            who = "the base" + "'s base" * depth
+            lines.append(f"- {who} model's own data "
+                         f"(summary in `{SUMMARY}`): {base.get('clips')} clips, "
+                         + ", ".join(f"{k or 'not recorded'} ({v})" for k, v in base.get("by_source", {}).items()))
+            base, depth = base.get("base"), depth + 1
     if figures:
         lines += ["", "## Figures", ""] + [f"- {k}: {v}" for k, v in figures.items()]
     path = result / CARD

@@ -518,6 +518,13 @@ def train_dit(cfg: TrainDiTConfig, *, on_step=None, on_cache=None) -> Path:
             raise ValueError(f"a global batch of {min(batches.sizes)} clips cannot be split over {world.size} "
                              f"processes: raise optim.batch_size (batch sizes per bucket: {batches.sizes})")
         provenance = _write_provenance(cache, out, world)
+        if world.main and cfg.data.cache_dir:  # footage: say how often each clip will be seen, bucket by bucket
+            counts = [len(r) for r in cache.rows]
+            mean = sum(w * sz for w, sz in zip(batches.weights, batches.sizes)) / max(1, sum(counts))
+            for b, n, w, sz in zip(cache.buckets, counts, batches.weights, batches.sizes):
+                if n:
+                    print(f"moviola: bucket {b.name}: {n} clips, {100 * w:.0f} % of steps (batch {sz}): each clip "
+                          f"{w * sz / n / mean:.1f}x the average draws", file=sys.stderr, flush=True)
 
         lora = cfg.lora.rank > 0
         if lora:
@@ -669,8 +676,12 @@ def _save_result(cfg, result: Path, dit: DiT, vae, text, pcfg, base_dir, vae_dir
                  provenance: Path | None) -> None:
     from moviola.pipeline import CAPTIONS_FILE, Pipeline, training_captions
 
+    # The data as trained on: a cache's own buckets when it came from one (the world settings were not used then)
+    data = asdict(cfg.data) if not cfg.data.cache_dir else {
+        "cache_dir": cfg.data.cache_dir, "clips": sum(len(r) for r in cache.rows),
+        "buckets": [asdict(b) for b in cache.buckets]}
     info = {"trained_steps": step, "train_minutes": round((time.time() - t_start) / 60, 1), "vae": str(vae_dir),
-            "data": asdict(cfg.data), **({"extra_colors": cfg.extra_colors} if cfg.extra_colors else {})}
+            "data": data, **({"extra_colors": cfg.extra_colors} if cfg.extra_colors else {})}
     if base_dir is not None:
         info["init_from"] = str(base_dir)
     if cfg.lora.rank > 0 and not cfg.lora.merge:
@@ -694,4 +705,5 @@ def _save_result(cfg, result: Path, dit: DiT, vae, text, pcfg, base_dir, vae_dir
     summary = carry(provenance, base_dir, result)
     kind = "LoRA adapter" if cfg.lora.rank > 0 and not cfg.lora.merge else "Moviola model"
     write_card(result, title=f"{kind}: {result}", summary=summary,
-               info={**info, **({"lora": asdict(cfg.lora)} if cfg.lora.rank > 0 else {})})
+               info={**info, **({"lora": {**asdict(cfg.lora), "alpha": cfg.lora.alpha or cfg.lora.rank}}
+                                if cfg.lora.rank > 0 else {})})
