@@ -223,8 +223,12 @@ def test_input_reference_and_uploaded_edit(client, stack):
     assert e.status == "completed", e.error
     assert read_video(_save(client, e.id, stack.root / "edit.mp4")).frames.shape == (8, 64, 96, 3)
 
-    with pytest.raises(openai.BadRequestError, match="input_reference is not a readable image"):
+    with pytest.raises(openai.BadRequestError, match="input_reference is not a readable image") as bad:
         client.videos.create(prompt="x", input_reference=("x.png", b"not an image", "image/png"))
+    assert "BytesIO" not in str(bad.value)  # no Python internals in what a user reads
+    with pytest.raises(openai.BadRequestError, match="input_reference is 1x1: too small"):  # refused, not queued
+        client.videos.create(prompt="x", input_reference=("x.png", encode_image(np.zeros((1, 1, 3), np.uint8)),
+                                                          "image/png"))
     with pytest.raises(openai.BadRequestError, match="fetches nothing from the network"):
         client.videos.create(prompt="x", extra_body={"input_reference": {"image_url": "https://example.com/a.png"}})
     with pytest.raises(openai.BadRequestError, match="not a readable video"):

@@ -173,3 +173,46 @@ def test_studio_gallery_pages_through_older_videos(stack):
             assert not page.is_visible("#gallery-more")
         finally:
             browser.close()
+
+
+def test_studio_says_when_the_server_fails_and_loses_nothing(stack):
+    """Found by a review: a refused delete removed the card anyway, a busy server at page load forgot the saved
+    key, and a failed card offered Remix and Download. Server failures are simulated by routing requests."""
+    sync_api = pytest.importorskip("playwright.sync_api", reason="needs playwright: pip install -e '.[test]'")
+    exe = _chromium()
+    from moviola.server import jobs, keys
+
+    token = stack.key("studio-outage")
+    db = stack.database()
+    vid = jobs.new_video_id()
+    jobs.insert_job(db, keys.lookup(db, token), video_id=vid, kind="create", prompt="a failed clip",
+                    model="moviola-default", seconds="1", size="64x64", params={"seed": 1}, cost_seconds=0.0)
+    db.execute("UPDATE jobs SET status = 'failed', error_code = 'test', error_message = 'made by a test' "
+               "WHERE id = ?", (vid,))
+    busy = lambda route: route.fulfill(status=503, content_type="application/json",  # noqa: E731
+                                       body='{"error": {"message": "database unavailable", "type": "server_error"}}')
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=exe, args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 390, "height": 844})
+            page.goto(f"http://127.0.0.1:{stack.port}/")
+            page.fill("#key", token)
+            page.click("#signin")
+            page.wait_for_selector(f'.card[data-id="{vid}"]')
+            card = f'.card[data-id="{vid}"]'
+            assert not page.is_visible(f'{card} [data-act="remix"]') and not page.is_visible(f"{card} a.download")
+            assert page.is_visible(f'{card} [data-act="delete"]')  # a failed card can still be deleted
+            page.route("**/v1/videos/" + vid, busy)
+            page.on("dialog", lambda d: d.accept())
+            page.click(f'{card} [data-act="delete"]')
+            page.wait_for_function(f"document.querySelector('{card} .note').textContent.startsWith('Not deleted')")
+            assert page.is_visible(card)  # still there, as it is on the server
+            page.unroute("**/v1/videos/" + vid)
+            # A reload while the server is busy keeps the saved key and says why it could not sign in.
+            page.route("**/v1/models", busy)
+            page.reload()
+            page.wait_for_function("document.querySelector('#signin-error').textContent.includes('database unavailable')")
+            assert page.evaluate("localStorage.getItem('moviola.key')") == token
+            assert page.input_value("#key") == token
+        finally:
+            browser.close()

@@ -322,11 +322,17 @@ def create_app(cfg: ServerConfig) -> FastAPI:
                 if im.width * im.height > 40_000_000:
                     raise APIError(400, f"{param} is {im.width}x{im.height}: too many pixels",
                                    code="invalid_file", param=param)
+                if min(im.width, im.height) < 8:  # as the pipeline's own check, but before anything is queued
+                    raise APIError(400, f"{param} is {im.width}x{im.height}: too small to condition on (8 px a "
+                                        "side at least)", code="invalid_file", param=param)
                 im = ImageOps.exif_transpose(im).convert("RGB")
                 out = io.BytesIO()
                 im.save(out, format="PNG")
                 return out.getvalue()
-        except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
+        except UnidentifiedImageError:
+            raise APIError(400, f"{param} is not a readable image (PNG, JPEG, WebP...): not an image format this "
+                                "server reads", code="invalid_file", param=param) from None
+        except (OSError, ValueError, Image.DecompressionBombError) as e:
             raise APIError(400, f"{param} is not a readable image (PNG, JPEG, WebP...): {e}",
                            code="invalid_file", param=param) from None
 

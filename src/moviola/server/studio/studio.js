@@ -8,7 +8,15 @@ const state = { key: localStorage.getItem("moviola.key") || "", polling: new Map
 
 async function api(path, opts = {}) {
   const headers = Object.assign({ Authorization: "Bearer " + state.key }, opts.headers || {});
-  const res = await fetch("/v1" + path, Object.assign({}, opts, { headers }));
+  let res;
+  try {
+    res = await fetch("/v1" + path, Object.assign({}, opts, { headers }));
+  } catch (e) {  // no answer at all (the server is down), or a key the browser cannot send
+    const err = new Error(/ISO-8859-1|Headers/.test(e.message) ? "A key has only plain ASCII characters: check what was pasted."
+      : "The server cannot be reached: is moviola serve running? (retrying where it can)");
+    err.status = 0;
+    throw err;
+  }
   if (!res.ok) {
     let msg = res.status + " " + res.statusText;
     try { msg = (await res.json()).error.message; } catch (e) { /* not JSON */ }
@@ -40,7 +48,12 @@ async function signIn(key) {
   $("#signin-panel").hidden = true;
   $("#studio").hidden = false;
   $("#who").hidden = false;
-  await loadGallery();
+  try {
+    await loadGallery();
+  } catch (e) {  // signed in, but the list did not load: say so where the gallery is, keep the key
+    $("#empty").hidden = false;
+    $("#empty").textContent = "Could not load your videos: " + e.message;
+  }
 }
 
 $("#signin-form").addEventListener("submit", async (ev) => {
@@ -195,12 +208,17 @@ async function loadGallery(after) {
     upsertCard(v, false);
     if (v.status === "queued" || v.status === "in_progress") poll(v.id);
   }
-  if (!after) $("#empty").hidden = list.data.length > 0;
+  if (!after) {
+    $("#empty").textContent = "No videos yet.";
+    $("#empty").hidden = list.data.length > 0;
+  }
   state.galleryAfter = list.has_more ? list.last_id : null;
   $("#gallery-more").hidden = !list.has_more;
 }
 
-$("#gallery-more").addEventListener("click", () => { if (state.galleryAfter) loadGallery(state.galleryAfter); });
+$("#gallery-more").addEventListener("click", () => {
+  if (state.galleryAfter) loadGallery(state.galleryAfter).catch((e) => { window.alert("Could not load older videos: " + e.message); });
+});
 
 function upsertCard(v, prepend) {
   let card = $(`.card[data-id="${v.id}"]`);
@@ -221,8 +239,14 @@ function upsertCard(v, prepend) {
   card.querySelector(".note").textContent = note;
   const [w, h] = v.size.split("x").map(Number);
   card.querySelector(".media").style.aspectRatio = `${w} / ${h}`;
+  const expired = v.status === "completed" && v.moviola && v.moviola.expired;
   if (v.status === "completed" || v.status === "failed") card.classList.add("done");
+  card.classList.toggle("unusable", v.status === "failed" || Boolean(expired));  // nothing to play, remix or extend
   if (v.status === "failed") card.querySelector(".placeholder").textContent = "failed";
+  if (expired) {
+    card.querySelector(".placeholder").textContent = "expired";
+    if (!v.error) card.querySelector(".note").textContent = "Expired: its files were deleted after the server's retention time.";
+  }
   if (v.status === "in_progress") card.querySelector(".placeholder").textContent = `${v.progress}%`;
   if (v.status === "completed" && !card.querySelector("video") && !(v.moviola && v.moviola.expired)) showVideo(card, v.id);
   const fb = v.moviola && v.moviola.feedback;
@@ -262,7 +286,15 @@ function poll(id) {
         state.polling.set(id, setTimeout(tick, wait));
         return;
       }
-    } catch (e) { /* deleted or signed out */ }
+    } catch (e) {
+      const card = $(`.card[data-id="${id}"]`);
+      if (e.status !== 404 && e.status !== 401 && card) {  // the server is down or busy: say so and keep asking
+        card.querySelector(".note").textContent = e.message;
+        state.polling.set(id, setTimeout(tick, 5000));
+        return;
+      }
+      if (card && e.status === 401) card.querySelector(".note").textContent = e.message;
+    }
     state.polling.delete(id);
   };
   state.polling.set(id, setTimeout(tick, 0));
@@ -274,7 +306,8 @@ function wireCard(card) {
   const open = (form) => {
     for (const f of [remixForm, extendForm]) f.hidden = f !== form || !f.hidden;
     if (!form.hidden) {
-      form.prompt.value = card.querySelector(".prompt").textContent;
+      const text = card.querySelector(".prompt").textContent;  // a storyboard's is "0s: a | 2s: b": start from its first card
+      form.prompt.value = /^\d+(\.\d+)?s: /.test(text) ? text.split(" | ")[0].replace(/^\d+(\.\d+)?s: /, "") : text;
       form.prompt.focus();
     }
   };
@@ -304,11 +337,22 @@ function wireCard(card) {
   });
   card.querySelector('[data-act="delete"]').addEventListener("click", async () => {
     if (!window.confirm("Delete this video and its files?")) return;
-    try { await api(`/videos/${id()}`, { method: "DELETE" }); } catch (e) { /* already gone */ }
+    try {
+      await api(`/videos/${id()}`, { method: "DELETE" });
+    } catch (e) {
+      if (e.status !== 404) {  // refused or unreachable: it is still there
+        card.querySelector(".note").textContent = "Not deleted: " + e.message;
+        return;
+      }
+    }
     const url = state.blobs.get(id());
     if (url) URL.revokeObjectURL(url);
     card.remove();
-    $("#empty").hidden = $("#gallery").children.length > 0;
+    if (!$("#gallery").children.length && state.galleryAfter) {  // the page is empty but older videos remain
+      loadGallery(state.galleryAfter).catch((e) => { $("#empty").hidden = false; $("#empty").textContent = e.message; });
+    } else {
+      $("#empty").hidden = $("#gallery").children.length > 0;
+    }
   });
   card.querySelector(".feedback").addEventListener("submit", async (ev) => {
     ev.preventDefault();
@@ -329,7 +373,13 @@ function wireCard(card) {
 }
 
 $("#export").addEventListener("click", async () => {
-  const data = await (await api("/feedback")).json();
+  let data;
+  try {
+    data = await (await api("/feedback")).json();
+  } catch (e) {
+    window.alert("Could not export feedback: " + e.message);
+    return;
+  }
   const url = URL.createObjectURL(new Blob([JSON.stringify(data, null, 1)], { type: "application/json" }));
   const a = Object.assign(document.createElement("a"), { href: url, download: "moviola-feedback.json" });
   document.body.append(a);
@@ -337,4 +387,11 @@ $("#export").addEventListener("click", async () => {
   a.remove();
 });
 
-if (state.key) signIn(state.key).catch(() => { localStorage.removeItem("moviola.key"); state.key = ""; });
+if (state.key) {
+  signIn(state.key).catch((e) => {
+    if (e.status === 401) localStorage.removeItem("moviola.key");  // revoked or wrong: forget it
+    else $("#key").value = state.key;  // the server is down or busy: keep it, one click signs in again
+    state.key = "";
+    $("#signin-error").textContent = e.status === 401 ? "Your saved key is no longer valid: " + e.message : e.message;
+  });
+}
