@@ -216,3 +216,40 @@ def test_studio_says_when_the_server_fails_and_loses_nothing(stack):
             assert page.input_value("#key") == token
         finally:
             browser.close()
+
+
+def test_studio_extends_a_camera_file_of_the_artists_own(stack, tmp_path):
+    """Found by a review: the studio could only remix or extend what it had made itself. A 29.97 fps 2.35:1
+    H.264 clip with B-frames is uploaded and continued, and the card for the new video appears and completes."""
+    sync_api = pytest.importorskip("playwright.sync_api", reason="needs playwright: pip install -e '.[test]'")
+    exe = _chromium()
+    import numpy as np
+
+    from moviola.video_io import write_video
+
+    t = np.arange(30)[:, None, None]
+    y, x = np.mgrid[0:80, 0:188]
+    frames = np.stack([(128 + 100 * np.sin(x[None] / 15 + t / 5)).astype(np.uint8),
+                       np.broadcast_to((y * 3).astype(np.uint8), (30, 80, 188)),
+                       np.broadcast_to(((x + y) % 256).astype(np.uint8), (30, 80, 188))], axis=-1)
+    clip = write_video(tmp_path / "camera.mp4", frames, 30000 / 1001, quality="default")
+    token = stack.key("studio-own")
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=exe, args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 390, "height": 844})
+            page.goto(f"http://127.0.0.1:{stack.port}/")
+            page.fill("#key", token)
+            page.click("#signin")
+            page.wait_for_selector("#studio:not([hidden])")
+            page.set_input_files("#own-video", str(clip))
+            page.fill("#own-prompt", "the colours keep moving")
+            page.select_option("#own-action", "after")
+            page.fill("#own-seconds", "1")
+            page.click("#own-submit")
+            page.wait_for_selector(".card[data-status]", timeout=30_000)
+            assert "extension" in page.inner_text(".card .meta")
+            page.wait_for_selector('.card[data-status="completed"]', timeout=300_000)
+            assert page.inner_text("#own-error") == ""
+        finally:
+            browser.close()

@@ -43,6 +43,7 @@ async function signIn(key) {
   $("#image").disabled = !i2v;
   $("#image-note").hidden = i2v;
   $("#image-note").textContent = i2v ? "" : "This model was not trained with known frames: no image-to-video, extend or continue.";
+  $("#own-form").hidden = !state.abilities.includes("extend");  // edit and extend both need known frames
   if (!$("#board-cards").children.length) { addBoardCard(0, ""); addBoardCard(2, ""); }
   $("#who-name").textContent = m.id + " · key " + key.slice(0, 8) + "…";
   $("#signin-panel").hidden = true;
@@ -86,6 +87,22 @@ $("#create-form").addEventListener("submit", async (ev) => {
   if (img) form.append("input_reference", img, img.name);
   await submit(() => api("/videos", { method: "POST", body: form }), $("#generate"), $("#create-error"));
 });
+
+// A clip of the artist's own: edit it (video to video) or extend it, through the same endpoints as the SDK's.
+$("#own-form").addEventListener("submit", async (ev) => {
+  ev.preventDefault();
+  const file = $("#own-video").files[0], action = $("#own-action").value;
+  const form = new FormData();
+  form.append("prompt", $("#own-prompt").value);
+  form.append("video", file, file.name);
+  if (action !== "edit") {
+    form.append("seconds", String($("#own-seconds").value));
+    if (action === "before") form.append("backward", "true");
+  }
+  const path = action === "edit" ? "/videos/edits" : "/videos/extensions";
+  await submit(() => api(path, { method: "POST", body: form }), $("#own-submit"), $("#own-error"));
+});
+$("#own-action").addEventListener("change", () => { $("#own-seconds").disabled = $("#own-action").value === "edit"; });
 
 // The first frame's preview: what image-to-video will start from (the server crops it to the size).
 $("#image").addEventListener("change", () => {
