@@ -2,6 +2,7 @@
 
 import dataclasses
 import hashlib
+import sys
 import json
 from fractions import Fraction
 from pathlib import Path
@@ -320,3 +321,48 @@ def test_model_card_names_missing_licences_and_every_base(tmp_path):
     assert "licence: not recorded (1), CC-BY (1)" in card and "1 clips have no licence recorded" in card
     assert "consent: yes (1), not recorded (1)" in card
     assert "the base model's own data" in card and "the base's base model's own data" in card and "44000 clips" in card
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signal is Linux's")
+def test_render_workers_die_with_their_parent(tmp_path):
+    """A SIGKILLed trainer had left its render / data workers blocked forever (found by a review)."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    code = f"""
+import os, time, sys
+from moviola.data.parallel import ordered_map
+def work(i):
+    open(os.path.join({str(tmp_path)!r}, f"w{{os.getpid()}}"), "w").close()
+    time.sleep(120)
+for _ in ordered_map(work, range(4), 2):
+    pass
+"""
+    parent = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        deadline = time.time() + 60
+        while len(list(tmp_path.glob("w*"))) < 2 and time.time() < deadline:
+            time.sleep(0.1)
+        workers = [int(p.name[1:]) for p in tmp_path.glob("w*")]
+        assert len(workers) == 2
+    finally:
+        parent.send_signal(signal.SIGKILL)
+        parent.wait()
+
+    def alive(pid):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        try:
+            with open(f"/proc/{pid}/stat") as f:  # a zombie waiting for init to reap it counts as gone
+                return f.read().split(")")[-1].split()[0] != "Z"
+        except FileNotFoundError:
+            return False
+
+    deadline = time.time() + 10
+    while any(alive(p) for p in workers) and time.time() < deadline:
+        time.sleep(0.1)
+    assert not any(alive(p) for p in workers)

@@ -204,3 +204,23 @@ def test_the_discriminator_warms_up_alone_then_the_adversarial_term_joins_and_re
     a, b = losses(straight), losses(cut)
     assert len(a) == len(b) == 6
     assert torch.allclose(torch.tensor(a), torch.tensor(b), rtol=1e-5, atol=1e-6)
+
+
+def test_a_run_killed_before_its_first_checkpoint_starts_over_cleanly(tmp_path):
+    """Found by a review: the log kept the killed process's rows (steps twice, out of order), a torn last line
+    (a full disk) broke every later run, and a checkpoint's temp file stayed behind forever."""
+    import pytest
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "log.jsonl").write_text("".join(json.dumps({"step": s, "loss": 9.0}) + "\n" for s in (1, 2, 3))
+                                   + '{"time": 2.9, "step": 4, "loss": ')  # killed mid-write, no checkpoint yet
+    (out / ".ckpt.tmp-0badc0de.pt").write_bytes(b"half a checkpoint")
+    train_vae(load_config(TrainVAEConfig, None, TINY + ["optim.steps=2", "log_every=1", f"out='{out}'"]))
+    rows = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]  # every line parses
+    steps = [r["step"] for r in rows if "loss" in r]
+    assert steps == sorted(set(steps)) and 9.0 not in [r["loss"] for r in rows]
+    assert not list(out.glob(".*.tmp-*"))
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(ValueError, match="the run folder .--out. is a file"):
+        train_vae(load_config(TrainVAEConfig, None, TINY + ["optim.steps=1", f"out='{tmp_path / 'afile'}'"]))

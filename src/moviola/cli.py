@@ -913,6 +913,10 @@ def main(argv: list[str] | None = None) -> int:
     except (VideoError, PromptError, SpecError, ConfigError, FileNotFoundError, ValueError) as e:
         print(f"moviola: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # the machine said no (permissions, a full disk, a read-only place): one line, which file
+        where = f"{e.filename}: " if getattr(e, "filename", None) else ""
+        print(f"moviola: error: {where}{e.strerror or e}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("moviola: interrupted", file=sys.stderr)
         return 130

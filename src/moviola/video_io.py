@@ -122,8 +122,24 @@ def atomic_path(path: PathLike, *, fsync: bool = False) -> Iterator[Path]:
                 os.fsync(f.fileno())
         os.replace(tmp, target)
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # a read-only folder: the error worth reporting is the one above
+            tmp.unlink(missing_ok=True)
         raise
+
+
+def ensure_dir(path: PathLike, what: str = "output folder") -> Path:
+    """Make ``path`` a folder this process can write in, or a ValueError saying why not (a file in the way, a
+    read-only place) before any work is spent on what would go there."""
+    p = Path(path)
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise ValueError(f"{p}: the {what} is a file, not a folder") from None
+    except OSError as e:
+        raise ValueError(f"{p}: cannot make the {what} ({_reason(e)})") from None
+    if not os.access(p, os.W_OK | os.X_OK):
+        raise ValueError(f"{p}: the {what} is not writable")
+    return p
 
 
 def atomic_write_bytes(path: PathLike, data: bytes, *, fsync: bool = False) -> Path:

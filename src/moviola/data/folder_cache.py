@@ -41,7 +41,7 @@ from moviola.data.buckets import assign_bucket, check_buckets, default_footage_b
 from moviola.data.folder import Problem, check_folder, file_sha256, load_clip
 from moviola.data.latent_cache import Bucket, build_text, load_text
 from moviola.data.shots import SCORE_VERSION, ShotConfig, VideoScan, scan_video, shots
-from moviola.video_io import VideoError, atomic_path, atomic_write_bytes
+from moviola.video_io import VideoError, atomic_path, atomic_write_bytes, ensure_dir
 
 FORMAT = "moviola-folder-cache"
 VERSION = 1
@@ -216,8 +216,7 @@ def build_folder_cache(root: str | Path, out: str | Path, vae, text_encoder, cfg
     from safetensors.torch import save_file
 
     cfg = cfg or FolderCacheConfig()
-    root, out = Path(root), Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    root, out = Path(root), ensure_dir(out, "cache folder (--out)")
     (out / "meta.json").unlink(missing_ok=True)  # the cache is incomplete until meta.json is back
     for tmp in out.rglob(".*.tmp-*"):  # left by a run killed mid-write
         tmp.unlink(missing_ok=True)

@@ -6,13 +6,30 @@ of in the caller changes when a batch is made, never what it holds: training and
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
+import os
+import sys
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor
 from itertools import islice
 from typing import Callable, Iterable, Iterator
 
 import torch
+
+
+def _init_worker(parent: int) -> None:
+    """One torch thread, and on Linux the kernel's promise to end this worker when its parent dies (a
+    SIGKILLed trainer had left its workers blocked forever, adopted by init)."""
+    torch.set_num_threads(1)
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the parent died before the promise was made
+            os._exit(1)
 
 
 def ordered_map(fn: Callable, items: Iterable, workers: int, ahead: int = 2) -> Iterator:
@@ -23,8 +40,8 @@ def ordered_map(fn: Callable, items: Iterable, workers: int, ahead: int = 2) -> 
     if workers <= 1 or "fork" not in mp.get_all_start_methods():
         yield from map(fn, items)
         return
-    with ProcessPoolExecutor(workers, mp_context=mp.get_context("fork"), initializer=torch.set_num_threads,
-                             initargs=(1,)) as pool:
+    with ProcessPoolExecutor(workers, mp_context=mp.get_context("fork"), initializer=_init_worker,
+                             initargs=(os.getpid(),)) as pool:
         todo = iter(items)
         waiting = deque(pool.submit(fn, item) for item in islice(todo, ahead * workers))
         while waiting:

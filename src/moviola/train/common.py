@@ -8,6 +8,7 @@ a pure function of the step, see ``moviola.data.clips``).
 from __future__ import annotations
 
 import copy
+import contextlib
 import json
 import math
 import time
@@ -119,8 +120,32 @@ def save_checkpoint(path: Path, *, model: nn.Module, ema: EMA, optimizer: torch.
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
         "extra": extra or {},
     }
-    with atomic_path(path, fsync=True) as tmp:
-        torch.save(state, tmp)
+    write_checkpoint(path, state)
+
+
+def write_checkpoint(path: Path, state: dict) -> None:
+    """``torch.save`` through a temp file renamed into place (the previous checkpoint survives any failure);
+    a failure to write (a full disk shows up as torch's 'unexpected pos') is a ValueError saying so."""
+    import shutil
+
+    try:
+        with atomic_path(path, fsync=True) as tmp:
+            torch.save(state, tmp)
+    except (OSError, RuntimeError) as e:
+        free = shutil.disk_usage(path.parent).free / 2**20 if path.parent.exists() else 0.0
+        raise ValueError(f"{path}: could not write the checkpoint ({str(e).splitlines()[0]}); {free:.0f} MB free "
+                         "there (the previous checkpoint, if any, is intact)") from None
+
+
+def remove_stale_temps(folder: Path) -> int:
+    """Delete the temp files (``.NAME.tmp-XXXX.ext``, see ``atomic_path``) an earlier process of this run left
+    when it was killed mid-write. Returns how many. Only for a folder one process writes."""
+    n = 0
+    for t in Path(folder).glob(".*.tmp-*"):
+        with contextlib.suppress(OSError):
+            t.unlink()
+            n += 1
+    return n
 
 
 def read_checkpoint(path: Path) -> dict:
@@ -173,9 +198,17 @@ class JsonlLog:
             f.write(json.dumps(row) + "\n")
 
     def truncate_after(self, step: int) -> None:
-        """Drop lines past ``step`` (a resumed run rewrites them)."""
+        """Drop lines past ``step`` (a resumed run rewrites them; 0 when it starts over) and any line a crash
+        or a full disk left half-written, so the log stays one JSON object a line."""
         if not self.path.exists():
             return
-        keep = [ln for ln in self.path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= step]
+        keep = []
+        for ln in self.path.read_text(errors="replace").splitlines():
+            try:
+                row = json.loads(ln)
+            except json.JSONDecodeError:
+                continue  # torn
+            if isinstance(row, dict) and row.get("step", 0) <= step:
+                keep.append(ln)
         with atomic_path(self.path) as tmp:
             tmp.write_text("".join(ln + "\n" for ln in keep))

@@ -53,8 +53,8 @@ from moviola.models.text import load_text_encoder
 from moviola.models.vae import CausalVAE
 from moviola.train import distributed as D
 from moviola.train.common import (EMA, JsonlLog, OptimConfig, autocast, lr_at, make_optimizer, read_checkpoint,
-                                  restore_module)
-from moviola.video_io import atomic_path
+                                  remove_stale_temps, restore_module, write_checkpoint)
+from moviola.video_io import atomic_path, ensure_dir
 
 
 @dataclass
@@ -402,16 +402,17 @@ def _build_model(cfg: TrainDiTConfig, base_dir: Path | None, device: torch.devic
     return model
 
 
-def _save_checkpoint(path: Path, model, ema: EMA, opt, step: int, cfg: TrainDiTConfig, world: D.World) -> None:
-    """Full (unsharded) tensors, the same layout for any world size; rank 0 writes, atomically."""
+def _save_checkpoint(path: Path, model, ema: EMA, opt, step: int, cfg: TrainDiTConfig, world: D.World,
+                     train_seconds: float = 0.0) -> None:
+    """Full (unsharded) tensors, the same layout for any world size; rank 0 writes, atomically.
+    ``train_seconds``: wall time of the run so far, every process that worked on it together."""
     state = {"model": D.full_state_dict(model), "ema": D.full_state_dict(ema.model),
              "optimizer": D.full_optimizer_state(opt), "step": step, "config": to_dict(cfg),
              "rng": {"torch": torch.get_rng_state(),
                      "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
-             "extra": {"world_size": world.size, "parallel": world.parallel}}
+             "extra": {"world_size": world.size, "parallel": world.parallel, "train_seconds": train_seconds}}
     if world.main:
-        with atomic_path(path, fsync=True) as tmp:
-            torch.save(state, tmp)
+        write_checkpoint(path, state)
     D.barrier(world)
 
 
@@ -482,7 +483,7 @@ def train_dit(cfg: TrainDiTConfig, *, on_step=None, on_cache=None) -> Path:
     try:
         base_dir = init_dir(cfg)
         if world.main:
-            out.mkdir(parents=True, exist_ok=True)
+            ensure_dir(out, "run folder (--out)")
             save_config(cfg, out / "config.json")
         log = _Scalars(out, cfg, world.main)  # first: a missing optional logger fails before any work
         vae_dir = _resolve_vae_dir(cfg)
@@ -537,9 +538,10 @@ def train_dit(cfg: TrainDiTConfig, *, on_step=None, on_cache=None) -> Path:
             return m
 
         ckpt = out / "ckpt.pt"
-        step, state = 0, None
+        step, state, prior_seconds = 0, None, 0.0
         if ckpt.exists():
             state = read_checkpoint(ckpt)
+            prior_seconds = float(state.get("extra", {}).get("train_seconds", 0.0))  # earlier processes' time
             restore_module(model, state, ckpt, "model")
             step = state["step"]
         model.to(device)
@@ -553,8 +555,9 @@ def train_dit(cfg: TrainDiTConfig, *, on_step=None, on_cache=None) -> Path:
             D.load_optimizer_state(opt, state["optimizer"])
             torch.set_rng_state(state["rng"]["torch"])
             del state
-        if world.main and step:
+        if world.main:  # a run killed before its first checkpoint starts over at 0: its rows go too
             log.jsonl.truncate_after(step)
+            remove_stale_temps(out)
 
         t_last, n_tok, t_prev = time.time(), 0, time.time()
         end = min(cfg.optim.steps, cfg.stop_after or cfg.optim.steps)
@@ -631,15 +634,16 @@ def train_dit(cfg: TrainDiTConfig, *, on_step=None, on_cache=None) -> Path:
                     if want_samples:
                         write_samples(pipe, cfg.sample_prompts, out / "samples", step, cfg.sample_steps, cfg.guidance)
             if step % cfg.ckpt_every == 0 or step == cfg.optim.steps:
-                _save_checkpoint(ckpt, trained, ema, opt, step, cfg, world)
+                _save_checkpoint(ckpt, trained, ema, opt, step, cfg, world, prior_seconds + time.time() - t_start)
             if on_step and world.main:
                 on_step(step, cfg.optim.steps, metrics)
-        _save_checkpoint(ckpt, trained, ema, opt, step, cfg, world)
+        _save_checkpoint(ckpt, trained, ema, opt, step, cfg, world, prior_seconds + time.time() - t_start)
         log.close()
         dit = _plain_ema(ema, world, template)
         result = out / ("lora" if lora and not cfg.lora.merge else "model")
         if world.main:
-            _save_result(cfg, result, dit, vae, text, pcfg, base_dir, vae_dir, step, t_start, cache, provenance)
+            _save_result(cfg, result, dit, vae, text, pcfg, base_dir, vae_dir, step, t_start - prior_seconds, cache,
+                         provenance)
         D.barrier(world)
         return result
     finally:

@@ -37,7 +37,8 @@ from moviola.data.parallel import ordered_map
 from moviola.layout import part_weights
 from moviola.models.vae import CausalVAE, VAEConfig
 from moviola.train.common import (EMA, JsonlLog, OptimConfig, autocast, load_checkpoint, lr_at, make_optimizer,
-                                  pick_device, read_checkpoint, save_checkpoint)
+                                  pick_device, read_checkpoint, remove_stale_temps, save_checkpoint)
+from moviola.video_io import ensure_dir
 
 
 @dataclass
@@ -281,8 +282,7 @@ def train_vae(cfg: TrainVAEConfig, *, on_step=None) -> Path:
     device = pick_device(cfg.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # 3D convolutions: a few shapes (one per bucket), measured once
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = ensure_dir(cfg.out, "run folder (--out)")
     save_config(cfg, out / "config.json")
     torch.manual_seed(cfg.data.seed)
     model = CausalVAE(cfg.model)
@@ -309,7 +309,8 @@ def train_vae(cfg: TrainVAEConfig, *, on_step=None) -> Path:
         if disc is not None and "disc" in state["extra"]:
             disc.load_state_dict(state["extra"]["disc"])
             disc_opt.load_state_dict(state["extra"]["disc_opt"])
-        log.truncate_after(step)
+    log.truncate_after(step)  # a run killed before its first checkpoint starts over at 0: its rows go too
+    remove_stale_temps(out)
     batches = ClipBatches(cfg.data, cfg.optim.batch_size)
     dec_batches = (ClipBatches(dataclasses.replace(cfg.data, frames=cfg.decoder.frames), cfg.optim.batch_size)
                    if cfg.decoder.frames else batches)
