@@ -238,10 +238,16 @@ def main() -> None:
     build_cache(first, cache, args.workers, torch.device(args.device))
     end = time.time() + 60 * args.minutes
     procs, runs = [], []
+    from moviola.train.dit import _resolve_vae_dir, world_cache_identity
+
+    shared = world_cache_identity(first, _resolve_vae_dir(first), first.text_encoder)
+    for config in args.configs:  # checked before any run starts: the runs share one cache
+        cfg = _load(config)
+        if world_cache_identity(cfg, _resolve_vae_dir(cfg), cfg.text_encoder) != shared:
+            raise SystemExit(f"{config}: its cache would differ from {args.configs[0]}'s (data section, VAE, text "
+                             "encoder or extra colours): the runs share one cache, so run it separately")
     for config in args.configs:
         cfg = _load(config)
-        if cfg.data != first.data:
-            raise SystemExit(f"{config}: its data section differs from {args.configs[0]}'s (the runs share one cache)")
         out = Path(cfg.out)
         out.mkdir(parents=True, exist_ok=True)
         if not (out / "cache").exists():

@@ -292,17 +292,17 @@ def test_world_cache_made_from_anything_else_is_rebuilt(vae, tmp_path):
     model, _ = vae
     cfg = WorldCacheConfig(n_clips=2, buckets=[(32, 32, 1.0, 1.0)], holdout="")
     ident = cache_identity(cfg, vae="a" * 64, text_encoder="minilm")
-    assert not build_world_cache(tmp_path, cfg, model, StubText(), identity=ident)  # nothing there to replace
+    assert build_world_cache(tmp_path, cfg, model, StubText(), identity=ident) is None  # nothing there to replace
     part = tmp_path / "bucket_32x32x9" / "part_0000.safetensors"
     stamp = part.stat().st_mtime_ns
-    assert not build_world_cache(tmp_path, cfg, model, StubText(), identity=ident)
+    assert build_world_cache(tmp_path, cfg, model, StubText(), identity=ident) is None
     assert part.stat().st_mtime_ns == stamp  # the same identity: reused
     assert cache_identity(dataclasses.replace(cfg, render_workers=4), vae="a" * 64, text_encoder="minilm") == ident
     for other in (cache_identity(cfg, vae="b" * 64, text_encoder="minilm"),
                   cache_identity(cfg, vae="a" * 64, text_encoder="/models/t5"),
                   cache_identity(dataclasses.replace(cfg, seed=1), vae="a" * 64, text_encoder="minilm"),
                   cache_identity(cfg, vae="a" * 64, text_encoder="minilm", extra_colors=["pink"])):
-        assert build_world_cache(tmp_path, cfg, model, StubText(), identity=other)
+        assert build_world_cache(tmp_path, cfg, model, StubText(), identity=other) == "different"
         assert part.stat().st_mtime_ns != stamp
         stamp = part.stat().st_mtime_ns
     assert json.loads((tmp_path / "identity.json").read_text()) == other
@@ -366,3 +366,23 @@ for _ in ordered_map(work, range(4), 2):
     while any(alive(p) for p in workers) and time.time() < deadline:
         time.sleep(0.1)
     assert not any(alive(p) for p in workers)
+
+
+def test_a_shared_cache_is_never_removed_through_its_link(vae, tmp_path):
+    """scripts/train_gpu.py links one cache into several run folders: a run with other settings must not delete
+    it under the others (found by reviewing the day's change)."""
+    from moviola.data.latent_cache import cache_identity
+
+    model, _ = vae
+    cfg = WorldCacheConfig(n_clips=2, buckets=[(32, 32, 1.0, 1.0)], holdout="")
+    shared = tmp_path / "shared"
+    assert build_world_cache(shared, cfg, model, StubText(), identity=cache_identity(cfg, vae="a", text_encoder="m")) is None
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "cache").symlink_to(shared, target_is_directory=True)
+    with pytest.raises(ValueError, match="links to a shared cache made from other settings"):
+        build_world_cache(tmp_path / "run" / "cache", cfg, model, StubText(),
+                          identity=cache_identity(cfg, vae="b", text_encoder="m"))
+    assert (shared / "bucket_32x32x9" / "part_0000.safetensors").exists()
+    (shared / "identity.json").unlink()  # a cache from before identities: rebuilt, and said why
+    assert build_world_cache(shared, cfg, model, StubText(), identity=cache_identity(cfg, vae="a", text_encoder="m")) \
+        == "unrecorded"

@@ -621,3 +621,28 @@ def test_a_window_of_mpeg_ts_footage_starts_where_asked(tmp_path):
     got = video_io.read_video_fitted(path, 64, 48, 10, start=1.0, num_frames=6)  # 1.0 to 1.5 s: before the cut
     for k in range(6):
         assert mean_abs_diff(got[k], whole[30 + 3 * k]) < 3, k
+
+
+def test_fitted_windows_of_gifs_and_long_frame_gaps(tmp_path):
+    """Found by reviewing the day's change: GIF timestamps are hundredths (0.13 s for 0.125 s), and a clip read at
+    8 fps from one held every other frame; a variable-frame-rate gap longer than two frames lost the frame on
+    screen at the window's start."""
+    clip = np.zeros((17, 16, 32, 3), np.uint8)
+    for k in range(17):
+        clip[k, :, k:k + 2] = 255  # frame k: a white bar at column k
+    gif = write_video(tmp_path / "c.gif", clip, 8)
+    got = video_io.read_video_fitted(gif, 32, 16, 8, start=0, num_frames=9)
+    assert [int(np.argmax(g[8, :, 0] > 128)) for g in got] == list(range(9))
+    times = [0.0, 0.1, 0.2, 0.6, 1.0, 1.1]  # a 0.4 s gap: the frame at 0.2 s is on screen from 0.2 to 0.6
+    path = tmp_path / "gap.mkv"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=10, options={"crf": "0"})
+        stream.width, stream.height, stream.pix_fmt = 16, 16, "yuv444p"
+        stream.codec_context.time_base = stream.time_base = Fraction(1, 1000)
+        for i, t in enumerate(times):
+            frame = av.VideoFrame.from_ndarray(np.full((16, 16, 3), 40 * i, np.uint8), format="rgb24")
+            frame.pts, frame.time_base = round(t * 1000), Fraction(1, 1000)
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    got = video_io.read_video_fitted(path, 16, 16, 10, start=0.45, num_frames=3)  # 0.45, 0.55, 0.65
+    np.testing.assert_allclose(got[:, 8, 8, 0] / 40, [2, 2, 3], atol=0.1)

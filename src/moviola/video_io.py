@@ -574,10 +574,10 @@ def read_video_fitted(path: PathLike, width: int, height: int, fps: float, *, st
                 window = min(expected, end if end is not None else expected) - start
                 if window > max_seconds + 0.5:
                     raise VideoError(p, f"video is {window:.2f} s long; {too_long}")
-            # With num_frames, frame 0 is the one on screen at `start`, which may begin up to a frame before it.
-            lookback = 2.0 / (src_fps or DEFAULT_FPS) if num_frames is not None else 0.0
-            frames, times = _decode_frames(p, container, stream, src_fps, max(0.0, start - lookback), end, None,
-                                           transform=fit)
+            tol = 0.5 * float(stream.time_base or 0) + 1e-6  # timestamps rounded to the time base (GIF: 1/100 s)
+            # With num_frames, frame 0 is the one on screen at `start`, which may have begun before it.
+            frames, times = _decode_frames(p, container, stream, src_fps, start, end, None, transform=fit,
+                                           on_screen_at_start=num_frames is not None)
     except VideoError:
         raise
     except (av.FFmpegError, OSError) as e:
@@ -596,7 +596,7 @@ def read_video_fitted(path: PathLike, width: int, height: int, fps: float, *, st
                                 f"{n} frames at {fps:g} fps need {n / fps:.2f} s")
     else:
         t0, n = times[0], max(1, round(span * fps))
-    idx = np.searchsorted(np.asarray(times) - t0, (np.arange(n) + phase) / fps + 1e-6, side="right") - 1
+    idx = np.searchsorted(np.asarray(times) - t0, (np.arange(n) + phase) / fps + tol, side="right") - 1
     return frames[np.clip(idx, 0, len(frames) - 1)]
 
 
@@ -822,16 +822,17 @@ def _frames_from(container: Any, stream: Any, start: float, step: float) -> Iter
 
 def _decode_frames(path: Path, container: Any, stream: Any, fps: float | None, start: float,
                    end: float | None, max_frames: int | None,
-                   transform: Callable[[np.ndarray], np.ndarray] | None = None) -> tuple[np.ndarray, list[float]]:
-    """Decode frames in presentation order whose timestamps fall in [start, end).
+                   transform: Callable[[np.ndarray], np.ndarray] | None = None,
+                   on_screen_at_start: bool = False) -> tuple[np.ndarray, list[float]]:
+    """Decode frames in presentation order whose timestamps fall in [start, end); with ``on_screen_at_start``
+    the frame on screen at ``start`` leads them when none falls on it (the last one before it, however long
+    before: variable-frame-rate files have gaps of several frames).
 
     Returns (T, H, W, 3) uint8 and their timestamps in seconds from the stream start. Display
     rotation (phone videos) is applied in multiples of 90 degrees, and non-square pixels (anamorphic
     DV/HDV footage) are scaled to the display aspect ratio, so a circle stays round.
     """
     stream.thread_type = "AUTO"
-    tb = stream.time_base
-    origin = stream.start_time or 0  # stream.time_base units
     step = 1.0 / (fps or DEFAULT_FPS)
     # Timestamps in ms (matroska) or cs (gif) are rounded: a frame within eps of a bound counts as on it. A few
     # milliseconds, at most a quarter frame (a quarter frame at 8 fps had dropped the frame at 1.0 s from [0, 1.02)).
@@ -841,26 +842,39 @@ def _decode_frames(path: Path, container: Any, stream: Any, fps: float | None, s
     decoded = 0
     size: tuple[int, int] | None = None
     turns = 0
+
+    def take(t: float, frame: Any) -> None:
+        nonlocal size, turns
+        if size is None:
+            size = _display_size(stream, frame.width, frame.height)
+            turns = round((getattr(frame, "rotation", 0) or 0) / 90) % 4
+        if (frame.width, frame.height) == size:
+            rgb = frame.to_ndarray(format="rgb24")
+        else:  # non-square pixels, or the resolution changed mid-stream: one display shape for the clip
+            rgb = frame.to_ndarray(format="rgb24", width=size[0], height=size[1])
+        rgb = np.rot90(rgb, turns) if turns else rgb
+        frames.append(transform(np.ascontiguousarray(rgb)) if transform is not None else rgb)
+        times.append(t)
+
+    held = None  # on_screen_at_start: the last frame before start, until the next one shows whether it leads
     try:
         for t, frame in _frames_from(container, stream, start, step):
             decoded += 1
             if t < start - eps:
+                if on_screen_at_start:
+                    held = (t, frame)
                 continue
-            if end is not None and t >= end - eps:
+            if held is not None:
+                if t > start + eps:  # nothing on start itself: the frame before it is what shows there
+                    take(*held)
+                held = None
+            if (end is not None and t >= end - eps) or (max_frames is not None and len(frames) >= max_frames):
                 break
-            if size is None:
-                native = (frame.width, frame.height)
-                size = _display_size(stream, *native)
-                turns = round((getattr(frame, "rotation", 0) or 0) / 90) % 4
-            if (frame.width, frame.height) == size:
-                rgb = frame.to_ndarray(format="rgb24")
-            else:  # non-square pixels, or the resolution changed mid-stream: one display shape for the clip
-                rgb = frame.to_ndarray(format="rgb24", width=size[0], height=size[1])
-            rgb = np.rot90(rgb, turns) if turns else rgb
-            frames.append(transform(np.ascontiguousarray(rgb)) if transform is not None else rgb)
-            times.append(t)
+            take(t, frame)
             if max_frames is not None and len(frames) >= max_frames:
                 break
+        if held is not None:  # every frame decoded was before start: the last of them is on screen there
+            take(*held)
     except (av.FFmpegError, OSError) as e:
         raise VideoError(path, f"truncated or corrupt video (decoding failed after {decoded} frames: "
                                f"{_reason(e)})") from None

@@ -172,31 +172,36 @@ def cache_identity(cfg: WorldCacheConfig, *, vae: str, text_encoder: str, extra_
                                   "data": data}))  # tuples as lists, as the file stores them
 
 
-def _claim_cache(out: Path, identity: dict | None) -> bool:
+def _claim_cache(out: Path, identity: dict | None) -> str | None:
     """Make ``out`` hold a cache of ``identity``: a cache of anything else (another VAE, other data, or one
     from before caches recorded what made them) is removed, since its latents or captions would be silently
-    wrong for this run. Returns True if it was. ``identity=None``: keep whatever is there (callers that
-    manage the folder themselves)."""
+    wrong for this run. Returns why it was ("different" / "unrecorded"), None if nothing was. A cache
+    reached through a link is shared with other runs (scripts/train_gpu.py): it is never removed, a
+    mismatch is an error. ``identity=None``: keep whatever is there (callers that manage the folder)."""
     if identity is None:
-        return False
+        return None
     path = out / "identity.json"
     old = json.loads(path.read_text()) if path.is_file() else None
     if old == identity:
-        return False
+        return None
     stale = [*out.glob("bucket_*"), *out.glob("text.*")]
+    if stale and out.is_symlink():
+        raise ValueError(f"{out} links to a shared cache made from other settings (VAE, text encoder or data) "
+                         "than this run's: give this run a cache of its own")
     for p in stale:
         shutil.rmtree(p) if p.is_dir() else p.unlink()
     atomic_write_bytes(path, json.dumps(identity, indent=1).encode())
-    return bool(stale)
+    return ("unrecorded" if old is None else "different") if stale else None
 
 
 def build_world_cache(out: Path, cfg: WorldCacheConfig, vae, text_encoder, *,
                       on_progress: Callable[[int, int], None] | None = None, batch: int = 16,
-                      identity: dict | None = None) -> bool:
+                      identity: dict | None = None) -> str | None:
     """Render, encode and store ``cfg.n_clips`` clips across the buckets; skips parts already written.
 
     ``identity`` (``cache_identity``): what the cache must have been made from; a cache in ``out`` made from
-    anything else is rebuilt. Returns True if an existing cache was thrown away for that.
+    anything else is rebuilt. Returns why an existing cache was thrown away ("different", "unrecorded"), else
+    None.
     """
     from safetensors.torch import save_file
 

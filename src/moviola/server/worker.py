@@ -225,7 +225,8 @@ class Worker:
             h = hashlib.sha256()
             for f in sorted(self.model.directory.rglob("*.safetensors")):
                 h.update(f.relative_to(self.model.directory).as_posix().encode() + b"\0")
-                h.update(hashlib.sha256(f.read_bytes()).digest())
+                with open(f, "rb") as fh:  # in chunks: a large model's weights never sit in memory twice
+                    h.update(hashlib.file_digest(fh, "sha256").digest())
             self._weights_digest = h.hexdigest()
         return self._weights_digest
 

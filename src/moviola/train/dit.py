@@ -379,9 +379,11 @@ def _open_cache(cfg: TrainDiTConfig, vae, vae_dir: Path, text, out: Path, world:
         # The run folder's cache is this run's: one made with another VAE, text encoder or data is rebuilt.
         identity = world_cache_identity(cfg, vae_dir, text.name)
         with extra_colors(*cfg.extra_colors):
-            if build_world_cache(cache_dir, cfg.data, vae, text, on_progress=on_cache, identity=identity):
-                print(f"moviola: {cache_dir} held latents of another VAE, text encoder or data; rebuilt it",
-                      file=sys.stderr, flush=True)
+            why = build_world_cache(cache_dir, cfg.data, vae, text, on_progress=on_cache, identity=identity)
+        if why:
+            print(f"moviola: rebuilt {cache_dir}: " + ("it held latents of another VAE, text encoder or data"
+                  if why == "different" else "it was made before caches recorded what made them"),
+                  file=sys.stderr, flush=True)
     D.barrier(world)
     return LatentCache(cache_dir, buckets_of(cfg.data))
 
