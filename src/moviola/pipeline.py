@@ -26,7 +26,6 @@ downloaded. Generation uses only the learned parts: the world's renderer is neve
 from __future__ import annotations
 
 import copy
-import dataclasses
 import json
 import math
 import typing

@@ -22,6 +22,10 @@ import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import numpy as np
 
 # Camera and broadcast containers too: AVCHD (.mts/.m2ts), MPEG-2 (.mpg/.mpeg/.vob/.ts), phones (.3gp), DV.
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".mov", ".mkv", ".gif", ".avi", ".m4v", ".mts", ".m2ts", ".ts", ".mpg",
