@@ -40,6 +40,28 @@ def _chromium() -> str:
     return path
 
 
+def _failed_video(db, key: dict, prompt: str, seed: int) -> str:
+    """A failed job of ``key``'s: listed like any other video, with no worker or files needed."""
+    from moviola.server import jobs
+
+    vid = jobs.new_video_id()
+    jobs.insert_job(db, key, video_id=vid, kind="create", prompt=prompt, model="moviola-default",
+                    seconds="1", size="64x64", params={"seed": seed}, cost_seconds=0.0)
+    db.execute("UPDATE jobs SET status = 'failed', error_code = 'test', error_message = 'made by a test' "
+               "WHERE id = ?", (vid,))
+    return vid
+
+
+def _signed_in(browser, stack, token: str):
+    """A phone-sized page of the studio, signed in with ``token``."""
+    page = browser.new_page(viewport={"width": 390, "height": 844})
+    page.goto(f"http://127.0.0.1:{stack.port}/")
+    page.fill("#key", token)
+    page.click("#signin")
+    page.wait_for_selector("#studio:not([hidden])")
+    return page
+
+
 def test_studio_makes_a_video_and_plays_it(stack, tmp_path):
     sync_api = pytest.importorskip("playwright.sync_api", reason="needs playwright: pip install -e '.[test]'")
     exe = _chromium()
@@ -143,27 +165,16 @@ def test_studio_gallery_pages_through_older_videos(stack):
     """The gallery shows the newest page and follows the list's cursor for older videos."""
     sync_api = pytest.importorskip("playwright.sync_api", reason="needs playwright: pip install -e '.[test]'")
     exe = _chromium()
-    from moviola.server import jobs, keys
+    from moviola.server import keys
 
     token = stack.key("studio-pages")
     db = stack.database()
     key = keys.lookup(db, token)
-    made = []
-    for i in range(26):  # failed jobs: listed like any other, no worker or files needed
-        vid = jobs.new_video_id()
-        jobs.insert_job(db, key, video_id=vid, kind="create", prompt=f"clip {i}", model="moviola-default",
-                        seconds="1", size="64x64", params={"seed": i}, cost_seconds=0.0)
-        db.execute("UPDATE jobs SET status = 'failed', error_code = 'test', error_message = 'made by a test' "
-                   "WHERE id = ?", (vid,))
-        made.append(vid)
+    made = [_failed_video(db, key, f"clip {i}", i) for i in range(26)]
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=exe, args=["--no-sandbox"])
         try:
-            page = browser.new_page(viewport={"width": 390, "height": 844})
-            page.goto(f"http://127.0.0.1:{stack.port}/")
-            page.fill("#key", token)
-            page.click("#signin")
-            page.wait_for_selector("#studio:not([hidden])")
+            page = _signed_in(browser, stack, token)
             page.wait_for_function("document.querySelectorAll('#gallery .card').length === 24")
             assert page.is_visible("#gallery-more")
             assert page.get_attribute("#gallery .card:first-child", "data-id") == made[-1]  # newest first
@@ -180,24 +191,17 @@ def test_studio_says_when_the_server_fails_and_loses_nothing(stack):
     key, and a failed card offered Remix and Download. Server failures are simulated by routing requests."""
     sync_api = pytest.importorskip("playwright.sync_api", reason="needs playwright: pip install -e '.[test]'")
     exe = _chromium()
-    from moviola.server import jobs, keys
+    from moviola.server import keys
 
     token = stack.key("studio-outage")
     db = stack.database()
-    vid = jobs.new_video_id()
-    jobs.insert_job(db, keys.lookup(db, token), video_id=vid, kind="create", prompt="a failed clip",
-                    model="moviola-default", seconds="1", size="64x64", params={"seed": 1}, cost_seconds=0.0)
-    db.execute("UPDATE jobs SET status = 'failed', error_code = 'test', error_message = 'made by a test' "
-               "WHERE id = ?", (vid,))
+    vid = _failed_video(db, keys.lookup(db, token), "a failed clip", 1)
     busy = lambda route: route.fulfill(status=503, content_type="application/json",  # noqa: E731
                                        body='{"error": {"message": "database unavailable", "type": "server_error"}}')
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=exe, args=["--no-sandbox"])
         try:
-            page = browser.new_page(viewport={"width": 390, "height": 844})
-            page.goto(f"http://127.0.0.1:{stack.port}/")
-            page.fill("#key", token)
-            page.click("#signin")
+            page = _signed_in(browser, stack, token)
             page.wait_for_selector(f'.card[data-id="{vid}"]')
             card = f'.card[data-id="{vid}"]'
             assert not page.is_visible(f'{card} [data-act="remix"]') and not page.is_visible(f"{card} a.download")
@@ -237,11 +241,7 @@ def test_studio_extends_a_camera_file_of_the_artists_own(stack, tmp_path):
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=exe, args=["--no-sandbox"])
         try:
-            page = browser.new_page(viewport={"width": 390, "height": 844})
-            page.goto(f"http://127.0.0.1:{stack.port}/")
-            page.fill("#key", token)
-            page.click("#signin")
-            page.wait_for_selector("#studio:not([hidden])")
+            page = _signed_in(browser, stack, token)
             page.set_input_files("#own-video", str(clip))
             page.fill("#own-prompt", "the colours keep moving")
             page.select_option("#own-action", "after")

@@ -172,9 +172,6 @@ def _provenance(args, pipe, prompt: str, **extra) -> dict:
             "creation_time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
 
-MIN_INPUT_SIDE = 8  # pixels: the smallest image or video side worth scaling up to condition on (as the pipeline's)
-
-
 def _output(path: str, *, image_ok: bool = False) -> Path:
     out = Path(path)
     allowed = VIDEO_OUTPUTS + ((".png",) if image_ok else ())
@@ -273,6 +270,7 @@ def cmd_generate(args) -> int:
 
 def _read_picture(path: str):
     """An image file to condition on, (H, W, 3) uint8; a ValueError naming it if it is under 8 px a side."""
+    from moviola.pipeline import MIN_INPUT_SIDE
     from moviola.video_io import read_image
 
     image = read_image(path)
@@ -285,6 +283,7 @@ def _read_picture(path: str):
 def _read_source(path: str, args, pipe, name: str = "video"):
     """A video file as the model takes it: (T, H, W, 3) uint8 at the model's fps, scaled and centre-cropped
     to --size or the trained size nearest its aspect ratio (real footage: any size, rate, codec)."""
+    from moviola.pipeline import MIN_INPUT_SIDE
     from moviola.video_io import probe_video, read_video_fitted
 
     info = probe_video(path)

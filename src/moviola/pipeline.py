@@ -28,7 +28,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import typing
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -120,15 +119,14 @@ class PipelineConfig:
     def from_dict(cls, d: dict) -> "PipelineConfig":
         """From a model folder's config.json: unknown keys, wrong types and values out of range are ValueErrors
         naming the key."""
-        from moviola.config import ConfigError, _convert
+        from moviola.config import ConfigError, from_dict
 
         known = set(cls.__dataclass_fields__)
         unknown = sorted(set(d) - known)
         if unknown:
             raise ValueError(f"unknown key {unknown[0]!r} in {PIPELINE_FILE} (known: {', '.join(sorted(known))})")
-        hints = typing.get_type_hints(cls)
         try:
-            return cls(**{k: _convert(hints[k], v, k) for k, v in d.items()})
+            return from_dict(cls, d)
         except ConfigError as e:
             raise ValueError(f"{PIPELINE_FILE}: {e}") from None
 
@@ -146,6 +144,7 @@ SUFFIX_FRAMES = 4
 # (1 s) and 1.66 -> 1.37 (2 s) on the scene-change model; 0.25 gave 2.03 / 1.22, mostly the cross-fade itself.
 TRANSITION_STRENGTH = 0.35
 MAX_FPS = 120.0  # the highest output rate a call may ask for
+MIN_INPUT_SIDE = 8  # pixels: the smallest image or video side worth scaling up to condition on
 # Connect's default guidance. Its transition runs between known frames on both sides, and text guidance pulls
 # the frames next to them away from them (see SUFFIX_GUIDANCE): a 2 s transition's first latent frames, guided
 # at 5, jumped from the first clip (seam medians 2.52 -> 1.66 at guidance 1, scene-change model, strength 0.5).
@@ -231,7 +230,8 @@ class Pipeline:
         if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or abs(scale) > 10:
             raise LoRAError(f"LoRA scale must be a finite number from -10 to 10, got {scale!r}")
         # Everything is checked before the DiT is touched: a call that raises leaves the pipeline as it was.
-        meta, _ = read_lora(path)
+        adapter = read_lora(path)
+        meta = adapter[0]
         base = getattr(self, "_base_config", self.config)
         sampling = meta.get("sampling") or {}
         unknown = sorted(set(sampling) - {"steps", "guidance", "shift", "sampler"})
@@ -241,7 +241,7 @@ class Pipeline:
             config = PipelineConfig.from_dict({**asdict(base), **sampling}) if scale else base
         except ValueError as e:
             raise LoRAError(f"{path}: lora.json's sampling: {e}") from None
-        load_lora(self.dit, path, scale=scale)  # a LoRAError (another base) before it changes anything
+        load_lora(self.dit, path, scale=scale, adapter=adapter)  # a LoRAError (another base) before any change
         self.dit.to(self.device).eval()
         self._base_config, self.config = base, config
         return self
@@ -310,8 +310,9 @@ class Pipeline:
         a = np.asarray(image)
         if a.ndim != 3 or a.shape[2] != 3 or a.dtype != np.uint8:
             raise GenerationError(f"{name} must be an (H, W, 3) uint8 RGB array, got {a.dtype} {a.shape}")
-        if min(a.shape[:2]) < 8:
-            raise GenerationError(f"{name} is {a.shape[1]}x{a.shape[0]}: too small to condition on (8 px a side at least)")
+        if min(a.shape[:2]) < MIN_INPUT_SIDE:
+            raise GenerationError(f"{name} is {a.shape[1]}x{a.shape[0]}: too small to condition on "
+                                  f"({MIN_INPUT_SIDE} px a side at least)")
         return fit_frames(a[None], width, height, mode="crop")[0]
 
     def fit_video(self, video, width: int, height: int, name: str = "video") -> np.ndarray:
@@ -322,8 +323,8 @@ class Pipeline:
         a = np.asarray(video)
         if a.ndim != 4 or a.shape[3] != 3 or a.dtype != np.uint8 or len(a) < 1:
             raise GenerationError(f"{name} must be a (T, H, W, 3) uint8 RGB array with T >= 1, got {a.dtype} {a.shape}")
-        if min(a.shape[1:3]) < 8:
-            raise GenerationError(f"{name} is {a.shape[2]}x{a.shape[1]}: too small (8 px a side at least)")
+        if min(a.shape[1:3]) < MIN_INPUT_SIDE:
+            raise GenerationError(f"{name} is {a.shape[2]}x{a.shape[1]}: too small ({MIN_INPUT_SIDE} px a side at least)")
         return fit_frames(a, width, height, mode="crop")
 
     def _fit_source(self, video, width: int | None, height: int | None,

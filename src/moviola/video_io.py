@@ -795,7 +795,7 @@ def _frames_from(container: Any, stream: Any, start: float, step: float) -> Iter
     top. Frames before ``start`` are the caller's to skip."""
     tb = stream.time_base
     origin = stream.start_time or 0  # stream.time_base units
-    targets = [start, max(0.0, start - 10.0), 0.0] if start > 0 else [0.0]
+    targets = [start] + ([start - 10.0] if start > 10.0 else []) + [0.0] if start > 0 else [0.0]
     for k, target in enumerate(targets):
         last = k == len(targets) - 1
         if target > 0 or k > 0:

@@ -188,11 +188,13 @@ def read_lora(path: str | Path) -> tuple[dict, dict[str, Tensor]]:
     return meta, tensors
 
 
-def load_lora(model: nn.Module, path: str | Path, scale: float = 1.0) -> dict:
+def load_lora(model: nn.Module, path: str | Path, scale: float = 1.0, *,
+              adapter: tuple[dict, dict[str, Tensor]] | None = None) -> dict:
     """Apply a saved adapter to ``model`` (replacing one already applied), unmerged so ``scale`` can be
     changed later (``set_lora_scale``). Returns its lora.json metadata (modules, rank, ``sampling``...).
-    A LoRAError when it was trained on a different base."""
-    meta, tensors = read_lora(path)
+    A LoRAError when it was trained on a different base. ``adapter``: what ``read_lora(path)`` returned, when
+    the caller has read it already."""
+    meta, tensors = adapter if adapter is not None else read_lora(path)
     base = meta.get("base")
     cfg = getattr(model, "config", None)
     if base and hasattr(cfg, "to_dict"):

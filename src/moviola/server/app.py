@@ -90,6 +90,12 @@ def _error_response(status: int, message: str, type: str, code: str | None, para
                         status_code=status, headers=headers)
 
 
+def _api_request(scope: dict) -> bool:
+    """An HTTP request to the keyed API (/v1/..., not its public OpenAPI schema)."""
+    path = scope.get("path", "")
+    return scope["type"] == "http" and path.startswith("/v1/") and path != "/v1/openapi.json"
+
+
 def not_found(video_id: str) -> APIError:
     return APIError(404, f"no video with id {video_id!r}", code="not_found", param="video_id")
 
@@ -185,9 +191,9 @@ def create_app(cfg: ServerConfig) -> FastAPI:
             self.inner = inner
 
         async def __call__(self, scope, receive, send):
-            path = scope.get("path", "")
-            if scope["type"] != "http" or not path.startswith("/v1/") or path == "/v1/openapi.json":
+            if not _api_request(scope):
                 return await self.inner(scope, receive, send)
+            path = scope["path"]
             t0 = time.perf_counter()
             status = [500]
 
@@ -235,8 +241,7 @@ def create_app(cfg: ServerConfig) -> FastAPI:
             self.inner = inner
 
         async def __call__(self, scope, receive, send):
-            path = scope.get("path", "")
-            if scope["type"] != "http" or not path.startswith("/v1/") or path == "/v1/openapi.json":
+            if not _api_request(scope):
                 return await self.inner(scope, receive, send)
             header = dict(scope.get("headers") or []).get(b"authorization", b"").decode("latin-1")
             scheme, _, token = header.partition(" ")
