@@ -115,3 +115,19 @@ def test_generate_refuses_contradictions_and_too_many_frames(tmp_path, capsys):
     assert "--seconds or --frames, not both" in capsys.readouterr().err
     assert main(["generate", "a red circle falls", "-o", out, "--seconds", "120", "--fps", "100"]) == 2
     assert "at most 960 frames" in capsys.readouterr().err
+
+
+def test_interrupt_during_start_up_is_one_line(monkeypatch, capsys):
+    """Ctrl-C while the command is still importing its libraries: 'interrupted' and status 130, no traceback."""
+    import builtins
+
+    real_import = builtins.__import__
+
+    def slow_import(name, *args, **kwargs):
+        if name == "moviola.video_io":
+            raise KeyboardInterrupt
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", slow_import)
+    assert main(["generate", "a red circle", "-o", "x.mp4"]) == 130
+    assert capsys.readouterr().err == "moviola: interrupted\n"

@@ -335,6 +335,31 @@ def test_error_classes(client, stack, key):
     assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
 
 
+def test_unknown_parameters_are_refused_by_name(client, done, stack, key):
+    """A misspelt option is an error naming it (as OpenAI's API does), never dropped: "second" would have made
+    a clip of the default length. Form endpoints and JSON bodies alike, and nothing is queued."""
+    before = len(client.videos.list(limit=100).data)
+    with pytest.raises(openai.BadRequestError) as e:
+        client.videos.create(prompt="a red circle", size="64x64", extra_body={"second": "2"})
+    assert e.value.body["param"] == "second" and e.value.code == "unknown_parameter"
+    assert "seconds" in e.value.body["message"]  # it lists what the endpoint takes
+    with pytest.raises(openai.BadRequestError) as e:
+        client.videos.edit(prompt="x", video=openai.omit, extra_body={"video": {"id": done.id}, "strenght": "0.3"})
+    assert e.value.body["param"] == "strenght"
+    with pytest.raises(openai.BadRequestError) as e:
+        client.post(f"/videos/{done.id}/remix", body={"prompt": "a blue circle", "strenght": 0.3}, cast_to=object)
+    assert e.value.body["param"] == "strenght" and "unknown parameter" in e.value.body["message"]
+    with pytest.raises(openai.BadRequestError) as e:
+        client.post("/videos/storyboards", cast_to=object,
+                    body={"cards": [{"start": 0, "prompt": "a red circle", "duration": 2}], "seconds": "2"})
+    assert e.value.body["param"] == "cards.0.duration"
+    assert len(client.videos.list(limit=100).data) == before
+    # What the SDK and the studio send is still taken (the image as a data URL: input_reference[image_url]).
+    ok = client.videos.create(prompt="a red circle", size="64x64", seconds="1", model="moviola-default",
+                              extra_body={"seed": "4"})
+    client.videos.delete(ok.id)
+
+
 def test_feedback_is_stored_and_exported_by_owner(client, done, stack):
     r = client.post(f"/videos/{done.id}/feedback", body={"rating": 4, "comment": "nice motion"}, cast_to=object)
     assert r["moviola"]["feedback"] == {"rating": 4, "comment": "nice motion"}

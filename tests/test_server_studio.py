@@ -131,6 +131,7 @@ def test_studio_makes_a_video_and_plays_it(stack, tmp_path):
             page.click("#board-cards li:nth-child(3) [data-act=remove]")
             page.fill("#board-cards li:nth-child(2) input[name=start]", "1")
             page.fill("#board-seconds", "2")
+            page.fill("#board-seed", "11")  # its own seed field, not New video's (3, above)
             page.click("#board-submit")
             page.wait_for_function("document.querySelectorAll('.card').length === 3")
             assert page.inner_text("#board-error") == ""
@@ -154,6 +155,7 @@ def test_studio_makes_a_video_and_plays_it(stack, tmp_path):
     assert videos["remix"].moviola["strength"] == 0.3 and videos["remix"].remixed_from_video_id == videos["create"].id
     board = videos["storyboard"]
     assert board.seconds == "2" and board.prompt.startswith("0s: a small red circle")
+    assert board.moviola["seed"] == 11 and videos["create"].moviola["seed"] == 3
     assert "1s: a small green" in board.prompt
     import json
 

@@ -898,7 +898,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from moviola.video_io import VideoError
+    """The console entry point: exit status 0 on success, 2 for an error the user can fix (one line on
+    stderr), 130 when interrupted, at any point, start-up's imports included."""
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        print("moviola: interrupted", file=sys.stderr)
+        return 130
+
+
+def _main(argv: list[str] | None) -> int:
+    from moviola.video_io import VideoError  # imports av and numpy: a Ctrl-C here is main's to report
     from moviola.world.caption import PromptError
     from moviola.world.spec import SpecError
 
@@ -916,9 +926,6 @@ def main(argv: list[str] | None = None) -> int:
         where = f"{e.filename}: " if getattr(e, "filename", None) else ""
         print(f"moviola: error: {where}{e.strerror or e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("moviola: interrupted", file=sys.stderr)
-        return 130
 
 
 if __name__ == "__main__":

@@ -154,6 +154,8 @@ def create_app(cfg: ServerConfig) -> FastAPI:
             msg, param = f"this endpoint takes multipart/form-data, not {content_type}", None
         elif first.get("type") == "json_invalid":
             msg, param = f"the request body is not valid JSON ({first.get('ctx', {}).get('error', msg)})", None
+        elif first.get("type") == "extra_forbidden":
+            msg = f"unknown parameter {param!r}"
         elif first.get("type") == "missing":
             msg = f"missing required parameter {param!r}"
         elif param:
@@ -266,6 +268,19 @@ def create_app(cfg: ServerConfig) -> FastAPI:
         if key is not None:
             return key
         return authenticate(creds.credentials if creds else None, request.scope.setdefault("state", {}))
+
+    async def known_form_fields(request: Request) -> None:
+        """A form field the route does not take is an error naming it (a misspelt "second" would have
+        made a clip of the default length). FastAPI has read the form by now; request.form() returns it."""
+        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        route = request.scope.get("route")
+        if route is None or ctype not in ("multipart/form-data", "application/x-www-form-urlencoded"):
+            return  # the body's validation says what is wrong with it
+        allowed = {f.alias for f in route.dependant.body_params}
+        unknown = sorted(set((await request.form()).keys()) - allowed)
+        if unknown:
+            raise APIError(400, f"unknown parameter {unknown[0]!r} (this endpoint takes {', '.join(sorted(allowed))})",
+                           code="unknown_parameter", param=unknown[0])
 
     def admin_key(key: dict = Depends(current_key)) -> dict:
         if not key["admin"]:
@@ -413,6 +428,7 @@ def create_app(cfg: ServerConfig) -> FastAPI:
     # --- the Videos API --------------------------------------------------------------------------
 
     @app.post("/v1/videos", name="videos.create", response_model=Video, responses=ERRORS,
+              dependencies=[Depends(known_form_fields)],
               summary="Create a video (multipart form, optional input_reference image)")
     def create_video(request: Request, key: dict = Depends(current_key),
                      prompt: str = Form(..., max_length=100_000), model_name: str | None = Form(None, alias="model"),
@@ -573,6 +589,7 @@ def create_app(cfg: ServerConfig) -> FastAPI:
         return w, h, dur
 
     @app.post("/v1/videos/extensions", name="videos.extend", response_model=Video, responses=ERRORS,
+              dependencies=[Depends(known_form_fields)],
               summary="Extend a video (the result is the whole stitched clip: seconds = source + new)")
     def extend_video(request: Request, key: dict = Depends(current_key), prompt: str = Form(..., max_length=100_000),
                      seconds: str = Form(...), video: UploadFile | None = File(None),
@@ -601,6 +618,7 @@ def create_app(cfg: ServerConfig) -> FastAPI:
                      height=h, params=params, cost=new_s)
 
     @app.post("/v1/videos/edits", name="videos.edit", response_model=Video, responses=ERRORS,
+              dependencies=[Depends(known_form_fields)],
               summary="Edit a video with a new prompt (video to video, as many frames as the source)")
     def edit_video(request: Request, key: dict = Depends(current_key), prompt: str = Form(..., max_length=100_000),
                    video: UploadFile | None = File(None), video_ref: str | None = Form(None, alias="video[id]"),

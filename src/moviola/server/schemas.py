@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class VideoError(BaseModel):
@@ -51,21 +51,28 @@ class VideoDeleted(BaseModel):
     deleted: bool
 
 
-class RemixBody(BaseModel):
+class RequestBody(BaseModel):
+    """A JSON request body: a field it does not name is an error ("unknown parameter"), as in OpenAI's API,
+    so a misspelt option is never dropped in silence."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class RemixBody(RequestBody):
     prompt: str = Field(min_length=1, max_length=4000)
     seed: int | None = Field(default=None, ge=0, le=2**31 - 1)
     strength: float | None = Field(default=None, ge=0, le=1, allow_inf_nan=False,
                                    description="Moviola extra: 0 keeps the source, 1 ignores it (default 0.6)")
 
 
-class StoryboardCard(BaseModel):
+class StoryboardCard(RequestBody):
     start: float = Field(ge=0, allow_inf_nan=False, description="When this card's segment starts, in seconds")
     prompt: str = Field(min_length=1, max_length=4000)
     image: str | None = Field(default=None, max_length=30_000_000,
                               description="Optional first frame of the segment, as a base64 data: URL")
 
 
-class StoryboardBody(BaseModel):
+class StoryboardBody(RequestBody):
     """``POST /v1/videos/storyboards`` (a Moviola extension): cards in order of start time, the first at 0."""
 
     cards: list[StoryboardCard] = Field(min_length=1, max_length=32)
@@ -77,12 +84,12 @@ class StoryboardBody(BaseModel):
     seed: int | None = Field(default=None, ge=0, le=2**31 - 1)
 
 
-class FeedbackBody(BaseModel):
+class FeedbackBody(RequestBody):
     rating: int | None = Field(default=None, ge=1, le=5)
     comment: str = Field(default="", max_length=4000)
 
 
-class KeyBody(BaseModel):
+class KeyBody(RequestBody):
     name: str
     quota_seconds_per_day: float | None = Field(default=None, gt=0)
     rate_per_minute: int | None = Field(default=None, gt=0)

@@ -38,7 +38,7 @@ from moviola.world.detect import (
     Detection, ObjectTrack, build_tracks, detect_background, detect_objects, edge_shape,
 )
 from moviola.world.spec import (
-    BOUNCE_SPEED, GRAVITY, GROW_FACTOR, LINEAR_MOTIONS, MOVE_SPEED, SCALE_SECONDS, SHRINK_FACTOR, SIZES,
+    BOUNCE_SPEED, GRAVITY, GROW_FACTOR, LINEAR_MOTIONS, SCALE_SECONDS, SHRINK_FACTOR, SIZES,
     SPIN_RATE,
 )
 
@@ -328,7 +328,6 @@ def _in_place_motion(tr: ObjectTrack, ks: list[int], fps: float, unit: float, vi
                 return found
         tr.info.pop("scale_rate", None)
         return _in_place_motion(tr, ks, fps, unit)
-    t = np.array(ks, np.float64) / fps
     r = np.array([_radius(tr.dets[k], tr.shape, unit) for k in ks])
     # r(t) = r0 (1 + c u), u = min(t, 2 s) / 2 s: c = 0.6 grows, -0.4 shrinks, 0 otherwise. Frames off
     # the fitted line (cover takes area away; a neighbour's smeared edge can add some) are dropped and

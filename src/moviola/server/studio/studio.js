@@ -206,7 +206,7 @@ $("#board-form").addEventListener("submit", async (ev) => {
   ev.preventDefault();
   const body = { cards: await boardCardsWithImages(), seconds: String($("#board-seconds").value), size: $("#board-size").value,
                  transition: $("#board-transition").value };
-  if ($("#seed").value !== "") body.seed = Number($("#seed").value);
+  if ($("#board-seed").value !== "") body.seed = Number($("#board-seed").value);  // its own: New video's is another clip's
   await submit(() => api("/videos/storyboards", {
     method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) }),
   $("#board-submit"), $("#board-error"));
