@@ -16,6 +16,7 @@ The worker runs with one CPU thread (--threads), the API in its own process, the
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import signal
@@ -28,6 +29,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 warnings.filterwarnings("ignore", category=DeprecationWarning)
+
+# The load test it reuses would skip without these, as a pytest exception: say so plainly instead.
+for _name in ("fastapi", "openai"):
+    if importlib.util.find_spec(_name) is None:
+        sys.exit(f"server_bench needs the server and the openai SDK ({_name} is missing): pip install -e '.[test]'")
 
 import server_stack  # noqa: E402
 from test_server_load import run_load  # noqa: E402

@@ -1,7 +1,7 @@
 """DiT training throughput: video tokens per second and model FLOPs utilisation (MFU) for a preset.
 
     python benchmarks/train_throughput.py --preset small --device cpu              # this machine
-    python benchmarks/train_throughput.py --preset wan-1.3b --device cuda --batch 8 --size 480x832 --seconds 5
+    python benchmarks/train_throughput.py --preset wan-1.3b --device cuda --batch 8 --size 832x480 --seconds 5
 
 One training step is what ``moviola train dit`` does per micro-batch: forward under autocast (bf16 on
 CUDA, fp32 on CPU), flow-matching loss, backward, gradient clipping and AdamW, on synthetic latents

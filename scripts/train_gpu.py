@@ -190,7 +190,8 @@ def pack(out_dir: Path, runs: list[Path], vae_runs: list[Path] = ()) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("configs", nargs="*")
     ap.add_argument("--minutes", type=float, required=True, help="training budget of every run, from their start")
     ap.add_argument("--vae", action="append", default=[], help="a `moviola train vae` config to train first")
@@ -212,16 +213,29 @@ def main() -> None:
         ap.error("give at least one config")
     if args.vae and args.vae_minutes <= 0:
         ap.error("--vae needs --vae-minutes")
+    try:
+        run(args)
+    except (ValueError, FileNotFoundError) as e:  # ConfigError is a ValueError: one line, not a traceback
+        raise SystemExit(f"train_gpu: error: {e}") from None
 
+
+def run(args) -> None:
+    """The parent: every config and the device checked first, then the VAE stage, the cache, the DiT stage.
+    Exits with status 1 when a run failed (after packing what there is)."""
+    from moviola.config import load_config
+    from moviola.train.common import pick_device
+    from moviola.train.vae import TrainVAEConfig
+
+    pick_device(args.device)  # cuda on a machine without one: say so before building anything
+    vae_cfgs = [load_config(TrainVAEConfig, config) for config in args.vae]
+    for config in args.configs:
+        _load(config)
     vae_runs = []
     if args.vae:
-        from moviola.config import load_config
-        from moviola.train.vae import TrainVAEConfig
-
         end = time.time() + 60 * args.vae_minutes
         procs = []
-        for config in args.vae:
-            vae_runs.append(Path(load_config(TrainVAEConfig, config).out))
+        for config, vcfg in zip(args.vae, vae_cfgs):
+            vae_runs.append(Path(vcfg.out))
             cmd = [sys.executable, __file__, "--minutes", "0", "--vae-child", config, "--end", str(end),
                    f"--device={args.device}", f"--threads={args.threads}",
                    f"--workers={max(1, args.workers // len(args.vae))}"]
@@ -230,22 +244,24 @@ def main() -> None:
         print("VAE exit codes", codes, flush=True)
         if args.pack:  # now, so that the autoencoders come back even if a later stage fails
             pack(Path(args.pack), [], vae_runs)
+        if any(codes):  # the DiT configs may train in these runs' latent spaces: stop here
+            raise SystemExit(f"train_gpu: a VAE run failed (exit codes {codes}); the DiT stage was not started")
     if not args.configs:
         return
 
     cache = Path(args.cache).resolve()
     first = _load(args.configs[0])
-    build_cache(first, cache, args.workers, torch.device(args.device))
-    end = time.time() + 60 * args.minutes
-    procs, runs = [], []
     from moviola.train.dit import _resolve_vae_dir, world_cache_identity
 
     shared = world_cache_identity(first, _resolve_vae_dir(first), first.text_encoder)
-    for config in args.configs:  # checked before any run starts: the runs share one cache
+    for config in args.configs:  # checked before the cache is built and any run starts: they share one cache
         cfg = _load(config)
         if world_cache_identity(cfg, _resolve_vae_dir(cfg), cfg.text_encoder) != shared:
             raise SystemExit(f"{config}: its cache would differ from {args.configs[0]}'s (data section, VAE, text "
                              "encoder or extra colours): the runs share one cache, so run it separately")
+    build_cache(first, cache, args.workers, torch.device(args.device))
+    end = time.time() + 60 * args.minutes
+    procs, runs = [], []
     for config in args.configs:
         cfg = _load(config)
         out = Path(cfg.out)
@@ -260,6 +276,8 @@ def main() -> None:
     print("exit codes", codes, flush=True)
     if args.pack:
         pack(Path(args.pack), runs, vae_runs)
+    if any(codes):
+        raise SystemExit(f"train_gpu: a DiT run failed (exit codes {codes})")
 
 
 if __name__ == "__main__":

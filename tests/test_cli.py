@@ -131,3 +131,32 @@ def test_interrupt_during_start_up_is_one_line(monkeypatch, capsys):
     monkeypatch.setattr(builtins, "__import__", slow_import)
     assert main(["generate", "a red circle", "-o", "x.mp4"]) == 130
     assert capsys.readouterr().err == "moviola: interrupted\n"
+
+
+def test_train_vae_progress_counts_both_phases(monkeypatch, tmp_path):
+    """The bar's total is the encoder-and-decoder steps plus the decoder-only ones (it had read '4/1')."""
+    import contextlib
+
+    import moviola.cli as cli
+    import moviola.train.vae as tv
+
+    totals = []
+
+    class Bar:
+        def add_task(self, name, total=None, **kw):
+            totals.append(total)
+            return 0
+
+        def update(self, task, total=None, **kw):
+            if total is not None:
+                totals.append(total)
+
+    monkeypatch.setattr(cli, "progress", lambda: contextlib.nullcontext(Bar()))
+
+    def fake_train(cfg, on_step=None):
+        on_step(cfg.optim.steps + cfg.decoder.steps, cfg.optim.steps + cfg.decoder.steps, {"loss": 0.1})
+        return tmp_path
+
+    monkeypatch.setattr(tv, "train_vae", fake_train)
+    assert main(["train", "vae", "--out", str(tmp_path / "r"), "--optim.steps=1", "--decoder.steps=3"]) == 0
+    assert totals == [4, 4]

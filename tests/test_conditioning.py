@@ -772,6 +772,12 @@ def test_eval_abilities_reports_every_ability(pipe, monkeypatch):
     assert res["loop"]["wrap_ratio"]["n"] == 1
     assert set(res["storyboard"]) == {"single_prompt", "cut", "continue"}
     assert len(res["long"]["clips"]) == 3 and res["long"]["color"]["first_8s"] is not None
+    json.dumps(res, allow_nan=False)  # strict JSON: a seam's given frames kept exactly are 99 dB, not Infinity
+    assert res["extend"]["given_psnr_output"]["median"] == 99.0
+    with pytest.raises(ValueError, match="more than 8"):  # the memory of an 8 s clip against itself
+        abilities.evaluate_abilities("unused", n=1, long_seconds=8.0)
+    with pytest.raises(ValueError, match="at most 6 for this model"):  # before any ability is run
+        abilities.evaluate_abilities("unused", n=1, long_seconds=30.0, memory=False)
 
 
 def test_seam_measures_see_a_jump_moved_next_to_the_seam():

@@ -67,3 +67,47 @@ def test_training_captions_are_read_plain_or_gzipped(tmp_path):
     (tmp_path / "training_captions.json").write_text(json.dumps(["c"]))  # a plain list wins
     assert training_captions(tmp_path) == {"c"}
     assert training_captions(tmp_path / "nowhere") == set()
+
+
+def _ship_module():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "ship_default.py"
+    spec = importlib.util.spec_from_file_location("ship_default", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _digest(folder):
+    import hashlib
+
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_ship_default_replaces_the_folder_all_or_nothing(tmp_path, monkeypatch):
+    """scripts/ship_default.py checks its source and the 20 MB limit before anything is replaced; a refused
+    ship leaves the old folder byte for byte (it had written configs and the VAE before failing)."""
+    import gzip
+    import shutil
+
+    ship = _ship_module()
+    dst = tmp_path / "default"
+    shutil.copytree(DEFAULT_MODEL_DIR, dst)
+    src = tmp_path / "run" / "model"
+    shutil.copytree(DEFAULT_MODEL_DIR, src)
+    (src / "training_captions.json.gz").unlink()
+    before = _digest(dst)
+    with pytest.raises(SystemExit, match="no training_captions.json"):
+        ship.main([str(src), "--dest", str(dst)])
+    assert _digest(dst) == before
+    (src / "training_captions.json").write_bytes(gzip.decompress((dst / "training_captions.json.gz").read_bytes()))
+    monkeypatch.setattr(ship, "MAX_WEIGHT_BYTES", 10_000_000)
+    with pytest.raises(SystemExit, match="over the 10 MB limit"):
+        ship.main([str(src), "--dest", str(dst)])
+    assert _digest(dst) == before and sorted(p.name for p in tmp_path.iterdir()) == ["default", "run"]
+    monkeypatch.setattr(ship, "MAX_WEIGHT_BYTES", 20_000_000)
+    ship.main([str(src), "--dest", str(dst)])  # the shipped model shipped again: the same folder
+    assert _digest(dst) == before and sorted(p.name for p in tmp_path.iterdir()) == ["default", "run"]

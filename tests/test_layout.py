@@ -77,3 +77,17 @@ def test_missing_and_misplaced_files_are_named(saved, tmp_path):
     (broken / "dit" / "dit.safetensors").write_bytes(b"")
     with pytest.raises(ValueError, match="config of a CausalVAE, not of a DiT"):
         DiT.from_pretrained(broken)
+
+
+def test_loading_on_a_missing_gpu_blames_the_device_not_the_file():
+    """train_gpu.py's default --device cuda on a CPU machine had said the shipped weights were damaged."""
+    import torch
+
+    from moviola import DEFAULT_MODEL_DIR
+    from moviola.layout import load_part
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(ValueError, match="device 'cuda': this machine has no CUDA GPU") as e:
+        load_part(DEFAULT_MODEL_DIR, "vae", device="cuda")
+    assert "damaged" not in str(e.value)

@@ -1,6 +1,7 @@
 """End to end on tiny configs: VAE -> latent cache -> DiT training (resumable) -> pipeline -> generate."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -361,3 +362,20 @@ def test_damaged_or_foreign_checkpoints_and_weights_are_one_line_errors(tmp_path
     with pytest.raises(ValueError, match="unknown device 'tpu'"):
         from moviola.train.common import pick_device
         pick_device("tpu")
+
+
+def test_train_dit_refuses_a_bad_device_or_vae_before_making_anything(tmp_path, capsys):
+    """`--device=gpu` (or cuda on a machine without one) and a --vae that is not there: one line, status 2,
+    and no run folder left behind."""
+    from moviola.cli import main
+
+    out = tmp_path / "run"
+    config = Path(__file__).resolve().parents[1] / "configs" / "dit" / "default.toml"
+    base = ["train", "dit", "--config", str(config), "--out", str(out)]
+    bad_device = "--device=cuda" if not torch.cuda.is_available() else "--device=gpu"
+    for extra, words in [([bad_device], "device"), (["--device=gpu"], "unknown device 'gpu'"),
+                         (["--vae", str(tmp_path / "nowhere")], "no VAE here")]:
+        assert main(base + extra) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and words in err[0], err
+        assert not out.exists()

@@ -457,10 +457,10 @@ def cmd_train_vae(args, extra: list[str]) -> int:
         overrides.append(f"out={json.dumps(args.out)}")
     cfg = load_config(TrainVAEConfig, args.config, overrides)
     with progress() as bar:
-        task = bar.add_task("train vae", total=cfg.optim.steps)
+        task = bar.add_task("train vae", total=cfg.optim.steps + cfg.decoder.steps)  # both phases
 
         def on_step(step, total, m):
-            bar.update(task, completed=step, description=f"train vae  loss {m['loss']:.4f}")
+            bar.update(task, completed=step, total=total, description=f"train vae  loss {m['loss']:.4f}")
 
         path = train_vae(cfg, on_step=on_step)
     print(f"saved {path}", file=sys.stderr)
@@ -779,7 +779,7 @@ def build_parser() -> argparse.ArgumentParser:
     esub = ev.add_subparsers(dest="eval_verb", required=True, metavar="MODEL")
     evv = esub.add_parser("vae", help="VAE: PSNR/SSIM on held-out world and photo clips, speed, streaming memory")
     evv.add_argument("--model", help="model folder (default: the shipped model)")
-    evv.add_argument("--n", type=COUNT, default=16, help="held-out world clips (photo clips: n/2)")
+    evv.add_argument("--n", type=COUNT, default=16, help="held-out world clips (photo clips: n/2, at least 3)")
     evv.set_defaults(func=cmd_eval_vae)
     evw = esub.add_parser("world", help="prompt adherence: generate for held-in and held-out prompts and score them")
     evw.add_argument("--model", help="model folder (default: the shipped model)")
@@ -796,8 +796,9 @@ def build_parser() -> argparse.ArgumentParser:
     eva.add_argument("--model", help="model folder (default: the shipped model)")
     eva.add_argument("--n", type=COUNT, default=8, help="clips per ability")
     eva.add_argument("--steps", type=STEPS)
-    eva.add_argument("--long-seconds", type=float, default=60.0)
-    eva.add_argument("--long-n", type=int, default=2, help="long clips scored for drift")
+    eva.add_argument("--long-seconds", type=_number(float, 8, above=True), default=60.0,
+                     help="length of the long clips (more than 8: their first and last 8 s are compared)")
+    eva.add_argument("--long-n", type=_number(int, 0), default=2, help="long clips scored for drift (0: none)")
     eva.add_argument("--no-memory", action="store_true", help="skip the peak-memory processes")
     eva.set_defaults(func=cmd_eval_abilities)
 

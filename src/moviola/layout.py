@@ -139,6 +139,7 @@ def save_part(folder: str | Path, part: str, tensors: dict, cfg: dict) -> None:
 def load_part(folder: str | Path, part: str, device: str = "cpu") -> tuple[dict, dict]:
     """(config, weights) of ``part`` under ``folder`` (its own folder, a model folder, or the old flat layout);
     FileNotFoundError naming the file expected when the weights are missing."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     weights = part_weights(folder, part)
@@ -146,9 +147,14 @@ def load_part(folder: str | Path, part: str, device: str = "cpu") -> tuple[dict,
         raise FileNotFoundError(f"{folder}: no {CLASS_NAMES[part]} here (expected {weights}; see "
                                 f"{CLASS_NAMES[part]}.save_pretrained)")
     config = read_config(folder, part)  # first: a misplaced config says what it is before any weights load
+    if str(device).startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():  # not the file's fault: say what is
+            raise ValueError(f"device {str(device)!r}: this machine has no CUDA GPU that torch can use")
     try:
         tensors = load_file(weights, device=str(device))
-    except Exception as e:  # SafetensorError (truncated, not safetensors), OSError
+    except (SafetensorError, OSError) as e:  # truncated, not safetensors, unreadable
         raise ValueError(f"{weights}: unreadable weights ({str(e) or type(e).__name__}); the file is damaged or "
                          "not a safetensors file") from None
     return config, tensors

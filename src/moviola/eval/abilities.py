@@ -36,8 +36,9 @@ DRIFT_ATTRS = ("color", "shape", "size", "count")
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    """PSNR in dB of 8-bit frames; identical ones give 99.0, as `data.clips.psnr` does (JSON has no infinity)."""
     mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return float("inf") if mse == 0 else 10 * np.log10(255.0 ** 2 / mse)
+    return 99.0 if mse == 0 else float(10 * np.log10(255.0 ** 2 / mse))
 
 
 def frame_diffs(frames: np.ndarray) -> np.ndarray:
@@ -88,7 +89,15 @@ def evaluate_abilities(model_dir: Path, n: int = 8, *, steps: int | None = None,
                        long_n: int = 2, seed: int = 0, memory: bool = True) -> dict:
     from moviola.pipeline import Card, Pipeline
 
+    if long_n < 0:
+        raise ValueError(f"long_n must be at least 0, got {long_n}")
+    if memory and not long_seconds > 8.0:  # its peak memory is measured against an 8 s clip's
+        raise ValueError(f"long_seconds must be more than 8 to compare its memory with an 8 s clip's, "
+                         f"got {long_seconds:g}")
     pipe = Pipeline.from_pretrained(model_dir)
+    if long_n and long_seconds > pipe.config.max_total_seconds:  # say so now, not after every other ability
+        raise ValueError(f"long_seconds must be at most {pipe.config.max_total_seconds:g} for this model, "
+                         f"got {long_seconds:g}")
     fps = pipe.config.fps
     kw = dict(steps=steps) if steps else {}
     # one list for every ability (it only grows at its end with its length): 2n, or more long clips

@@ -26,6 +26,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from moviola.train.common import pick_device
+
 
 @dataclass
 class World:
@@ -58,9 +60,7 @@ def setup(device: str = "auto", parallel: str = "ddp") -> World:
         raise ValueError(f"parallel must be 'ddp' or 'fsdp', got {parallel!r}")
     size = env_world_size()
     rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
+    dev = pick_device(device)  # an unknown name, or cuda without a GPU: one clear ValueError
     if dev.type == "cuda":
         dev = torch.device("cuda", local if dev.index is None else dev.index)
         torch.cuda.set_device(dev)

@@ -484,11 +484,11 @@ def train_dit(cfg: TrainDiTConfig, *, on_step=None, on_cache=None) -> Path:
     out = Path(cfg.out)
     try:
         base_dir = init_dir(cfg)
+        vae_dir = _resolve_vae_dir(cfg)  # both before the run folder is made: a wrong path leaves nothing behind
         if world.main:
             ensure_dir(out, "run folder (--out)")
             save_config(cfg, out / "config.json")
         log = _Scalars(out, cfg, world.main)  # first: a missing optional logger fails before any work
-        vae_dir = _resolve_vae_dir(cfg)
         vae = CausalVAE.from_pretrained(vae_dir, device=device)
         if base_dir is not None:
             pcfg = PipelineConfig.from_dict(read_config(base_dir, "pipeline"))
