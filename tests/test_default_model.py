@@ -80,10 +80,19 @@ def _ship_module():
     return mod
 
 
-def _digest(folder):
+def _digest(folder, tensors: bool = False):
+    """sha256 of each file; with ``tensors``, of each safetensors file's tensors (its header's metadata is a
+    map whose order safetensors does not fix, so two saves of the same weights may differ in bytes)."""
     import hashlib
 
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+    from safetensors.torch import load_file
+
+    def content(p):
+        if tensors and p.suffix == ".safetensors":
+            return b"".join(k.encode() + v.numpy().tobytes() for k, v in sorted(load_file(p).items()))
+        return p.read_bytes()
+
+    return {str(p.relative_to(folder)): hashlib.sha256(content(p)).hexdigest()
             for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
@@ -110,4 +119,35 @@ def test_ship_default_replaces_the_folder_all_or_nothing(tmp_path, monkeypatch):
     assert _digest(dst) == before and sorted(p.name for p in tmp_path.iterdir()) == ["default", "run"]
     monkeypatch.setattr(ship, "MAX_WEIGHT_BYTES", 20_000_000)
     ship.main([str(src), "--dest", str(dst)])  # the shipped model shipped again: the same folder
-    assert _digest(dst) == before and sorted(p.name for p in tmp_path.iterdir()) == ["default", "run"]
+    assert _digest(dst, tensors=True) == _digest(DEFAULT_MODEL_DIR, tensors=True) and sorted(p.name for p in tmp_path.iterdir()) == ["default", "run"]
+
+
+def test_save_pretrained_carries_the_card_provenance_and_captions(tmp_path):
+    """A saved model says what it is and what it learned from, as the folder it was loaded from did; with a
+    LoRA merged, the adapter's captions (its run's and its base's) and both cards, saying what was merged."""
+    import copy
+    import json
+
+    from moviola.models.lora import LoRAConfig, inject_lora, save_lora
+    from moviola.pipeline import Pipeline, training_captions
+
+    pipe = Pipeline.from_pretrained(DEFAULT_MODEL_DIR)
+    pipe.save_pretrained(tmp_path / "plain")
+    for name in ("MODEL_CARD.md", "provenance.json"):
+        assert (tmp_path / "plain" / name).read_bytes() == (DEFAULT_MODEL_DIR / name).read_bytes()
+    assert training_captions(tmp_path / "plain") == training_captions(DEFAULT_MODEL_DIR)
+
+    lcfg = LoRAConfig(rank=2, targets=["mlp.fc2"])
+    src = copy.deepcopy(pipe.dit)
+    inject_lora(src, lcfg)
+    adapter = tmp_path / "adapter"
+    save_lora(src, adapter, lcfg)
+    (adapter / "MODEL_CARD.md").write_text("# LoRA adapter: pink\n")
+    (adapter / "training_captions.json").write_text(json.dumps(["a pink circle falls"]))
+    pipe.load_lora(adapter, scale=0.5)
+    pipe.save_pretrained(tmp_path / "merged")
+    card = (tmp_path / "merged" / "MODEL_CARD.md").read_text()
+    assert card.startswith("# Moviola default model") and "# LoRA adapter: pink" in card
+    assert f"the adapter {adapter} merged into its DiT at scale 0.5" in card
+    assert training_captions(tmp_path / "merged") == {"a pink circle falls"}
+    assert not (tmp_path / "merged" / "training_captions.json.gz").exists()

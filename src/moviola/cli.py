@@ -77,6 +77,8 @@ def cmd_world_render(args) -> int:
 
     w, h = args.size
     out = _output(args.output, image_ok=True)
+    if args.audio and out.suffix.lower() == ".png":
+        raise ValueError(f"{out}: --audio needs a video output (.mp4, .webm, .mov, .mkv): a PNG has no sound")
     prompt = parse_prompt(args.prompt)
     spec = scene_from_prompt(prompt, np.random.default_rng(args.seed), width=w, height=h, fps=args.fps,
                              seconds=args.seconds)
@@ -609,7 +611,20 @@ def _storage_dir(path: str) -> Path:
     return p
 
 
+def _server_extra() -> None:
+    """The server's packages (FastAPI, uvicorn) come with an extra: say so, not ModuleNotFoundError's page."""
+    import importlib.util
+
+    have = importlib.util.find_spec
+    missing = [m for m in ("fastapi", "uvicorn") if have(m) is None]
+    if have("python_multipart") is None and have("multipart") is None:
+        missing.append("python-multipart")
+    if missing:
+        raise ValueError(f"the server needs {', '.join(missing)}: pip install -e '.[server]' (or moviola[server])")
+
+
 def cmd_serve(args) -> int:
+    _server_extra()
     from moviola.server.app import ServerConfig, serve
 
     _storage_dir(args.storage)
@@ -622,6 +637,7 @@ def cmd_serve(args) -> int:
 
 
 def cmd_worker(args) -> int:
+    _server_extra()
     from moviola.server.worker import WorkerConfig, main as worker_main
 
     _storage_dir(args.storage)
@@ -660,8 +676,16 @@ def cmd_keys(args) -> int:
 
 # --- parser ----------------------------------------------------------------------------------------
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors on one line (a usage block first would bury them); --help shows the usage.
+    Subcommands' parsers are of this class too (add_subparsers uses the parent's)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="moviola", description="Open, self-hostable text-to-video.")
+    p = _Parser(prog="moviola", description="Open, self-hostable text-to-video.")
     sub = p.add_subparsers(dest="verb", required=True, metavar="VERB")
 
     world = sub.add_parser("world", help="the procedural world: render clips and datasets (training data)")
@@ -712,7 +736,8 @@ def build_parser() -> argparse.ArgumentParser:
     td.set_defaults(func=cmd_train_dit, takes_extra=True)
 
     def sampling_flags(q, size_default=None, board: bool = False):
-        q.add_argument("-o", "--output", required=True, help="output .mp4/.webm/.mov/.mkv/.gif")
+        q.add_argument("-o", "--output", required=True, help="output .mp4/.webm/.mov/.mkv/.gif"
+                       + (" (.png for a still: --seconds 0 or --frames 1)" if q.prog.endswith("generate") else ""))
         q.add_argument("--size", type=_size, default=size_default,
                        help="WxH (default: " + ("64x64" if size_default else "the board's size, else 64x64" if board
                                                 else "the trained size nearest the input's aspect ratio") + ")")
@@ -851,15 +876,15 @@ def build_parser() -> argparse.ArgumentParser:
                                     "with `moviola keys create --name NAME`.")
     _store(sv)
     sv.add_argument("--host", default="127.0.0.1")
-    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--port", type=_number(int, 1, 65535), default=8000)
     sv.add_argument("--model", help="model folder (default: the shipped model)")
-    sv.add_argument("--workers", type=int, default=1, help="worker processes to start here (0: API only)")
+    sv.add_argument("--workers", type=_number(int, 0, 64), default=1, help="worker processes to start here (0: API only)")
     sv.add_argument("--steps", type=STEPS, help="sampler steps for every job (default: the model's)")
-    sv.add_argument("--poll-after-ms", type=int, default=1000, help="the openai-poll-after-ms header")
-    sv.add_argument("--ttl-seconds", type=float, default=86400.0, help="completed videos expire after this (0: never)")
-    sv.add_argument("--max-seconds", type=float, default=60.0,
+    sv.add_argument("--poll-after-ms", type=_number(int, 1, 600_000), default=1000, help="the openai-poll-after-ms header")
+    sv.add_argument("--ttl-seconds", type=_number(float, 0), default=86400.0, help="completed videos expire after this (0: never)")
+    sv.add_argument("--max-seconds", type=_number(float, 0, above=True), default=60.0,
                     help="the longest video a request may ask for (default 60; capped by the model's)")
-    sv.add_argument("--lease-seconds", type=float, default=30.0, help="job lease of the workers started here")
+    sv.add_argument("--lease-seconds", type=_number(float, 1), default=30.0, help="job lease of the workers started here")
     sv.add_argument("--threads", type=THREADS, default=0, help="CPU threads per worker (default: torch's)")
     sv.set_defaults(func=cmd_serve)
 
@@ -868,15 +893,15 @@ def build_parser() -> argparse.ArgumentParser:
                                     "queue. SIGTERM gives the running job back to the queue.")
     _store(wk)
     wk.add_argument("--model", help="model folder (default: the shipped model)")
-    wk.add_argument("--lease-seconds", type=float, default=30.0, help="a job held longer without a heartbeat is "
+    wk.add_argument("--lease-seconds", type=_number(float, 1), default=30.0, help="a job held longer without a heartbeat is "
                                                                        "taken over by another worker")
-    wk.add_argument("--poll-seconds", type=float, default=0.5, help="wait between looks at an empty queue")
-    wk.add_argument("--ttl-seconds", type=float, default=86400.0, help="completed videos expire after this (0: never)")
+    wk.add_argument("--poll-seconds", type=_number(float, 0.01, 3600), default=0.5, help="wait between looks at an empty queue")
+    wk.add_argument("--ttl-seconds", type=_number(float, 0), default=86400.0, help="completed videos expire after this (0: never)")
     wk.add_argument("--threads", type=THREADS, default=0, help="CPU threads (default: torch's)")
-    wk.add_argument("--max-jobs", type=int, default=0, help="exit after this many jobs (0: never)")
-    wk.add_argument("--nice", type=int, default=10, help="added scheduling niceness, so an API on the same "
+    wk.add_argument("--max-jobs", type=_number(int, 0), default=0, help="exit after this many jobs (0: never)")
+    wk.add_argument("--nice", type=_number(int, 0, 19), default=10, help="added scheduling niceness, so an API on the same "
                                                          "machine answers first (default 10; 0: none)")
-    wk.add_argument("--parent-pid", type=int, default=0, help="stop (giving the job back) when this process is "
+    wk.add_argument("--parent-pid", type=_number(int, 0), default=0, help="stop (giving the job back) when this process is "
                                                               "gone; `moviola serve` sets it for its workers")
     wk.set_defaults(func=cmd_worker)
 
@@ -885,8 +910,8 @@ def build_parser() -> argparse.ArgumentParser:
     kc = ksub.add_parser("create", help="make a key and print it (shown only once; stored hashed)")
     _store(kc)
     kc.add_argument("--name", required=True)
-    kc.add_argument("--quota-seconds-per-day", type=float, help="seconds of video per rolling 24 h")
-    kc.add_argument("--rate-per-minute", type=int, help="video-creating requests per minute")
+    kc.add_argument("--quota-seconds-per-day", type=_number(float, 0, above=True), help="seconds of video per rolling 24 h")
+    kc.add_argument("--rate-per-minute", type=_number(int, 1), help="video-creating requests per minute")
     kc.add_argument("--admin", action="store_true", help="may manage keys and read the audit log via /v1/admin")
     kl = ksub.add_parser("list", help="list keys (never the keys themselves)")
     _store(kl)

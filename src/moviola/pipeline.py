@@ -182,6 +182,8 @@ class Pipeline:
         self.dit = dit.to(self.device).eval()
         self.text_encoder = text_encoder
         self.config = config or PipelineConfig()
+        self.source_dir: Path | None = None  # the folder it was loaded from: its card, provenance, captions
+        self._lora: tuple[Path, float] | None = None  # the adapter applied (folder, scale)
 
     # --- files ---------------------------------------------------------------------------------
 
@@ -201,7 +203,9 @@ class Pipeline:
             raise ValueError(f"{d}: its VAE makes {vae.config.latent_channels}-channel latents but its DiT takes "
                              f"{dit.config.in_channels}: the two parts were not trained together")
         text = load_text_encoder(None if cfg.text_encoder == "minilm" else cfg.text_encoder)
-        return cls(vae, dit, text, cfg, device)
+        pipe = cls(vae, dit, text, cfg, device)
+        pipe.source_dir = d
+        return pipe
 
     def save_pretrained(self, directory: str | Path) -> None:
         """Write a model folder ``from_pretrained`` loads. With a LoRA adapter applied, the DiT is saved with it
@@ -218,6 +222,32 @@ class Pipeline:
         self.vae.save_pretrained(d / "vae")
         dit.save_pretrained(d / "dit")
         atomic_write_bytes(d / PIPELINE_FILE, config_text("pipeline", asdict(self.config)).encode())
+        self._save_record(d)
+
+    def _save_record(self, d: Path) -> None:
+        """What a model says about itself travels with it: the model card, the provenance of its data and the
+        captions it trained on, from the folder it was loaded from; with a LoRA applied, the adapter's folder's
+        provenance and captions (a run's hold its base's too) and both cards, saying what was merged."""
+        from moviola.data.provenance import CARD, MANIFEST, SUMMARY
+        from moviola.video_io import atomic_write_bytes
+
+        adapter = self._lora[0] if self._lora is not None else None
+        order = [f for f in (adapter, self.source_dir) if f is not None]  # where each file is looked for first
+        for name in (MANIFEST, SUMMARY, CAPTIONS_FILE, CAPTIONS_FILE + ".gz"):
+            f = next((o / name for o in order if (o / name).is_file()), None)
+            if name.endswith(".gz") and (d / CAPTIONS_FILE).is_file():
+                continue  # the plain list is read first (training_captions): an adapter's holds its base's too
+            if f is not None and f.resolve() != (d / name).resolve():
+                atomic_write_bytes(d / name, f.read_bytes())
+        cards = [(o / CARD).read_text() for o in (self.source_dir, adapter) if o is not None and (o / CARD).is_file()]
+        if adapter is not None:
+            cards.insert(1 if self.source_dir is not None and (self.source_dir / CARD).is_file() else 0,
+                         f"## Saved with a LoRA adapter merged\n\nWritten by `Pipeline.save_pretrained`: the model "
+                         f"above ({self.source_dir or 'not loaded from a folder'}) with the adapter {adapter} merged "
+                         f"into its DiT at scale {self._lora[1]:g}; the adapter's own card follows.\n")
+        if cards and not (self.source_dir is not None and adapter is None
+                          and (self.source_dir / CARD).resolve() == (d / CARD).resolve()):
+            atomic_write_bytes(d / CARD, "\n".join(cards).encode())
 
     def load_lora(self, path: str | Path, scale: float = 1.0) -> "Pipeline":
         """Apply a LoRA adapter (``moviola train dit`` with ``[lora]``: a folder with lora.safetensors and
@@ -244,6 +274,7 @@ class Pipeline:
         load_lora(self.dit, path, scale=scale, adapter=adapter)  # a LoRAError (another base) before any change
         self.dit.to(self.device).eval()
         self._base_config, self.config = base, config
+        self._lora = (Path(path), float(scale)) if scale else None
         return self
 
     # --- validation ----------------------------------------------------------------------------

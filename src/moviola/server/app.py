@@ -3,7 +3,7 @@
     moviola serve --port 8000 --workers 1        # see ``moviola serve --help``
     app = create_app(ServerConfig(storage="data"))  # for uvicorn or tests
 
-The contract is ../shared/API.md, checked against the official ``openai`` SDK. Every error is shaped
+The contract is docs/API.md, checked against the official ``openai`` SDK. Every error is shaped
 like OpenAI's, ``{"error": {"message", "type", "param", "code"}}``, with the status code the SDK maps
 to its exception classes (400 BadRequest, 401 Authentication, 403 PermissionDenied, 404 NotFound,
 413 payload too large, 429 RateLimit with ``retry-after``, 500/503 InternalServer); FastAPI's own
@@ -762,6 +762,22 @@ def _av_open(path: Path):
     return av.open(str(path))
 
 
+def _listen(host: str, port: int):
+    """A socket bound to (host, port) and listening, or a ValueError saying why not (in use, no such address)."""
+    import socket
+
+    try:
+        family, kind, proto, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        sock = socket.socket(family, kind, proto)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(addr)
+        sock.listen(2048)
+    except OSError as e:  # socket.gaierror too
+        raise ValueError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+    sock.set_inheritable(False)
+    return sock
+
+
 def serve(cfg: ServerConfig) -> int:
     """``moviola serve``: uvicorn on host:port plus ``cfg.workers`` worker processes, restarted if they die."""
     import os
@@ -772,6 +788,7 @@ def serve(cfg: ServerConfig) -> int:
     import uvicorn
 
     app = create_app(cfg)  # fails here, before any worker starts, on a bad db/storage/model
+    sock = _listen(cfg.host, cfg.port)  # and here on a port in use: the banner below is then true
     cmd = [sys.executable, "-m", "moviola.cli", "worker", "--db", cfg.db_url(), "--storage", cfg.storage,
            "--lease-seconds", str(cfg.lease_seconds), "--ttl-seconds", str(cfg.ttl_seconds),
            "--parent-pid", str(os.getpid())]  # if this process is SIGKILLed, its workers stop by themselves
@@ -800,7 +817,9 @@ def serve(cfg: ServerConfig) -> int:
     # with the default handler that would kill this process before it stops its workers.
     signal.signal(signal.SIGTERM, on_term)
     try:
-        uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="warning", access_log=False)
+        server = uvicorn.Server(uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level="warning",
+                                               access_log=False))
+        server.run(sockets=[sock])
     finally:
         stop.set()
         for p in procs:

@@ -1,4 +1,4 @@
-"""The world's vocabulary and scene specification (the contract in shared/WORLD.md, as data).
+"""The world's vocabulary and scene specification (the contract in docs/WORLD.md, as data).
 
 Everything that describes a scene lives here so the renderer, captioner, sampler and scorer agree on
 one set of words and numbers. Lengths are in the unit ``s = min(W, H)``: a scene means the same at
