@@ -142,6 +142,8 @@ def test_remix_extend_edit(client, done, stack):
         assert v.status == "completed", v.error
         assert v.moviola["note"] is None  # nothing pretended
     assert (remix.size, remix.seconds, remix.moviola["seed"]) == ("64x64", "2", 7)
+    for v in (remix, ext, edit):  # provenance: the stored source's hash, which outlives its expiry
+        assert v.moviola["source_sha256"] == done.moviola["content_hash"]
     assert edit.remixed_from_video_id == done.id and edit.moviola["kind"] == "edit"
 
     src = read_video(_save(client, done.id, stack.root / "src.mp4")).frames
@@ -249,6 +251,13 @@ def test_storyboard_endpoint(client, stack):
     out = read_video(_save(client, v.id, stack.root / "board.mp4"))
     assert out.frames.shape == (16, 64, 64, 3)
     assert json.loads(out.metadata["moviola_storyboard"])[1] == {"start": 1.0, "prompt": board["cards"][1]["prompt"]}
+    assert v.moviola["card_image_sha256"] == [None, None]  # no image cards here (the studio's test has one)
+    # A completed video whose file was removed by hand: the server says so, not "no such video".
+    for f in (stack.storage / "videos" / v.id).rglob("video.mp4"):
+        f.unlink()
+    with pytest.raises(openai.InternalServerError) as e:
+        client.with_options(max_retries=0).videos.download_content(v.id)
+    assert e.value.code == "asset_missing"
     # The cut: the second card's scene (white background) starts at 1 s.
     assert out.frames[:8].mean() < out.frames[8:].mean()
 

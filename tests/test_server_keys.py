@@ -97,6 +97,9 @@ def test_quota_answers_429_with_retry_after(stack):
     second = _create(c, seconds="1")  # what is left of the quota is still usable
     for v in (first, second):
         c.videos.delete(v.id)
+    with pytest.raises(openai.BadRequestError) as e:  # more than the whole quota: no wait would help
+        _create(c, seconds="4")
+    assert e.value.code == "quota_too_small" and "whole daily quota of 3 s" in str(e.value)
 
 
 def test_keys_cli(tmp_path, capsys):

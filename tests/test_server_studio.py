@@ -161,6 +161,7 @@ def test_studio_makes_a_video_and_plays_it(stack, tmp_path):
 
     cards = json.loads(stack.database().one("SELECT params FROM jobs WHERE id = ?", (board.id,))["params"])["cards"]
     assert "image_path" not in cards[0] and cards[1]["image_path"].endswith("card1.png")  # the image card
+    assert board.moviola["card_image_sha256"][0] is None and len(board.moviola["card_image_sha256"][1]) == 64
 
 
 def test_studio_gallery_pages_through_older_videos(stack):

@@ -170,6 +170,55 @@ def test_deleted_mid_job_is_abandoned(env):
     assert not (tmp / "storage" / "videos" / vid).exists()
 
 
+def test_a_revoked_keys_jobs_are_not_made(env):
+    """A key revoked while its job waited (or while its upload came in): the job fails as key_revoked when a
+    worker reaches it, instead of being made for nobody; a request in flight is refused, nothing queued."""
+    from moviola.server.keys import KeyRevoked, revoke_key
+
+    db, key, _ = env
+    (vid,) = _queue(db, key)
+    revoke_key(db, "k")
+    assert jobs.claim(db, "w", 10) is None
+    row = db.one("SELECT * FROM jobs WHERE id = ?", (vid,))
+    assert (row["status"], row["error_code"]) == ("failed", "key_revoked")
+    with pytest.raises(KeyRevoked):
+        _queue(db, key)  # the key row the request authenticated with, read before the revocation
+    assert db.one("SELECT COUNT(*) AS n FROM jobs")["n"] == 1
+
+
+def test_a_storage_error_requeues_the_job_then_fails_it_by_name(env, monkeypatch):
+    """A full or read-only disk is not the request's fault: the job goes back to the queue (taken again after
+    RETRY_SECONDS) with the problem recorded, and after MAX_ATTEMPTS tries fails as storage_error, with no
+    server path in what the client reads. Its files are swept."""
+    import moviola.server.worker as W
+
+    db, key, tmp = env
+    (vid,) = _queue(db, key)
+    w = _worker(tmp, tmp / "q.db", FakePipe())
+    w.storage.save_upload(vid, "input.png", b"png")
+
+    def full(*a, **kw):
+        raise OSError(28, "No space left on device", str(tmp / "storage" / "work"))
+
+    monkeypatch.setattr(w.storage, "new_work_dir", full)
+    monkeypatch.setattr(W, "RETRY_SECONDS", 0.05)
+    w.run_one(jobs.claim(db, w.owner, 5))
+    row = db.one("SELECT * FROM jobs WHERE id = ?", (vid,))
+    assert row["status"] == "in_progress" and row["lease_owner"] is None and row["error_code"] == "storage_error"
+    assert jobs.claim(db, "other", 5) is None  # not before its retry time
+    for _ in range(jobs.MAX_ATTEMPTS - 1):
+        time.sleep(0.1)
+        w.run_one(jobs.claim(db, w.owner, 5))
+    time.sleep(0.1)
+    assert jobs.claim(db, "other", 5) is None
+    row = db.one("SELECT * FROM jobs WHERE id = ?", (vid,))
+    assert (row["status"], row["error_code"]) == ("failed", "storage_error")
+    assert "No space left on device" in row["error_message"] and str(tmp) not in row["error_message"]
+    assert jobs.sweep_expired(db, w.storage) == 1  # what a failed job left: its upload
+    assert not (tmp / "storage" / "uploads" / vid).exists()
+    assert jobs.to_video(db.one("SELECT * FROM jobs WHERE id = ?", (vid,)))["moviola"]["expired"] is False
+
+
 def test_adapter_calls_the_abilities_with_their_real_signatures(tmp_path):
     import inspect
 

@@ -402,8 +402,13 @@ def create_app(cfg: ServerConfig) -> FastAPI:
             row = jobs.insert_job(db, key, video_id=video_id, kind=kind, prompt=prompt, model=model.name,
                                   seconds=seconds_text(seconds), size=f"{width}x{height}", params=params,
                                   cost_seconds=cost, remixed_from=remixed_from)
+        except keys.KeyRevoked as e:
+            storage.remove_all(video_id)
+            raise APIError(401, str(e), code="invalid_api_key") from None
         except keys.LimitExceeded as e:
             storage.remove_all(video_id)
+            if e.kind == "too_large":
+                raise APIError(400, str(e), code="quota_too_small", param="seconds") from None
             raise APIError(429, str(e), type="requests" if e.kind == "rate" else "insufficient_quota",
                            code="rate_limit_exceeded" if e.kind == "rate" else "insufficient_quota",
                            headers={"retry-after": str(int(e.retry_after + 0.999))}) from None
@@ -513,7 +518,11 @@ def create_app(cfg: ServerConfig) -> FastAPI:
         try:
             data = path.read_bytes()  # whole file: no race with a delete that lands mid-stream
         except FileNotFoundError:
-            raise not_found(video_id) from None
+            if jobs.get_job(db, key["id"], video_id) is None:  # deleted while this request ran
+                raise not_found(video_id) from None
+            raise APIError(500, f"video {video_id} is completed but its {variant} file is missing from the "
+                                "server's storage (removed by hand?); make it again", type="server_error",
+                           code="asset_missing", param="video_id") from None
         return Response(data, media_type=VARIANTS[variant][1],
                         headers={"etag": f'"{row["content_hash"]}"'} if variant == "video" else None)
 
@@ -529,7 +538,8 @@ def create_app(cfg: ServerConfig) -> FastAPI:
             raise problem(e) from None
         new_id = jobs.new_video_id()
         params = {**sampler_params(body.seed if body.seed is not None else sp["seed"]), "strength": strength,
-                  "source_video_id": video_id, "source_seed": sp["seed"], "source_path": copy_source(new_id, src)}
+                  "source_video_id": video_id, "source_seed": sp["seed"], "source_path": copy_source(new_id, src),
+                  "source_sha256": src["content_hash"]}  # provenance outlives the source's expiry
         return queue(request, key, video_id=new_id, kind="remix", prompt=prompt, seconds=float(sp["seconds"]),
                      width=sp["width"], height=sp["height"], params=params, cost=float(sp["seconds"]),
                      remixed_from=video_id)
@@ -549,7 +559,8 @@ def create_app(cfg: ServerConfig) -> FastAPI:
                 wh = model.parse_size(size, default=(sp["width"], sp["height"]))
             except RequestProblem as e:
                 raise problem(e) from None
-            extra = {"source_video_id": video_ref, "source_seed": sp["seed"], "source_path": copy_source(new_id, src)}
+            extra = {"source_video_id": video_ref, "source_seed": sp["seed"], "source_path": copy_source(new_id, src),
+                     "source_sha256": src["content_hash"]}
             return extra, float(sp["seconds"]), wh
         if video is None:
             raise APIError(400, "missing required parameter 'video' (a video file, or video[id] of a completed "
@@ -662,8 +673,10 @@ def create_app(cfg: ServerConfig) -> FastAPI:
             for i, c in enumerate(cards):
                 image = c.pop("image", None)
                 if image:
-                    png = image_png(data_url_bytes(image, f"cards[{i}].image"), f"cards[{i}].image")
+                    raw = data_url_bytes(image, f"cards[{i}].image")
+                    png = image_png(raw, f"cards[{i}].image")
                     c["image_path"] = storage.relative(storage.save_upload(new_id, f"card{i}.png", png))
+                    c["image_sha256"] = hashlib.sha256(raw).hexdigest()  # provenance: the file it was given
         except BaseException:
             storage.remove_all(new_id)
             raise
@@ -729,6 +742,16 @@ def create_app(cfg: ServerConfig) -> FastAPI:
     @app.get("/healthz", include_in_schema=False)
     def healthz():
         db.one("SELECT 1 AS ok")
+        try:  # every job writes here: a full or read-only disk makes each one fail, so say so
+            for sub in ("videos", "uploads"):
+                d = storage.root / sub
+                d.mkdir(exist_ok=True)
+                probe = d / f".healthz-{secrets.token_hex(4)}"
+                probe.write_bytes(b"ok")
+                probe.unlink()
+        except OSError as e:
+            return JSONResponse({"status": "unhealthy", "model": model.name,
+                                 "problem": f"storage is not writable ({e.strerror or e})"}, status_code=503)
         return {"status": "ok", "model": model.name}
 
     @app.get("/metrics", include_in_schema=False, response_class=PlainTextResponse)

@@ -96,9 +96,12 @@ def to_video(row: dict[str, Any]) -> dict[str, Any]:
                     "source_video_id": params.get("source_video_id"), "strength": params.get("strength"),
                     "transition": params.get("transition"), "note": row["note"],
                     "input_image_sha256": params.get("input_sha256"), "source_sha256": params.get("source_sha256"),
+                    "card_image_sha256": ([c.get("image_sha256") for c in params["cards"]]
+                                          if params.get("cards") else None),
                     "extension_seconds": params.get("extension_seconds"), "backward": params.get("backward"),
                     "content_hash": row["content_hash"], "generation_seconds": row["gen_seconds"],
-                    "expired": row["assets_removed_at"] is not None,
+                    "expired": row["status"] == "completed" and (row["assets_removed_at"] is not None or (
+                        row["expires_at"] is not None and row["expires_at"] <= time.time())),
                     "feedback": ({"rating": row["feedback_rating"], "comment": row["feedback_comment"]}
                                  if row["feedback_at"] else None)},
     }
@@ -117,10 +120,19 @@ def claim(db: Database, owner: str, lease_seconds: float) -> dict[str, Any] | No
             if row is None:
                 return None
             if row["attempts"] >= MAX_ATTEMPTS:
-                tx.execute("UPDATE jobs SET status = 'failed', error_code = 'worker_lost', error_message = ?, "
+                last = row["error_message"]  # set by `retry`: what went wrong last time, if a worker said
+                tx.execute("UPDATE jobs SET status = 'failed', error_code = ?, error_message = ?, "
                            "lease_owner = NULL, completed_at = ? WHERE id = ?",
-                           (f"the job was taken {row['attempts']} times and no worker finished it "
-                            "(each one stopped or crashed while running it)", now, row["id"]))
+                           (row["error_code"] or "worker_lost",
+                            f"the job was taken {row['attempts']} times and no worker finished it "
+                            + (f"(the last try: {last})" if last else
+                               "(each one stopped or crashed while running it)"), now, row["id"]))
+                continue
+            revoked = tx.one("SELECT revoked_at FROM keys WHERE id = ?", (row["key_id"],))
+            if revoked is not None and revoked["revoked_at"] is not None:  # nobody may fetch it: don't make it
+                tx.execute("UPDATE jobs SET status = 'failed', error_code = 'key_revoked', error_message = ?, "
+                           "lease_owner = NULL, completed_at = ? WHERE id = ?",
+                           ("the API key that asked for it was revoked before it ran", now, row["id"]))
                 continue
             tx.execute("UPDATE jobs SET status = 'in_progress', lease_owner = ?, worker = ?, lease_until = ?, "
                        "attempts = attempts + 1, started_at = COALESCE(started_at, ?), claimed_at = ? "
@@ -159,6 +171,15 @@ def fail(db: Database, video_id: str, owner: str, code: str, message: str) -> bo
                       (code, message[:2000], time.time(), video_id, owner)) == 1
 
 
+def retry(db: Database, video_id: str, owner: str, code: str, message: str, after_seconds: float) -> bool:
+    """Give a job back after a passing problem (storage, database), to be taken again after ``after_seconds``
+    (an in-progress job whose lease runs out then); after MAX_ATTEMPTS tries `claim` fails it with this
+    code and message."""
+    return db.execute("UPDATE jobs SET lease_owner = NULL, lease_until = ?, error_code = ?, error_message = ? "
+                      "WHERE id = ? AND lease_owner = ? AND status = 'in_progress'",
+                      (time.time() + after_seconds, code, message[:2000], video_id, owner)) == 1
+
+
 def release(db: Database, video_id: str, owner: str) -> bool:
     """Give a job back to the queue (a worker stopping politely)."""
     return db.execute("UPDATE jobs SET status = 'queued', lease_owner = NULL, lease_until = NULL, "
@@ -169,10 +190,11 @@ def release(db: Database, video_id: str, owner: str) -> bool:
 # --- housekeeping -----------------------------------------------------------------------------------
 
 def sweep_expired(db: Database, storage: Storage) -> int:
-    """Remove the files of videos past ``expires_at`` (the rows stay, marked expired)."""
+    """Remove the files of videos past ``expires_at``, and what failed jobs left (uploads, a killed attempt's
+    partial files); the rows stay, marked."""
     now = time.time()
-    rows = db.query("SELECT id FROM jobs WHERE expires_at IS NOT NULL AND expires_at <= ? "
-                    "AND assets_removed_at IS NULL", (now,))
+    rows = db.query("SELECT id FROM jobs WHERE assets_removed_at IS NULL AND ((expires_at IS NOT NULL AND "
+                    "expires_at <= ?) OR status = 'failed')", (now,))
     for r in rows:
         storage.remove_all(r["id"])
         db.execute("UPDATE jobs SET assets_removed_at = ? WHERE id = ?", (now, r["id"]))

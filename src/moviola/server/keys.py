@@ -40,7 +40,8 @@ class KeyProblem(ValueError):
 
 @dataclass
 class LimitExceeded(Exception):
-    """A rate limit or quota was hit: ``kind`` is "rate" or "quota", retry after ``retry_after`` s."""
+    """A rate limit or quota was hit: ``kind`` is "rate" or "quota", retry after ``retry_after`` s; or
+    "too_large": the request alone is more than the whole quota (no wait helps)."""
 
     kind: str
     message: str
@@ -48,6 +49,10 @@ class LimitExceeded(Exception):
 
     def __str__(self) -> str:
         return self.message
+
+
+class KeyRevoked(Exception):
+    """The key was revoked while its request was being read: nothing is queued."""
 
 
 def hash_key(token: str) -> str:
@@ -107,10 +112,13 @@ def check_limits(tx: _Tx, key: dict[str, Any], cost_seconds: float, now: float) 
     Call inside the transaction that inserts the job. On PostgreSQL the key's row is locked first so
     concurrent requests of one key queue up here (SQLite's BEGIN IMMEDIATE already serialises them).
     """
-    if key["rate_per_minute"] is None and key["quota_seconds_per_day"] is None:
-        return
     if tx.db.dialect == "postgresql":
         tx.one("SELECT id FROM keys WHERE id = ? FOR UPDATE", (key["id"],))
+    now_key = tx.one("SELECT revoked_at FROM keys WHERE id = ?", (key["id"],))
+    if now_key is None or now_key["revoked_at"] is not None:  # revoked while a slow upload came in
+        raise KeyRevoked(f"this API key ({key['prefix']}...) was revoked")
+    if key["rate_per_minute"] is None and key["quota_seconds_per_day"] is None:
+        return
     if key["rate_per_minute"] is not None:
         rows = tx.query("SELECT created_at FROM jobs WHERE key_id = ? AND created_at > ? ORDER BY created_at",
                         (key["id"], now - 60.0))
@@ -125,16 +133,16 @@ def check_limits(tx: _Tx, key: dict[str, Any], cost_seconds: float, now: float) 
         rows = tx.query("SELECT created_at, cost_seconds FROM jobs WHERE key_id = ? AND created_at > ? "
                         "AND status <> 'failed' ORDER BY created_at", (key["id"], now - DAY))
         used = sum(r["cost_seconds"] for r in rows)
+        if cost_seconds > quota + 1e-9:  # waiting would never help
+            raise LimitExceeded("too_large", f"this request asks for {cost_seconds:g} s of video, more than key "
+                                             f"{key['name']!r}'s whole daily quota of {quota:g} s", 0.0)
         if used + cost_seconds > quota + 1e-9:
-            if cost_seconds > quota:
-                wait = DAY
-            else:  # wait until enough old jobs have left the window
-                need, wait = used + cost_seconds - quota, DAY
-                for r in rows:
-                    need -= r["cost_seconds"]
-                    if need <= 1e-9:
-                        wait = r["created_at"] + DAY - now
-                        break
+            need, wait = used + cost_seconds - quota, DAY  # wait until enough old jobs have left the window
+            for r in rows:
+                need -= r["cost_seconds"]
+                if need <= 1e-9:
+                    wait = r["created_at"] + DAY - now
+                    break
             raise LimitExceeded("quota", f"daily quota of {quota:g} video seconds reached for key "
                                          f"{key['name']!r} ({used:g} s used in the last 24 h, this request "
                                          f"asks for {cost_seconds:g} s)", max(1.0, wait))

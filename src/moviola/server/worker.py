@@ -30,10 +30,12 @@ from pathlib import Path
 from typing import Any
 
 from moviola.server import jobs
-from moviola.server.db import Database
+from moviola.server.db import Database, DatabaseError
 from moviola.server.generate import FramePicker, JobFailure, ModelInfo, run_job
 from moviola.server.storage import Storage, write_atomic
 from moviola.video_io import VideoError
+
+RETRY_SECONDS = 30.0  # a job that met a storage or database error is taken again after this (MAX_ATTEMPTS tries)
 
 
 @dataclass
@@ -147,7 +149,12 @@ class Worker:
             if now - last[0] >= 0.25 or done >= n:
                 last[0] = now
                 # Sampling is ~90 % of the work; decoding and writing the files the rest.
-                if not jobs.heartbeat(self.db, vid, owner, lease, progress=int(90 * min(done, n) / max(n, 1))):
+                try:
+                    mine = jobs.heartbeat(self.db, vid, owner, lease, progress=int(90 * min(done, n) / max(n, 1)))
+                except Exception as e:  # a database hiccup (locked, a dropped connection): the beat thread
+                    self.log(f"{vid}: progress not recorded ({e})")  # keeps the lease; go on sampling
+                    return
+                if not mine:
                     lost.set()
                     raise _Lost("lease lost")
 
@@ -200,10 +207,27 @@ class Worker:
                 _rmtree(out_dir)
             jobs.fail(self.db, vid, owner, "invalid_request", str(e))
             self.log(f"{vid}: failed ({e})")
+        except (OSError, DatabaseError) as e:  # the storage or the database, not the request: try it again later
+            if out_dir is not None:
+                _rmtree(out_dir)
+            traceback.print_exc(file=sys.stderr)
+            code = "storage_error" if isinstance(e, OSError) else "database_error"
+            what = (e.strerror or type(e).__name__) if isinstance(e, OSError) else str(e)  # no server paths
+            try:
+                jobs.retry(self.db, vid, owner, code, f"{code.replace('_', ' ')}: {what}", RETRY_SECONDS)
+                self.log(f"{vid}: {code} ({what}); back in the queue in {RETRY_SECONDS:g} s")
+            except Exception as e2:  # the database itself: the lease runs out and another claim retries it
+                self.log(f"{vid}: {code} ({what}); could not requeue ({e2})")
         except Exception as e:
             if out_dir is not None:
                 _rmtree(out_dir)
             traceback.print_exc(file=sys.stderr)
+            if type(e).__module__.startswith(("sqlite3", "psycopg")):  # a database error below our wrapper
+                try:
+                    jobs.retry(self.db, vid, owner, "database_error", f"database error: {e}", RETRY_SECONDS)
+                    return
+                except Exception:
+                    return  # the lease runs out; another claim retries it
             jobs.fail(self.db, vid, owner, "generation_failed", f"{type(e).__name__}: {e}")
         finally:
             beat_stop.set()
@@ -254,7 +278,9 @@ class Worker:
             meta["moviola_extension_seconds"] = str(params["extension_seconds"])
             meta["moviola_backward"] = str(bool(params.get("backward"))).lower()
         if params.get("cards"):
-            meta["moviola_storyboard"] = json.dumps([{"start": c["start"], "prompt": c["prompt"]}
+            meta["moviola_storyboard"] = json.dumps([{"start": c["start"], "prompt": c["prompt"],
+                                                      **({"image_sha256": c["image_sha256"]}
+                                                         if c.get("image_sha256") else {})}
                                                      for c in params["cards"]])
         if result.note:
             meta["moviola_note"] = result.note
