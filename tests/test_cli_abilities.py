@@ -144,6 +144,82 @@ def test_interrupted_stream_keeps_a_playable_file(tmp_path):
     assert list(tmp_path.iterdir()) == [path]
 
 
+def test_a_failed_or_second_interrupted_run_keeps_every_earlier_file(tmp_path, capsys):
+    """An error mid-stream (not only Ctrl-C) keeps the existing output and puts what was made beside it; a
+    second interrupted run does not overwrite the first one's partial clip."""
+    from moviola.cli import _run
+
+    def failing(_callback):
+        yield np.full((8, 32, 32, 3), 200, np.uint8)
+        raise RuntimeError("out of memory in window 2")
+
+    out = tmp_path / "clip.mp4"
+    write_video(out, np.zeros((20, 32, 32, 3), np.uint8), 8)
+    with pytest.raises(RuntimeError):
+        _run("generating", failing, out, 8.0, {})
+    assert read_video(out).num_frames == 20  # it had been replaced by the 8-frame partial clip
+    assert "stopped by an error; kept 8 frames in" in capsys.readouterr().err
+
+    def interrupted(_callback):
+        yield np.full((4, 32, 32, 3), 100, np.uint8)
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        _run("generating", interrupted, out, 8.0, {})
+    assert read_video(tmp_path / "clip.partial.mp4").num_frames == 8  # the first partial, untouched
+    assert read_video(tmp_path / "clip.partial-2.mp4").num_frames == 4
+
+
+def test_sigterm_keeps_a_playable_partial_clip(tmp_path):
+    """`kill`, `timeout` or a closed terminal stop a long generate as Ctrl-C does: what was made is kept,
+    playable, and no hidden temp file is left (it had been a 48-byte unplayable one)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "long.mp4"
+    proc = subprocess.Popen([sys.executable, "-m", "moviola.cli", "generate", "a red circle falls", "--seconds", "60",
+                             "--steps", "2", "-o", str(out)], stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not any(p.name.startswith(".long.tmp") and p.stat().st_size > 1000
+                                             for p in tmp_path.iterdir()):
+        time.sleep(0.2)  # until the first window is written
+    os.kill(proc.pid, signal.SIGTERM)
+    err = proc.communicate(timeout=120)[1]
+    assert proc.returncode == 130, err
+    assert "interrupted; kept" in err and read_video(out).num_frames >= 8
+    assert [p.name for p in tmp_path.iterdir()] == ["long.mp4"]
+
+
+def test_generate_refuses_what_it_would_not_make_as_asked(tmp_path, capsys):
+    """A last image with one frame (it had written a generated frame, not the image), a duration that rounds
+    to one frame as a video (a 1-frame MP4 where one frame is a PNG), and connect's real limit (3 s, not 120)."""
+    img = tmp_path / "last.png"
+    write_image(img, np.full((64, 64, 3), 90, np.uint8))
+    clip = tmp_path / "a.mp4"
+    write_video(clip, np.zeros((16, 64, 64, 3), np.uint8), 8)
+    for argv, words in [(["generate", "x", "--last-image", str(img), "--frames", "1", "-o", str(tmp_path / "s.png")],
+                         "--last-image needs a clip"),
+                        (["generate", "x", "--seconds", "0.01", "-o", str(tmp_path / "n.mp4")], "use a .png output"),
+                        (["connect", str(clip), str(clip), "x", "--seconds", "10", "-o", str(tmp_path / "c.mp4")],
+                         "at most 3 s")]:
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and words in err[0], err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.mp4", "last.png"]
+
+
+def test_a_text_file_named_png_is_not_called_an_image(tmp_path):
+    from moviola.video_io import VideoError
+
+    fake = tmp_path / "fake.png"
+    fake.write_text("not an image at all\n" * 20)
+    with pytest.raises(VideoError, match="not a video or an image"):
+        read_video(fake)
+
+
 def test_interrupted_generate_never_replaces_an_existing_file(tmp_path, capsys):
     """Ctrl-C keeps what was made, but beside an output that was there before (NAME.partial.mp4), not over it."""
     from moviola.cli import _run

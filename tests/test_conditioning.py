@@ -755,6 +755,11 @@ def test_cards_closer_than_a_frame_are_refused(pipe, no_sampling):
         pipe.storyboard(cards, seconds=2, **SIZE)
 
 
+def test_a_storyboard_length_that_is_not_a_number_is_a_generation_error(pipe, no_sampling):
+    with pytest.raises(GenerationError, match="seconds must be a number, got str"):
+        pipe.storyboard([Card(0, "a")], seconds="3", **SIZE)  # a raw TypeError before
+
+
 def test_no_duration_is_a_generation_error(pipe, no_sampling):
     with pytest.raises(GenerationError):
         pipe(P, seconds=None, **SIZE)

@@ -151,3 +151,9 @@ def test_save_pretrained_carries_the_card_provenance_and_captions(tmp_path):
     assert f"the adapter {adapter} merged into its DiT at scale 0.5" in card
     assert training_captions(tmp_path / "merged") == {"a pink circle falls"}
     assert not (tmp_path / "merged" / "training_captions.json.gz").exists()
+
+
+def test_from_pretrained_defaults_to_the_shipped_model():
+    from moviola.pipeline import Pipeline
+
+    assert Pipeline.from_pretrained().source_dir == DEFAULT_MODEL_DIR

@@ -189,6 +189,14 @@ def _output(path: str, *, image_ok: bool = False) -> Path:
     return out
 
 
+def _partial_path(out: Path) -> Path:
+    """NAME.partial.EXT, or NAME.partial-2.EXT... when an earlier interrupted run's is there."""
+    path, k = out.with_name(f"{out.stem}.partial{out.suffix}"), 2
+    while path.exists():
+        path, k = out.with_name(f"{out.stem}.partial-{k}{out.suffix}"), k + 1
+    return path
+
+
 def _run(label: str, make, out: Path, fps: float, meta: dict) -> int:
     """Run ``make(callback)`` under a progress bar and write what it returns: frames (T, H, W, 3), or an
     iterator of frame chunks, written to a video file as they come (an interrupted run keeps what it made)."""
@@ -220,15 +228,16 @@ def _run(label: str, make, out: Path, fps: float, meta: dict) -> int:
                     for chunk in result:
                         writer.write(chunk)
                         shape = chunk.shape
-                except KeyboardInterrupt:
-                    # What was made is kept, but never in place of a file that was there before the run.
-                    kept = writer.close(keep=True, path=out.with_name(f"{out.stem}.partial{out.suffix}")
-                                        if existed else None)
+                except BaseException as e:
+                    # Interrupted or failed: what was made is kept, but never in place of a file that was
+                    # there before the run, nor of an earlier run's partial clip.
+                    kept = writer.close(keep=True, path=_partial_path(out) if existed else None)
+                    how = "interrupted" if isinstance(e, KeyboardInterrupt) else "stopped by an error"
                     if kept is None:
-                        print("moviola: interrupted before any frame was made", file=sys.stderr)
+                        print(f"moviola: {how} before any frame was made", file=sys.stderr)
                     else:
                         note = f" ({out} left as it was)" if existed else ""
-                        print(f"moviola: interrupted; kept {writer.frames_written} frames in {kept}{note}",
+                        print(f"moviola: {how}; kept {writer.frames_written} frames in {kept}{note}",
                               file=sys.stderr)
                     raise
             n = writer.frames_written
@@ -245,15 +254,21 @@ def cmd_generate(args) -> int:
         raise ValueError("give --seconds or --frames, not both")
     if args.seconds is None:
         args.seconds = 2.0
-    one = args.frames == 1 or (args.frames is None and args.seconds == 0)
-    if one and out.suffix.lower() != ".png":
-        raise ValueError(f"{out}: a single frame (--seconds 0 or --frames 1) is written as an image: use a .png output")
-    if out.suffix.lower() == ".png" and not one:
-        raise ValueError(f"{out}: a .png holds one frame: add --seconds 0 (or --frames 1)")
+    if args.last_image and (args.frames == 1 or (args.frames is None and args.seconds == 0)):
+        raise ValueError("--last-image needs a clip to end on it: give --seconds (or --frames) above one frame")
     image = _read_picture(args.image) if args.image else None
     last = _read_picture(args.last_image) if args.last_image else None
     pipe = _load_pipe(args)
     fps = args.fps or pipe.config.fps
+    # One frame (a PNG) by the count the clip rounds to: --seconds 0.01 at 8 fps is one frame too.
+    one = args.frames == 1 or (args.frames is None and max(1, round(args.seconds * fps)) == 1)
+    if one and args.last_image:
+        raise ValueError(f"--seconds {args.seconds:g} is one frame at {fps:g} fps: --last-image needs a clip")
+    if one and out.suffix.lower() != ".png":
+        raise ValueError(f"{out}: a single frame (--seconds 0 or --frames 1; here {args.seconds:g} s at {fps:g} fps) "
+                         "is written as an image: use a .png output")
+    if out.suffix.lower() == ".png" and not one:
+        raise ValueError(f"{out}: a .png holds one frame: add --seconds 0 (or --frames 1)")
     length = {"num_frames": 1} if one else ({"num_frames": args.frames} if args.frames else {"seconds": args.seconds})
     kw = dict(width=w, height=h, fps=fps, **length, **_sampling(args))
     if args.loop:
@@ -261,6 +276,11 @@ def cmd_generate(args) -> int:
             raise ValueError("--loop cannot be combined with --image or --last-image")
         make = lambda cb: pipe.loop(args.prompt, callback=cb, **kw)  # noqa: E731
     elif last is not None:
+        asked = args.frames or max(1, round(args.seconds * fps))
+        made = min(pipe.window_frames, max(9, 1 + 4 * round((asked - 1) / 4)))  # as image_to_video makes it
+        if made != asked:
+            print(f"moviola: --last-image: making {made} frames ({made / fps:g} s), the nearest length a clip "
+                  f"can end on a given image (4k + 1 frames, 9 to {pipe.window_frames}), not {asked}", file=sys.stderr)
         make = lambda cb: pipe.image_to_video(args.prompt, image, last_image=last, callback=cb, **kw)  # noqa: E731
     else:
         make = lambda cb: pipe.stream(args.prompt, image=image, callback=cb, **kw)  # noqa: E731
@@ -926,11 +946,26 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """The console entry point: exit status 0 on success, 2 for an error the user can fix (one line on
     stderr), 130 when interrupted, at any point, start-up's imports included."""
+    import signal
+
+    def stop(signum, frame):  # `kill`, `timeout`, a closed terminal: the same as Ctrl-C (what was made is kept)
+        raise KeyboardInterrupt
+
+    before = {}
+    for sig in (signal.SIGTERM, getattr(signal, "SIGHUP", None)):
+        if sig is not None:
+            try:
+                before[sig] = signal.signal(sig, stop)  # `serve` and `worker` set their own on top
+            except ValueError:  # not the main thread (an embedding program): leave signals alone
+                break
     try:
         return _main(argv)
     except KeyboardInterrupt:
         print("moviola: interrupted", file=sys.stderr)
         return 130
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
 
 
 def _main(argv: list[str] | None) -> int:

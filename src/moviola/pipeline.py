@@ -188,7 +188,12 @@ class Pipeline:
     # --- files ---------------------------------------------------------------------------------
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu") -> "Pipeline":
+    def from_pretrained(cls, directory: str | Path | None = None, device: str | torch.device = "cpu") -> "Pipeline":
+        """Load a model folder (default: the shipped model)."""
+        if directory is None:
+            from moviola import DEFAULT_MODEL_DIR
+
+            directory = DEFAULT_MODEL_DIR
         d = Path(directory)
         missing = missing_parts(d)
         if missing:
@@ -695,7 +700,13 @@ class Pipeline:
         guidance = TRANSITION_GUIDANCE if guidance is None else guidance
         steps, guidance, sampler, fps = self._settings(steps, guidance, sampler, fps)
         first, width, height = self._fit_source(a, width, height, "first clip")
-        self.check_request(width, height, seconds, None, steps, guidance, sampler=sampler, fps=fps, seed=seed, prompt=prompt)
+        frames = self.window_frames - len(_context(first)) - SUFFIX_FRAMES  # one window: a's tail, it, b's head
+        longest = frames / self.config.fps
+        if isinstance(seconds, (int, float)) and not isinstance(seconds, bool) and seconds > longest:
+            raise GenerationError(f"a transition can be at most {longest:g} s with this model ({frames} frames), "
+                                  f"asked for {seconds:g} s")
+        self.check_request(width, height, seconds, None, steps, guidance, sampler=sampler, fps=fps, seed=seed,
+                           prompt=prompt, max_seconds=longest)
         second = self.fit_video(b, width, height, "second clip")
         self._needs_conditioning("connect")
         mid, head = self._transition(first, second, prompt, seconds * fps, width=width, height=height, steps=steps,
@@ -829,6 +840,9 @@ def check_cards(cards: Sequence[Card], seconds: float | None, limit: float) -> N
         if b.start <= a.start:
             raise GenerationError(f"cards must be in order of start time without overlap: card {i + 2} starts "
                                   f"at {b.start:g} s, not after card {i + 1} at {a.start:g} s")
+    if seconds is not None and (isinstance(seconds, bool) or not isinstance(seconds, (int, float, np.floating, np.integer))
+                                or not math.isfinite(seconds)):
+        raise GenerationError(f"seconds must be a number, got {type(seconds).__name__} {seconds!r}")
     end = seconds if seconds is not None else cards[-1].start + 2.0
     if end <= cards[-1].start:
         raise GenerationError(f"the board ends at {end:g} s, not after its last card starts ({cards[-1].start:g} s)")

@@ -733,6 +733,14 @@ def _video_stream(path: Path, container: Any) -> Any:
     fmt = container.format.name
     # ffmpeg opens PNG/JPEG/... through image demuxers that expose one "video" stream of one frame.
     if fmt == "image2" or (fmt.endswith("_pipe") and fmt != "gif_pipe"):
+        # image2 is chosen by the file's extension alone: say "a still image" only of one that decodes as one
+        try:
+            from PIL import Image
+
+            with Image.open(path) as im:
+                im.verify()
+        except Exception:
+            raise VideoError(path, "not a video or an image: unrecognised file format") from None
         raise VideoError(path, "not a video: no video stream (a still image: give it where an image is expected)")
     for stream in container.streams.video:
         if not stream.disposition & av.stream.Disposition.attached_pic:  # album art in audio files
