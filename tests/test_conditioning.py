@@ -360,6 +360,17 @@ def test_image_to_video_keeps_the_first_and_last_images(pipe):
     assert only_last.shape == (17, 32, 32, 3) and np.array_equal(only_last[-1], pipe.fit_image(last, 32, 32))
 
 
+def test_extend_stream_yields_the_extension_window_by_window(pipe):
+    """What `moviola extend` writes as it is made: the source, then each window's frames, the same clip as
+    extend(); a bad request fails when called, before any chunk."""
+    clip = _clip(6)
+    chunks = list(pipe.extend_stream(clip, "the circle keeps moving", seconds=3, **SIZE))
+    assert len(chunks) >= 3 and np.array_equal(chunks[0], clip)  # the source, then several windows
+    assert np.array_equal(np.concatenate(chunks), pipe.extend(clip, "the circle keeps moving", seconds=3, **SIZE))
+    with pytest.raises(GenerationError):
+        pipe.extend_stream(clip, "x", seconds=600, **SIZE)
+
+
 @pytest.mark.parametrize("source_frames", [6, 2])
 def test_extend_forward_and_backward_keep_the_source_in_place(pipe, source_frames):
     assert SUFFIX_FRAMES < 6 and CONTEXT_FRAMES < 6 and 2 < SUFFIX_FRAMES  # 2: shorter than the known frames

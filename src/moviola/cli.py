@@ -323,8 +323,10 @@ def cmd_extend(args) -> int:
     src, w, h = _read_source(args.input, args, pipe)
     meta = _provenance(args, pipe, args.prompt, source=args.input, extend_seconds=args.seconds,
                        direction="backward" if args.backward else "forward")
-    return _run("extending", lambda cb: pipe.extend(src, args.prompt, seconds=args.seconds, backward=args.backward,
-                                                    width=w, height=h, callback=cb, **_sampling(args)),
+    extend = pipe.extend if args.backward else pipe.extend_stream  # forwards: written as it is made
+    kw = dict(backward=True) if args.backward else {}
+    return _run("extending", lambda cb: extend(src, args.prompt, seconds=args.seconds, width=w, height=h,
+                                               callback=cb, **kw, **_sampling(args)),
                 out, pipe.config.fps, meta)
 
 

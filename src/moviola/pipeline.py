@@ -626,6 +626,10 @@ class Pipeline:
         """Continue a clip (T, H, W, 3) uint8 at the model's fps by ``seconds`` (before it with
         ``backward``). Returns the whole clip: the source (scaled and cropped to the size, which defaults
         to the trained size nearest its aspect ratio) with the new frames after (or before) it."""
+        if not backward:
+            return np.concatenate(list(self.extend_stream(
+                video, prompt, seconds=seconds, width=width, height=height, fps=fps, steps=steps, guidance=guidance,
+                seed=seed, negative_prompt=negative_prompt, sampler=sampler, callback=callback)))
         steps, guidance, sampler, fps = self._settings(steps, guidance, sampler, fps)
         src, width, height = self._fit_source(video, width, height)
         self.check_request(width, height, seconds, None, steps, guidance, sampler=sampler, fps=fps, seed=seed, prompt=prompt)
@@ -633,9 +637,6 @@ class Pipeline:
         total = self._total(seconds, None, fps)
         kw = dict(width=width, height=height, steps=steps, guidance=guidance, seed=seed,
                   negative_prompt=negative_prompt, sampler=sampler)
-        if not backward:
-            progress = _Progress(callback, len(self._plan(total, 5 if len(src) >= 5 else 1)) * steps)
-            return np.concatenate([src, *self._forward(prompt, total, tail=src, progress=progress, **kw)])
         # Backward: each window ends on the first 4 frames made so far (a known suffix) and makes what
         # comes before them.
         W, made, parts, k = self.window_frames, 0, [src.copy()], 0
@@ -656,6 +657,30 @@ class Pipeline:
             parts.append(made_now)
             made, k = made + need, k + 1
         return np.concatenate(parts[::-1])
+
+    def extend_stream(self, video: np.ndarray, prompt: str, *, seconds: float = 2.0, width: int | None = None,
+                      height: int | None = None, fps: float | None = None, steps: int | None = None,
+                      guidance: float | None = None, seed: int = 0, negative_prompt: str = "",
+                      sampler: str | None = None, callback: Callable[[int, int], None] | None = None
+                      ) -> Iterator[np.ndarray]:
+        """``extend`` forwards as frame chunks (n, H, W, 3): the fitted source first, then each window's new
+        frames as they are made, so a long extension is written as it comes (``moviola extend``) in constant
+        memory. Everything is checked when it is called, before the first chunk is asked for."""
+        steps, guidance, sampler, fps = self._settings(steps, guidance, sampler, fps)
+        src, width, height = self._fit_source(video, width, height)
+        self.check_request(width, height, seconds, None, steps, guidance, sampler=sampler, fps=fps, seed=seed, prompt=prompt)
+        self._needs_conditioning("extend")
+        total = self._total(seconds, None, fps)
+        kw = dict(width=width, height=height, steps=steps, guidance=guidance, seed=seed,
+                  negative_prompt=negative_prompt, sampler=sampler)
+        progress = _Progress(callback, len(self._plan(total, 5 if len(src) >= 5 else 1)) * steps)
+
+        def chunks() -> Iterator[np.ndarray]:
+            yield src
+            with torch.no_grad():
+                yield from self._forward(prompt, total, tail=src, progress=progress, **kw)
+
+        return chunks()
 
     @torch.no_grad()
     def remix(self, video: np.ndarray, prompt: str, *, strength: float = 0.6, width: int | None = None,
