@@ -160,3 +160,30 @@ def test_train_vae_progress_counts_both_phases(monkeypatch, tmp_path):
     monkeypatch.setattr(tv, "train_vae", fake_train)
     assert main(["train", "vae", "--out", str(tmp_path / "r"), "--optim.steps=1", "--decoder.steps=3"]) == 0
     assert totals == [4, 4]
+
+
+def test_signals_are_interrupts_unless_ignored(monkeypatch, capsys):
+    """SIGTERM stops a command as Ctrl-C does; a SIGHUP that `nohup` ignores stays ignored (closing the
+    terminal must not stop it); both handlers are as they were afterwards; --seconds inf is refused by name."""
+    import os
+    import signal
+
+    import moviola.cli as cli
+
+    old_hup = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    term_before = signal.getsignal(signal.SIGTERM)
+    try:
+        def hup_then_term(argv):
+            os.kill(os.getpid(), signal.SIGHUP)  # ignored: the command goes on
+            os.kill(os.getpid(), signal.SIGTERM)
+            return 0
+
+        monkeypatch.setattr(cli, "_main", hup_then_term)
+        assert main([]) == 130 and "interrupted" in capsys.readouterr().err
+        assert signal.getsignal(signal.SIGHUP) == signal.SIG_IGN and signal.getsignal(signal.SIGTERM) == term_before
+    finally:
+        signal.signal(signal.SIGHUP, old_hup)
+    monkeypatch.undo()
+    with pytest.raises(SystemExit) as e:  # argparse's exit: before any work
+        main(["generate", "x", "--seconds", "inf", "-o", "x.mp4"])
+    assert e.value.code == 2 and "--seconds: expected a finite number" in capsys.readouterr().err

@@ -369,6 +369,9 @@ def test_extend_stream_yields_the_extension_window_by_window(pipe):
     assert np.array_equal(np.concatenate(chunks), pipe.extend(clip, "the circle keeps moving", seconds=3, **SIZE))
     with pytest.raises(GenerationError):
         pipe.extend_stream(clip, "x", seconds=600, **SIZE)
+    for stream in (pipe.extend_stream(clip, "x", seconds=3, **SIZE), pipe.stream("x", seconds=3, **SIZE)):
+        for _ in stream:  # the caller's code between chunks runs with gradients as it had them
+            assert torch.is_grad_enabled()
 
 
 @pytest.mark.parametrize("source_frames", [6, 2])

@@ -136,6 +136,9 @@ def test_save_pretrained_carries_the_card_provenance_and_captions(tmp_path):
     for name in ("MODEL_CARD.md", "provenance.json"):
         assert (tmp_path / "plain" / name).read_bytes() == (DEFAULT_MODEL_DIR / name).read_bytes()
     assert training_captions(tmp_path / "plain") == training_captions(DEFAULT_MODEL_DIR)
+    (tmp_path / "plain" / "training_captions.json").write_text(json.dumps(["an older save's caption"]))
+    pipe.save_pretrained(tmp_path / "plain")  # again, over it: the stale plain list must not win
+    assert training_captions(tmp_path / "plain") == training_captions(DEFAULT_MODEL_DIR)
 
     lcfg = LoRAConfig(rank=2, targets=["mlp.fc2"])
     src = copy.deepcopy(pipe.dit)

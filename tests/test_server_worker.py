@@ -170,6 +170,20 @@ def test_deleted_mid_job_is_abandoned(env):
     assert not (tmp / "storage" / "videos" / vid).exists()
 
 
+def test_a_new_try_clears_the_last_tries_error(env):
+    """A storage error, then workers killed: the job fails as worker_lost, not as the storage error."""
+    db, key, _ = env
+    (vid,) = _queue(db, key)
+    assert jobs.claim(db, "a", 10)["id"] == vid
+    assert jobs.retry(db, vid, "a", "storage_error", "storage error: full", 0.0)
+    time.sleep(0.01)
+    for i in range(jobs.MAX_ATTEMPTS - 1):
+        assert jobs.claim(db, f"w{i}", lease_seconds=0.0)["error_code"] is None
+        time.sleep(0.01)
+    assert jobs.claim(db, "last", 10) is None
+    assert db.one("SELECT error_code FROM jobs WHERE id = ?", (vid,))["error_code"] == "worker_lost"
+
+
 def test_a_revoked_keys_jobs_are_not_made(env):
     """A key revoked while its job waited (or while its upload came in): the job fails as key_revoked when a
     worker reaches it, instead of being made for nobody; a request in flight is refused, nothing queued."""
@@ -214,6 +228,7 @@ def test_a_storage_error_requeues_the_job_then_fails_it_by_name(env, monkeypatch
     row = db.one("SELECT * FROM jobs WHERE id = ?", (vid,))
     assert (row["status"], row["error_code"]) == ("failed", "storage_error")
     assert "No space left on device" in row["error_message"] and str(tmp) not in row["error_message"]
+    assert "after 3 tries" in row["error_message"]  # the last try fails at once, without waiting
     assert jobs.sweep_expired(db, w.storage) == 1  # what a failed job left: its upload
     assert not (tmp / "storage" / "uploads" / vid).exists()
     assert jobs.to_video(db.one("SELECT * FROM jobs WHERE id = ?", (vid,)))["moviola"]["expired"] is False

@@ -778,7 +778,7 @@ def build_parser() -> argparse.ArgumentParser:
                                         "(default: the shipped one)")
     g.add_argument("prompt")
     sampling_flags(g, (64, 64))
-    g.add_argument("--seconds", type=float, default=None,
+    g.add_argument("--seconds", type=_number(float, 0), default=None,
                    help="duration (default 2; longer than the model's window is made window by window, up to "
                         "its max_total_seconds, and written as it is made; 0 = one image, as .png)")
     g.add_argument("--frames", type=COUNT, help="number of frames instead of --seconds (1 = an image, as .png)")
@@ -791,7 +791,7 @@ def build_parser() -> argparse.ArgumentParser:
     x = sub.add_parser("extend", help="continue a video forwards (or backwards) in time with a prompt")
     x.add_argument("input", help="the video to extend (any size, frame rate and codec PyAV reads)")
     x.add_argument("prompt")
-    x.add_argument("--seconds", type=float, default=2.0, help="how much to add (default 2)")
+    x.add_argument("--seconds", type=_number(float, 0, above=True), default=2.0, help="how much to add (default 2)")
     x.add_argument("--backward", action="store_true", help="add before the clip instead of after it")
     sampling_flags(x)
     x.set_defaults(func=cmd_extend)
@@ -809,7 +809,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("first")
     c.add_argument("second")
     c.add_argument("prompt")
-    c.add_argument("--seconds", type=float, default=1.0, help="length of the transition (default 1)")
+    c.add_argument("--seconds", type=_number(float, 0, above=True), default=1.0,
+                   help="length of the transition (default 1)")
     c.add_argument("--strength", type=float, default=None,
                    help="above 0 to 1: 1 samples the transition from noise, lower starts it from a cross-fade "
                         "of the two clips (default 0.35)")
@@ -957,6 +958,9 @@ def main(argv: list[str] | None = None) -> int:
     for sig in (signal.SIGTERM, getattr(signal, "SIGHUP", None)):
         if sig is not None:
             try:
+                current = signal.getsignal(sig)
+                if current in (signal.SIG_IGN, None):  # `nohup` ignores SIGHUP: keep it so
+                    continue
                 before[sig] = signal.signal(sig, stop)  # `serve` and `worker` set their own on top
             except ValueError:  # not the main thread (an embedding program): leave signals alone
                 break

@@ -238,12 +238,18 @@ class Pipeline:
 
         adapter = self._lora[0] if self._lora is not None else None
         order = [f for f in (adapter, self.source_dir) if f is not None]  # where each file is looked for first
+        copied = set()
         for name in (MANIFEST, SUMMARY, CAPTIONS_FILE, CAPTIONS_FILE + ".gz"):
             f = next((o / name for o in order if (o / name).is_file()), None)
-            if name.endswith(".gz") and (d / CAPTIONS_FILE).is_file():
+            if name.endswith(".gz") and CAPTIONS_FILE in copied:
                 continue  # the plain list is read first (training_captions): an adapter's holds its base's too
-            if f is not None and f.resolve() != (d / name).resolve():
-                atomic_write_bytes(d / name, f.read_bytes())
+            if f is not None:
+                copied.add(name)
+                if f.resolve() != (d / name).resolve():
+                    atomic_write_bytes(d / name, f.read_bytes())
+        if order:  # a record left in the folder by an earlier save would be read as this model's
+            for name in {MANIFEST, SUMMARY, CAPTIONS_FILE, CAPTIONS_FILE + ".gz"} - copied:
+                (d / name).unlink(missing_ok=True)
         cards = [(o / CARD).read_text() for o in (self.source_dir, adapter) if o is not None and (o / CARD).is_file()]
         if adapter is not None:
             cards.insert(1 if self.source_dir is not None and (self.source_dir / CARD).is_file() else 0,
@@ -580,8 +586,7 @@ class Pipeline:
         if total <= 0:
             return
         progress = _Progress(callback, len(self._plan(total, 0 if tail is None else 1)) * kw["steps"])
-        with torch.no_grad():
-            yield from self._forward(prompt, total, tail=tail, progress=progress, **kw)
+        yield from _no_grad_chunks(self._forward(prompt, total, tail=tail, progress=progress, **kw))
 
     @torch.no_grad()
     def image_to_video(self, prompt: str, image: np.ndarray | None = None, *, last_image: np.ndarray | None = None,
@@ -677,8 +682,7 @@ class Pipeline:
 
         def chunks() -> Iterator[np.ndarray]:
             yield src
-            with torch.no_grad():
-                yield from self._forward(prompt, total, tail=src, progress=progress, **kw)
+            yield from _no_grad_chunks(self._forward(prompt, total, tail=src, progress=progress, **kw))
 
         return chunks()
 
@@ -882,6 +886,17 @@ def check_cards(cards: Sequence[Card], seconds: float | None, limit: float) -> N
 # loops (14 better, 15 of 16 within 2x either way); the scene-change model of configs/dit/cond_transitions.toml
 # 2.02 -> 1.53 over 8 (3 -> 6 within 2x). Dropping 2 or 4 frames changes the window and gave 1.54 / 1.32 (8 loops).
 LOOP_SKIP = 1
+
+
+def _no_grad_chunks(chunks: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
+    """Each chunk made under no_grad, and yielded outside it: a `with torch.no_grad()` around a yield would
+    leave gradients off in the caller's code while the generator waits."""
+    while True:
+        with torch.no_grad():
+            chunk = next(chunks, None)
+        if chunk is None:
+            return
+        yield chunk
 
 
 def _context(frames: np.ndarray) -> np.ndarray:

@@ -21,6 +21,7 @@ import binascii
 import hashlib
 import io
 import json
+import math
 import secrets
 import shutil
 import threading
@@ -518,8 +519,12 @@ def create_app(cfg: ServerConfig) -> FastAPI:
         try:
             data = path.read_bytes()  # whole file: no race with a delete that lands mid-stream
         except FileNotFoundError:
-            if jobs.get_job(db, key["id"], video_id) is None:  # deleted while this request ran
+            now_row = jobs.get_job(db, key["id"], video_id)
+            if now_row is None:  # deleted while this request ran
                 raise not_found(video_id) from None
+            if now_row["assets_removed_at"] is not None or (now_row["expires_at"] or math.inf) <= time.time():
+                raise APIError(404, f"video {video_id} expired; its files were deleted", code="video_expired",
+                               param="video_id") from None
             raise APIError(500, f"video {video_id} is completed but its {variant} file is missing from the "
                                 "server's storage (removed by hand?); make it again", type="server_error",
                            code="asset_missing", param="video_id") from None
@@ -785,20 +790,21 @@ def _av_open(path: Path):
     return av.open(str(path))
 
 
-def _listen(host: str, port: int):
-    """A socket bound to (host, port) and listening, or a ValueError saying why not (in use, no such address)."""
+def _check_port(host: str, port: int) -> None:
+    """A ValueError saying why the server could not listen on (host, port) (in use, no such address), tried
+    on every address the host resolves to, as uvicorn binds them, before any worker starts or banner prints."""
     import socket
 
     try:
-        family, kind, proto, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
-        sock = socket.socket(family, kind, proto)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(addr)
-        sock.listen(2048)
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        for family, kind, proto, _, addr in infos:
+            with socket.socket(family, kind, proto) as sock:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if family == socket.AF_INET6:
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                sock.bind(addr)
     except OSError as e:  # socket.gaierror too
         raise ValueError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
-    sock.set_inheritable(False)
-    return sock
 
 
 def serve(cfg: ServerConfig) -> int:
@@ -811,7 +817,7 @@ def serve(cfg: ServerConfig) -> int:
     import uvicorn
 
     app = create_app(cfg)  # fails here, before any worker starts, on a bad db/storage/model
-    sock = _listen(cfg.host, cfg.port)  # and here on a port in use: the banner below is then true
+    _check_port(cfg.host, cfg.port)  # and here on a port in use: the banner below is then true
     cmd = [sys.executable, "-m", "moviola.cli", "worker", "--db", cfg.db_url(), "--storage", cfg.storage,
            "--lease-seconds", str(cfg.lease_seconds), "--ttl-seconds", str(cfg.ttl_seconds),
            "--parent-pid", str(os.getpid())]  # if this process is SIGKILLed, its workers stop by themselves
@@ -840,9 +846,7 @@ def serve(cfg: ServerConfig) -> int:
     # with the default handler that would kill this process before it stops its workers.
     signal.signal(signal.SIGTERM, on_term)
     try:
-        server = uvicorn.Server(uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level="warning",
-                                               access_log=False))
-        server.run(sockets=[sock])
+        uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="warning", access_log=False)
     finally:
         stop.set()
         for p in procs:

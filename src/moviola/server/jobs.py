@@ -134,9 +134,11 @@ def claim(db: Database, owner: str, lease_seconds: float) -> dict[str, Any] | No
                            "lease_owner = NULL, completed_at = ? WHERE id = ?",
                            ("the API key that asked for it was revoked before it ran", now, row["id"]))
                 continue
+            # A new try: what went wrong in the last one (`retry`) no longer describes the job.
             tx.execute("UPDATE jobs SET status = 'in_progress', lease_owner = ?, worker = ?, lease_until = ?, "
-                       "attempts = attempts + 1, started_at = COALESCE(started_at, ?), claimed_at = ? "
-                       "WHERE id = ?", (owner, owner, now + lease_seconds, now, now, row["id"]))
+                       "attempts = attempts + 1, started_at = COALESCE(started_at, ?), claimed_at = ?, "
+                       "error_code = NULL, error_message = NULL WHERE id = ?",
+                       (owner, owner, now + lease_seconds, now, now, row["id"]))
         return db.one("SELECT * FROM jobs WHERE id = ?", (row["id"],))
 
 

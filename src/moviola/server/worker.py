@@ -213,9 +213,15 @@ class Worker:
             traceback.print_exc(file=sys.stderr)
             code = "storage_error" if isinstance(e, OSError) else "database_error"
             what = (e.strerror or type(e).__name__) if isinstance(e, OSError) else str(e)  # no server paths
+            message = f"{code.replace('_', ' ')}: {what}"
             try:
-                jobs.retry(self.db, vid, owner, code, f"{code.replace('_', ' ')}: {what}", RETRY_SECONDS)
-                self.log(f"{vid}: {code} ({what}); back in the queue in {RETRY_SECONDS:g} s")
+                if job["attempts"] >= jobs.MAX_ATTEMPTS:  # the last try: fail it now, not after a wait
+                    jobs.fail(self.db, vid, owner, code, f"{message} (after {job['attempts']} tries)")
+                    self.log(f"{vid}: failed ({message}, {job['attempts']} tries)")
+                elif jobs.retry(self.db, vid, owner, code, message, RETRY_SECONDS):
+                    self.log(f"{vid}: {code} ({what}); back in the queue in {RETRY_SECONDS:g} s")
+                else:
+                    self.log(f"{vid}: {code} ({what}); the job is no longer this worker's")
             except Exception as e2:  # the database itself: the lease runs out and another claim retries it
                 self.log(f"{vid}: {code} ({what}); could not requeue ({e2})")
         except Exception as e:
