@@ -189,6 +189,62 @@ def test_studio_gallery_pages_through_older_videos(stack):
             browser.close()
 
 
+def _completed_video(db, storage, key: dict, prompt: str, seed: int) -> str:
+    """A completed job of ``key``'s with a small MP4 of its own, made without a worker."""
+    import hashlib
+
+    import numpy as np
+
+    from moviola.server import jobs
+    from moviola.video_io import write_video
+
+    vid = jobs.new_video_id()
+    jobs.insert_job(db, key, video_id=vid, kind="create", prompt=prompt, model="moviola-default",
+                    seconds="1", size="64x64", params={"seed": seed}, cost_seconds=0.0)
+    folder = storage / "videos" / vid / "a1"
+    folder.mkdir(parents=True)
+    write_video(folder / "video.mp4", np.full((8, 64, 64, 3), 20 * (seed % 12), np.uint8), 8)
+    digest = hashlib.sha256((folder / "video.mp4").read_bytes()).hexdigest()
+    db.execute("UPDATE jobs SET status = 'completed', progress = 100, assets = ?, content_hash = ?, "
+               "completed_at = created_at WHERE id = ?", (f"videos/{vid}/a1", digest, vid))
+    return vid
+
+
+def test_studio_fetches_clips_as_they_come_into_view(stack):
+    """A gallery page of 24 clips fetches only those near the screen, the rest as it is scrolled."""
+    sync_api = pytest.importorskip("playwright.sync_api", reason="needs playwright: pip install -e '.[test]'")
+    exe = _chromium()
+    from moviola.server import keys
+
+    token = stack.key("studio-lazy")
+    db = stack.database()
+    key = keys.lookup(db, token)
+    for i in range(24):
+        _completed_video(db, stack.storage, key, f"clip {i}", i)
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=exe, args=["--no-sandbox"])
+        try:
+            fetched = []
+            page = browser.new_page(viewport={"width": 390, "height": 844})
+            page.on("request", lambda r: fetched.append(r.url) if r.url.endswith("/content") else None)
+            page.goto(f"http://127.0.0.1:{stack.port}/")
+            page.fill("#key", token)
+            page.click("#signin")
+            page.wait_for_function("document.querySelectorAll('#gallery .card').length === 24")
+            page.wait_for_timeout(1000)
+            assert fetched == []  # on a phone the gallery starts below the forms: nothing of it on screen
+            page.evaluate("document.querySelector('#gallery').scrollIntoView()")
+            page.wait_for_function("document.querySelectorAll('#gallery .card:first-child video').length === 1")
+            page.wait_for_timeout(1000)
+            first = len(fetched)
+            assert 0 < first < 6, first  # the cards on screen (a card is ~500 px tall), not the page's 24
+            page.evaluate("window.scrollTo(0, document.body.scrollHeight)")
+            page.wait_for_function("document.querySelectorAll('#gallery .card:last-child video').length === 1")
+            assert first < len(fetched) < 24
+        finally:
+            browser.close()
+
+
 def test_studio_says_when_the_server_fails_and_loses_nothing(stack):
     """Found by a review: a refused delete removed the card anyway, a busy server at page load forgot the saved
     key, and a failed card offered Remix and Download. Server failures are simulated by routing requests."""

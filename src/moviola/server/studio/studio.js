@@ -125,6 +125,8 @@ async function submit(request, btn, errorBox) {
     const video = await (await request()).json();
     upsertCard(video, true);
     $("#empty").hidden = true;
+    // Show the new card (its progress, then its clip): on a phone the gallery is below the forms.
+    $(`.card[data-id="${video.id}"]`).scrollIntoView({ block: "nearest" });
     poll(video.id);
     return true;
   } catch (e) {
@@ -265,12 +267,32 @@ function upsertCard(v, prepend) {
     if (!v.error) card.querySelector(".note").textContent = "Expired: its files were deleted after the server's retention time.";
   }
   if (v.status === "in_progress") card.querySelector(".placeholder").textContent = `${v.progress}%`;
-  if (v.status === "completed" && !card.querySelector("video") && !(v.moviola && v.moviola.expired)) showVideo(card, v.id);
+  if (v.status === "completed" && !card.querySelector("video") && !(v.moviola && v.moviola.expired)) watch(card);
   const fb = v.moviola && v.moviola.feedback;
   if (fb) {
     card.querySelector('[name="rating"]').value = fb.rating == null ? "" : String(fb.rating);
     card.querySelector('[name="comment"]').value = fb.comment || "";
   }
+}
+
+// A card's clip is fetched when the card comes near the screen, and plays only while it is on it: a gallery
+// of 24 (and more pages) no longer downloads and decodes every clip at once.
+const onScreen = "IntersectionObserver" in window ? new IntersectionObserver((entries) => {
+  for (const e of entries) {
+    const card = e.target, video = card.querySelector("video");
+    if (!e.isIntersecting) {
+      if (video) video.pause();
+    } else if (!video) {
+      if (!card.dataset.loading) { card.dataset.loading = "1"; showVideo(card, card.dataset.id); }
+    } else {
+      video.play().catch(() => {});  // a browser may refuse autoplay: the controls are there
+    }
+  }
+}, { rootMargin: "200px" }) : null;
+
+function watch(card) {
+  if (onScreen) onScreen.observe(card);
+  else showVideo(card, card.dataset.id);
 }
 
 async function showVideo(card, id) {
@@ -287,6 +309,7 @@ async function showVideo(card, id) {
     a.href = url;
     a.download = id + ".mp4";
   } catch (e) {
+    delete card.dataset.loading;  // fetched again when it next comes into view
     card.querySelector(".note").textContent = e.message;
   }
 }
