@@ -187,3 +187,15 @@ def test_signals_are_interrupts_unless_ignored(monkeypatch, capsys):
     with pytest.raises(SystemExit) as e:  # argparse's exit: before any work
         main(["generate", "x", "--seconds", "inf", "-o", "x.mp4"])
     assert e.value.code == 2 and "--seconds: expected a finite number" in capsys.readouterr().err
+
+
+def test_a_refused_world_dataset_leaves_the_folder_free_for_the_corrected_run(tmp_path, capsys):
+    """A size the world refuses made no clip, so its settings must not bind the rerun (they had); a killed
+    run's half-written clip is removed when it resumes."""
+    out = tmp_path / "d"
+    assert main(["world", "dataset", str(out), "--n", "1", "--size", "30x30"]) == 2
+    assert "multiple of 8" in capsys.readouterr().err
+    (out / "clips").mkdir(parents=True, exist_ok=True)
+    (out / "clips" / ".000000.tmp-dead.mp4").write_bytes(b"\0" * 48)
+    assert main(["world", "dataset", str(out), "--n", "1", "--size", "32x32"]) == 0
+    assert sorted(p.name for p in (out / "clips").iterdir()) == ["000000.mp4"]

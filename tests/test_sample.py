@@ -167,3 +167,27 @@ def test_crowded_canvas_keeps_objects_of_one_colour_apart_at_the_start():
         a, b, _ = _place_all(np.random.default_rng(seed), words, 64, 64)
         d = math.hypot((a.x - b.x) * 64, (a.y - b.y) * 64)
         assert d > _overlap_radius(a.shape, a.radius * 64) + _overlap_radius(b.shape, b.radius * 64) + 1, seed
+
+
+def test_unsized_occlusion_prompts_hide_a_small_object_behind_a_large_one():
+    """Sizes left out had been drawn at random, so the hidden object was often large and never hidden."""
+    import numpy as np
+    import pytest
+
+    from moviola.world.caption import parse_prompt
+    from moviola.world.render import render
+    from moviola.world.sample import scene_from_prompt
+    from moviola.world.score import score_clip
+    from moviola.world.spec import SpecError
+
+    prompt = "a red circle moves right behind a blue square"
+    for seed in range(6):
+        spec = scene_from_prompt(parse_prompt(prompt), np.random.default_rng(seed), width=64, height=64, fps=8,
+                                 seconds=2)
+        assert score_clip(render(spec).frames, prompt, fps=8)["permanence"] == 1.0, seed
+    with pytest.raises(SpecError, match="cannot be hidden behind a small one"):
+        scene_from_prompt(parse_prompt("a large red circle moves right behind a small blue square"),
+                          np.random.default_rng(0), width=64, height=64, fps=8, seconds=2)
+    with pytest.raises(SpecError, match="too long for its size.*fewer seconds"):
+        scene_from_prompt(parse_prompt("a small red circle moves right behind a large blue square"),
+                          np.random.default_rng(0), width=64, height=64, fps=8, seconds=3)

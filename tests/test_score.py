@@ -225,3 +225,22 @@ def test_score_file_reads_footage_by_time(tmp_path):
     for path in (held, vfr):
         report = score_file(path, prompt)
         assert report["physics"]["fall"] == 1.0 and report["attributes"]["motion"] == 1.0, (path.name, report)
+
+
+def test_files_at_rates_that_are_not_multiples_of_8_score_as_their_frames(tmp_path):
+    """A 12 fps file had been resampled to 8 fps with steps of 1/6 and 1/12 s read as even: 'moves up' read
+    as 'falls'. Every k-th frame (k = round(rate / 8)) keeps the steps even."""
+    import numpy as np
+
+    from moviola.video_io import write_video
+    from moviola.world.caption import parse_prompt
+    from moviola.world.render import render
+    from moviola.world.sample import scene_from_prompt
+    from moviola.world.score import score_file
+
+    for fps, prompt, seed in [(12, "a green ball moves up", 42), (12, "a red circle falls", 67), (29.97, "a red circle falls", 1)]:
+        spec = scene_from_prompt(parse_prompt(prompt), np.random.default_rng(seed), width=96, height=96, fps=fps,
+                                 seconds=3)
+        path = tmp_path / f"{seed}.mp4"
+        write_video(path, render(spec).frames, fps)
+        assert score_file(path, prompt)["overall"] == 1.0, (fps, prompt)

@@ -23,6 +23,8 @@ def _size(text: str) -> tuple[int, int]:
         w, h = (int(v) for v in text.lower().split("x"))
     except ValueError:
         raise argparse.ArgumentTypeError(f"size must look like WIDTHxHEIGHT (e.g. 64x64), got {text!r}") from None
+    if w < 1 or h < 1:
+        raise argparse.ArgumentTypeError(f"width and height must be at least 1, got {text!r}")
     return w, h
 
 
@@ -734,7 +736,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--min-seconds", type=_number(float, 0, 600, above=True), default=1.0)
     d.add_argument("--max-seconds", type=_number(float, 0, 600, above=True), default=4.0)
     d.add_argument("--occlusion", type=_number(float, 0, 1), default=0.1, help="probability of an occlusion scene")
-    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--seed", type=SEED, default=0)
     d.add_argument("--holdout", default="", help='attribute combinations never shown, e.g. "purple+triangle,circle+grows"')
     d.set_defaults(func=cmd_world_dataset)
 

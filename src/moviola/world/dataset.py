@@ -57,13 +57,15 @@ def build_dataset(out_dir: Path, *, n: int, seed: int = 0, sizes: Iterable[tuple
                                       "holdout": sorted(sorted(c) for c in kw["holdout"])}))
     settings_path = out_dir / "dataset.json"
     manifest = out_dir / MANIFEST
-    if settings_path.is_file():
+    if settings_path.is_file() and _completed(manifest) > 0:  # settings of a run that made no clip don't bind
         old = json.loads(settings_path.read_text())
         if old != settings:
             diff = next(k for k in settings if old.get(k) != settings[k])
             raise ValueError(f"{out_dir}: a dataset made with {diff} = {old.get(diff)!r}; these settings say "
                              f"{settings[diff]!r}. Use another folder, or the same settings to continue it")
     (out_dir / "clips").mkdir(parents=True, exist_ok=True)
+    for stale in (out_dir / "clips").glob(".*.tmp-*"):  # a clip being written when a run was killed
+        stale.unlink(missing_ok=True)
     atomic_write_bytes(settings_path, json.dumps(settings, indent=1).encode())
     start = _completed(manifest)
     written = 0

@@ -266,7 +266,14 @@ def scene_from_prompt(prompt, rng: np.random.Generator, *, width: int = 64, heig
     from moviola.world.spec import SpecError
 
     W, H = width, height
-    words = [(o.color, o.shape, o.size or _pick(rng, list(SIZES)), o.motion) for o in prompt.objects]
+    behind = prompt.behind or (-1, -1)
+    # An object hides behind a larger one: unsized, the hidden one is small and the one in front large.
+    default = {behind[0]: "small", behind[1]: "large"}
+    words = [(o.color, o.shape, o.size or default.get(i) or _pick(rng, list(SIZES)), o.motion)
+             for i, o in enumerate(prompt.objects)]
+    if prompt.behind is not None and SIZES[words[behind[0]][2]] >= SIZES[words[behind[1]][2]]:
+        raise SpecError(f"a {words[behind[0]][2]} object cannot be hidden behind a {words[behind[1]][2]} one: "
+                        "the one behind must be smaller (e.g. a small ... behind a large ...)")
     if prompt.behind is None:
         objects = tuple(_place_all(rng, words, W, H))
         return SceneSpec(objects, prompt.background, W, H, fps, seconds).validate()
@@ -274,8 +281,11 @@ def scene_from_prompt(prompt, rng: np.random.Generator, *, width: int = 64, heig
     direction = words[xi][3]
     window = _occlusion_window(direction, W, H, seconds)
     if window is None:
-        raise SpecError(f"a {W}x{H} clip of {seconds:g} s is too short or too small for an object to move "
-                        f"{direction} behind another and come out again; try more seconds")
+        s = min(W, H)
+        short = MOVE_SPEED * s * seconds / 2 < (SIZES["small"] + SIZES["large"]) * s
+        raise SpecError(f"a {W}x{H} clip of {seconds:g} s is too {'short' if short else 'long for its size'} for "
+                        f"an object to move {direction} behind another and come out again once; try "
+                        + ("more seconds" if short else "fewer seconds or a larger size"))
     s = min(W, H)
     horizontal = DIRECTIONS[direction][0] != 0
     L, M = (W, H) if horizontal else (H, W)

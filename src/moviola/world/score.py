@@ -646,10 +646,12 @@ FILE_FPS = 8.0  # the world's default rate: files faster than it are scored at i
 def score_file(path: str | Path, prompt: str | Prompt) -> dict:
     """Score a video file (any format video_io reads) or a PNG image.
 
-    A file faster than 8 fps is read at 8 fps by its frames' timestamps (mid-frame), as the world defines
-    motion by time, not frame index: variable-frame-rate files keep their real timing, and a clip whose rate
-    was raised by holding frames (8 fps content in a 29.97 fps file) is read at its own frames, where
-    frame-to-frame differences of the held copies would read as no motion.
+    A file faster than 8 fps is read at its rate divided by k = round(rate / 8) (12 fps at 6, 16 at 8, 29.97
+    at 7.49), by its frames' timestamps (mid-frame), as the world defines motion by time, not frame index:
+    the frames read are evenly spaced in time (resampling 12 fps to 8 had alternated steps of 1/6 and 1/12 s,
+    which the motion fits read as acceleration), variable-frame-rate files keep their real timing, and a clip
+    whose rate was raised by holding frames (8 fps content in a 29.97 fps file) is read near its own frames,
+    where frame-to-frame differences of the held copies would read as no motion.
     """
     from moviola.video_io import probe_video, read_image, read_video, read_video_fitted
 
@@ -658,10 +660,27 @@ def score_file(path: str | Path, prompt: str | Prompt) -> dict:
         return score_clip(read_image(path), prompt, fps=8.0)
     info = probe_video(path)
     if info["fps"] > FILE_FPS + 1e-3:
-        frames = read_video_fitted(path, info["width"], info["height"], FILE_FPS, phase=0.5)
-        return score_clip(frames, prompt, fps=FILE_FPS)
+        k = max(1, round(info["fps"] / FILE_FPS))
+        rate = info["fps"] / k  # every k-th frame: evenly spaced
+        if abs(rate - FILE_FPS) > 1e-3 * FILE_FPS and _holds_frames(path, info["fps"]):
+            rate = FILE_FPS  # 8 fps content whose frames were held to fill a faster rate: read at its own frames
+        frames = read_video_fitted(path, info["width"], info["height"], rate, phase=0.5)
+        return score_clip(frames, prompt, fps=rate)
     vid = read_video(path)
     return score_clip(vid.frames, prompt, fps=vid.fps)
+
+
+def _holds_frames(path: Path, fps: float) -> bool:
+    """Whether a file repeats its frames (content at a lower rate held to fill ``fps``): many consecutive frames
+    the same (a small copy, read at the file's own rate), some not. Changes are judged by the largest pixel
+    difference, which a slow small object still makes and a held copy does not (beyond the codec's noise)."""
+    from moviola.video_io import read_video_fitted
+
+    small = read_video_fitted(path, 64, 64, fps).astype(np.int16)  # (T, 64, 64, 3)
+    if len(small) < 4:
+        return False
+    changed = np.abs(np.diff(small, axis=0)).max(axis=(1, 2, 3)) > 12  # (T - 1,)
+    return bool(changed.any() and (~changed).mean() >= 0.3)
 
 
 def _agreement(po, tr: ObjectTrack) -> float:
