@@ -244,3 +244,15 @@ def test_files_at_rates_that_are_not_multiples_of_8_score_as_their_frames(tmp_pa
         path = tmp_path / f"{seed}.mp4"
         write_video(path, render(spec).frames, fps)
         assert score_file(path, prompt)["overall"] == 1.0, (fps, prompt)
+
+
+def test_noise_has_no_background():
+    """The background vote had no minimum share: random noise was given 'gray' (or 'navy') and scored."""
+    import numpy as np
+
+    from moviola.world.score import score_clip
+
+    noise = np.random.default_rng(0).integers(0, 256, (16, 64, 64, 3), dtype=np.uint8)
+    for bg in ("black", "white", "gray", "navy"):
+        report = score_clip(noise, f"a red circle falls on a {bg} background", fps=8)
+        assert report["attributes"]["background"] == 0.0 and report["background"]["found"] is None

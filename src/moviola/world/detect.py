@@ -138,6 +138,17 @@ def detect_background(frames: np.ndarray) -> str:
     return names[int(np.argmax(votes))]
 
 
+MIN_BACKGROUND_SHARE = 0.25  # of pixels: a world clip's objects never cover more than about half of it
+
+
+def background_share(frames: np.ndarray, name: str) -> float:
+    """The share of the clip's (sampled) pixels close to background ``name``: below MIN_BACKGROUND_SHARE the
+    clip has no world background (noise, footage), whatever colour wins the vote."""
+    sample = frames[:: max(1, len(frames) // 8), ::2, ::2].reshape(-1, 3).astype(np.float32)
+    d2 = _sq_dist(sample, np.array([BACKGROUNDS[name]], np.float32))
+    return float((d2 < 40.0 ** 2).mean())
+
+
 def _sq_dist(pixels: np.ndarray, colours: np.ndarray) -> np.ndarray:
     """Squared RGB distances (..., K) from float pixels (..., 3) to colours (K, 3)."""
     return ((pixels * pixels).sum(-1)[..., None] - 2.0 * (pixels @ colours.T)

@@ -35,7 +35,8 @@ import numpy as np
 
 from moviola.world.caption import Prompt, parse_prompt
 from moviola.world.detect import (
-    Detection, ObjectTrack, build_tracks, detect_background, detect_objects, edge_shape,
+    MIN_BACKGROUND_SHARE, Detection, ObjectTrack, background_share, build_tracks, detect_background, detect_objects,
+    edge_shape,
 )
 from moviola.world.spec import (
     BOUNCE_SPEED, GRAVITY, GROW_FACTOR, LINEAR_MOTIONS, SCALE_SECONDS, SHRINK_FACTOR, SIZES,
@@ -572,6 +573,7 @@ def score_clip(frames: np.ndarray, prompt: str | Prompt, fps: float = 8.0) -> di
     T, H, W, _ = frames.shape
     unit = float(min(H, W))
     bg, tracks, dets = analyse(frames, fps)
+    found_bg = bg if background_share(frames, bg) >= MIN_BACKGROUND_SHARE else None  # noise has no background
     score_motion = T >= 2
     # Match prompt objects to found objects, maximising agreeing attributes (colour first). A prompt
     # object whose colour is nowhere may still answer to an object of another colour: then only its
@@ -619,7 +621,7 @@ def score_clip(frames: np.ndarray, prompt: str | Prompt, fps: float = 8.0) -> di
             cons_s.append(s)
         objects.append(row)
     attributes = {
-        "background": float(bg == p.background),
+        "background": float(found_bg == p.background),
         "count": float(n_t == n_p),
         **{a: (float(np.mean(v)) if v else None) for a, v in acc.items()},
     }
@@ -627,7 +629,7 @@ def score_clip(frames: np.ndarray, prompt: str | Prompt, fps: float = 8.0) -> di
     return {
         "prompt": _prompt_text(p),
         "frames": T, "width": W, "height": H, "fps": fps,
-        "background": {"expected": p.background, "found": bg},
+        "background": {"expected": p.background, "found": found_bg},
         "count": {"expected": n_p, "found": n_t},
         "objects": objects,
         "extra_objects": [{"color": t.color, "shape": t.shape, "size": t.size, "motion": t.motion}
