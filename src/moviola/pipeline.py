@@ -635,13 +635,9 @@ class Pipeline:
             return np.concatenate(list(self.extend_stream(
                 video, prompt, seconds=seconds, width=width, height=height, fps=fps, steps=steps, guidance=guidance,
                 seed=seed, negative_prompt=negative_prompt, sampler=sampler, callback=callback)))
-        steps, guidance, sampler, fps = self._settings(steps, guidance, sampler, fps)
-        src, width, height = self._fit_source(video, width, height)
-        self.check_request(width, height, seconds, None, steps, guidance, sampler=sampler, fps=fps, seed=seed, prompt=prompt)
-        self._needs_conditioning("extend")
-        total = self._total(seconds, None, fps)
-        kw = dict(width=width, height=height, steps=steps, guidance=guidance, seed=seed,
-                  negative_prompt=negative_prompt, sampler=sampler)
+        src, total, kw = self._extend_request(video, prompt, seconds, width, height, fps, steps, guidance, seed,
+                                              negative_prompt, sampler)
+        steps = kw["steps"]
         # Backward: each window ends on the first 4 frames made so far (a known suffix) and makes what
         # comes before them.
         W, made, parts, k = self.window_frames, 0, [src.copy()], 0
@@ -671,20 +667,26 @@ class Pipeline:
         """``extend`` forwards as frame chunks (n, H, W, 3): the fitted source first, then each window's new
         frames as they are made, so a long extension is written as it comes (``moviola extend``) in constant
         memory. Everything is checked when it is called, before the first chunk is asked for."""
-        steps, guidance, sampler, fps = self._settings(steps, guidance, sampler, fps)
-        src, width, height = self._fit_source(video, width, height)
-        self.check_request(width, height, seconds, None, steps, guidance, sampler=sampler, fps=fps, seed=seed, prompt=prompt)
-        self._needs_conditioning("extend")
-        total = self._total(seconds, None, fps)
-        kw = dict(width=width, height=height, steps=steps, guidance=guidance, seed=seed,
-                  negative_prompt=negative_prompt, sampler=sampler)
-        progress = _Progress(callback, len(self._plan(total, 5 if len(src) >= 5 else 1)) * steps)
+        src, total, kw = self._extend_request(video, prompt, seconds, width, height, fps, steps, guidance, seed,
+                                              negative_prompt, sampler)
+        progress = _Progress(callback, len(self._plan(total, 5 if len(src) >= 5 else 1)) * kw["steps"])
 
         def chunks() -> Iterator[np.ndarray]:
             yield src
             yield from _no_grad_chunks(self._forward(prompt, total, tail=src, progress=progress, **kw))
 
         return chunks()
+
+    def _extend_request(self, video, prompt, seconds, width, height, fps, steps, guidance, seed, negative_prompt,
+                        sampler) -> tuple[np.ndarray, int, dict]:
+        """An extension's checks, both directions: (the fitted source, frames to make, the window kwargs)."""
+        steps, guidance, sampler, fps = self._settings(steps, guidance, sampler, fps)
+        src, width, height = self._fit_source(video, width, height)
+        self.check_request(width, height, seconds, None, steps, guidance, sampler=sampler, fps=fps, seed=seed, prompt=prompt)
+        self._needs_conditioning("extend")
+        kw = dict(width=width, height=height, steps=steps, guidance=guidance, seed=seed,
+                  negative_prompt=negative_prompt, sampler=sampler)
+        return src, self._total(seconds, None, fps), kw
 
     @torch.no_grad()
     def remix(self, video: np.ndarray, prompt: str, *, strength: float = 0.6, width: int | None = None,
