@@ -127,6 +127,17 @@ def test_prompt_outside_the_grammar_raises():
 
 # --- physics and permanence -----------------------------------------------------------------------
 
+@pytest.mark.parametrize("seconds", [8.0, 12.0])
+def test_a_fall_that_comes_to_rest_is_still_a_fall(seconds):
+    """After about 6 s of shrinking bounces a dropped object lies on the floor; over a long clip its median
+    speed is that of a static one, yet it fell (it had been scored static). A static object stays static."""
+    fall = ObjectSpec("green", "square", "large", "falls", 0.5, 0.2)
+    still = ObjectSpec("red", "circle", "small", "static", 0.2, 0.7)
+    report = _score_spec(SceneSpec((fall, still), "white", 64, 64, 8.0, seconds))
+    assert [o["found"]["motion"] for o in report["objects"]] == ["falls", "static"]
+    assert not _all_perfect(report), report
+
+
 def test_fall_physics_needs_the_worlds_gravity():
     """A drop rendered at 1.41x speed shows twice the gravity: still a fall, but not the world's."""
     obj = ObjectSpec("yellow", "circle", "large", "falls", 0.4, 0.15)

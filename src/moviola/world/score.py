@@ -44,6 +44,7 @@ from moviola.world.spec import (
 )
 
 ATTRIBUTES = ("background", "count", "color", "shape", "size", "motion")
+MOVING_MOTIONS = (*LINEAR_MOTIONS, "bounces", "falls")  # the others keep the object in place
 _SIZE_SPLIT = math.sqrt(SIZES["small"] * SIZES["large"])  # radius threshold between small and large
 _SHAPE_AREA = {"circle": math.pi, "square": 4.0, "triangle": 3 * math.sqrt(3) / 4}  # area / r^2
 WHOLE_AREA = 0.95  # a touching object whose area is at least this share of its own is not covered
@@ -60,6 +61,10 @@ REFLECT_WINDOW = 0.4  # s: positions this close to a reversal give the velocitie
 REFLECT_SPAN = 0.1  # s: the least time a side of a reversal must be seen over to give a speed
 REFLECT_GAP = 0.03  # s: largest distance of a reflection from the wall (the object's extent touching it)
 FALL_RMS = 0.02  # s: largest rms misfit of a fall to y0 + g t^2 / 2
+# s: a track longer than this that reads as static is asked again over its first EARLY_SECONDS. A fall comes
+# to rest after about 6 s of shrinking bounces (restitution 0.75), and over a longer clip the median speed
+# is that of an object lying on the floor; the motion word names how the object moves from the start.
+EARLY_SECONDS = 4.0
 
 
 # --- per-track attributes --------------------------------------------------------------------------
@@ -120,6 +125,15 @@ def classify_track(tr: ObjectTrack, fps: float, unit: float) -> None:
     if len(ks) < 2:  # too little seen whole for motion: use the partly covered views too
         ks = [k for k in tr.frames() if not tr.merged[k]] or tr.frames()
     tr.motion = _motion(tr, ks, fps, unit) if len(ks) >= 2 else "static"
+    seen = tr.frames()
+    if tr.motion == "static" and (seen[-1] - seen[0]) / fps > EARLY_SECONDS:
+        early = ObjectTrack(tr.color, [d if k - seen[0] <= EARLY_SECONDS * fps else None
+                                       for k, d in enumerate(tr.dets)], list(tr.merged))
+        classify_track(early, fps, unit)
+        if early.motion in MOVING_MOTIONS:  # it came to rest: keep the start's motion and its samples
+            tr.motion, tr.samples = early.motion, early.samples
+            tr.info.update({k: v for k, v in early.info.items() if k not in tr.info or k == "place_speed"},
+                           early_seconds=EARLY_SECONDS)
     if never_alone and tr.motion != "spins":
         # Area and extent of a covered view both fall short of the whole; where the area falls much
         # shorter (a bite out of the middle of an edge), the extent is the closer.
