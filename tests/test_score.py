@@ -267,3 +267,25 @@ def test_noise_has_no_background():
     for bg in ("black", "white", "gray", "navy"):
         report = score_clip(noise, f"a red circle falls on a {bg} background", fps=8)
         assert report["attributes"]["background"] == 0.0 and report["background"]["found"] is None
+
+
+@pytest.mark.parametrize("fps", [8.0, 24.0])
+def test_large_files_are_scored_at_a_bounded_size(tmp_path, monkeypatch, fps):
+    """A file with a shorter side over 256 px is scaled down as it is decoded (a 10 s 1080p clip had needed
+    4 GB), and scores as at full size: the world's thresholds are in units of the shorter side."""
+    from moviola.video_io import write_image, write_video
+    from moviola.world import score as score_mod
+
+    spec = SceneSpec(TWO.objects, TWO.background, 480, 320, fps, 2.0)
+    frames = render(spec).frames
+    write_video(tmp_path / "big.mp4", frames, fps)
+    write_image(tmp_path / "big.png", frames[0])
+    seen = []
+    real = score_mod.score_clip
+    monkeypatch.setattr(score_mod, "score_clip", lambda f, p, fps=8.0: seen.append(f.shape) or real(f, p, fps=fps))
+    report = score_mod.score_file(tmp_path / "big.mp4", TWO_PROMPT)
+    assert seen[-1][1:] == (256, 384, 3), seen
+    assert report["overall"] == 1.0, report
+    still = score_mod.score_file(tmp_path / "big.png", "a small red circle stays still and a large blue square "
+                                                       "stays still on a white background")
+    assert seen[-1] == (256, 384, 3) and still["attributes"]["color"] == 1.0

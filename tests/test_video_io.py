@@ -232,6 +232,25 @@ def test_display_rotation_is_applied(tmp_path):
     assert (info["width"], info["height"], info["rotation"]) == (32, 48, 90)
 
 
+@pytest.mark.parametrize("rotation", [None, 90])
+def test_large_frames_are_scaled_down_while_decoding(tmp_path, monkeypatch, rotation):
+    """read_video_fitted asks FFmpeg's scaler for the size that covers the target, so no full-size frame (or
+    its float copy) reaches the resize: a 10 s 1080p file read for a 64x64 model had peaked at 4 GB. The
+    picture is the one scaling the decoded frame gives, rotation and centre crop included."""
+    clip = np.zeros((4, 240, 400, 3), np.uint8)
+    clip[:, :120, :200] = 255  # white top-left quadrant
+    clip[:, 100:140, 180:220, 0] = 200  # a red mark in the middle, which the crop keeps
+    path = write_raw(tmp_path / "big.mp4", clip, 8, rotation=rotation)
+    expected = fit_frames(read_video(path).frames, 48, 32)
+    seen = []
+    real = video_io._resize
+    monkeypatch.setattr(video_io, "_resize", lambda f, h, w: seen.append(f.shape) or real(f, h, w))
+    got = video_io.read_video_fitted(path, 48, 32, 8)
+    assert got.shape == expected.shape == (4, 32, 48, 3)
+    assert all(shape[1] * shape[2] <= 2 * 48 * 32 for shape in seen), seen  # nothing near 400x240 resized
+    assert mean_abs_diff(got, expected) < 4.0
+
+
 def test_time_range_and_max_frames(tmp_path):
     clip = gradient_clip(t=16)
     path = write_video(tmp_path / "clip.mp4", clip, 8)

@@ -657,6 +657,17 @@ def score_clip(frames: np.ndarray, prompt: str | Prompt, fps: float = 8.0) -> di
 
 
 FILE_FPS = 8.0  # the world's default rate: files faster than it are scored at it
+FILE_SIDE = 256  # px: a file whose shorter side is larger is scaled down to it (thresholds are in units of it)
+
+
+def _scoring_size(width: int, height: int) -> tuple[int, int]:
+    """(width, height) scaled so the shorter side is at most FILE_SIDE, the aspect ratio kept: a 10 s 1080p
+    clip had been scored at full size and needed 4 GB; the world's thresholds are in units of the shorter
+    side, so the verdict does not depend on it."""
+    f = FILE_SIDE / min(width, height)
+    if f >= 1:
+        return width, height
+    return max(2, round(width * f / 2) * 2), max(2, round(height * f / 2) * 2)
 
 
 def score_file(path: str | Path, prompt: str | Prompt) -> dict:
@@ -667,21 +678,27 @@ def score_file(path: str | Path, prompt: str | Prompt) -> dict:
     the frames read are evenly spaced in time (resampling 12 fps to 8 had alternated steps of 1/6 and 1/12 s,
     which the motion fits read as acceleration), variable-frame-rate files keep their real timing, and a clip
     whose rate was raised by holding frames (8 fps content in a 29.97 fps file) is read near its own frames,
-    where frame-to-frame differences of the held copies would read as no motion.
+    where frame-to-frame differences of the held copies would read as no motion. A file whose shorter side is
+    over FILE_SIDE pixels is scaled down to it as it is decoded.
     """
-    from moviola.video_io import probe_video, read_image, read_video, read_video_fitted
+    from moviola.video_io import fit_frames, probe_video, read_image, read_video, read_video_fitted
 
     path = Path(path)
     if path.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp"):
-        return score_clip(read_image(path), prompt, fps=8.0)
+        image = read_image(path)
+        w, h = _scoring_size(image.shape[1], image.shape[0])
+        return score_clip(fit_frames(image[None], w, h)[0], prompt, fps=8.0)
     info = probe_video(path)
+    w, h = _scoring_size(info["width"], info["height"])
     if info["fps"] > FILE_FPS + 1e-3:
         k = max(1, round(info["fps"] / FILE_FPS))
         rate = info["fps"] / k  # every k-th frame: evenly spaced
         if abs(rate - FILE_FPS) > 1e-3 * FILE_FPS and _holds_frames(path, info["fps"]):
             rate = FILE_FPS  # 8 fps content whose frames were held to fill a faster rate: read at its own frames
-        frames = read_video_fitted(path, info["width"], info["height"], rate, phase=0.5)
+        frames = read_video_fitted(path, w, h, rate, phase=0.5)
         return score_clip(frames, prompt, fps=rate)
+    if (w, h) != (info["width"], info["height"]):
+        return score_clip(read_video_fitted(path, w, h, info["fps"]), prompt, fps=info["fps"])
     vid = read_video(path)
     return score_clip(vid.frames, prompt, fps=vid.fps)
 
