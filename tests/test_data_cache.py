@@ -386,3 +386,42 @@ def test_a_shared_cache_is_never_removed_through_its_link(vae, tmp_path):
     (shared / "identity.json").unlink()  # a cache from before identities: rebuilt, and said why
     assert build_world_cache(shared, cfg, model, StubText(), identity=cache_identity(cfg, vae="a", text_encoder="m")) \
         == "unrecorded"
+
+
+def test_caption_rows_of_another_text_encoder_are_rebuilt(tmp_path):
+    """The same captions from another encoder (same width or not) are other rows: a cache rebuilt with
+    --text-encoder had kept the first encoder's."""
+    import torch
+
+    from moviola.data.latent_cache import build_text, load_text
+
+    class Fake:
+        def __init__(self, path, value):
+            self.path, self.value = path, value
+
+        def encode(self, caps):
+            return torch.full((len(caps), 2, 3), self.value), torch.ones(len(caps), 2, dtype=torch.bool)
+
+    build_text(tmp_path, ["a red circle"], Fake("/enc/a", 1.0))
+    build_text(tmp_path, ["a red circle"], Fake("/enc/a", 5.0))  # same encoder, same captions: kept
+    assert float(load_text(tmp_path)[0].max()) == 1.0
+    build_text(tmp_path, ["a red circle"], Fake("/enc/b", 2.0))
+    assert float(load_text(tmp_path)[0].max()) == 2.0
+
+
+def test_training_checks_a_footage_caches_text_encoder_and_frame_rate(tmp_path):
+    from types import SimpleNamespace
+
+    from moviola.pipeline import PipelineConfig
+    from moviola.train.dit import _check_footage_cache
+
+    def cache(**meta):
+        return SimpleNamespace(meta={"root": "/footage", **meta})
+
+    pcfg = PipelineConfig()
+    with pytest.raises(ValueError, match="encoded by '/enc/bert'"):
+        _check_footage_cache(cache(text_encoder="/enc/bert", config={"fps": 8.0}), pcfg, None)
+    assert _check_footage_cache(cache(text_encoder="minilm", config={"fps": 12.0}), pcfg, None).fps == 12.0
+    with pytest.raises(ValueError, match="clips at 12 fps; the model being fine-tuned makes 8 fps"):
+        _check_footage_cache(cache(text_encoder="minilm", config={"fps": 12.0}), pcfg, tmp_path)
+    assert _check_footage_cache(cache(text_encoder="minilm", config={"fps": 8.0}), pcfg, tmp_path) == pcfg

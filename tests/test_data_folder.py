@@ -33,8 +33,8 @@ def _camera_file(path: Path, t: int, h: int, w: int, rate: Fraction) -> Path:
 def footage(tmp_path):
     root = tmp_path / "footage"
     (root / "sub").mkdir(parents=True)
-    _camera_file(root / "wide.mp4", 30, 127, 299, Fraction(30000, 1001))  # 2.35:1 at 29.97 fps
-    _camera_file(root / "sub" / "tall.mov", 20, 161, 91, Fraction(24000, 1001))
+    _camera_file(root / "wide.mp4", 40, 127, 299, Fraction(30000, 1001))  # 2.35:1 at 29.97 fps
+    _camera_file(root / "sub" / "tall.mov", 30, 161, 91, Fraction(24000, 1001))
     write_video(root / "short.mp4", np.zeros((2, 32, 32, 3), np.uint8), 8)  # 0.25 s
     write_video(root / "nocap.webm", np.zeros((8, 32, 32, 3), np.uint8), 8)
     good = (root / "wide.mp4").read_bytes()
@@ -241,3 +241,83 @@ def test_camera_containers_are_found(tmp_path):
     (tmp_path / "src.mp4").unlink()
     report = check_folder(tmp_path)
     assert sorted(Path(c.path).name for c in report.clips) == ["a.MTS", "b.m2ts", "c.mpg", "d.3gp"]
+
+
+def _two_halves(path: Path, rate: Fraction = Fraction(30000, 1001), seconds: float = 3.0) -> Path:
+    """A 29.97 fps camera-style file: black for the first half, white for the second."""
+    n = round(seconds * rate)
+    frames = np.zeros((n, 90, 160, 3), np.uint8)
+    frames[n // 2:] = 255
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("libx264", rate=rate, options={"x264-params": "bframes=2", "preset": "veryfast"})
+        s.width, s.height, s.pix_fmt = 160, 90, "yuv420p"
+        for i, img in enumerate(frames):
+            f = av.VideoFrame.from_ndarray(img, format="rgb24")
+            f.pts = i
+            c.mux(s.encode(f))
+        c.mux(s.encode())
+    return path
+
+
+def test_autoencoder_folder_batches_keep_to_the_manifest_span(tmp_path):
+    """The autoencoder reads footage within its manifest span (licence and consent may cover only part of a
+    file), at 4 to 12 fps by timestamps, fitted as it decodes: it had read whole files at full size and
+    drawn windows of consecutive frames anywhere in them."""
+    from moviola.data.clips import ClipBatches, ClipDataConfig
+
+    root = tmp_path / "f"
+    root.mkdir()
+    _two_halves(root / "a.mp4")
+    (root / "manifest.jsonl").write_text(json.dumps({"path": "a.mp4", "caption": "", "start": 1.6, "end": 3.0}) + "\n")
+    batches = ClipBatches(ClipDataConfig(sizes=[(32, 32)], frames=5, world_weight=0.0, folder=str(root)), 4)
+    for i in range(3):
+        x = batches.batch(i)
+        assert x.shape == (4, 3, 5, 32, 32) and float(x.min()) > 0.8, i  # white only: the span's half
+
+
+def test_autoencoder_folder_that_never_decodes_is_an_error_not_a_hang(tmp_path, monkeypatch):
+    """Files that pass the quick check but fail to decode (cut off after an intact index) had made the batch
+    loop spin forever: after MAX_FOLDER_TRIES failed draws it stops and says what to run."""
+    from moviola.data import clips as clips_mod
+    from moviola.video_io import VideoError
+
+    root = tmp_path / "f"
+    root.mkdir()
+    _two_halves(root / "a.mp4")
+
+    def fail(*a, **k):
+        raise VideoError(root / "a.mp4", "truncated or corrupt video (decoding failed after 3 frames)")
+    monkeypatch.setattr("moviola.data.folder.load_clip", fail)
+    batches = clips_mod.ClipBatches(clips_mod.ClipDataConfig(sizes=[(32, 32)], frames=5, world_weight=0.0,
+                                                             folder=str(root)), 2)
+    with pytest.raises(ValueError, match="could not be read; run 'moviola data check"):
+        batches.batch(0)
+
+
+def test_check_says_what_is_wrong_with_a_span_and_csv_rows_by_line(tmp_path):
+    _two_halves(tmp_path / "a.mp4")
+    (tmp_path / "manifest.jsonl").write_text(json.dumps({"path": "a.mp4", "caption": "x", "start": 10}) + "\n")
+    problem = check_folder(tmp_path).problems[0].problem
+    assert "start 10 s is past the end of the video (3.00 s)" in problem
+    (tmp_path / "m.csv").write_text('path,caption,start\na.mp4,"a caption\nover\nthree lines",0\nb.mp4,x,-1\n')
+    with pytest.raises(DatasetError, match=r"m.csv:5: start"):
+        read_manifest(tmp_path / "m.csv")
+
+
+def test_anamorphic_footage_is_scanned_at_its_display_size(tmp_path):
+    """Shot scanning (what the cache buckets by) widens non-square pixels as reading does: a 16:9 picture
+    stored 272x272 had gone to a square bucket, losing 44 % of its width."""
+    from moviola.data.shots import scan_video
+
+    path = tmp_path / "ana.mp4"
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("libx264", rate=8)
+        s.width, s.height, s.pix_fmt = 272, 272, "yuv420p"
+        s.codec_context.sample_aspect_ratio = Fraction(16, 9)
+        for i in range(9):
+            f = av.VideoFrame.from_ndarray(np.zeros((272, 272, 3), np.uint8), format="rgb24")
+            f.pts = i
+            c.mux(s.encode(f))
+        c.mux(s.encode())
+    scan = scan_video(path)
+    assert (scan.width, scan.height) == (484, 272)

@@ -374,8 +374,28 @@ def test_train_dit_refuses_a_bad_device_or_vae_before_making_anything(tmp_path, 
     base = ["train", "dit", "--config", str(config), "--out", str(out)]
     bad_device = "--device=cuda" if not torch.cuda.is_available() else "--device=gpu"
     for extra, words in [([bad_device], "device"), (["--device=gpu"], "unknown device 'gpu'"),
-                         (["--vae", str(tmp_path / "nowhere")], "no VAE here")]:
+                         (["--vae", str(tmp_path / "nowhere")], "no VAE here"),
+                         (["--lora.rank=4"], "lora.rank > 0 needs init_from")]:
         assert main(base + extra) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and words in err[0], err
         assert not out.exists()
+
+
+def test_a_lora_run_is_reproducible(tmp_path, vae_dir):
+    """The adapters' random halves come from the run's seed: the same command twice, the same adapter (they had
+    come from the unseeded global generator)."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    common = TINY_DIT + [f"vae='{vae_dir}'"]
+    base_dir = train_dit(load_config(TrainDiTConfig, None, common + ["optim.steps=1", f"out='{tmp_path / 'base'}'"]))
+    tune = TINY_DIT + [f"init_from='{base_dir}'", "lora.rank=2", "optim.steps=1", "eval_every=0"]
+    made = []
+    for name in ("a", "b"):
+        shutil.copytree(tmp_path / "base" / "cache", tmp_path / name / "cache")
+        torch.manual_seed(len(made))  # whatever the global generator holds
+        made.append(load_file(str(train_dit(load_config(TrainDiTConfig, None, tune + [f"out='{tmp_path / name}'"]))
+                                  / "lora.safetensors")))
+    assert made[0].keys() == made[1].keys() and all(torch.equal(made[0][k], made[1][k]) for k in made[0])

@@ -224,3 +224,30 @@ def test_a_run_killed_before_its_first_checkpoint_starts_over_cleanly(tmp_path):
     (tmp_path / "afile").write_text("x")
     with pytest.raises(ValueError, match="the run folder .--out. is a file"):
         train_vae(load_config(TrainVAEConfig, None, TINY + ["optim.steps=1", f"out='{tmp_path / 'afile'}'"]))
+
+
+def test_a_vae_trained_on_footage_carries_its_provenance(tmp_path, capsys):
+    """A VAE trained on a folder names the files it could draw from (and their hashes, spans and licences) beside
+    its weights, and a model trained on its latents carries those records too; skipped files are named."""
+    import numpy as np
+
+    from moviola.data.folder import file_sha256
+    from moviola.data.provenance import carry, read_manifest
+    from moviola.video_io import write_video
+
+    root = tmp_path / "footage"
+    root.mkdir()
+    write_video(root / "a.mp4", np.full((24, 40, 56, 3), 90, np.uint8), 8)
+    (root / "bad.mp4").write_text("not a video")
+    (root / "manifest.jsonl").write_text(json.dumps({"path": "a.mp4", "caption": "grey", "licence": "CC0"}) + "\n")
+    model = train_vae(load_config(TrainVAEConfig, None, TINY + [
+        "optim.steps=1", f"data.folder='{root}'", "data.world_weight=0.0", f"out='{tmp_path / 'vae'}'"]))
+    err = capsys.readouterr().err
+    assert f"skipping {root / 'bad.mp4'}: not a video" in err, err
+    rows = read_manifest(model)
+    assert [(r["path"], r["sha256"], r["licence"]) for r in rows] == [
+        (str(root / "a.mp4"), file_sha256(root / "a.mp4"), "CC0")]
+    result = tmp_path / "dit"
+    result.mkdir()
+    summary = carry(None, None, result, vae_dir=model)
+    assert summary["clips"] == 1 and read_manifest(result)[0]["stage"] == f"vae: {model}"

@@ -857,7 +857,8 @@ def build_parser() -> argparse.ArgumentParser:
     dc = dsub.add_parser("check", help="validate every video and caption in a folder; list each problem with its file")
     dc.add_argument("folder")
     dc.add_argument("--manifest", help="JSONL or CSV manifest (default: FOLDER/manifest.jsonl or .csv, else sidecar .txt)")
-    dc.add_argument("--min-seconds", type=float, default=0.5, help="shortest usable clip")
+    dc.add_argument("--min-seconds", type=_number(float, 0, 3600), default=None,
+                    help="shortest usable clip (default: what the cache's shortest default bucket needs, ~1.1 s)")
     dc.add_argument("--json", action="store_true", help="print the full report as JSON")
     dc.add_argument("--quick", action="store_true", help="open each file and decode one frame only (faster; misses "
                                                          "files cut off mid-way, which 'data cache' then skips)")

@@ -100,19 +100,28 @@ def world_clip(width: int, height: int, frames: int, rng: np.random.Generator) -
     return torch.from_numpy(clip.frames).permute(3, 0, 1, 2).float().div(127.5).sub(1)
 
 
-def folder_clip(paths: list[Path], width: int, height: int, frames: int, rng: np.random.Generator) -> torch.Tensor | None:
-    """A random window of a random user video, fitted (cover + centre crop) to the size; None if unreadable."""
-    from moviola.video_io import VideoError, fit_frames, read_video
+FOLDER_FPS = (4.0, 8.0, 12.0)  # rates footage is read at, as world clips are rendered: motion per frame varies
+MAX_FOLDER_TRIES = 64  # draws of unreadable footage in one batch before the run stops and names the files
 
-    path = paths[int(rng.integers(len(paths)))]
+
+def folder_clip(clips: list, width: int, height: int, frames: int, rng: np.random.Generator) -> torch.Tensor | None:
+    """A random window of a random user clip (a ``ClipEntry``: its file's span from start to end), read at a
+    random one of FOLDER_FPS by the frames' timestamps, fitted (cover + centre crop) to the size as it is
+    decoded, so a long 1080p file is never held whole; None if that window can't be read."""
+    from moviola.data.folder import load_clip
+    from moviola.video_io import VideoError
+
+    clip = clips[int(rng.integers(len(clips)))]
+    fps = float(rng.choice(FOLDER_FPS))
+    span = clip.duration - frames / fps  # seconds of the span where the window may start
+    if span < -0.5 / fps:
+        fps = frames / max(clip.duration, 1e-3)  # a short span: read it faster rather than never
+        span = 0.0
+    start = clip.start + float(rng.uniform(0.0, max(span, 0.0)))
     try:
-        vid = read_video(path)
+        arr = load_clip(clip.path, start, frames=frames, width=width, height=height, fps=fps, src_fps=clip.fps)
     except VideoError:
         return None
-    if vid.num_frames < frames:
-        return None
-    start = int(rng.integers(vid.num_frames - frames + 1))
-    arr = fit_frames(vid.frames[start:start + frames], width, height, mode="crop")
     return torch.from_numpy(arr).permute(3, 0, 1, 2).float().div(127.5).sub(1)
 
 
@@ -124,13 +133,15 @@ class ClipBatches:
         if (cfg.frames - 1) % 4:
             raise ValueError(f"frames must be 4k+1, got {cfg.frames}")
         self.videos = []
+        self.skipped = []
+        self.unreadable: set[str] = set()  # files that failed when read for a batch
         if cfg.folder:
             from moviola.data.folder import check_folder
 
-            # Checked once up front: unreadable or too-short files are skipped (and counted), not fatal.
+            # Checked once up front: unreadable or too-short files are skipped (and listed), not fatal.
             report = check_folder(cfg.folder, min_seconds=0.0, need_captions=False)
             self.skipped = report.problems
-            self.videos = [Path(c.path) for c in report.clips]
+            self.videos = list(report.clips)
             if not self.videos:
                 raise ValueError(f"{cfg.folder}: no usable videos ({len(report.problems)} skipped; "
                                  f"run 'moviola data check {cfg.folder}')")
@@ -140,6 +151,7 @@ class ClipBatches:
         rng = np.random.default_rng([cfg.seed, index])
         w, h = cfg.sizes[int(rng.integers(len(cfg.sizes)))]  # one size per batch
         clips = []
+        failures = 0
         while len(clips) < self.batch_size:
             if rng.random() < cfg.world_weight:
                 clips.append(world_clip(w, h, cfg.frames, rng))
@@ -147,6 +159,11 @@ class ClipBatches:
                 c = folder_clip(self.videos, w, h, cfg.frames, rng)
                 if c is not None:
                     clips.append(c)
+                    continue
+                failures += 1
+                if failures >= MAX_FOLDER_TRIES:  # the folder's files pass the quick check but don't decode
+                    raise ValueError(f"{cfg.folder}: {failures} clips drawn for batch {index} could not be "
+                                     f"read; run 'moviola data check {cfg.folder}'")
             else:
                 name = cfg.photos[int(rng.integers(len(cfg.photos)))]
                 clips.append(photo_pan(load_photo(name), w, h, cfg.frames, rng))

@@ -122,7 +122,9 @@ def read_manifest(path: str | Path) -> list[dict]:
                 raise DatasetError(f"{path}:{i}: not a JSON object")
             rows.append((f"{path}:{i}", row))
     elif path.suffix == ".csv":
-        for i, row in enumerate(csv.DictReader(io.StringIO(read_text(path), newline="")), 2):
+        reader = csv.DictReader(io.StringIO(read_text(path), newline=""))
+        for row in reader:
+            i = reader.line_num  # the row's last line: a quoted caption may span several
             if None in row:  # more cells than the header has names
                 raise DatasetError(f"{path}:{i}: {len(row) - 1 + len(row[None])} cells, the header names "
                                    f"{len(row) - 1}")
@@ -152,12 +154,18 @@ def read_manifest(path: str | Path) -> list[dict]:
     return out
 
 
-def check_folder(root: str | Path, *, manifest: str | Path | None = None, min_seconds: float = 0.5,
+DEFAULT_CACHE_FPS = 8.0  # FolderCacheConfig.fps: the rate `min_seconds=None` measures a file's need at
+
+
+def check_folder(root: str | Path, *, manifest: str | Path | None = None, min_seconds: float | None = 0.5,
                  need_captions: bool = True, deep: bool = False) -> FolderReport:
-    """Validate every video under ``root``; see the module docstring. With ``need_captions=False`` (an
+    """Validate every video under ``root``; see the module docstring. ``min_seconds=None``: a file must be long
+    enough for the shortest of the cache's default buckets (``moviola data check``'s default, so what it
+    passes, ``moviola data cache`` can use). With ``need_captions=False`` (an
     autoencoder trains on pixels alone) a clip without a caption is still usable. ``deep=True`` decodes
     every file to its end (``shots.scan_video``), which also catches a file cut off mid-way whose header
     and first frame are intact, and measures durations from the frames rather than the header."""
+    from moviola.data.buckets import default_footage_buckets, seconds_needed
     from moviola.data.shots import scan_video
     from moviola.video_io import VideoError, probe_video
 
@@ -202,8 +210,17 @@ def check_folder(root: str | Path, *, manifest: str | Path | None = None, min_se
             continue
         end = info["duration"] if row["end"] is None else min(row["end"], info["duration"])
         span = end - row["start"]
-        if span < min_seconds:
-            report.problems.append(Problem(str(p), f"too short: {max(span, 0):.2f} s usable, need {min_seconds:g} s"))
+        if row["start"] > 0 and span <= 0:
+            report.problems.append(Problem(str(p), f"start {row['start']:g} s is past the end of the video "
+                                                   f"({info['duration']:.2f} s)"))
+            continue
+        need = min_seconds
+        if need is None:  # what the cache's shortest default bucket needs from a file at this rate
+            need = min(seconds_needed(b.frames, DEFAULT_CACHE_FPS, info["fps"]) for b in default_footage_buckets())
+        if span < need:
+            why = f"need {need:g} s" if min_seconds is not None else \
+                f"the shortest bucket needs {need:.2f} s at {DEFAULT_CACHE_FPS:g} fps"
+            report.problems.append(Problem(str(p), f"too short: {max(span, 0):.2f} s usable, {why}"))
             continue
         report.clips.append(ClipEntry(str(p), str(row["caption"]).strip(), row["start"], row["end"], row["licence"],
                                       row["consent"], row["source"], info["width"], info["height"], info["fps"],

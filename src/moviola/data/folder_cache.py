@@ -255,7 +255,9 @@ def build_folder_cache(root: str | Path, out: str | Path, vae, text_encoder, cfg
     failed = [f for b in used for f in _failed(out, b)]
     problems += [Problem(f["path"], f"{f['problem']} (clip from {f['start']:.2f} s)") for f in failed]
     if not rows:
-        raise ValueError(f"{root}: no usable clips ({len(problems)} skipped; run 'moviola data check {root}')")
+        listed = "".join(f"\n  {p.path}: {p.problem}" for p in problems[:10])
+        more = f"\n  ... and {len(problems) - 10} more" if len(problems) > 10 else ""
+        raise ValueError(f"{root}: no usable clips ({len(problems)} skipped){listed}{more}")
     build_text(out, {r["caption"] for r in rows}, text_encoder)
     meta = {"format": FORMAT, "version": VERSION, "vae_fingerprint": vae_fp, "text_encoder": text_encoder_name,
             "root": str(root.resolve()), "config": json.loads(json.dumps(asdict(cfg))),

@@ -279,8 +279,12 @@ def build_text(out: Path, captions: Iterable[str], text_encoder, batch: int = 64
 
     caps = sorted(set(captions) | {""})
     index_path = out / "text.json"
-    if index_path.exists() and json.loads(index_path.read_text())["captions"] == caps:
-        return
+    # Which encoder made the rows: the same captions from another encoder (same width or not) are other rows.
+    encoder = str(getattr(text_encoder, "path", None) or getattr(text_encoder, "name", ""))
+    if index_path.exists():
+        stored = json.loads(index_path.read_text())
+        if stored["captions"] == caps and stored.get("encoder", encoder) == encoder:
+            return
     toks, masks = [], []
     for k in range(0, len(caps), batch):
         t, m = text_encoder.encode(caps[k:k + batch])
@@ -291,7 +295,7 @@ def build_text(out: Path, captions: Iterable[str], text_encoder, batch: int = 64
     masks = [torch.nn.functional.pad(m, (0, L - m.shape[1])) for m in masks]
     with atomic_path(out / "text.safetensors") as tmp:
         save_file({"tokens": torch.cat(toks).contiguous(), "mask": torch.cat(masks).contiguous()}, str(tmp))
-    atomic_write_bytes(index_path, json.dumps({"captions": caps}).encode())
+    atomic_write_bytes(index_path, json.dumps({"captions": caps, "encoder": encoder}).encode())
 
 
 def load_text(root: Path) -> tuple[torch.Tensor, torch.Tensor, dict[str, int]]:

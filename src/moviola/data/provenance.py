@@ -57,12 +57,18 @@ def manifest_summary(folder: Path) -> dict[str, Any] | None:
     return summarize(rows, hashlib.sha256((Path(folder) / MANIFEST).read_bytes()).hexdigest())
 
 
-def carry(run_manifest: Path | None, base_dir: Path | None, result: Path) -> dict[str, Any] | None:
+def carry(run_manifest: Path | None, base_dir: Path | None, result: Path, *,
+          vae_dir: Path | None = None) -> dict[str, Any] | None:
     """Write the saved model's provenance: this run's records followed by its base model's (tagged by
-    stage), and the base's summary kept beside them if that is all the base has. Returns the summary
-    of what was written (None when nothing is known)."""
+    stage), and the base's summary kept beside them if that is all the base has. A ``vae_dir`` trained on
+    footage (``moviola train vae`` writes its records beside its weights) adds those, tagged "vae: FOLDER",
+    unless it is the base's own (already among the base's records). Returns the summary of what was written
+    (None when nothing is known)."""
     rows = [{**r, "stage": "this run"} for r in (json.loads(line) for line in run_manifest.read_text().splitlines()
                                                  if line.strip())] if run_manifest is not None else []
+    if vae_dir is not None and (base_dir is None or Path(base_dir).resolve() not in
+                                (Path(vae_dir).resolve(), *Path(vae_dir).resolve().parents)):
+        rows += [{**r, "stage": f"vae: {vae_dir}"} for r in read_manifest(vae_dir)]
     base_summary = None
     if base_dir is not None:
         rows += [{**r, "stage": r.get("stage") if str(r.get("stage", "")).startswith("base") else f"base: {base_dir}"}

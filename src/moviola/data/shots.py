@@ -80,8 +80,8 @@ def scan_video(path: str | Path) -> VideoScan:
     import av
 
     # The private helpers keep this pass's error messages identical to read_video's.
-    from moviola.video_io import (DEFAULT_FPS, VideoError, _open, _reason, _stream_duration, _stream_fps,
-                                  _video_stream)
+    from moviola.video_io import (DEFAULT_FPS, VideoError, _display_size, _open, _reason, _stream_duration,
+                                  _stream_fps, _video_stream)
 
     p = Path(path)
     times: list[float] = []
@@ -101,8 +101,8 @@ def scan_video(path: str | Path) -> VideoScan:
                         t = float((frame.pts - origin) * tb)
                     else:  # no timestamps (some raw streams): assume a constant rate
                         t = len(times) / (fps or DEFAULT_FPS)
-                    if not times:
-                        width, height = frame.width, frame.height
+                    if not times:  # as displayed: square pixels (anamorphic footage widened), then rotation
+                        width, height = _display_size(stream, frame.width, frame.height)
                         if round((getattr(frame, "rotation", 0) or 0) / 90) % 2:
                             width, height = height, width
                     # Area averaging: a proper downscale, and some 20x faster than swscale's default here.

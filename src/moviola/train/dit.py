@@ -37,6 +37,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -55,6 +56,9 @@ from moviola.train import distributed as D
 from moviola.train.common import (EMA, JsonlLog, OptimConfig, autocast, lr_at, make_optimizer, read_checkpoint,
                                   remove_stale_temps, restore_module, write_checkpoint)
 from moviola.video_io import atomic_path, ensure_dir
+
+if TYPE_CHECKING:  # the pipeline imports the training side lazily; here only for annotations
+    from moviola.pipeline import PipelineConfig
 
 
 @dataclass
@@ -388,6 +392,29 @@ def _open_cache(cfg: TrainDiTConfig, vae, vae_dir: Path, text, out: Path, world:
     return LatentCache(cache_dir, buckets_of(cfg.data))
 
 
+def _check_footage_cache(cache, pcfg: PipelineConfig, base_dir: Path | None) -> PipelineConfig:
+    """A footage cache's captions must come from the model's text encoder (another encoder of the same width
+    would train on rows that mean nothing to it), and its clips' frame rate is the model's: from scratch the
+    model takes the cache's rate (motion learned at 12 fps played at 8 is 1.5x slow), a fine-tune refuses
+    another one. Returns the pipeline config to save."""
+    def same(a: str, b: str) -> bool:
+        return a == b or ("minilm" not in (a, b) and Path(a).expanduser().resolve() == Path(b).expanduser().resolve())
+
+    meta, root = cache.meta, cache.meta.get("root", "")
+    made_with = str(meta.get("text_encoder", "minilm"))
+    if not same(made_with, pcfg.text_encoder):
+        raise ValueError(f"the footage cache of {root} holds captions encoded by {made_with!r}, the model uses "
+                         f"{pcfg.text_encoder!r}: rebuild it with 'moviola data cache ... --text-encoder "
+                         f"{pcfg.text_encoder}'")
+    fps = float(meta.get("config", {}).get("fps", pcfg.fps))
+    if abs(fps - pcfg.fps) > 1e-6:
+        if base_dir is not None:
+            raise ValueError(f"the footage cache of {root} holds clips at {fps:g} fps; the model being fine-tuned "
+                             f"makes {pcfg.fps:g} fps: rebuild it with 'moviola data cache ... --fps {pcfg.fps:g}'")
+        pcfg = dataclasses.replace(pcfg, fps=fps)
+    return pcfg
+
+
 def _build_model(cfg: TrainDiTConfig, base_dir: Path | None, device: torch.device) -> DiT:
     if base_dir is None:
         torch.manual_seed(cfg.data.seed)
@@ -484,6 +511,8 @@ def train_dit(cfg: TrainDiTConfig, *, on_step=None, on_cache=None) -> Path:
     out = Path(cfg.out)
     try:
         base_dir = init_dir(cfg)
+        if cfg.lora.rank > 0 and base_dir is None:  # adapters on a random, frozen model that is never saved
+            raise ValueError("lora.rank > 0 needs init_from (the model the adapter fine-tunes, e.g. init_from=default)")
         vae_dir = _resolve_vae_dir(cfg)  # both before the run folder is made: a wrong path leaves nothing behind
         if world.main:
             ensure_dir(out, "run folder (--out)")
@@ -512,6 +541,8 @@ def train_dit(cfg: TrainDiTConfig, *, on_step=None, on_cache=None) -> Path:
             raise ValueError(f"model.in_channels {mcfg.in_channels} != the VAE's latent channels "
                              f"{vae.config.latent_channels}")
         cache = _open_cache(cfg, vae, vae_dir, text, out, world, on_cache)
+        if cfg.data.cache_dir:
+            pcfg = _check_footage_cache(cache, pcfg, base_dir)
         if cache.text_tokens.shape[-1] != mcfg.text_dim:
             raise ValueError(f"{cfg.data.cache_dir or out / 'cache'}: the text embeddings are "
                              f"{cache.text_tokens.shape[-1]}-d, the model wants model.text_dim={mcfg.text_dim} "
@@ -531,6 +562,7 @@ def train_dit(cfg: TrainDiTConfig, *, on_step=None, on_cache=None) -> Path:
 
         lora = cfg.lora.rank > 0
         if lora:
+            torch.manual_seed(cfg.data.seed)  # the adapters' random halves: the same run, the same adapter
             inject_lora(model, cfg.lora)
 
         def template() -> DiT:  # a plain copy of the architecture (with adapters), for FSDP's gathered EMA
@@ -708,7 +740,7 @@ def _save_result(cfg, result: Path, dit: DiT, vae, text, pcfg, base_dir, vae_dir
     # What the model learned from travels with it: this run's clips, then its base model's.
     from moviola.data.provenance import carry, write_card
 
-    summary = carry(provenance, base_dir, result)
+    summary = carry(provenance, base_dir, result, vae_dir=vae_dir)
     kind = "LoRA adapter" if cfg.lora.rank > 0 and not cfg.lora.merge else "Moviola model"
     write_card(result, title=f"{kind}: {result}", summary=summary,
                info={**info, **({"lora": {**asdict(cfg.lora), "alpha": cfg.lora.alpha or cfg.lora.rank}}

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
+import sys
 import time
 from dataclasses import dataclass, field
 from functools import partial
@@ -38,7 +40,7 @@ from moviola.layout import part_weights
 from moviola.models.vae import CausalVAE, VAEConfig
 from moviola.train.common import (EMA, JsonlLog, OptimConfig, autocast, load_checkpoint, lr_at, make_optimizer,
                                   pick_device, read_checkpoint, remove_stale_temps, save_checkpoint)
-from moviola.video_io import ensure_dir
+from moviola.video_io import atomic_path, ensure_dir
 
 
 @dataclass
@@ -312,6 +314,12 @@ def train_vae(cfg: TrainVAEConfig, *, on_step=None) -> Path:
     log.truncate_after(step)  # a run killed before its first checkpoint starts over at 0: its rows go too
     remove_stale_temps(out)
     batches = ClipBatches(cfg.data, cfg.optim.batch_size)
+    for i, problem in enumerate(batches.skipped):  # named once, up front: training goes on without them
+        if i == 10:
+            print(f"moviola: ... and {len(batches.skipped) - 10} more ('moviola data check {cfg.data.folder}' "
+                  "lists them)", file=sys.stderr)
+            break
+        print(f"moviola: skipping {problem.path}: {problem.problem}", file=sys.stderr)
     dec_batches = (ClipBatches(dataclasses.replace(cfg.data, frames=cfg.decoder.frames), cfg.optim.batch_size)
                    if cfg.decoder.frames else batches)
     t_last, seen = time.time(), 0
@@ -407,4 +415,18 @@ def train_vae(cfg: TrainVAEConfig, *, on_step=None) -> Path:
         mean, std = latent_stats(final, batches, cfg.stats_batches, device)
         final.set_latent_stats(mean, std)
     final.cpu().save_pretrained(out / "model")
+    if batches.videos:  # what it learned from travels with it (and into the models trained on its latents)
+        _write_folder_provenance(batches.videos, out / "model")
     return out / "model"
+
+
+def _write_folder_provenance(clips: list, folder: Path) -> None:
+    """provenance.jsonl in the saved VAE folder: one record per footage clip it could draw from (path, sha256,
+    caption, span, licence, consent, source), as a DiT run writes for its clips."""
+    from moviola.data.folder import file_sha256
+    from moviola.data.provenance import MANIFEST
+
+    rows = [{"path": c.path, "sha256": file_sha256(c.path), "caption": c.caption, "start": c.start, "end": c.end,
+             "licence": c.licence, "consent": c.consent, "source": c.source} for c in clips]
+    with atomic_path(folder / MANIFEST) as tmp:
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
