@@ -683,7 +683,8 @@ BAD_REQUESTS = {
     "unknown transition": (lambda p: p.storyboard([Card(0, "a")], seconds=2, transition="fade", **SIZE),
                            "transition must be 'cut' or 'continue'"),
     "bad card image": (lambda p: p.storyboard([Card(0, "a"), Card(1, "b", image=IMG.astype(np.float32))],
-                                              seconds=2, **SIZE), "card 2 image must be an \\(H, W, 3\\) uint8"),
+                                              seconds=2, **SIZE),
+                       "card 2 image is not an image to condition on: float image must lie in \\[0, 1\\]"),
     "clip too long": (lambda p: p("a", seconds=7, **SIZE), "seconds must be more than 0 and at most 6"),
     "stream too long": (lambda p: p.stream("a", seconds=6.5, **SIZE), "at most 6"),
     "zero seconds": (lambda p: p("a", seconds=0, **SIZE), "seconds must be more than 0"),
@@ -696,10 +697,10 @@ BAD_REQUESTS = {
                              "last_image is 5x40: too small"),
     "video too small": (lambda p: p.extend(_clip(6, 6, 30), P, width=32, height=32), "video is 30x6: too small"),
     "float image": (lambda p: p.image_to_video(P, IMG.astype(np.float32), **SIZE),
-                    "image must be an \\(H, W, 3\\) uint8 RGB array, got float32"),
-    "gray image": (lambda p: p.image_to_video(P, IMG[..., 0], **SIZE), "image must be an \\(H, W, 3\\) uint8"),
-    "RGBA image": (lambda p: p(P, image=np.zeros((32, 32, 4), np.uint8), **SIZE), "\\(H, W, 3\\) uint8"),
-    "image as a clip": (lambda p: p.image_to_video(P, CLIP, **SIZE), "image must be an \\(H, W, 3\\)"),
+                    "image is not an image to condition on: float image must lie in \\[0, 1\\]"),
+    "RGBA image": (lambda p: p(P, image=np.zeros((32, 32, 4), np.uint8), **SIZE),
+                   "image is not an image to condition on: .* \\(RGBA: drop or composite the alpha first"),
+    "image as a clip": (lambda p: p.image_to_video(P, CLIP, **SIZE), "image must have shape \\(H, W, 3\\)"),
     "float video": (lambda p: p.extend(CLIP.astype(np.float64), P, **SIZE),
                     "video must be a \\(T, H, W, 3\\) uint8 RGB array with T >= 1, got float64"),
     "video as an image": (lambda p: p.remix(IMG, P, strength=0.5), "video must be a \\(T, H, W, 3\\)"),
@@ -875,3 +876,40 @@ def test_lora_on_a_pipeline_saves_merged_and_a_failed_load_changes_nothing(tmp_p
                       HashText(), PipelineConfig.from_dict(read_config(tmp_path / "model", "pipeline")))
     assert loaded.config.guidance == 2.0 and not lora_modules(loaded.dit)
     assert np.abs(loaded("a red circle", **kw).astype(int) - with_lora).mean() < 0.5  # merged = applied
+
+
+def test_library_calls_check_their_arguments_and_hand_out_their_own_arrays(pipe, no_sampling, tmp_path):
+    """From the library review: one side of a size alone, a transition of no length, a text fps and a non-text
+    negative prompt are GenerationErrors before any work (they had been dropped, or tracebacks, or raised on the
+    first chunk); images come as video_io takes them; the device is checked by name; a pipeline is not saved
+    over a part's own folder."""
+    clip = _clip(9)
+    for call in (lambda: pipe.remix(clip, "x", width=64), lambda: pipe.extend(clip, "x", seconds=1, height=32)):
+        with pytest.raises(GenerationError, match="give both width and height, or neither"):
+            call()
+    with pytest.raises(GenerationError, match="seconds must be a number"):
+        pipe.connect(clip, clip, "x", seconds=None)
+    with pytest.raises(GenerationError, match="fps must be a number"):
+        pipe("x", fps="8")
+    with pytest.raises(GenerationError, match="negative_prompt must be a string"):
+        pipe.stream("x", negative_prompt=None)
+    gray = np.linspace(0, 1, 40 * 40).reshape(40, 40)
+    assert pipe.fit_image(gray, 32, 32).shape == (32, 32, 3)
+    with pytest.raises(GenerationError, match="RGBA: drop or composite the alpha"):
+        pipe.fit_image(np.zeros((40, 40, 4), np.uint8), 32, 32)
+    with pytest.raises(ValueError, match="device 'bogus' is not a device"):
+        Pipeline.from_pretrained(tmp_path, device="bogus")
+    (tmp_path / "vae").mkdir()
+    (tmp_path / "vae" / "config.json").write_text('{"_class_name": "CausalVAE"}')
+    with pytest.raises(ValueError, match="CausalVAE's config"):
+        pipe.save_pretrained(tmp_path / "vae")
+
+
+def test_streamed_chunks_are_the_callers_to_change(pipe):
+    """Drawing on a yielded chunk in place (a watermark) must not change what is made next: the windows had
+    kept views of the chunks as their context."""
+    ref = pipe("a red circle", width=32, height=32, seconds=5, seed=3)
+    chunks = pipe.stream("a red circle", width=32, height=32, seconds=5, seed=3)
+    first = next(chunks)
+    first[:] = 0
+    assert np.array_equal(np.concatenate(list(chunks)), ref[len(first):])

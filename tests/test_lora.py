@@ -164,3 +164,22 @@ def test_extra_colours_are_opt_in_and_leave_the_world_as_it_was():
     with pytest.raises(ValueError, match="unknown extra colour 'teal'"):
         with extra_colors("teal"):
             pass
+
+
+def test_an_adapter_that_does_not_fit_leaves_the_one_applied_in_place(tmp_path):
+    """load_lora checks every module before touching the model: a bad adapter had removed the good one first."""
+    import json
+
+    x, t, ctx = _inputs(1)
+    m = _trained_adapter(_model())
+    save_lora(m, tmp_path / "good", LoRAConfig(rank=3, targets=["attn.qkv"]))
+    base = _model()
+    load_lora(base, tmp_path / "good")
+    before = base(x, t, ctx)
+    save_lora(m, tmp_path / "bad", LoRAConfig(rank=3, targets=["attn.qkv"]))
+    meta = json.loads((tmp_path / "bad" / "lora.json").read_text())
+    meta["modules"].append("blocks.99.attn.qkv")
+    (tmp_path / "bad" / "lora.json").write_text(json.dumps(meta))
+    with pytest.raises(LoRAError, match="blocks.99.attn.qkv"):
+        load_lora(base, tmp_path / "bad")
+    assert lora_modules(base) and torch.equal(base(x, t, ctx), before)

@@ -665,3 +665,21 @@ def test_fitted_windows_of_gifs_and_long_frame_gaps(tmp_path):
         container.mux(stream.encode())
     got = video_io.read_video_fitted(path, 16, 16, 10, start=0.45, num_frames=3)  # 0.45, 0.55, 0.65
     np.testing.assert_allclose(got[:, 8, 8, 0] / 40, [2, 2, 3], atol=0.1)
+
+
+def test_fast_gifs_read_back_at_their_rate_and_bad_rates_are_refused(tmp_path):
+    """FFmpeg guesses 100 fps for GIFs at 40 to 75 fps (delays of 2.5 to 1.3 cs): the timestamps decide; a GIF
+    cannot hold more than 100 fps; read rates and start times must be numbers that make sense."""
+    clip = gradient_clip(t=16)
+    for fps in (8, 40, 60):
+        path = write_video(tmp_path / f"g{fps}.gif", clip, fps)
+        assert abs(read_video(path).fps / fps - 1) < 0.05, (fps, read_video(path).fps)
+    with pytest.raises(ValueError, match="too high for a GIF"):
+        write_video(tmp_path / "fast.gif", clip, 150)
+    assert not (tmp_path / "fast.gif").exists()
+    path = write_video(tmp_path / "c.mp4", clip, 8)
+    for fps in (-8, 0, float("nan"), "8"):
+        with pytest.raises(ValueError, match="fps must be a finite number above 0"):
+            video_io.read_video_fitted(path, 16, 16, fps)
+    with pytest.raises(ValueError, match="need 0 <= start < end"):
+        read_video(path, start=float("nan"))

@@ -28,6 +28,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import numbers
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -189,7 +190,8 @@ class Pipeline:
 
     @classmethod
     def from_pretrained(cls, directory: str | Path | None = None, device: str | torch.device = "cpu") -> "Pipeline":
-        """Load a model folder (default: the shipped model)."""
+        """Load a model folder (default: the shipped model) onto ``device`` ("cpu", "cuda", "cuda:N", "mps")."""
+        device = _usable_device(device)
         if directory is None:
             from moviola import DEFAULT_MODEL_DIR
 
@@ -218,7 +220,10 @@ class Pipeline:
         from moviola.models.lora import lora_modules, merge_lora
         from moviola.video_io import atomic_write_bytes
 
+        from moviola.layout import check_writable
+
         d = Path(directory)
+        check_writable(d, "pipeline")  # not over a part's own folder (its config.json would be replaced)
         d.mkdir(parents=True, exist_ok=True)
         dit = self.dit
         if lora_modules(dit):
@@ -268,8 +273,9 @@ class Pipeline:
         on another base model or names an unknown sampler setting."""
         from moviola.models.lora import LoRAError, load_lora, read_lora
 
-        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or abs(scale) > 10:
+        if isinstance(scale, bool) or not isinstance(scale, numbers.Real) or not math.isfinite(scale) or abs(scale) > 10:
             raise LoRAError(f"LoRA scale must be a finite number from -10 to 10, got {scale!r}")
+        scale = float(scale)
         # Everything is checked before the DiT is touched: a call that raises leaves the pipeline as it was.
         adapter = read_lora(path)
         meta = adapter[0]
@@ -299,7 +305,7 @@ class Pipeline:
     def check_request(self, width: int, height: int, seconds: float | None, num_frames: int | None,
                       steps: int, guidance: float, *, max_seconds: float | None = None,
                       sampler: str | None = None, fps: float | None = None, seed: int = 0,
-                      prompt: str = "") -> None:
+                      prompt: str = "", negative_prompt: str = "") -> None:
         """A GenerationError naming the first bad argument. ``max_seconds`` is the duration limit of the
         ability (default: the longest clip made window by window); with ``fps`` (the output rate), the
         clip's frames must also fit in what that limit allows at the model's own rate, so a high --fps
@@ -310,11 +316,13 @@ class Pipeline:
         for name, value, kinds, what in (("width", width, integer, "an int"), ("height", height, integer, "an int"),
                                          ("steps", steps, integer, "an int"), ("guidance", guidance, number, "a number"),
                                          ("seconds", seconds, number, "a number"), ("seed", seed, integer, "an int"),
-                                         ("num_frames", num_frames, integer, "an int")):
+                                         ("num_frames", num_frames, integer, "an int"), ("fps", fps, number, "a number")):
             if (value is not None or name == "seed") and (isinstance(value, bool) or not isinstance(value, kinds)):
                 raise GenerationError(f"{name} must be {what}, got {type(value).__name__} {value!r}")
         if not isinstance(prompt, str):
             raise GenerationError(f"prompt must be a string, got {type(prompt).__name__}")
+        if not isinstance(negative_prompt, str):
+            raise GenerationError(f"negative_prompt must be a string, got {type(negative_prompt).__name__}")
         if not 0 <= seed < 2**63:
             raise GenerationError(f"seed must be from 0 to {2**63 - 1}, got {seed}")
         for name, side in (("width", width), ("height", height)):
@@ -346,12 +354,14 @@ class Pipeline:
                                   "only (fine-tune it with: moviola train dit --config configs/dit/cond.toml)")
 
     def fit_image(self, image, width: int, height: int, name: str = "image") -> np.ndarray:
-        """An (H, W, 3) image as (height, width, 3) uint8: scaled to cover and centre-cropped."""
-        from moviola.video_io import fit_frames
+        """An image as (height, width, 3) uint8: scaled to cover and centre-cropped. Takes what video_io
+        writes: (H, W, 3) or grayscale (H, W) / (H, W, 1), uint8 or float in [0, 1], numpy, torch or PIL."""
+        from moviola.video_io import _as_uint8_image, fit_frames
 
-        a = np.asarray(image)
-        if a.ndim != 3 or a.shape[2] != 3 or a.dtype != np.uint8:
-            raise GenerationError(f"{name} must be an (H, W, 3) uint8 RGB array, got {a.dtype} {a.shape}")
+        try:
+            a = _as_uint8_image(image)
+        except (ValueError, TypeError) as e:
+            raise GenerationError(f"{name} is not an image to condition on: {e}") from None
         if min(a.shape[:2]) < MIN_INPUT_SIDE:
             raise GenerationError(f"{name} is {a.shape[1]}x{a.shape[0]}: too small to condition on "
                                   f"({MIN_INPUT_SIDE} px a side at least)")
@@ -373,6 +383,9 @@ class Pipeline:
                     name: str = "video") -> tuple[np.ndarray, int, int]:
         """A source clip fitted to (width, height), by default the trained size nearest its aspect ratio."""
         a = np.asarray(video)
+        if (width is None) != (height is None):  # one side alone had been dropped for the default size
+            raise GenerationError(f"give both width and height, or neither (the trained size nearest the {name}'s "
+                                  f"aspect ratio); got width={width!r}, height={height!r}")
         if width is None or height is None:
             width, height = self.size_for(a.shape[2], a.shape[1]) if a.ndim == 4 and min(a.shape[1:3]) else (64, 64)
         return self.fit_video(video, width, height, name), width, height
@@ -515,9 +528,11 @@ class Pipeline:
                               seed=seed + 7919 * k, negative_prompt=negative_prompt, sampler=sampler,
                               prefix=tail if P else None, init=init, strength=strength, callback=progress.window())
             chunk = out[P:P + new] if not P else _spread_prefix(out[P:P + new], tail[-1], out[P - 1])
+            # The next window's context is taken before the chunk is handed out: the caller may draw on it.
+            context = _context(chunk if tail is None else np.concatenate([tail, chunk]))
             yield chunk
             made += new
-            tail = _context(chunk if tail is None else np.concatenate([tail, chunk]))
+            tail = context
 
     @torch.no_grad()
     def __call__(self, prompt: str, *, width: int = 64, height: int = 64, seconds: float | None = 2.0,
@@ -565,7 +580,8 @@ class Pipeline:
         --seconds 60``). Each window after the first starts from the last 5 frames of the one before;
         ``image`` becomes frame 0. Arguments are checked before any work starts."""
         steps, guidance, sampler, fps = self._settings(steps, guidance, sampler, fps)
-        self.check_request(width, height, seconds, num_frames, steps, guidance, sampler=sampler, fps=fps, seed=seed, prompt=prompt)
+        self.check_request(width, height, seconds, num_frames, steps, guidance, sampler=sampler, fps=fps, seed=seed, prompt=prompt,
+                           negative_prompt=negative_prompt)
         total = self._total(seconds, num_frames, fps)
         tail = None
         if image is not None:
@@ -580,8 +596,8 @@ class Pipeline:
                             seed=seed, negative_prompt=negative_prompt, sampler=sampler, callback=callback)
 
     def _stream(self, prompt, total, tail, *, callback, **kw) -> Iterator[np.ndarray]:
-        if tail is not None:  # the given image is frame 0, as given
-            yield tail
+        if tail is not None:  # the given image is frame 0, as given (a copy: the caller may draw on it)
+            yield tail.copy()
             total -= 1
         if total <= 0:
             return
@@ -606,7 +622,7 @@ class Pipeline:
                                                    seed=seed, negative_prompt=negative_prompt, sampler=sampler,
                                                    callback=callback, image=image)))
         self.check_request(width, height, seconds, num_frames, steps, guidance, sampler=sampler, fps=fps, seed=seed, prompt=prompt,
-                           max_seconds=(self.window_frames - 1) / self.config.fps)
+                           max_seconds=(self.window_frames - 1) / self.config.fps, negative_prompt=negative_prompt)
         first = None if image is None else self.fit_image(image, width, height)
         last = self.fit_image(last_image, width, height, "last_image")
         self._needs_conditioning("image-to-video")
@@ -672,7 +688,7 @@ class Pipeline:
         progress = _Progress(callback, len(self._plan(total, 5 if len(src) >= 5 else 1)) * kw["steps"])
 
         def chunks() -> Iterator[np.ndarray]:
-            yield src
+            yield src.copy()  # the caller may draw on it; the windows start from src
             yield from _no_grad_chunks(self._forward(prompt, total, tail=src, progress=progress, **kw))
 
         return chunks()
@@ -682,7 +698,8 @@ class Pipeline:
         """An extension's checks, both directions: (the fitted source, frames to make, the window kwargs)."""
         steps, guidance, sampler, fps = self._settings(steps, guidance, sampler, fps)
         src, width, height = self._fit_source(video, width, height)
-        self.check_request(width, height, seconds, None, steps, guidance, sampler=sampler, fps=fps, seed=seed, prompt=prompt)
+        self.check_request(width, height, seconds, None, steps, guidance, sampler=sampler, fps=fps, seed=seed, prompt=prompt,
+                           negative_prompt=negative_prompt)
         self._needs_conditioning("extend")
         kw = dict(width=width, height=height, steps=steps, guidance=guidance, seed=seed,
                   negative_prompt=negative_prompt, sampler=sampler)
@@ -700,7 +717,8 @@ class Pipeline:
         _check_strength(strength)
         steps, guidance, sampler, fps = self._settings(steps, guidance, sampler, fps)
         src, width, height = self._fit_source(video, width, height)
-        self.check_request(width, height, None, None, steps, guidance, sampler=sampler, fps=fps, seed=seed, prompt=prompt)
+        self.check_request(width, height, None, None, steps, guidance, sampler=sampler, fps=fps, seed=seed, prompt=prompt,
+                           negative_prompt=negative_prompt)
         if len(src) > round(self.config.max_total_seconds * self.config.fps):
             raise GenerationError(f"video has {len(src)} frames; remix takes at most "
                                   f"{self.config.max_total_seconds:g} s ({round(self.config.max_total_seconds * self.config.fps)} frames)")
@@ -737,7 +755,9 @@ class Pipeline:
             raise GenerationError(f"a transition can be at most {longest:g} s with this model ({frames} frames), "
                                   f"asked for {seconds:g} s")
         self.check_request(width, height, seconds, None, steps, guidance, sampler=sampler, fps=fps, seed=seed,
-                           prompt=prompt, max_seconds=longest)
+                           prompt=prompt, max_seconds=longest, negative_prompt=negative_prompt)
+        if seconds is None:  # check_request takes None as "no duration"; a transition needs one
+            raise GenerationError("seconds must be a number (the transition's length), got None")
         second = self.fit_video(b, width, height, "second clip")
         self._needs_conditioning("connect")
         mid, head = self._transition(first, second, prompt, seconds * fps, width=width, height=height, steps=steps,
@@ -779,7 +799,8 @@ class Pipeline:
         last frame leads into the first. Returns T = round(seconds * fps) frames, at least 16 (the 1 s
         transition, the context before it and a few frames of clip: 2 s at the default 8 fps)."""
         steps, guidance, sampler, fps = self._settings(steps, guidance, sampler, fps)
-        self.check_request(width, height, seconds, num_frames, steps, guidance, sampler=sampler, fps=fps, seed=seed, prompt=prompt)
+        self.check_request(width, height, seconds, num_frames, steps, guidance, sampler=sampler, fps=fps, seed=seed, prompt=prompt,
+                           negative_prompt=negative_prompt)
         total = self._total(seconds, num_frames, fps)
         M = max(4, 4 * round(self.config.fps / 4))
         if total < M + CONTEXT_FRAMES + 3:
@@ -817,7 +838,8 @@ class Pipeline:
         if transition not in ("cut", "continue"):
             raise GenerationError(f"transition must be 'cut' or 'continue', got {transition!r}")
         end = seconds if seconds is not None else cards[-1].start + 2.0
-        self.check_request(width, height, end, None, steps, guidance, sampler=sampler, fps=fps, seed=seed)
+        self.check_request(width, height, end, None, steps, guidance, sampler=sampler, fps=fps, seed=seed,
+                           negative_prompt=negative_prompt)
         bounds = [round(c.start * fps) for c in cards] + [round(end * fps)]
         for i, (a, b) in enumerate(zip(bounds, bounds[1:])):
             if b <= a:
@@ -845,12 +867,12 @@ class Pipeline:
                 n = bounds[i + 1] - bounds[i]
                 start = None if transition == "cut" or tail is None else tail[-1:]  # a card change: its last frame
                 if images[i] is not None:
-                    yield images[i][None]
+                    yield images[i][None].copy()
                     start, n = images[i][None], n - 1
                     tail = start
                 for chunk in self._forward(c.prompt, n, tail=start, seed=seed + 104729 * i, progress=progress, **kw):
+                    tail = _context(chunk if tail is None else np.concatenate([tail, chunk]))  # before the caller has it
                     yield chunk
-                    tail = _context(chunk if tail is None else np.concatenate([tail, chunk]))
 
 
 def check_cards(cards: Sequence[Card], seconds: float | None, limit: float) -> None:
@@ -890,6 +912,24 @@ def check_cards(cards: Sequence[Card], seconds: float | None, limit: float) -> N
 LOOP_SKIP = 1
 
 
+def _usable_device(device: str | torch.device) -> torch.device:
+    """``device`` as a torch.device this machine has, or a ValueError naming the argument (a bad string had
+    surfaced as damaged weights, "mps" as a bare torch error)."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device {device!r} is not a device: use 'cpu', 'cuda', 'cuda:N' or 'mps'") from None
+    available = {"cpu": True, "cuda": torch.cuda.is_available(),
+                 "mps": getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()}
+    if dev.type not in available:
+        raise ValueError(f"device {device!r}: Moviola runs on cpu, cuda or mps")
+    if not available[dev.type]:
+        raise ValueError(f"device {device!r}: this machine has no {dev.type} device that torch can use")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return dev
+
+
 def _no_grad_chunks(chunks: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
     """Each chunk made under no_grad, and yielded outside it: a `with torch.no_grad()` around a yield would
     leave gradients off in the caller's code while the generator waits."""
@@ -904,7 +944,8 @@ def _no_grad_chunks(chunks: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
 def _context(frames: np.ndarray) -> np.ndarray:
     """The known frames a next window starts from: the last CONTEXT_FRAMES, or the last one when there
     are fewer (a prefix takes 4j + 1 frames)."""
-    return frames[-CONTEXT_FRAMES:] if len(frames) >= CONTEXT_FRAMES else frames[-1:]
+    # A copy: the frames were yielded, and a caller that draws on them in place must not change what comes next.
+    return (frames[-CONTEXT_FRAMES:] if len(frames) >= CONTEXT_FRAMES else frames[-1:]).copy()
 
 
 # A known suffix's seam. The decoder remakes a suffix only approximately (its latents were encoded before

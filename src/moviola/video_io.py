@@ -432,6 +432,9 @@ def write_video(path: PathLike, frames: Any, fps: float | Fraction, *, audio: An
             if ext == ".png":
                 _save_image(tmp, clip[0], "png")
             elif ext == ".gif":
+                if rate > 100:
+                    raise ValueError(f"fps {float(rate):g} is too high for a GIF: its frames last whole hundredths "
+                                     "of a second, so 100 fps at most (write .mp4 or .webm instead)")
                 _write_gif(tmp, clip, rate)
             else:
                 _write_av(tmp, target, clip, rate, track, int(sample_rate), tags, quality)
@@ -554,6 +557,8 @@ def read_video_fitted(path: PathLike, width: int, height: int, fps: float, *, st
     content in a 29.97 fps file, at its own frames rather than one late).
     """
     p = Path(path)
+    if isinstance(fps, bool) or not isinstance(fps, numbers.Real) or not (math.isfinite(fps) and fps > 0):
+        raise ValueError(f"fps must be a finite number above 0; got {fps!r}")
     if num_frames is not None:
         if num_frames < 1:
             raise ValueError(f"num_frames must be >= 1; got {num_frames}")
@@ -570,7 +575,7 @@ def read_video_fitted(path: PathLike, width: int, height: int, fps: float, *, st
         f = max(width / w, height / h)
         return None if f >= 1 else (max(width, round(w * f)), max(height, round(h * f)))
 
-    if start < 0 or (end is not None and end <= start):
+    if not (math.isfinite(start) and start >= 0) or (end is not None and not end > start):
         raise ValueError(f"need 0 <= start < end; got start={start}, end={end}")
     too_long = f"at most {max_seconds:g} s can be used here" if max_seconds is not None else ""
     try:
@@ -992,7 +997,7 @@ def read_video(path: PathLike, *, max_frames: int | None = None, start: float = 
     p = Path(path)
     if max_frames is not None and max_frames < 1:
         raise ValueError(f"max_frames must be >= 1; got {max_frames}")
-    if start < 0 or (end is not None and end <= start):
+    if not (math.isfinite(start) and start >= 0) or (end is not None and not end > start):
         raise ValueError(f"need 0 <= start < end; got start={start}, end={end}")
     try:
         with _open(p) as container:
@@ -1002,8 +1007,13 @@ def read_video(path: PathLike, *, max_frames: int | None = None, start: float = 
             metadata = _container_metadata(container)
             origin = float((stream.start_time or 0) * stream.time_base) if stream.time_base else 0.0
             expected = _stream_duration(container, stream, allow_container=False)
+            gif = container.format.name in ("gif", "gif_pipe")
         if fps is None:  # no rate in the container: use the timestamps, else the GIF convention
             fps = _fps_from_times(times)
+        elif gif and len(times) > 2 and abs(_fps_from_times(times) / fps - 1) > 0.1:
+            # GIF delays are whole centiseconds; FFmpeg guesses 100 fps for 40 to 75 fps GIFs (2.5 to 1.3 cs
+            # delays): the timestamps say what the file plays at
+            fps = round(_fps_from_times(times), 3)
         if end is None and max_frames is None:
             _check_complete(p, times, fps, expected)
         audio = sample_rate = None
@@ -1070,7 +1080,9 @@ def _resize(frames: np.ndarray, height: int, width: int) -> np.ndarray:
     per_frame = 4 * 3 * (h * w + height * width)
     chunk = max(1, _RESIZE_CHUNK_BYTES // per_frame)
     for s in range(0, t, chunk):
-        x = torch.from_numpy(np.ascontiguousarray(frames[s : s + chunk])).permute(0, 3, 1, 2).float()
+        part = np.ascontiguousarray(frames[s : s + chunk])
+        part = part if part.flags.writeable else part.copy()  # torch wants writable memory (PIL's arrays are not)
+        x = torch.from_numpy(part).permute(0, 3, 1, 2).float()
         y = F.interpolate(x, size=(height, width), mode="bilinear", antialias=True, align_corners=False)
         out[s : s + chunk] = y.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
     return out

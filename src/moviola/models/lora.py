@@ -7,7 +7,7 @@ dotted components from the end: ``"attn.qkv"`` hits ``blocks.0.attn.qkv`` ... ``
 
     inject_lora(dit, LoRAConfig(rank=8, alpha=8, targets=["attn.qkv", "cross.kv"]))
     ... train (only the adapters require grad) ...
-    save_lora(dit, folder)          # lora.safetensors (A and B only) + lora.json (rank, alpha, the base's config,
+    save_lora(dit, folder, cfg)          # lora.safetensors (A and B only) + lora.json (rank, alpha, the base's config,
                                     #   and any sampler defaults the adapter wants: {"sampling": {"guidance": 2}})
     merge_lora(dit)                 # or fold the adapters into the weights: a plain DiT again
     load_lora(dit, folder, scale=1) # apply a saved adapter to a base model (checked against it)
@@ -204,10 +204,11 @@ def load_lora(model: nn.Module, path: str | Path, scale: float = 1.0, *,
             k = diff[0]
             raise LoRAError(f"{path}: adapter was trained on a different base model ({k} {base[k]!r}, "
                             f"this model has {mine.get(k)!r})")
-    remove_lora(model)
+    # Every check before the model is touched: an adapter that doesn't fit leaves the one applied before in place.
     modules = dict(model.named_modules())
     for n in meta["modules"]:
         lin = modules.get(n)
+        lin = lin.base if isinstance(lin, LoRALinear) else lin
         a, b = tensors.get(f"{n}.lora_A"), tensors.get(f"{n}.lora_B")
         if not isinstance(lin, nn.Linear):
             raise LoRAError(f"{path}: adapter names {n!r}, which is no Linear layer of this model")
@@ -216,6 +217,8 @@ def load_lora(model: nn.Module, path: str | Path, scale: float = 1.0, *,
         if a.shape != (meta["rank"], lin.in_features) or b.shape != (lin.out_features, meta["rank"]):
             raise LoRAError(f"{path}: adapter shapes for {n!r} ({tuple(b.shape)} x {tuple(a.shape)}) do not fit "
                             f"its Linear ({lin.out_features} x {lin.in_features})")
+    remove_lora(model)
+    modules = dict(model.named_modules())
     for n in meta["modules"]:
         m = LoRALinear(modules[n], int(meta["rank"]), float(meta["alpha"]), scale)
         with torch.no_grad():
