@@ -289,3 +289,17 @@ def test_large_files_are_scored_at_a_bounded_size(tmp_path, monkeypatch, fps):
     still = score_mod.score_file(tmp_path / "big.png", "a small red circle stays still and a large blue square "
                                                        "stays still on a white background")
     assert seen[-1] == (256, 384, 3) and still["attributes"]["color"] == 1.0
+
+
+def test_score_takes_still_images_of_every_kind_read_image_reads(tmp_path):
+    """A BMP or TIFF had been refused as 'not a video: ... a still image' by the command that scores images."""
+    from PIL import Image
+
+    from moviola.world.score import score_file
+
+    frame = render(TWO).frames[0]
+    for ext in ("bmp", "tiff"):
+        Image.fromarray(frame).save(tmp_path / f"f.{ext}")
+        report = score_file(tmp_path / f"f.{ext}", TWO_PROMPT.replace("moves right", "stays still")
+                            .replace("spins", "stays still"))
+        assert report["attributes"]["color"] == 1.0 and report["attributes"]["background"] == 1.0

@@ -683,3 +683,68 @@ def test_fast_gifs_read_back_at_their_rate_and_bad_rates_are_refused(tmp_path):
             video_io.read_video_fitted(path, 16, 16, fps)
     with pytest.raises(ValueError, match="need 0 <= start < end"):
         read_video(path, start=float("nan"))
+
+
+def test_a_long_file_read_at_a_low_rate_keeps_only_the_frames_it_gives(tmp_path, monkeypatch):
+    """read_video_fitted converts and keeps only the source frames a sample time shows (plus the first and
+    last): a 5 min clip scored at 7.5 fps had kept all 9,000 frames (5 GB). The frames are the same ones."""
+    t = 60
+    clip = np.zeros((t, 32, 32, 3), np.uint8)
+    clip[:] = (np.arange(t) * 4)[:, None, None, None]  # frame i has level 4 i
+    path = write_raw(tmp_path / "c30.mp4", clip, Fraction(30, 1), options={"crf": "0"})
+    calls = []
+    real = video_io.fit_frames
+    monkeypatch.setattr(video_io, "fit_frames", lambda f, *a, **k: calls.append(1) or real(f, *a, **k))
+    got = video_io.read_video_fitted(path, 16, 16, 8)
+    levels = got[:, 8, 8, 0].astype(int)
+    expected = [4 * int(k * 30 / 8 + 1e-9) for k in range(len(got))]  # the latest source frame at or before k / 8
+    assert len(got) == 16 and np.abs(levels - expected).max() <= 2, (levels, expected)
+    assert len(calls) <= len(got) + 2, len(calls)
+
+
+def test_transparent_gifs_and_resolution_changes_read_as_pictures(tmp_path):
+    """A transparent GIF's clear pixels come out black as a video, as they do as an image (FFmpeg's fill had
+    made them white); frames after a mid-stream resolution change are cover-cropped, not stretched."""
+    from PIL import Image
+
+    rgba = np.zeros((4, 16, 16, 4), np.uint8)
+    rgba[:, 4:12, 4:12] = (255, 0, 0, 255)  # an opaque red square on a transparent field
+    images = [Image.fromarray(f, "RGBA") for f in rgba]
+    images[0].save(tmp_path / "s.gif", save_all=True, append_images=images[1:], duration=125, loop=0,
+                   disposal=2, transparency=0)
+    video = read_video(tmp_path / "s.gif").frames
+    image = video_io.read_image(tmp_path / "s.gif")
+    assert video[0, 1, 1].tolist() == image[1, 1].tolist() == [0, 0, 0]
+    assert video[0, 8, 8, 0] > 200
+
+    def part(name: str, w: int, h: int, first: int) -> bytes:  # 8 frames of a centred disc
+        with av.open(str(tmp_path / name), "w", format="mpegts") as c:
+            s = c.add_stream("mpeg2video", rate=8)
+            s.width, s.height, s.pix_fmt = w, h, "yuv420p"
+            yy, xx = np.mgrid[0:h, 0:w]
+            img = np.where((((yy - h / 2) ** 2 + (xx - w / 2) ** 2) < 20 ** 2)[..., None], 255, 0).astype(np.uint8)
+            for i in range(8):
+                f = av.VideoFrame.from_ndarray(np.repeat(img, 3, -1), format="rgb24")
+                f.pts = first + i
+                c.mux(s.encode(f))
+            c.mux(s.encode())
+        return (tmp_path / name).read_bytes()
+
+    path = tmp_path / "res.ts"  # joined as a broadcast or a camera's split recording is: 96x64, then 64x96
+    path.write_bytes(part("a.ts", 96, 64, 0) + part("b.ts", 64, 96, 8))
+    frames = read_video(path).frames
+    for k in (2, 12):
+        ys, xs = np.nonzero(frames[k, ..., 0] > 128)
+        assert abs((np.ptp(xs) + 1) / (np.ptp(ys) + 1) - 1) < 0.15, k  # round in both halves
+
+
+def test_odd_file_names_and_huge_images_are_said_plainly(tmp_path, monkeypatch):
+    from PIL import Image
+
+    weird = tmp_path / "caf\udce9.mp4"  # a Latin-1 name on a UTF-8 system: undecodable bytes as surrogates
+    write_video(weird, gradient_clip(t=4), 8, metadata={"moviola_source": str(weird)})
+    assert read_video(weird).metadata["moviola_source"].endswith("caf\\udce9.mp4")
+    Image.new("RGB", (64, 64)).save(tmp_path / "big.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    with pytest.raises(VideoError, match="image is too large to open"):
+        video_io.read_image(tmp_path / "big.png")

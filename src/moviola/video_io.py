@@ -426,7 +426,7 @@ def write_video(path: PathLike, frames: Any, fps: float | Fraction, *, audio: An
     if ext == ".png" and len(clip) != 1:
         raise VideoError(target, f".png holds one frame, got {len(clip)} "
                                  "(use write_frames_png or a video extension)")
-    tags = {str(k): str(v) for k, v in (metadata or {}).items()}
+    tags = _tags(metadata)
     try:
         with atomic_path(target) as tmp:
             if ext == ".png":
@@ -468,7 +468,7 @@ class VideoWriter:
         self.rate = _fps_fraction(fps)
         self.keep_partial = keep_partial
         self.frames_written = 0
-        self._metadata = {str(k): str(v) for k, v in (metadata or {}).items()}
+        self._metadata = _tags(metadata)
         self._quality = quality
         self._size: tuple[int, int] | None = None
         self._kept: Path | None = None
@@ -521,6 +521,9 @@ class VideoWriter:
         except (av.FFmpegError, OSError) as e:
             self._tmp.unlink(missing_ok=True)
             raise VideoError(self.path, f"could not write video ({_reason(e)})") from None
+        except BaseException:  # anything else (a tag the muxer can't take, Ctrl-C): no hidden temp file left
+            self._tmp.unlink(missing_ok=True)
+            raise
         finally:
             self._container = None
         if keep and self.frames_written:
@@ -590,7 +593,8 @@ def read_video_fitted(path: PathLike, width: int, height: int, fps: float, *, st
             tol = 0.5 * float(stream.time_base or 0) + 1e-6  # timestamps rounded to the time base (GIF: 1/100 s)
             # With num_frames, frame 0 is the one on screen at `start`, which may have begun before it.
             frames, times = _decode_frames(p, container, stream, src_fps, start, end, None, transform=fit,
-                                           on_screen_at_start=num_frames is not None, prescale=shrink)
+                                           on_screen_at_start=num_frames is not None, prescale=shrink,
+                                           samples=(fps, phase, tol, start if num_frames is not None else None))
     except VideoError:
         raise
     except (av.FFmpegError, OSError) as e:
@@ -689,7 +693,10 @@ def read_image(path: PathLike) -> np.ndarray:
             return np.array(im.convert("RGB"))
     except UnidentifiedImageError:
         raise VideoError(p, "not an image: unrecognised file format") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+    except Image.DecompressionBombError:
+        raise VideoError(p, f"image is too large to open (over {2 * Image.MAX_IMAGE_PIXELS / 1e6:.0f} megapixels, the "
+                            "decompression-bomb guard): scale it down first") from None
+    except (OSError, SyntaxError, ValueError) as e:
         raise VideoError(p, f"truncated or corrupt image ({_reason(e)})") from None
 
 
@@ -846,6 +853,7 @@ def _decode_frames(path: Path, container: Any, stream: Any, fps: float | None, s
                    transform: Callable[[np.ndarray], np.ndarray] | None = None,
                    on_screen_at_start: bool = False,
                    prescale: Callable[[int, int], tuple[int, int] | None] | None = None,
+                   samples: tuple[float, float, float, float | None] | None = None,
                    ) -> tuple[np.ndarray, list[float]]:
     """Decode frames in presentation order whose timestamps fall in [start, end); with ``on_screen_at_start``
     the frame on screen at ``start`` leads them when none falls on it (the last one before it, however long
@@ -856,7 +864,10 @@ def _decode_frames(path: Path, container: Any, stream: Any, fps: float | None, s
     DV/HDV footage) are scaled to the display aspect ratio, so a circle stays round. ``prescale`` maps the
     displayed (width, height) to a smaller size FFmpeg's scaler converts each frame at (area averaging, in the
     same pass as the colour conversion), or None for full size: a caller that wants small frames of a large
-    file then never holds a full-size RGB frame or its float copy.
+    file then never holds a full-size RGB frame or its float copy. ``samples`` = (rate, phase, tol, t0): keep
+    only the frames some time t0 + (k + phase) / rate + tol (k = 0, 1, ...; t0 None: the first frame's time)
+    shows, the latest frame at or before it, plus the first and the last; so a long file read at a low rate
+    holds only the frames it gives.
     """
     stream.thread_type = "AUTO"
     step = 1.0 / (fps or DEFAULT_FPS)
@@ -870,24 +881,55 @@ def _decode_frames(path: Path, container: Any, stream: Any, fps: float | None, s
     small: tuple[int, int] | None = None  # what `prescale` asked for, in the stream's orientation
     turns = 0
 
+    first: tuple[int, int] | None = None  # the first frame's coded size: the clip's shape
+
     def take(t: float, frame: Any) -> None:
-        nonlocal size, turns
-        nonlocal small
+        nonlocal size, turns, small, first
         if size is None:
+            first = (frame.width, frame.height)
             size = _display_size(stream, frame.width, frame.height)
             turns = round((getattr(frame, "rotation", 0) or 0) / 90) % 4
             if prescale is not None:
                 shown = prescale(*(size[::-1] if turns % 2 else size))  # the size as displayed, after rotation
                 small = None if shown is None else tuple(shown[::-1] if turns % 2 else shown)
-        if small is not None:
-            rgb = frame.to_ndarray(format="rgb24", width=small[0], height=small[1], interpolation="AREA")
+        alpha = any(c.is_alpha for c in frame.format.components)  # transparent GIFs, WebMs: onto black
+        fmt = "rgba" if alpha else "rgb24"
+        same = (frame.width, frame.height) == first
+        if not same:  # the resolution changed mid-stream: its own display shape, cover-cropped to the clip's below
+            own = _display_size(stream, frame.width, frame.height)
+            rgb = frame.to_ndarray(format=fmt, width=own[0], height=own[1])
+        elif small is not None:
+            rgb = frame.to_ndarray(format=fmt, width=small[0], height=small[1], interpolation="AREA")
         elif (frame.width, frame.height) == size:
-            rgb = frame.to_ndarray(format="rgb24")
-        else:  # non-square pixels, or the resolution changed mid-stream: one display shape for the clip
-            rgb = frame.to_ndarray(format="rgb24", width=size[0], height=size[1])
+            rgb = frame.to_ndarray(format=fmt)
+        else:  # non-square pixels: scaled to the display aspect ratio
+            rgb = frame.to_ndarray(format=fmt, width=size[0], height=size[1])
+        if alpha:
+            rgb = _over_black(rgb)
+        if not same:
+            want = small or size
+            rgb = fit_frames(rgb[None], want[0], want[1], mode="crop")[0]
         rgb = np.rot90(rgb, turns) if turns else rgb
         frames.append(transform(np.ascontiguousarray(rgb)) if transform is not None else rgb)
         times.append(t)
+
+    def needed(a: float, b: float) -> bool:
+        """Whether a sample time of ``samples`` falls in [a, b) (a little wider: kept frames only cost memory)."""
+        rate, phase, tol, t0 = samples
+        t0 = times[0] if t0 is None else t0
+        k = max(0, math.ceil((a - 1e-6 - t0 - tol) * rate - phase))
+        return t0 + (k + phase) / rate + tol < b + 1e-6
+
+    pending = None  # with ``samples``: the last frame, undecoded to RGB until the next one's time says if it is needed
+
+    def offer(t: float, frame: Any) -> None:
+        nonlocal pending
+        if samples is None:
+            take(t, frame)
+            return
+        if pending is not None and (not times or needed(pending[0], t)):  # the first is always kept
+            take(*pending)
+        pending = (t, frame)
 
     held = None  # on_screen_at_start: the last frame before start, until the next one shows whether it leads
     try:
@@ -899,15 +941,17 @@ def _decode_frames(path: Path, container: Any, stream: Any, fps: float | None, s
                 continue
             if held is not None:
                 if t > start + eps:  # nothing on start itself: the frame before it is what shows there
-                    take(*held)
+                    offer(*held)
                 held = None
             if (end is not None and t >= end - eps) or (max_frames is not None and len(frames) >= max_frames):
                 break
-            take(t, frame)
+            offer(t, frame)
             if max_frames is not None and len(frames) >= max_frames:
                 break
         if held is not None:  # every frame decoded was before start: the last of them is on screen there
-            take(*held)
+            offer(*held)
+        if pending is not None:  # the last is always kept: samples past it show it, and it ends the clip
+            take(*pending)
     except (av.FFmpegError, OSError) as e:
         raise VideoError(path, f"truncated or corrupt video (decoding failed after {decoded} frames: "
                                f"{_reason(e)})") from None
@@ -955,6 +999,21 @@ def _read_audio(path: Path, video_origin: float, start: float, stop: float | Non
     if stop is not None:
         samples = samples[: max(0, round((stop - start) * rate))]
     return np.clip(samples, -1.0, 1.0), int(rate)
+
+
+def _tags(metadata: dict | None) -> dict[str, str]:
+    """Container tags as text FFmpeg can store: a file name that is not UTF-8 (its undecodable bytes come to
+    Python as lone surrogates) is kept with those bytes escaped, instead of failing the write at the end."""
+    def text(v: Any) -> str:
+        return str(v).encode("utf-8", "backslashreplace").decode("utf-8")
+
+    return {text(k): text(v) for k, v in (metadata or {}).items()}
+
+
+def _over_black(rgba: np.ndarray) -> np.ndarray:
+    """(H, W, 4) uint8 RGBA composited onto black, as read_image does: (H, W, 3) uint8."""
+    a = rgba[..., 3:].astype(np.uint16)
+    return ((rgba[..., :3].astype(np.uint16) * a + 127) // 255).astype(np.uint8)
 
 
 def _fps_from_times(times: list[float]) -> float:

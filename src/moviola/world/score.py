@@ -684,7 +684,7 @@ def score_file(path: str | Path, prompt: str | Prompt) -> dict:
     from moviola.video_io import fit_frames, probe_video, read_image, read_video, read_video_fitted
 
     path = Path(path)
-    if path.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp"):
+    if path.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"):
         image = read_image(path)
         w, h = _scoring_size(image.shape[1], image.shape[0])
         return score_clip(fit_frames(image[None], w, h)[0], prompt, fps=8.0)
