@@ -116,3 +116,31 @@ def test_text_only_model_refuses_abilities_before_queuing(tmp_path):
         models = client.get("/v1/models", headers=auth).json()["data"][0]["moviola"]
         assert models["max_seconds"] == 4 and "extend" not in models["abilities"]
         assert client.get("/v1/videos", headers=auth).json()["data"] == []  # nothing was queued
+
+
+def test_healthz_counts_live_workers_and_fails_when_queued_jobs_have_none(tmp_path):
+    """/healthz had said ok while jobs queued with no worker running (a deploy that left none): 503 then; a
+    worker's beat brings it back, a stopped worker's row goes, and /metrics counts the live ones."""
+    from fastapi.testclient import TestClient
+
+    from moviola.server import jobs
+    from moviola.server.app import ServerConfig, create_app
+    from moviola.server.keys import create_key
+
+    app = create_app(ServerConfig(storage=str(tmp_path)))
+    db = app.state.db
+    token, _ = create_key(db, "k")
+    with TestClient(app) as client:
+        assert client.get("/healthz").json() == {"status": "ok", "model": client.get("/healthz").json()["model"],
+                                                 "workers": 0, "queued": 0}
+        r = client.post("/v1/videos", headers={"Authorization": f"Bearer {token}"},
+                        data={"prompt": "a red circle", "size": "64x64", "seconds": "1"})
+        assert r.status_code == 200
+        r = client.get("/healthz")
+        assert r.status_code == 503 and "no worker has been seen" in r.json()["problem"] and r.json()["queued"] == 1
+        jobs.worker_alive(db, "host:1:ab")
+        r = client.get("/healthz")
+        assert r.status_code == 200 and r.json()["workers"] == 1
+        assert "moviola_live_workers 1" in client.get("/metrics").text
+        jobs.worker_gone(db, "host:1:ab")
+        assert client.get("/healthz").status_code == 503

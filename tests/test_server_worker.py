@@ -517,3 +517,22 @@ def test_sqlite_writers_in_one_process_queue_without_meeting_the_busy_handler(tm
     assert errors == []
     assert db.one("SELECT COUNT(*) AS n FROM meta WHERE name LIKE 't%'")["n"] == 400
     assert db.one("SELECT COUNT(*) AS n FROM audit")["n"] == 400
+
+
+def test_a_running_worker_is_seen_alive_and_forgotten_when_it_stops(env):
+    """What /healthz counts: a worker records that it runs, idle or busy, and removes the record as it stops."""
+    db, key, tmp = env
+    w = _worker(tmp, tmp / "q.db", None)
+    w.pipe = FakePipe()
+    thread = threading.Thread(target=w.run)
+    thread.start()
+    try:
+        deadline = time.time() + 10
+        while jobs.live_workers(db) != 1 and time.time() < deadline:
+            time.sleep(0.05)
+        assert jobs.live_workers(db) == 1
+    finally:
+        w.stopping.set()
+        thread.join(10)
+    assert not thread.is_alive() and jobs.live_workers(db) == 0
+    assert not db.query("SELECT name FROM meta WHERE name LIKE 'worker:%'")

@@ -757,7 +757,13 @@ def create_app(cfg: ServerConfig) -> FastAPI:
         except OSError as e:
             return JSONResponse({"status": "unhealthy", "model": model.name,
                                  "problem": f"storage is not writable ({e.strerror or e})"}, status_code=503)
-        return {"status": "ok", "model": model.name}
+        workers, queued = jobs.live_workers(db), jobs.stats(db)["queue_depth"]
+        if not workers and queued:  # jobs wait and nothing will take them: a deploy left no worker running
+            return JSONResponse({"status": "unhealthy", "model": model.name, "workers": 0, "queued": queued,
+                                 "problem": f"no worker has been seen for {jobs.WORKER_SEEN_SECONDS:g} s and "
+                                            f"{queued} job(s) are queued (start one: moviola worker)"},
+                                status_code=503)
+        return {"status": "ok", "model": model.name, "workers": workers, "queued": queued}
 
     @app.get("/metrics", include_in_schema=False, response_class=PlainTextResponse)
     def metrics():
@@ -768,6 +774,8 @@ def create_app(cfg: ServerConfig) -> FastAPI:
         lines += [f'moviola_jobs{{status="{k}"}} {v}' for k, v in s["jobs"].items()]
         lines += ["# HELP moviola_busy_workers Workers holding a live lease.", "# TYPE moviola_busy_workers gauge",
                   f"moviola_busy_workers {s['busy_workers']}",
+                  "# HELP moviola_live_workers Workers seen alive in the last 30 s, busy or idle.",
+                  "# TYPE moviola_live_workers gauge", f"moviola_live_workers {s['live_workers']}",
                   "# HELP moviola_generation_seconds Wall time of finished generations.",
                   "# TYPE moviola_generation_seconds summary",
                   f"moviola_generation_seconds_sum {s['generation_seconds']:.3f}",

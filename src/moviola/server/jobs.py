@@ -203,6 +203,31 @@ def sweep_expired(db: Database, storage: Storage) -> int:
     return len(rows)
 
 
+WORKER_SEEN_SECONDS = 30.0  # a worker that has not said it is alive for this long is counted gone
+WORKER_BEAT_SECONDS = 5.0  # how often a running worker says so
+
+
+def worker_alive(db: Database, owner: str) -> None:
+    """Record that worker ``owner`` is running (a row of ``meta``: "worker:OWNER" -> time)."""
+    db.execute("INSERT INTO meta (name, value) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+               (f"worker:{owner}", repr(time.time())))
+
+
+def worker_gone(db: Database, owner: str) -> None:
+    db.execute("DELETE FROM meta WHERE name = ?", (f"worker:{owner}",))
+
+
+def live_workers(db: Database) -> int:
+    """Workers seen in the last WORKER_SEEN_SECONDS (busy or idle); rows of long-dead ones are removed."""
+    now, alive = time.time(), 0
+    for r in db.query("SELECT name, value FROM meta WHERE name LIKE 'worker:%'"):
+        if now - float(r["value"]) < WORKER_SEEN_SECONDS:
+            alive += 1
+        elif now - float(r["value"]) > 3600:  # killed with -9 an hour ago: forget it
+            db.execute("DELETE FROM meta WHERE name = ? AND value = ?", (r["name"], r["value"]))
+    return alive
+
+
 def stats(db: Database) -> dict[str, Any]:
     """Counts for /metrics: jobs by status (deleted ones apart), live workers, generation seconds."""
     now = time.time()
@@ -214,7 +239,7 @@ def stats(db: Database) -> dict[str, Any]:
                      "AND status = 'in_progress'", (now,))
     deleted = db.one("SELECT COUNT(*) AS n FROM jobs WHERE deleted_at IS NOT NULL")
     return {"jobs": by_status, "queue_depth": by_status["queued"], "deleted": int(deleted["n"]),
-            "busy_workers": int(workers["n"]), "generation_count": int(gen["n"]),
+            "busy_workers": int(workers["n"]), "live_workers": live_workers(db), "generation_count": int(gen["n"]),
             "generation_seconds": float(gen["s"])}
 
 

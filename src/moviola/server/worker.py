@@ -97,12 +97,38 @@ class Worker:
                 self.log(f"parent process {self.cfg.parent_pid} is gone: stopping")
                 self.stopping.set()
 
+    def _say_alive(self) -> None:
+        """Every WORKER_BEAT_SECONDS, busy or idle, that this worker runs (what /healthz counts); the row goes
+        when it stops."""
+        try:
+            while True:
+                try:
+                    jobs.worker_alive(self.db, self.owner)
+                except Exception as e:  # a database hiccup: say it at the next beat
+                    self.log(f"cannot record that this worker is alive ({type(e).__name__}: {e})")
+                if self.stopping.wait(jobs.WORKER_BEAT_SECONDS):
+                    break
+            jobs.worker_gone(self.db, self.owner)
+        except Exception:  # the database is gone as we stop: the row ages out
+            pass
+        finally:
+            self.db.close()  # this thread's own connection
+
     def run(self) -> int:
         """Claim and run jobs until stopped; returns the number of jobs finished."""
         if self.cfg.parent_pid:
             threading.Thread(target=self._watch_parent, daemon=True).start()
         self.load()
+        alive = threading.Thread(target=self._say_alive, daemon=True)
+        alive.start()
         self.log(f"ready ({self.owner}); waiting for jobs")
+        try:
+            return self._loop()
+        finally:
+            self.stopping.set()
+            alive.join(timeout=5.0)
+
+    def _loop(self) -> int:
         done = 0
         while not self.stopping.is_set():
             try:
