@@ -143,6 +143,8 @@ def test_worker_writes_outputs_then_completes(env):
     v = read_video(video)
     assert v.frames.shape == (8, 64, 64, 3)
     assert v.metadata["moviola_prompt"] == "a red circle 0" and v.metadata["moviola_video_id"] == vid
+    # which weights made it: in the Video object as in the file's tags
+    assert jobs.to_video(row)["moviola"]["weights_sha256"] == v.metadata["moviola_weights_sha256"] == w.weights_digest()
     assert Image.open(w.storage.asset(row["assets"], "thumbnail")).format == "WEBP"
     assert not list(tmp.joinpath("storage").rglob(".*tmp-*"))  # no temp files left behind
     assert not list(tmp.joinpath("storage", "work").rglob("*"))  # nor scratch folders

@@ -99,7 +99,8 @@ def to_video(row: dict[str, Any]) -> dict[str, Any]:
                     "card_image_sha256": ([c.get("image_sha256") for c in params["cards"]]
                                           if params.get("cards") else None),
                     "extension_seconds": params.get("extension_seconds"), "backward": params.get("backward"),
-                    "content_hash": row["content_hash"], "generation_seconds": row["gen_seconds"],
+                    "content_hash": row["content_hash"], "weights_sha256": params.get("weights_sha256"),
+                    "generation_seconds": row["gen_seconds"],
                     "expired": row["status"] == "completed" and (row["assets_removed_at"] is not None or (
                         row["expires_at"] is not None and row["expires_at"] <= time.time())),
                     "feedback": ({"rating": row["feedback_rating"], "comment": row["feedback_comment"]}
@@ -158,13 +159,22 @@ def heartbeat(db: Database, video_id: str, owner: str, lease_seconds: float, pro
 
 
 def complete(db: Database, video_id: str, owner: str, *, assets: str, content_hash: str, gen_seconds: float,
-             note: str | None, ttl_seconds: float | None) -> bool:
+             note: str | None, ttl_seconds: float | None, weights_sha256: str | None = None) -> bool:
+    """Mark a job completed (if it is still ``owner``'s); ``weights_sha256``, the model that made it, joins its
+    parameters, so the Video object says which weights made the clip, not only the MP4's tags."""
     now = time.time()
-    return db.execute("UPDATE jobs SET status = 'completed', progress = 100, completed_at = ?, expires_at = ?, "
-                      "assets = ?, content_hash = ?, gen_seconds = ?, note = ?, lease_owner = NULL "
-                      "WHERE id = ? AND lease_owner = ? AND deleted_at IS NULL AND status = 'in_progress'",
-                      (now, now + ttl_seconds if ttl_seconds else None, assets, content_hash, gen_seconds, note,
-                       video_id, owner)) == 1
+    with db.transaction() as tx:
+        row = tx.one("SELECT params FROM jobs WHERE id = ?", (video_id,))
+        if row is None:
+            return False
+        params = json.loads(row["params"])
+        if weights_sha256:
+            params["weights_sha256"] = weights_sha256
+        return tx.execute("UPDATE jobs SET status = 'completed', progress = 100, completed_at = ?, expires_at = ?, "
+                          "assets = ?, content_hash = ?, gen_seconds = ?, note = ?, params = ?, lease_owner = NULL "
+                          "WHERE id = ? AND lease_owner = ? AND deleted_at IS NULL AND status = 'in_progress'",
+                          (now, now + ttl_seconds if ttl_seconds else None, assets, content_hash, gen_seconds,
+                           note, json.dumps(params), video_id, owner)) == 1
 
 
 def fail(db: Database, video_id: str, owner: str, code: str, message: str) -> bool:

@@ -211,8 +211,8 @@ class Worker:
                 _rmtree(work_dir)
             took = time.perf_counter() - t0
             if jobs.complete(self.db, vid, owner, assets=self.storage.relative(out_dir), content_hash=digest,
-                             gen_seconds=took, note=result.note,
-                             ttl_seconds=self.cfg.ttl_seconds or None):
+                             gen_seconds=took, note=result.note, ttl_seconds=self.cfg.ttl_seconds or None,
+                             weights_sha256=self.weights_digest()):
                 self.storage.remove_work(vid)  # what an earlier, killed attempt left behind
                 self.log(f"{vid}: completed in {took:.1f} s (sha256 {digest[:12]})")
             else:
