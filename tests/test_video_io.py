@@ -748,3 +748,25 @@ def test_odd_file_names_and_huge_images_are_said_plainly(tmp_path, monkeypatch):
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
     with pytest.raises(VideoError, match="image is too large to open"):
         video_io.read_image(tmp_path / "big.png")
+
+
+@pytest.mark.parametrize("flip, rotation, corner", [({"hflip": True}, 0, (8, 56)), ({"vflip": True}, 0, (40, 8)),
+                                                    ({}, 180, (40, 56))])
+def test_mirrored_footage_is_shown_mirrored_not_turned(tmp_path, flip, rotation, corner):
+    """A display matrix with a flip (mirrored front-camera clips) is applied as FFmpeg applies it: a left-right
+    mirror had been shown turned 180 degrees (the rotation FFmpeg reports for it)."""
+    clip = np.zeros((3, 48, 64, 3), np.uint8)
+    clip[:, :16, :16] = 255  # white top-left corner
+    path = tmp_path / "m.mp4"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=8)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        stream.set_display_rotation(rotation, **flip)
+        for i, rgb in enumerate(clip):
+            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+            frame.pts = i
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    frame = read_video(path).frames[0]
+    y, x = corner
+    assert frame[y, x].mean() > 200 and frame[8, 8].mean() < 50, (frame[8, 8], frame[y, x])

@@ -880,15 +880,16 @@ def _decode_frames(path: Path, container: Any, stream: Any, fps: float | None, s
     size: tuple[int, int] | None = None
     small: tuple[int, int] | None = None  # what `prescale` asked for, in the stream's orientation
     turns = 0
+    flips: tuple[int, ...] = ()  # axes to mirror (a display matrix with a flip: mirrored selfie footage)
 
     first: tuple[int, int] | None = None  # the first frame's coded size: the clip's shape
 
     def take(t: float, frame: Any) -> None:
-        nonlocal size, turns, small, first
+        nonlocal size, turns, small, first, flips
         if size is None:
             first = (frame.width, frame.height)
             size = _display_size(stream, frame.width, frame.height)
-            turns = round((getattr(frame, "rotation", 0) or 0) / 90) % 4
+            turns, flips = _orientation(frame)
             if prescale is not None:
                 shown = prescale(*(size[::-1] if turns % 2 else size))  # the size as displayed, after rotation
                 small = None if shown is None else tuple(shown[::-1] if turns % 2 else shown)
@@ -910,6 +911,7 @@ def _decode_frames(path: Path, container: Any, stream: Any, fps: float | None, s
             want = small or size
             rgb = fit_frames(rgb[None], want[0], want[1], mode="crop")[0]
         rgb = np.rot90(rgb, turns) if turns else rgb
+        rgb = np.flip(rgb, flips) if flips else rgb
         frames.append(transform(np.ascontiguousarray(rgb)) if transform is not None else rgb)
         times.append(t)
 
@@ -999,6 +1001,23 @@ def _read_audio(path: Path, video_origin: float, start: float, stop: float | Non
     if stop is not None:
         samples = samples[: max(0, round((stop - start) * rate))]
     return np.clip(samples, -1.0, 1.0), int(rate)
+
+
+def _orientation(frame: Any) -> tuple[int, tuple[int, ...]]:
+    """How to show a decoded frame: (quarter turns counter-clockwise, image axes to mirror), from its display
+    rotation and, for the mirror images FFmpeg reports as 0 or 180 degrees, its display matrix, by FFmpeg's
+    own rules (0: mirror top-bottom if m[4] < 0; 180: left-right if m[0] < 0, top-bottom if m[4] < 0): a
+    horizontally flipped clip had been shown upside down (turned 180 degrees)."""
+    turns = round((getattr(frame, "rotation", 0) or 0) / 90) % 4
+    matrix = None
+    for sd in getattr(frame, "side_data", ()) or ():
+        if getattr(getattr(sd, "type", None), "name", "") == "DISPLAYMATRIX":
+            raw = bytes(sd)
+            matrix = np.frombuffer(raw[:36], "<i4") if len(raw) >= 36 else None
+    if matrix is None or turns % 2:
+        return turns, ()
+    flips = tuple(axis for axis, mirrored in ((1, turns == 2 and matrix[0] < 0), (0, matrix[4] < 0)) if mirrored)
+    return (0, flips) if turns == 2 else (turns, flips)
 
 
 def _tags(metadata: dict | None) -> dict[str, str]:
