@@ -770,3 +770,15 @@ def test_mirrored_footage_is_shown_mirrored_not_turned(tmp_path, flip, rotation,
     frame = read_video(path).frames[0]
     y, x = corner
     assert frame[y, x].mean() > 200 and frame[8, 8].mean() < 50, (frame[8, 8], frame[y, x])
+
+
+def test_a_large_jpeg_is_decoded_no_larger_than_needed(tmp_path):
+    """read_image(max_side=N) lets the JPEG decoder reduce by 1/2 to 1/8 while both sides stay >= N, so a
+    phone photo conditioning a small clip is never decoded whole; other formats and no max_side: full size."""
+    from PIL import Image
+
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (1200, 1700, 3), dtype=np.uint8)).save(tmp_path / "p.jpg")
+    assert read_image(tmp_path / "p.jpg").shape == (1200, 1700, 3)
+    small = read_image(tmp_path / "p.jpg", max_side=256)
+    assert small.shape == (300, 425, 3)  # 1/4: the largest reduction keeping both sides >= 256
+    assert read_image(tmp_path / "p.jpg", max_side=1024).shape == (1200, 1700, 3)

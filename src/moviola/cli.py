@@ -294,10 +294,10 @@ def cmd_generate(args) -> int:
 
 def _read_picture(path: str):
     """An image file to condition on, (H, W, 3) uint8; a ValueError naming it if it is under 8 px a side."""
-    from moviola.pipeline import MIN_INPUT_SIDE
+    from moviola.pipeline import IMAGE_DECODE_SIDE, MIN_INPUT_SIDE
     from moviola.video_io import read_image
 
-    image = read_image(path)
+    image = read_image(path, max_side=IMAGE_DECODE_SIDE)
     if min(image.shape[:2]) < MIN_INPUT_SIDE:
         raise ValueError(f"{path}: image is {image.shape[1]}x{image.shape[0]}: too small to condition on "
                          f"({MIN_INPUT_SIDE} px a side at least)")

@@ -677,13 +677,17 @@ def _deep_gray_to_rgb(gray: np.ndarray, mode: str) -> np.ndarray:
     return np.repeat(out[..., None], 3, axis=-1)
 
 
-def read_image(path: PathLike) -> np.ndarray:
+def read_image(path: PathLike, *, max_side: int | None = None) -> np.ndarray:
     """Read an image as (H, W, 3) uint8 RGB. EXIF orientation is applied; alpha is composited onto
-    black; grayscale and palette images are expanded to RGB."""
+    black; grayscale and palette images are expanded to RGB. ``max_side``: the caller will scale it down to
+    fit at most this many pixels a side, so a JPEG may be decoded at 1/2, 1/4 or 1/8 of its size as long as
+    both sides stay at least that (a 48-megapixel phone photo had taken 630 MB to condition a 64x64 clip)."""
     p = Path(path)
     _check_file(p)
     try:
         with Image.open(p) as im:
+            if max_side is not None and im.format == "JPEG":
+                im.draft("RGB", (max_side, max_side))  # the decoder's own reduction, never below max_side
             im = ImageOps.exif_transpose(im)
             if im.mode.startswith(("I", "F")):  # 16-bit, 32-bit or float grayscale (PIL would clip at 255)
                 return _deep_gray_to_rgb(np.asarray(im), im.mode)

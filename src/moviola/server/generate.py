@@ -307,6 +307,7 @@ def run_job(pipe: Any, job: dict[str, Any], params: dict[str, Any], *, source: P
         source: the source clip for remix/extension/edit (a stored output or an upload), else None.
         callback: ``(step, total)`` from the sampler, for progress.
     """
+    from moviola.pipeline import IMAGE_DECODE_SIDE
     from moviola.video_io import read_image
 
     kind, prompt = job["kind"], job["prompt"] or ""
@@ -318,7 +319,7 @@ def run_job(pipe: Any, job: dict[str, Any], params: dict[str, Any], *, source: P
     total = max(1, round(seconds * fps))
 
     if kind == "create":
-        image = read_image(params["input_image"]) if params.get("input_image") else None
+        image = read_image(params["input_image"], max_side=IMAGE_DECODE_SIDE) if params.get("input_image") else None
         return Result(pipe.stream(prompt, seconds=seconds, image=image, **common), fps, total)
 
     if kind in ("remix", "edit", "extension"):
@@ -335,7 +336,7 @@ def run_job(pipe: Any, job: dict[str, Any], params: dict[str, Any], *, source: P
     if kind == "storyboard":
         from moviola.pipeline import Card
 
-        cards = [Card(float(c["start"]), c["prompt"], read_image(c["image_path"]) if c.get("image_path") else None)
+        cards = [Card(float(c["start"]), c["prompt"], read_image(c["image_path"], max_side=IMAGE_DECODE_SIDE) if c.get("image_path") else None)
                  for c in params["cards"]]
         chunks = pipe.storyboard(cards, seconds=seconds, transition=params.get("transition", "cut"), **common)
         return Result(chunks, fps, total)
