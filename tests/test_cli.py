@@ -42,6 +42,10 @@ def test_errors_are_one_line_with_status_2(tmp_path, capsys):
     assert main(["world", "render", "a red hexagon falls", "-o", str(tmp_path / "x.mp4")]) == 2
     err = capsys.readouterr().err
     assert "hexagon" in err and "Traceback" not in err
+    huge = ["world", "render", "a red circle moves right", "-o", str(tmp_path / "x.mp4"), "--seconds", "600",
+            "--fps", "240", "--size", "512x512"]
+    assert main(huge) == 2  # said before 105 GiB are asked for (a MemoryError traceback)
+    assert "105.5 GiB of frames" in capsys.readouterr().err
     bad = tmp_path / "bad.mp4"
     bad.write_text("not a video")
     assert main(["score", str(bad), "a red circle falls"]) == 2

@@ -69,6 +69,9 @@ def progress():
 
 # --- world ---------------------------------------------------------------------------------------
 
+WORLD_RENDER_BYTES = 4 * 2**30  # world render keeps the whole clip in memory; past this it says so first
+
+
 def cmd_world_render(args) -> int:
     import numpy as np
 
@@ -82,6 +85,11 @@ def cmd_world_render(args) -> int:
     if args.audio and out.suffix.lower() == ".png":
         raise ValueError(f"{out}: --audio needs a video output (.mp4, .webm, .mov, .mkv): a PNG has no sound")
     prompt = parse_prompt(args.prompt)
+    need = math.ceil(args.seconds * args.fps) * w * h * 3  # bytes of the rendered frames, held whole
+    if need > WORLD_RENDER_BYTES:
+        raise ValueError(f"{args.seconds:g} s at {args.fps:g} fps and {w}x{h} is {need / 2**30:.1f} GiB of frames, "
+                         f"more than the {WORLD_RENDER_BYTES / 2**30:g} GiB a render holds: ask for fewer seconds, "
+                         "a lower --fps or a smaller --size")
     spec = scene_from_prompt(prompt, np.random.default_rng(args.seed), width=w, height=h, fps=args.fps,
                              seconds=args.seconds)
     clip = render(spec)
