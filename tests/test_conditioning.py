@@ -913,3 +913,17 @@ def test_streamed_chunks_are_the_callers_to_change(pipe):
     first = next(chunks)
     first[:] = 0
     assert np.array_equal(np.concatenate(list(chunks)), ref[len(first):])
+
+
+def test_remix_stream_checks_before_the_first_chunk(pipe, no_sampling):
+    with pytest.raises(GenerationError, match="remix takes at most"):
+        pipe.remix_stream(_clip(49), "x", strength=0.5, width=32, height=32)
+
+
+def test_remix_stream_yields_window_by_window_what_remix_returns(pipe):
+    """moviola remix and the server write a long remix as it is made (it had been held whole to the end)."""
+    src = _clip(40)
+    chunks = list(pipe.remix_stream(src, "a blue square", strength=0.5, width=32, height=32, seed=2))
+    assert len(chunks) > 1 and sum(len(c) for c in chunks) == len(src)
+    assert np.array_equal(np.concatenate(chunks), pipe.remix(src, "a blue square", strength=0.5, width=32,
+                                                             height=32, seed=2))

@@ -264,9 +264,9 @@ def test_adapter_calls_the_abilities_with_their_real_signatures(tmp_path):
             new = np.zeros((round(kw["seconds"] * 8), 64, 64, 3), np.uint8)
             return np.concatenate([video, new])  # the whole stitched clip, as Pipeline.extend
 
-        def remix(self, video, prompt, **kw):
-            self._bind("remix", video, prompt, **kw)
-            return video[::-1]
+        def remix_stream(self, video, prompt, **kw):
+            self._bind("remix_stream", video, prompt, **kw)
+            return iter([video[::-1][:3], video[::-1][3:]])  # window by window, as Pipeline.remix_stream
 
         def storyboard(self, cards, **kw):
             self._bind("storyboard", cards, **kw)
@@ -285,7 +285,9 @@ def test_adapter_calls_the_abilities_with_their_real_signatures(tmp_path):
     assert out.frames.shape == (n_src + 8, 64, 64, 3) and out.total == n_src + 8
     assert out.frames[:n_src].mean() > 150 and out.frames[n_src:].max() == 0  # source first, then the new frames
     out = run_job(p, {"kind": "edit", "prompt": "x"}, {**base, "strength": 0.25}, source=src)
-    assert p.got[0] == "remix" and p.got[2]["strength"] == 0.25 and out.frames.shape == (n_src, 64, 64, 3)
+    edited = np.concatenate(list(out.chunks()))
+    assert p.got[0] == "remix_stream" and p.got[2]["strength"] == 0.25 and edited.shape == (n_src, 64, 64, 3)
+    assert out.total == n_src
     run_job(p, {"kind": "remix", "prompt": "x"}, base, source=src)
     assert p.got[2]["strength"] == 0.6  # the default
     board = {**base, "seconds": 3.0, "transition": "continue",

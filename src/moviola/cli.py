@@ -347,7 +347,7 @@ def cmd_remix(args) -> int:
     pipe = _load_pipe(args)
     src, w, h = _read_source(args.input, args, pipe)
     meta = _provenance(args, pipe, args.prompt, source=args.input, strength=args.strength)
-    return _run("remixing", lambda cb: pipe.remix(src, args.prompt, strength=args.strength, width=w, height=h,
+    return _run("remixing", lambda cb: pipe.remix_stream(src, args.prompt, strength=args.strength, width=w, height=h,
                                                   callback=cb, **_sampling(args)),
                 out, pipe.config.fps, meta)
 

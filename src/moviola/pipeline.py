@@ -716,7 +716,19 @@ class Pipeline:
         """Video to video with a new prompt: the last round(steps * strength) sampler steps are run from the
         clip's latents noised to where they start (0 keeps the clip, 1 ignores it; the time shift puts that
         start above ``strength``, so 0.5 already remakes much of it). Clips longer than a window are remixed window by
-        window, each after the last 5 frames remixed. Returns as many frames as the (fitted) source."""
+        window, each after the last 5 frames remixed. Returns as many frames as the (fitted) source. ``fps``: the
+        rate ``video`` is at (default the model's); the result keeps its frames at that rate."""
+        return np.concatenate(list(self.remix_stream(
+            video, prompt, strength=strength, width=width, height=height, fps=fps, steps=steps, guidance=guidance,
+            seed=seed, negative_prompt=negative_prompt, sampler=sampler, callback=callback)))
+
+    def remix_stream(self, video: np.ndarray, prompt: str, *, strength: float = 0.6, width: int | None = None,
+                     height: int | None = None, fps: float | None = None, steps: int | None = None,
+                     guidance: float | None = None, seed: int = 0, negative_prompt: str = "",
+                     sampler: str | None = None, callback: Callable[[int, int], None] | None = None
+                     ) -> Iterator[np.ndarray]:
+        """``remix`` as frame chunks (n, H, W, 3), window by window as they are made, so a long remix is written
+        as it comes (``moviola remix``). Everything is checked when it is called, before the first chunk."""
         _check_strength(strength)
         steps, guidance, sampler, fps = self._settings(steps, guidance, sampler, fps)
         src, width, height = self._fit_source(video, width, height)
@@ -726,14 +738,13 @@ class Pipeline:
             raise GenerationError(f"video has {len(src)} frames; remix takes at most "
                                   f"{self.config.max_total_seconds:g} s ({round(self.config.max_total_seconds * self.config.fps)} frames)")
         if strength == 0:
-            return src
+            return iter([src])
         if len(src) > self.window_frames:
             self._needs_conditioning("remixing a clip longer than one window")
         progress = _Progress(callback, len(self._plan(len(src), 0)) * _steps_at(steps, strength))
-        return np.concatenate(list(self._forward(prompt, len(src), tail=None, width=width, height=height,
-                                                 steps=steps, guidance=guidance, seed=seed,
-                                                 negative_prompt=negative_prompt, sampler=sampler,
-                                                 progress=progress, source=src, strength=strength)))
+        return _no_grad_chunks(self._forward(prompt, len(src), tail=None, width=width, height=height, steps=steps,
+                                             guidance=guidance, seed=seed, negative_prompt=negative_prompt,
+                                             sampler=sampler, progress=progress, source=src, strength=strength))
 
     @torch.no_grad()
     def connect(self, a: np.ndarray, b: np.ndarray, prompt: str, *, seconds: float = 1.0,

@@ -329,8 +329,9 @@ def run_job(pipe: Any, job: dict[str, Any], params: dict[str, Any], *, source: P
         if kind == "extension":
             out = pipe.extend(video, prompt, seconds=float(params["extension_seconds"]),
                               backward=bool(params.get("backward", False)), **common)
-        else:
-            out = pipe.remix(video, prompt, strength=float(params.get("strength", REMIX_STRENGTH)), **common)
+        else:  # window by window, written as it comes
+            return Result(pipe.remix_stream(video, prompt, strength=float(params.get("strength", REMIX_STRENGTH)),
+                                            **common), fps, len(video))
         return Result(out, fps, len(out))
 
     if kind == "storyboard":
