@@ -895,6 +895,11 @@ def test_library_calls_check_their_arguments_and_hand_out_their_own_arrays(pipe,
         pipe.stream("x", negative_prompt=None)
     gray = np.linspace(0, 1, 40 * 40).reshape(40, 40)
     assert pipe.fit_image(gray, 32, 32).shape == (32, 32, 3)
+    from PIL import Image
+
+    palette = Image.new("P", (40, 40))
+    palette.putpalette([255, 0, 0] * 256)
+    assert pipe.fit_image(palette, 32, 32)[0, 0].tolist() == [255, 0, 0]  # its colours, not its indices
     with pytest.raises(GenerationError, match="RGBA: drop or composite the alpha"):
         pipe.fit_image(np.zeros((40, 40, 4), np.uint8), 32, 32)
     with pytest.raises(ValueError, match="device 'bogus' is not a device"):

@@ -251,3 +251,15 @@ def test_a_vae_trained_on_footage_carries_its_provenance(tmp_path, capsys):
     result.mkdir()
     summary = carry(None, None, result, vae_dir=model)
     assert summary["clips"] == 1 and read_manifest(result)[0]["stage"] == f"vae: {model}"
+    # a fine-tune of it on the world alone still says what its base learned from
+    tuned = train_vae(load_config(TrainVAEConfig, None, TINY + ["optim.steps=1", f"init_from='{model}'",
+                                                                f"out='{tmp_path / 'vae2'}'"]))
+    assert [r["path"] for r in read_manifest(tuned)] == [str(root / "a.mp4")]
+    # a whole model folder given as the VAE: its top-level records are its DiT's, not the VAE's
+    whole = tmp_path / "whole"
+    (whole / "vae").mkdir(parents=True)
+    (whole / "vae" / "config.json").write_text("{}")
+    (whole / "provenance.jsonl").write_text(json.dumps({"path": "dit_clip.mp4"}) + "\n")
+    other = tmp_path / "dit2"
+    other.mkdir()
+    assert carry(None, None, other, vae_dir=whole) is None

@@ -895,7 +895,7 @@ def build_parser() -> argparse.ArgumentParser:
     dk.set_defaults(func=cmd_data_cache, takes_extra=True)
 
     s = sub.add_parser("score", help="score a clip against a prompt with the world scorer (JSON on stdout)")
-    s.add_argument("clip", help="a video file (mp4/webm/gif/...) or a PNG")
+    s.add_argument("clip", help="a video file (mp4/webm/gif/...) or an image (png/jpg/webp/bmp/tiff)")
     s.add_argument("prompt")
     s.set_defaults(func=cmd_score)
 

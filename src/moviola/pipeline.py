@@ -359,10 +359,12 @@ class Pipeline:
     def fit_image(self, image, width: int, height: int, name: str = "image") -> np.ndarray:
         """An image as (height, width, 3) uint8: scaled to cover and centre-cropped. Takes what video_io
         writes: (H, W, 3) or grayscale (H, W) / (H, W, 1), uint8 or float in [0, 1], numpy, torch or PIL."""
-        from moviola.video_io import _as_uint8_image, fit_frames
+        from PIL import Image
+
+        from moviola.video_io import _as_uint8_image, fit_frames, pil_to_rgb
 
         try:
-            a = _as_uint8_image(image)
+            a = pil_to_rgb(image) if isinstance(image, Image.Image) else _as_uint8_image(image)
         except (ValueError, TypeError) as e:
             raise GenerationError(f"{name} is not an image to condition on: {e}") from None
         if min(a.shape[:2]) < MIN_INPUT_SIDE:

@@ -584,7 +584,7 @@ def read_video_fitted(path: PathLike, width: int, height: int, fps: float, *, st
     try:
         with _open(p) as container:
             stream = _video_stream(p, container)
-            src_fps = _stream_fps(container, stream)
+            src_fps = _gif_rate(container, stream, _stream_fps(container, stream))
             expected = _stream_duration(container, stream, allow_container=False)
             if max_seconds is not None and expected:  # refuse a long file before decoding all of it
                 window = min(expected, end if end is not None else expected) - start
@@ -677,6 +677,19 @@ def _deep_gray_to_rgb(gray: np.ndarray, mode: str) -> np.ndarray:
     return np.repeat(out[..., None], 3, axis=-1)
 
 
+def pil_to_rgb(im: Image.Image) -> np.ndarray:
+    """A PIL image as (H, W, 3) uint8 RGB, as read_image reads files: EXIF orientation applied, alpha onto black,
+    palette, grayscale (16-bit and float too), CMYK and YCbCr converted (np.asarray of a palette image would be
+    its indices)."""
+    im = ImageOps.exif_transpose(im)
+    if im.mode.startswith(("I", "F")):  # 16-bit, 32-bit or float grayscale (PIL would clip at 255)
+        return _deep_gray_to_rgb(np.asarray(im), im.mode)
+    if im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info:
+        rgba = im.convert("RGBA")
+        im = Image.alpha_composite(Image.new("RGBA", rgba.size, (0, 0, 0, 255)), rgba)
+    return np.array(im.convert("RGB"))
+
+
 def read_image(path: PathLike, *, max_side: int | None = None) -> np.ndarray:
     """Read an image as (H, W, 3) uint8 RGB. EXIF orientation is applied; alpha is composited onto
     black; grayscale and palette images are expanded to RGB. ``max_side``: the caller will scale it down to
@@ -688,13 +701,7 @@ def read_image(path: PathLike, *, max_side: int | None = None) -> np.ndarray:
         with Image.open(p) as im:
             if max_side is not None and im.format == "JPEG":
                 im.draft("RGB", (max_side, max_side))  # the decoder's own reduction, never below max_side
-            im = ImageOps.exif_transpose(im)
-            if im.mode.startswith(("I", "F")):  # 16-bit, 32-bit or float grayscale (PIL would clip at 255)
-                return _deep_gray_to_rgb(np.asarray(im), im.mode)
-            if im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info:
-                rgba = im.convert("RGBA")
-                im = Image.alpha_composite(Image.new("RGBA", rgba.size, (0, 0, 0, 255)), rgba)
-            return np.array(im.convert("RGB"))
+            return pil_to_rgb(im)
     except UnidentifiedImageError:
         raise VideoError(p, "not an image: unrecognised file format") from None
     except Image.DecompressionBombError:
@@ -775,6 +782,9 @@ def _video_stream(path: Path, container: Any) -> Any:
     raise VideoError(path, "not a video: no video stream")
 
 
+GIF_GUESS = 99.9  # fps: what FFmpeg reports for GIFs whose delays are under 2 cs and uneven (40 to 75 fps)
+
+
 def _stream_fps(container: Any, stream: Any) -> float | None:
     """fps from the container: average_rate, then guessed_rate (the other way round for GIF, whose
     centisecond delays make the average drift: 8 fps GIFs average 8.33)."""
@@ -785,6 +795,15 @@ def _stream_fps(container: Any, stream: Any) -> float | None:
         if r is not None and 0 < float(r) <= 1000:
             return float(r)
     return None
+
+
+def _gif_rate(container: Any, stream: Any, fps: float | None) -> float | None:
+    """``fps`` from _stream_fps, or for a GIF FFmpeg guessed 100 fps for (delays under 2 cs, uneven), its frames
+    over its duration, when the header has both (read_video uses the decoded timestamps instead)."""
+    if fps is None or fps < GIF_GUESS or container.format.name not in ("gif", "gif_pipe"):
+        return fps
+    duration = _stream_duration(container, stream)
+    return round(stream.frames / duration, 3) if stream.frames and duration else fps
 
 
 def _stream_duration(container: Any, stream: Any, *, allow_container: bool = True) -> float | None:
@@ -897,7 +916,7 @@ def _decode_frames(path: Path, container: Any, stream: Any, fps: float | None, s
             if prescale is not None:
                 shown = prescale(*(size[::-1] if turns % 2 else size))  # the size as displayed, after rotation
                 small = None if shown is None else tuple(shown[::-1] if turns % 2 else shown)
-        alpha = any(c.is_alpha for c in frame.format.components)  # transparent GIFs, WebMs: onto black
+        alpha = any(c.is_alpha for c in frame.format.components)  # transparent GIFs, PNGs: onto black
         fmt = "rgba" if alpha else "rgb24"
         same = (frame.width, frame.height) == first
         if not same:  # the resolution changed mid-stream: its own display shape, cover-cropped to the clip's below
@@ -1026,9 +1045,10 @@ def _orientation(frame: Any) -> tuple[int, tuple[int, ...]]:
 
 def _tags(metadata: dict | None) -> dict[str, str]:
     """Container tags as text FFmpeg can store: a file name that is not UTF-8 (its undecodable bytes come to
-    Python as lone surrogates) is kept with those bytes escaped, instead of failing the write at the end."""
+    Python as lone surrogates) is kept with those bytes escaped (caf\\xe9.mp4), instead of failing the write at
+    the end."""
     def text(v: Any) -> str:
-        return str(v).encode("utf-8", "backslashreplace").decode("utf-8")
+        return str(v).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
     return {text(k): text(v) for k, v in (metadata or {}).items()}
 
@@ -1092,9 +1112,9 @@ def read_video(path: PathLike, *, max_frames: int | None = None, start: float = 
             gif = container.format.name in ("gif", "gif_pipe")
         if fps is None:  # no rate in the container: use the timestamps, else the GIF convention
             fps = _fps_from_times(times)
-        elif gif and len(times) > 2 and abs(_fps_from_times(times) / fps - 1) > 0.1:
+        elif gif and fps >= GIF_GUESS and len(times) > 2:
             # GIF delays are whole centiseconds; FFmpeg guesses 100 fps for 40 to 75 fps GIFs (2.5 to 1.3 cs
-            # delays): the timestamps say what the file plays at
+            # delays): the timestamps say what the file plays at (only then: a GIF that holds a frame is uneven)
             fps = round(_fps_from_times(times), 3)
         if end is None and max_frames is None:
             _check_complete(p, times, fps, expected)
@@ -1125,7 +1145,7 @@ def probe_video(path: PathLike) -> dict[str, Any]:
     try:
         with _open(p) as container:
             stream = _video_stream(p, container)
-            fps = _stream_fps(container, stream) or DEFAULT_FPS
+            fps = _gif_rate(container, stream, _stream_fps(container, stream)) or DEFAULT_FPS
             duration = _stream_duration(container, stream)
             num_frames = stream.frames or (round(duration * fps) if duration else 0)
             codec = stream.codec_context.name

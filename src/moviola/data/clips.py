@@ -101,13 +101,14 @@ def world_clip(width: int, height: int, frames: int, rng: np.random.Generator) -
 
 
 FOLDER_FPS = (4.0, 8.0, 12.0)  # rates footage is read at, as world clips are rendered: motion per frame varies
-MAX_FOLDER_TRIES = 64  # draws of unreadable footage in one batch before the run stops and names the files
+MAX_FOLDER_TRIES = 64  # failed draws of footage in one batch before the run stops and names the files
 
 
-def folder_clip(clips: list, width: int, height: int, frames: int, rng: np.random.Generator) -> torch.Tensor | None:
+def folder_clip(clips: list, width: int, height: int, frames: int,
+                rng: np.random.Generator) -> tuple[torch.Tensor | None, str]:
     """A random window of a random user clip (a ``ClipEntry``: its file's span from start to end), read at a
     random one of FOLDER_FPS by the frames' timestamps, fitted (cover + centre crop) to the size as it is
-    decoded, so a long 1080p file is never held whole; None if that window can't be read."""
+    decoded, so a long 1080p file is never held whole; and the file's path. None if that window can't be read."""
     from moviola.data.folder import load_clip
     from moviola.video_io import VideoError
 
@@ -121,8 +122,8 @@ def folder_clip(clips: list, width: int, height: int, frames: int, rng: np.rando
     try:
         arr = load_clip(clip.path, start, frames=frames, width=width, height=height, fps=fps, src_fps=clip.fps)
     except VideoError:
-        return None
-    return torch.from_numpy(arr).permute(3, 0, 1, 2).float().div(127.5).sub(1)
+        return None, clip.path
+    return torch.from_numpy(arr).permute(3, 0, 1, 2).float().div(127.5).sub(1), clip.path
 
 
 class ClipBatches:
@@ -134,7 +135,6 @@ class ClipBatches:
             raise ValueError(f"frames must be 4k+1, got {cfg.frames}")
         self.videos = []
         self.skipped = []
-        self.unreadable: set[str] = set()  # files that failed when read for a batch
         if cfg.folder:
             from moviola.data.folder import check_folder
 
@@ -151,19 +151,21 @@ class ClipBatches:
         rng = np.random.default_rng([cfg.seed, index])
         w, h = cfg.sizes[int(rng.integers(len(cfg.sizes)))]  # one size per batch
         clips = []
-        failures = 0
+        failures, tries = set(), 0
         while len(clips) < self.batch_size:
             if rng.random() < cfg.world_weight:
                 clips.append(world_clip(w, h, cfg.frames, rng))
             elif self.videos:
-                c = folder_clip(self.videos, w, h, cfg.frames, rng)
+                c, path = folder_clip(self.videos, w, h, cfg.frames, rng)
                 if c is not None:
                     clips.append(c)
                     continue
-                failures += 1
-                if failures >= MAX_FOLDER_TRIES:  # the folder's files pass the quick check but don't decode
-                    raise ValueError(f"{cfg.folder}: {failures} clips drawn for batch {index} could not be "
-                                     f"read; run 'moviola data check {cfg.folder}'")
+                failures.add(path)
+                tries += 1
+                if tries >= MAX_FOLDER_TRIES:  # the folder's files pass the quick check but don't decode
+                    names = ", ".join(sorted(failures)[:5]) + (" ..." if len(failures) > 5 else "")
+                    raise ValueError(f"{cfg.folder}: {tries} clips drawn for batch {index} could not be read "
+                                     f"({names}); run 'moviola data check {cfg.folder}'")
             else:
                 name = cfg.photos[int(rng.integers(len(cfg.photos)))]
                 clips.append(photo_pan(load_photo(name), w, h, cfg.frames, rng))

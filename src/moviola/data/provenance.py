@@ -68,7 +68,10 @@ def carry(run_manifest: Path | None, base_dir: Path | None, result: Path, *,
                                                  if line.strip())] if run_manifest is not None else []
     if vae_dir is not None and (base_dir is None or Path(base_dir).resolve() not in
                                 (Path(vae_dir).resolve(), *Path(vae_dir).resolve().parents)):
-        rows += [{**r, "stage": f"vae: {vae_dir}"} for r in read_manifest(vae_dir)]
+        from moviola.layout import part_dir
+
+        # The VAE's own records: a VAE's folder, or a model folder's vae/ (its top-level ones are its DiT's)
+        rows += [{**r, "stage": f"vae: {vae_dir}"} for r in read_manifest(part_dir(vae_dir, "vae"))]
     base_summary = None
     if base_dir is not None:
         rows += [{**r, "stage": r.get("stage") if str(r.get("stage", "")).startswith("base") else f"base: {base_dir}"}

@@ -7,7 +7,7 @@ dotted components from the end: ``"attn.qkv"`` hits ``blocks.0.attn.qkv`` ... ``
 
     inject_lora(dit, LoRAConfig(rank=8, alpha=8, targets=["attn.qkv", "cross.kv"]))
     ... train (only the adapters require grad) ...
-    save_lora(dit, folder, cfg)          # lora.safetensors (A and B only) + lora.json (rank, alpha, the base's config,
+    save_lora(dit, folder, cfg)     # lora.safetensors (A and B only) + lora.json (rank, alpha, the base's config,
                                     #   and any sampler defaults the adapter wants: {"sampling": {"guidance": 2}})
     merge_lora(dit)                 # or fold the adapters into the weights: a plain DiT again
     load_lora(dit, folder, scale=1) # apply a saved adapter to a base model (checked against it)

@@ -415,18 +415,23 @@ def train_vae(cfg: TrainVAEConfig, *, on_step=None) -> Path:
         mean, std = latent_stats(final, batches, cfg.stats_batches, device)
         final.set_latent_stats(mean, std)
     final.cpu().save_pretrained(out / "model")
-    if batches.videos:  # what it learned from travels with it (and into the models trained on its latents)
-        _write_folder_provenance(batches.videos, out / "model")
+    _write_provenance(batches.videos, out, cfg.init_from)
     return out / "model"
 
 
-def _write_folder_provenance(clips: list, folder: Path) -> None:
-    """provenance.jsonl in the saved VAE folder: one record per footage clip it could draw from (path, sha256,
-    caption, span, licence, consent, source), as a DiT run writes for its clips."""
+def _write_provenance(clips: list, out: Path, init_from: str | None) -> None:
+    """What the saved VAE learned from travels with it (and into the models trained on its latents): this run's
+    footage clips (path, sha256, caption, span, licence, consent, source; OUT/provenance.jsonl, as a DiT run
+    writes), then the records of the VAE it was fine-tuned from, in OUT/model/provenance.jsonl."""
     from moviola.data.folder import file_sha256
-    from moviola.data.provenance import MANIFEST
+    from moviola.data.provenance import MANIFEST, carry
+    from moviola.layout import part_dir
 
-    rows = [{"path": c.path, "sha256": file_sha256(c.path), "caption": c.caption, "start": c.start, "end": c.end,
-             "licence": c.licence, "consent": c.consent, "source": c.source} for c in clips]
-    with atomic_path(folder / MANIFEST) as tmp:
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    run = None
+    if clips:
+        rows = [{"path": c.path, "sha256": file_sha256(c.path), "caption": c.caption, "start": c.start,
+                 "end": c.end, "licence": c.licence, "consent": c.consent, "source": c.source} for c in clips]
+        run = out / MANIFEST
+        with atomic_path(run) as tmp:
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    carry(run, part_dir(init_from, "vae") if init_from else None, out / "model")
