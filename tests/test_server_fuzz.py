@@ -144,3 +144,78 @@ def test_healthz_counts_live_workers_and_fails_when_queued_jobs_have_none(tmp_pa
         assert "moviola_live_workers 1" in client.get("/metrics").text
         jobs.worker_gone(db, "host:1:ab")
         assert client.get("/healthz").status_code == 503
+
+
+def test_request_bodies_over_their_routes_limit_are_refused_unread(tmp_path):
+    """A 300 MB JSON body had been parsed whole for a 400 and a 1.2 GB upload written to disk before its 413:
+    now 413 by Content-Length, or as a body without one streams past the limit; audit rows keep short actions."""
+    from fastapi.testclient import TestClient
+
+    from moviola.server.app import ServerConfig, create_app
+    from moviola.server.keys import create_key
+
+    app = create_app(ServerConfig(storage=str(tmp_path), max_image_mb=0.5, max_video_mb=0.5))
+    token, _ = create_key(app.state.db, "k")
+    auth = {"Authorization": f"Bearer {token}"}
+    with TestClient(app) as client:
+        big = b'{"comment": "' + b"A" * (2 * 2**20) + b'"}'
+        r = client.post("/v1/videos/video_x/feedback", headers={**auth, "content-type": "application/json"},
+                        content=big)
+        assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large"
+
+        def chunks():  # no Content-Length: counted as it comes
+            for _ in range(40):
+                yield b"x" * 2**16
+        r = client.post("/v1/videos", headers={**auth, "content-type": "multipart/form-data; boundary=zz"},
+                        content=chunks())
+        assert r.status_code == 413, r.text
+        r = client.post("/v1/videos/video_x/feedback", headers=auth, json={"rating": 1, "comment": "fine"})
+        assert r.status_code == 404  # an ordinary body still goes through
+        assert client.get("/v1/" + "A" * 60000).status_code in (401, 404)
+    actions = [row["action"] for row in app.state.db.query("SELECT action FROM audit")]
+    assert max(len(a) for a in actions) <= 130
+
+
+def test_uploads_are_sized_from_their_headers_and_images_stored_small(tmp_path):
+    """An image sent as a video is sized from its header before FFmpeg decodes a frame (a 1 MB 16000x16000 PNG
+    had cost the API 1 GB); an image to condition on is stored no larger than the pipeline reads it, so the
+    worker and a storyboard's cards never hold a 40-megapixel picture."""
+    import io
+
+    import numpy as np
+    from fastapi.testclient import TestClient
+    from PIL import Image
+
+    from moviola.server.app import ServerConfig, create_app
+    from moviola.server.keys import create_key
+
+    app = create_app(ServerConfig(storage=str(tmp_path)))
+    token, _ = create_key(app.state.db, "k")
+    auth = {"Authorization": f"Bearer {token}"}
+    bomb = io.BytesIO()
+    Image.new("RGB", (5000, 4000)).save(bomb, format="PNG")
+    photo = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (1500, 2000, 3), dtype=np.uint8)).save(photo, "JPEG")
+    with TestClient(app) as client:
+        r = client.post("/v1/videos/edits", headers=auth, data={"prompt": "x"},
+                        files={"video": ("a.mp4", bomb.getvalue(), "video/mp4")})
+        assert r.status_code == 400 and "5000x4000: too many pixels" in r.json()["error"]["message"], r.text
+        r = client.post("/v1/videos", headers=auth, data={"prompt": "a red circle", "size": "64x64", "seconds": "1"},
+                        files={"input_reference": ("p.jpg", photo.getvalue(), "image/jpeg")})
+        assert r.status_code == 200, r.text
+    stored = [Image.open(p).size for p in (tmp_path / "uploads").rglob("*.png")]
+    assert stored and max(max(s) for s in stored) <= 1024, stored
+
+
+def test_a_source_longer_than_its_header_is_refused_by_the_worker(tmp_path):
+    """The API charges a source's header duration; the worker reads no more than that (plus a second) and
+    refuses a file whose frames run on (a header of 1 s over 90 s of frames had been charged 1 s)."""
+    import numpy as np
+
+    from moviola.server.generate import JobFailure, load_video
+    from moviola.video_io import write_video
+
+    path = write_video(tmp_path / "long.mp4", np.zeros((40, 32, 32, 3), np.uint8), 8)  # 5 s
+    assert len(load_video(path, 32, 32, 8.0, max_seconds=5.0)) == 40
+    with pytest.raises(JobFailure, match="runs longer than the 1 s its header says"):
+        load_video(path, 32, 32, 8.0, max_seconds=1.0)

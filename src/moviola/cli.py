@@ -302,7 +302,8 @@ def cmd_generate(args) -> int:
 
 def _read_picture(path: str):
     """An image file to condition on, (H, W, 3) uint8; a ValueError naming it if it is under 8 px a side."""
-    from moviola.pipeline import IMAGE_DECODE_SIDE, MIN_INPUT_SIDE
+    from moviola.images import IMAGE_DECODE_SIDE
+    from moviola.pipeline import MIN_INPUT_SIDE
     from moviola.video_io import read_image
 
     image = read_image(path, max_side=IMAGE_DECODE_SIDE)

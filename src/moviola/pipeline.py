@@ -146,9 +146,6 @@ SUFFIX_FRAMES = 4
 TRANSITION_STRENGTH = 0.35
 MAX_FPS = 120.0  # the highest output rate a call may ask for
 MIN_INPUT_SIDE = 8  # pixels: the smallest image or video side worth scaling up to condition on
-# pixels: image files to condition on may be decoded this small (JPEG's own 1/2 to 1/8 reduction), twice the
-# largest side a model makes, so the fit to the clip's size still downscales from real detail
-IMAGE_DECODE_SIDE = 1024
 # Connect's default guidance. Its transition runs between known frames on both sides, and text guidance pulls
 # the frames next to them away from them (see SUFFIX_GUIDANCE): a 2 s transition's first latent frames, guided
 # at 5, jumped from the first clip (seam medians 2.52 -> 1.66 at guidance 1, scene-change model, strength 0.5).
@@ -361,7 +358,8 @@ class Pipeline:
         writes: (H, W, 3) or grayscale (H, W) / (H, W, 1), uint8 or float in [0, 1], numpy, torch or PIL."""
         from PIL import Image
 
-        from moviola.video_io import _as_uint8_image, fit_frames, pil_to_rgb
+        from moviola.images import pil_to_rgb
+        from moviola.video_io import _as_uint8_image, fit_frames
 
         try:
             a = pil_to_rgb(image) if isinstance(image, Image.Image) else _as_uint8_image(image)

@@ -39,6 +39,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from moviola.images import IMAGE_DECODE_SIDE, pil_to_rgb
 from moviola.server import jobs, keys
 from moviola.server.db import Database, sqlite_url
 from moviola.server.generate import DEFAULT_MAX_SECONDS, ModelInfo, RequestProblem, seconds_text
@@ -47,6 +48,9 @@ from moviola.server.schemas import (ERRORS, ErrorResponse, FeedbackBody, KeyBody
 from moviola.server.storage import VARIANTS, Storage
 
 STUDIO_DIR = Path(__file__).parent / "studio"
+MAX_SOURCE_PIXELS = 4096 * 4096  # a source video's (or animated image's) frame, read from its header
+# Uploads decoded at once (checked, normalised): each can take a few hundred MB, and FastAPI runs 40 at a time
+DECODING = threading.BoundedSemaphore(2)
 
 
 @dataclass
@@ -210,7 +214,8 @@ def create_app(cfg: ServerConfig) -> FastAPI:
             finally:
                 route = scope.get("route")
                 st = scope.get("state") or {}
-                action = getattr(route, "name", None) or f"{scope.get('method')} {path}"
+                # an unknown route's path, cut short: a 60,000-character path had been stored whole, per request
+                action = getattr(route, "name", None) or f"{scope.get('method')} {path[:120]}"
                 video_id = st.get("video_id") or (scope.get("path_params") or {}).get("video_id")
                 try:
                     await run_in_threadpool(keys.audit, db, key_name=st.get("key_name"), action=action,
@@ -261,6 +266,62 @@ def create_app(cfg: ServerConfig) -> FastAPI:
                 return await response(scope, receive, send)
             return await self.inner(scope, receive, send)
 
+    upload_mb = max(cfg.max_video_mb, cfg.max_image_mb) + 1.0  # a multipart request: the file and its fields
+    board_mb = 4 / 3 * 4 * cfg.max_image_mb + 1.0  # a storyboard's cards: base64 images, together 4 files' worth
+
+    def body_limit(scope) -> float:
+        """Bytes a request may send: an upload's file, a storyboard's images, else 1 MB of JSON or form."""
+        path, method = scope.get("path", ""), scope.get("method", "")
+        if method == "POST" and path == "/v1/videos/storyboards":
+            return board_mb * 2**20
+        if method == "POST" and path.startswith("/v1/videos") and path.count("/") <= 3:  # create, remix, edits...
+            return upload_mb * 2**20
+        return 2**20
+
+    class BodyLimit:
+        """Pure ASGI middleware: a request body over its route's limit is refused with 413, by its Content-Length
+        before any of it is read, or as it streams in (a 300 MB JSON body had been parsed whole for a 400, a
+        1.2 GB upload written to disk before its 413)."""
+
+        def __init__(self, inner):
+            self.inner = inner
+
+        async def __call__(self, scope, receive, send):
+            if scope["type"] != "http":
+                return await self.inner(scope, receive, send)
+            limit = body_limit(scope)
+            too_big = _error_response(413, f"the request body is larger than this route takes "
+                                           f"({limit / 2**20:g} MB)", "invalid_request_error", "request_too_large", None)
+            length = dict(scope.get("headers") or []).get(b"content-length")
+            if length is not None and length.isdigit() and int(length) > limit:
+                return await too_big(scope, receive, send)
+            seen, over, started = [0], [False], [False]
+
+            async def counted():
+                message = await receive()
+                if message["type"] == "http.request":
+                    seen[0] += len(message.get("body", b""))
+                    if seen[0] > limit:
+                        over[0] = True
+                        return {"type": "http.disconnect"}  # the app stops reading; the answer is ours
+                return message
+
+            async def watched(message):
+                if over[0]:
+                    return  # the app's answer to a body cut short is not sent: the 413 below is
+                if message["type"] == "http.response.start":
+                    started[0] = True
+                await send(message)
+
+            try:
+                await self.inner(scope, counted, watched)
+            except Exception:
+                if not over[0]:
+                    raise
+            if over[0] and not started[0]:
+                await too_big(scope, receive, send)
+
+    app.add_middleware(BodyLimit)
     app.add_middleware(KeyGate)
     app.add_middleware(Audit)  # outermost: requests the gate turns away are audited too
 
@@ -336,19 +397,23 @@ def create_app(cfg: ServerConfig) -> FastAPI:
 
     def image_png(data: bytes, param: str) -> bytes:
         """Any image PIL reads -> PNG bytes (RGB), or a 400 naming the problem."""
-        from PIL import Image, ImageOps, UnidentifiedImageError
+        from PIL import Image, UnidentifiedImageError
 
         try:
-            with Image.open(io.BytesIO(data)) as im:
+            with DECODING, Image.open(io.BytesIO(data)) as im:
                 if im.width * im.height > 40_000_000:
                     raise APIError(400, f"{param} is {im.width}x{im.height}: too many pixels",
                                    code="invalid_file", param=param)
                 if min(im.width, im.height) < 8:  # as the pipeline's own check, but before anything is queued
                     raise APIError(400, f"{param} is {im.width}x{im.height}: too small to condition on (8 px a "
                                         "side at least)", code="invalid_file", param=param)
-                im = ImageOps.exif_transpose(im).convert("RGB")
+                im.draft("RGB", (IMAGE_DECODE_SIDE, IMAGE_DECODE_SIDE))  # JPEG: decoded no larger than needed
+                rgb = Image.fromarray(pil_to_rgb(im))
+                # Stored no larger than the pipeline decodes it: the worker (and a storyboard's 32 cards) then
+                # never hold a 40-megapixel picture
+                rgb.thumbnail((IMAGE_DECODE_SIDE, IMAGE_DECODE_SIDE))
                 out = io.BytesIO()
-                im.save(out, format="PNG")
+                rgb.save(out, format="PNG")
                 return out.getvalue()
         except UnidentifiedImageError:
             raise APIError(400, f"{param} is not a readable image (PNG, JPEG, WebP...): not an image format this "
@@ -373,15 +438,31 @@ def create_app(cfg: ServerConfig) -> FastAPI:
     def check_video_file(path: Path, param: str) -> None:
         import av
 
+        from PIL import Image, UnidentifiedImageError
+
+        # FFmpeg reads still and animated images as video too, and decodes a frame whole: a 1 MB PNG of
+        # 16000x16000 had cost the API 1 GB. Their size is in the header, so check it before decoding anything.
         try:
-            with av.open(str(path)) as c:
+            with Image.open(path) as im:
+                size = im.size
+        except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
+            size = None
+        if size is not None and size[0] * size[1] > MAX_SOURCE_PIXELS:
+            raise APIError(400, f"{param} is {size[0]}x{size[1]}: too many pixels", code="invalid_file", param=param)
+        try:
+            with DECODING, av.open(str(path)) as c:
                 if not c.streams.video:
                     raise APIError(400, f"{param} has no video stream", code="invalid_file", param=param)
+                cc = c.streams.video[0].codec_context
+                if (cc.width or 0) * (cc.height or 0) > MAX_SOURCE_PIXELS:
+                    raise APIError(400, f"{param} is {cc.width}x{cc.height}: too many pixels", code="invalid_file",
+                                   param=param)
                 next(iter(c.decode(video=0)))
         except APIError:
             raise
         except (av.FFmpegError, OSError, StopIteration) as e:
-            raise APIError(400, f"{param} is not a readable video: {e}", code="invalid_file", param=param) from None
+            why = getattr(e, "strerror", None) or type(e).__name__  # FFmpeg's words, not the server's path
+            raise APIError(400, f"{param} is not a readable video: {why}", code="invalid_file", param=param) from None
 
     def source_video(key: dict, video_id: str, param: str) -> dict:
         row = jobs.get_job(db, key["id"], video_id)

@@ -287,10 +287,19 @@ class Result:
 
 def load_video(path: Path, width: int, height: int, fps: float, max_seconds: float | None = None) -> Any:
     """A stored or uploaded clip as (T, height, width, 3) uint8 at the model's fps: each frame scaled to
-    cover the size and centre-cropped as it is decoded (real footage of any size never sits whole in memory)."""
+    cover the size and centre-cropped as it is decoded (real footage of any size never sits whole in memory).
+    ``max_seconds``: what the request was checked and charged for (the header's duration); decoding stops a
+    second past it, and a file whose frames run longer than that is refused, not made (a header claiming 1 s
+    over 90 s of frames had been charged 1 s)."""
     from moviola.video_io import read_video_fitted
 
-    return read_video_fitted(path, width, height, fps, max_seconds=max_seconds)
+    if max_seconds is None:
+        return read_video_fitted(path, width, height, fps)
+    frames = read_video_fitted(path, width, height, fps, end=max_seconds + 1.0)
+    if len(frames) / fps > max_seconds + 0.5:
+        raise JobFailure("invalid_request", f"the source video runs longer than the {max_seconds:g} s its header "
+                                            "says (what the request was checked and charged for)")
+    return frames
 
 
 def run_job(pipe: Any, job: dict[str, Any], params: dict[str, Any], *, source: Path | None,
@@ -307,7 +316,7 @@ def run_job(pipe: Any, job: dict[str, Any], params: dict[str, Any], *, source: P
         source: the source clip for remix/extension/edit (a stored output or an upload), else None.
         callback: ``(step, total)`` from the sampler, for progress.
     """
-    from moviola.pipeline import IMAGE_DECODE_SIDE
+    from moviola.images import IMAGE_DECODE_SIDE
     from moviola.video_io import read_image
 
     kind, prompt = job["kind"], job["prompt"] or ""
@@ -325,7 +334,9 @@ def run_job(pipe: Any, job: dict[str, Any], params: dict[str, Any], *, source: P
     if kind in ("remix", "edit", "extension"):
         if source is None:
             raise JobFailure("source_unavailable", f"a {kind} needs a source video")
-        video = load_video(source, w, h, fps)
+        # the source's length as checked and charged: an extension's total less its new seconds
+        checked = seconds - float(params["extension_seconds"]) if kind == "extension" else seconds
+        video = load_video(source, w, h, fps, max_seconds=checked)
         if kind == "extension":
             out = pipe.extend(video, prompt, seconds=float(params["extension_seconds"]),
                               backward=bool(params.get("backward", False)), **common)

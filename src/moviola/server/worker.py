@@ -231,7 +231,9 @@ class Worker:
         except (ValueError, FileNotFoundError, VideoError) as e:  # GenerationError, a bad upload: the request's
             if out_dir is not None:
                 _rmtree(out_dir)
-            jobs.fail(self.db, vid, owner, "invalid_request", str(e))
+            # A file's problem without its path here: clients see this message, not where the server keeps files
+            message = f"the source file: {e.problem}" if isinstance(e, VideoError) else str(e)
+            jobs.fail(self.db, vid, owner, "invalid_request", message)
             self.log(f"{vid}: failed ({e})")
         except (OSError, DatabaseError) as e:  # the storage or the database, not the request: try it again later
             if out_dir is not None:

@@ -1,0 +1,38 @@
+"""Pictures as RGB arrays, without torch (the API server normalises uploads with it, and never loads torch).
+
+    rgb = pil_to_rgb(Image.open(path))   # (H, W, 3) uint8: EXIF orientation, alpha onto black, any mode
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image, ImageOps
+
+# pixels: images to condition on may be decoded (JPEG's own 1/2 to 1/8 reduction) and stored (the server's
+# uploads) this small: twice the largest side a model makes, so the fit to a clip still downscales real detail
+IMAGE_DECODE_SIDE = 1024
+
+
+def _deep_gray_to_rgb(gray: np.ndarray, mode: str) -> np.ndarray:
+    """A grayscale image deeper than 8 bits (PIL modes I;16*, I, F) as (H, W, 3) uint8: 16-bit scaled by
+    255 / 65535; 32-bit integers likewise unless they fit in 8 bits; floats taken as [0, 1] unless larger."""
+    x = gray.astype(np.float64)
+    if mode == "F":
+        scale = 255.0 if np.nanmax(x, initial=0.0) <= 1.0 else 1.0
+    else:
+        scale = 255.0 / 65535.0 if mode.startswith("I;16") or np.max(x, initial=0) > 255 else 1.0
+    out = np.nan_to_num(x * scale).round().clip(0, 255).astype(np.uint8)
+    return np.repeat(out[..., None], 3, axis=-1)
+
+
+def pil_to_rgb(im: Image.Image) -> np.ndarray:
+    """A PIL image as (H, W, 3) uint8 RGB, as read_image reads files: EXIF orientation applied, alpha onto black,
+    palette, grayscale (16-bit and float too), CMYK and YCbCr converted (np.asarray of a palette image would be
+    its indices)."""
+    im = ImageOps.exif_transpose(im)
+    if im.mode.startswith(("I", "F")):  # 16-bit, 32-bit or float grayscale (PIL would clip at 255)
+        return _deep_gray_to_rgb(np.asarray(im), im.mode)
+    if im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info:
+        rgba = im.convert("RGBA")
+        im = Image.alpha_composite(Image.new("RGBA", rgba.size, (0, 0, 0, 255)), rgba)
+    return np.array(im.convert("RGB"))
