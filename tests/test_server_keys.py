@@ -179,3 +179,16 @@ def test_the_key_is_checked_before_the_body(stack):
     assert status == 400 and "not valid JSON" in body["error"]["message"] and body["error"]["param"] is None
     status, body = call("/videos", json.dumps({"prompt": "a red circle"}).encode(), "application/json", token)
     assert status == 400 and "takes multipart/form-data, not application/json" in body["error"]["message"]
+
+
+def test_old_audit_rows_are_pruned(tmp_path):
+    import time
+
+    from moviola.server.db import Database
+    from moviola.server.keys import audit, audit_log, prune_audit
+
+    db = Database(tmp_path / "a.db")
+    audit(db, key_name="k", action="videos.create", video_id=None, status=200, ms=1.0)
+    db.execute("UPDATE audit SET at = ?", (time.time() - 100 * 86400,))
+    audit(db, key_name="k", action="videos.list", video_id=None, status=200, ms=1.0)
+    assert prune_audit(db, 90 * 86400) == 1 and [r["action"] for r in audit_log(db)] == ["videos.list"]

@@ -74,6 +74,7 @@ class ServerConfig:
     max_image_mb: float = 20.0
     max_video_mb: float = 200.0
     max_seconds: float = DEFAULT_MAX_SECONDS  # the longest video a request may ask for (capped by the model's)
+    audit_days: float = 90.0  # audit rows older than this are removed by the sweep (0: kept for ever)
 
     def db_url(self) -> str:
         return self.db or sqlite_url(Path(self.storage) / "moviola.db")
@@ -120,6 +121,8 @@ def create_app(cfg: ServerConfig) -> FastAPI:
         while not stop_sweeping.wait(cfg.sweep_seconds):
             try:
                 jobs.sweep_expired(db, storage)
+                if cfg.audit_days > 0:
+                    keys.prune_audit(db, cfg.audit_days * 86400.0)
             except Exception as e:  # never let housekeeping take the server down
                 print(f"moviola serve: expiry sweep failed: {e}", flush=True)
 

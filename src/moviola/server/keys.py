@@ -154,6 +154,11 @@ def audit(db: Database, *, key_name: str | None, action: str, video_id: str | No
                (time.time(), key_name, action, video_id, status, ms))
 
 
+def prune_audit(db: Database, older_than_seconds: float) -> int:
+    """Remove audit rows older than ``older_than_seconds`` (the log had grown for ever); returns how many."""
+    return db.execute("DELETE FROM audit WHERE at < ?", (time.time() - older_than_seconds,))
+
+
 def audit_log(db: Database, *, limit: int = 100, key_name: str | None = None) -> list[dict[str, Any]]:
     if key_name:
         rows = db.query("SELECT * FROM audit WHERE key_name = ? ORDER BY seq DESC LIMIT ?", (key_name, limit))
