@@ -788,3 +788,32 @@ def test_a_large_jpeg_is_decoded_no_larger_than_needed(tmp_path):
     small = read_image(tmp_path / "p.jpg", max_side=256)
     assert small.shape == (300, 425, 3)  # 1/4: the largest reduction keeping both sides >= 256
     assert read_image(tmp_path / "p.jpg", max_side=1024).shape == (1200, 1700, 3)
+
+
+def test_forked_data_workers_after_reading_video_do_not_hang(tmp_path):
+    """FFmpeg scalers made with slice threads in the parent, freed in a forked data worker, waited there for
+    threads the fork does not have: a CI run hung in a cache test. Reading uses single-threaded scalers, and
+    ordered_map collects the parent's garbage before it forks."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(f"""
+        import gc
+        import numpy as np
+        from moviola.video_io import read_video_fitted, write_video
+        from moviola.data.parallel import ordered_map
+        path = {str(tmp_path / "c.mp4")!r}
+        write_video(path, np.random.default_rng(0).integers(0, 255, (24, 480, 640, 3), dtype=np.uint8), 8)
+        for _ in range(3):
+            read_video_fitted(path, 64, 64, 8)
+        def f(i):
+            gc.collect()
+            return i
+        print(sum(ordered_map(f, range(8), 2)))
+    """)
+    try:
+        out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    except subprocess.TimeoutExpired:
+        pytest.fail("a forked worker hung freeing the parent's FFmpeg scaler")
+    assert out.returncode == 0 and out.stdout.strip() == "28", out.stderr[-2000:]

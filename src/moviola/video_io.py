@@ -894,17 +894,19 @@ def _decode_frames(path: Path, container: Any, stream: Any, fps: float | None, s
                 shown = prescale(*(size[::-1] if turns % 2 else size))  # the size as displayed, after rotation
                 small = None if shown is None else tuple(shown[::-1] if turns % 2 else shown)
         alpha = any(c.is_alpha for c in frame.format.components)  # transparent GIFs, PNGs: onto black
+        # threads=1 everywhere below: a scaler with slice threads, made here and inherited by a forked data
+        # worker (moviola.data.parallel), deadlocked that worker when it freed it (a CI run hung in a cache test)
         fmt = "rgba" if alpha else "rgb24"
         same = (frame.width, frame.height) == first
         if not same:  # the resolution changed mid-stream: its own display shape, cover-cropped to the clip's below
             own = _display_size(stream, frame.width, frame.height)
-            rgb = frame.to_ndarray(format=fmt, width=own[0], height=own[1])
+            rgb = frame.to_ndarray(format=fmt, width=own[0], height=own[1], threads=1)
         elif small is not None:
-            rgb = frame.to_ndarray(format=fmt, width=small[0], height=small[1], interpolation="AREA")
+            rgb = frame.to_ndarray(format=fmt, width=small[0], height=small[1], interpolation="AREA", threads=1)
         elif (frame.width, frame.height) == size:
-            rgb = frame.to_ndarray(format=fmt)
+            rgb = frame.to_ndarray(format=fmt, threads=1)
         else:  # non-square pixels: scaled to the display aspect ratio
-            rgb = frame.to_ndarray(format=fmt, width=size[0], height=size[1])
+            rgb = frame.to_ndarray(format=fmt, width=size[0], height=size[1], threads=1)
         if alpha:
             rgb = _over_black(rgb)
         if not same:

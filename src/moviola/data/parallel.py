@@ -7,6 +7,7 @@ of in the caller changes when a batch is made, never what it holds: training and
 from __future__ import annotations
 
 import contextlib
+import gc
 import multiprocessing as mp
 import os
 import sys
@@ -40,6 +41,10 @@ def ordered_map(fn: Callable, items: Iterable, workers: int, ahead: int = 2) -> 
     if workers <= 1 or "fork" not in mp.get_all_start_methods():
         yield from map(fn, items)
         return
+    # The parent's cyclic garbage is freed here, not in the forks: a video decode leaves FFmpeg scalers whose
+    # slice threads a forked worker does not have, and freeing one there waited on them for ever (a CI run hung
+    # in a cache test; `python -c` reproducer: read_video_fitted, then ordered_map with gc in the workers).
+    gc.collect()
     with ProcessPoolExecutor(workers, mp_context=mp.get_context("fork"), initializer=_init_worker,
                              initargs=(os.getpid(),)) as pool:
         todo = iter(items)

@@ -107,7 +107,7 @@ def scan_video(path: str | Path) -> VideoScan:
                             width, height = height, width
                     # Area averaging: a proper downscale, and some 20x faster than swscale's default here.
                     sig = _signature(frame.to_ndarray(format="rgb24", width=SIG_SIZE, height=SIG_SIZE,
-                                                      interpolation="AREA"))
+                                                      interpolation="AREA", threads=1))  # no slice threads to inherit into a fork
                     scores.append(0.0 if prev is None else change_score(prev, sig))
                     times.append(t)
                     prev = sig
