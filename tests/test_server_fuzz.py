@@ -137,7 +137,10 @@ def test_healthz_counts_live_workers_and_fails_when_queued_jobs_have_none(tmp_pa
                         data={"prompt": "a red circle", "size": "64x64", "seconds": "1"})
         assert r.status_code == 200
         r = client.get("/healthz")
-        assert r.status_code == 503 and "no worker has been seen" in r.json()["problem"] and r.json()["queued"] == 1
+        assert r.status_code == 200 and r.json()["queued"] == 1  # just queued: a worker may be starting
+        db.execute("UPDATE jobs SET created_at = created_at - 60")
+        r = client.get("/healthz")
+        assert r.status_code == 503 and "no worker is running" in r.json()["problem"] and r.json()["queued"] == 1
         jobs.worker_alive(db, "host:1:ab")
         r = client.get("/healthz")
         assert r.status_code == 200 and r.json()["workers"] == 1
@@ -203,8 +206,13 @@ def test_uploads_are_sized_from_their_headers_and_images_stored_small(tmp_path):
         r = client.post("/v1/videos", headers=auth, data={"prompt": "a red circle", "size": "64x64", "seconds": "1"},
                         files={"input_reference": ("p.jpg", photo.getvalue(), "image/jpeg")})
         assert r.status_code == 200, r.text
-    stored = [Image.open(p).size for p in (tmp_path / "uploads").rglob("*.png")]
-    assert stored and max(max(s) for s in stored) <= 1024, stored
+        thin = io.BytesIO()
+        Image.new("RGB", (4000, 10)).save(thin, format="PNG")  # accepted as sent: its short side is kept
+        r = client.post("/v1/videos", headers=auth, data={"prompt": "a red circle", "size": "64x64", "seconds": "1"},
+                        files={"input_reference": ("t.png", thin.getvalue(), "image/png")})
+        assert r.status_code == 200, r.text
+    stored = sorted(Image.open(p).size for p in (tmp_path / "uploads").rglob("*.png"))
+    assert stored == [(1365, 1024), (4000, 10)], stored  # the photo's short side 1500 -> 1024
 
 
 def test_a_source_longer_than_its_header_is_refused_by_the_worker(tmp_path):
@@ -219,3 +227,5 @@ def test_a_source_longer_than_its_header_is_refused_by_the_worker(tmp_path):
     assert len(load_video(path, 32, 32, 8.0, max_seconds=5.0)) == 40
     with pytest.raises(JobFailure, match="runs longer than the 1 s its header says"):
         load_video(path, 32, 32, 8.0, max_seconds=1.0)
+    with pytest.raises(JobFailure, match="truncated or corrupt .frames stop at 5.00 s of the 9 s"):
+        load_video(path, 32, 32, 8.0, max_seconds=9.0)  # a file cut off after its header

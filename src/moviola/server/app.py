@@ -117,12 +117,15 @@ def create_app(cfg: ServerConfig) -> FastAPI:
     bearer = HTTPBearer(auto_error=False, description="An API key made with `moviola keys create`.")
     stop_sweeping = threading.Event()
 
+    pruned = [0.0]  # when the audit log was last pruned
+
     def sweeper() -> None:
         while not stop_sweeping.wait(cfg.sweep_seconds):
             try:
                 jobs.sweep_expired(db, storage)
-                if cfg.audit_days > 0:
+                if cfg.audit_days > 0 and time.time() - pruned[0] > 3600:  # hourly: an indexed delete
                     keys.prune_audit(db, cfg.audit_days * 86400.0)
+                    pruned[0] = time.time()
             except Exception as e:  # never let housekeeping take the server down
                 print(f"moviola serve: expiry sweep failed: {e}", flush=True)
 
@@ -412,9 +415,12 @@ def create_app(cfg: ServerConfig) -> FastAPI:
                                         "side at least)", code="invalid_file", param=param)
                 im.draft("RGB", (IMAGE_DECODE_SIDE, IMAGE_DECODE_SIDE))  # JPEG: decoded no larger than needed
                 rgb = Image.fromarray(pil_to_rgb(im))
-                # Stored no larger than the pipeline decodes it: the worker (and a storyboard's 32 cards) then
-                # never hold a 40-megapixel picture
-                rgb.thumbnail((IMAGE_DECODE_SIDE, IMAGE_DECODE_SIDE))
+                # Stored no larger than the pipeline decodes it, its shorter side at most IMAGE_DECODE_SIDE (what
+                # a cover crop keeps): the worker and a storyboard's 32 cards never hold a 40-megapixel picture
+                f = IMAGE_DECODE_SIDE / min(rgb.size)
+                if f < 1:
+                    rgb = rgb.resize((max(1, round(rgb.width * f)), max(1, round(rgb.height * f))),
+                                     Image.Resampling.LANCZOS, reducing_gap=3.0)
                 out = io.BytesIO()
                 rgb.save(out, format="PNG")
                 return out.getvalue()
@@ -841,11 +847,14 @@ def create_app(cfg: ServerConfig) -> FastAPI:
         except OSError as e:
             return JSONResponse({"status": "unhealthy", "model": model.name,
                                  "problem": f"storage is not writable ({e.strerror or e})"}, status_code=503)
-        workers, queued = jobs.live_workers(db), jobs.stats(db)["queue_depth"]
-        if not workers and queued:  # jobs wait and nothing will take them: a deploy left no worker running
+        workers = jobs.live_workers(db)
+        queued, waited = jobs.oldest_queued_wait(db)
+        # Jobs wait and nothing takes them: a deploy left no worker running. Only once the oldest has waited
+        # WORKER_SEEN_SECONDS, so a worker starting or restarting (loading its model) does not flap this to 503.
+        if not workers and queued and waited > jobs.WORKER_SEEN_SECONDS:
             return JSONResponse({"status": "unhealthy", "model": model.name, "workers": 0, "queued": queued,
-                                 "problem": f"no worker has been seen for {jobs.WORKER_SEEN_SECONDS:g} s and "
-                                            f"{queued} job(s) are queued (start one: moviola worker)"},
+                                 "problem": f"no worker is running and the oldest of {queued} queued job(s) has "
+                                            f"waited {waited:.0f} s (start one: moviola worker)"},
                                 status_code=503)
         return {"status": "ok", "model": model.name, "workers": workers, "queued": queued}
 

@@ -81,6 +81,7 @@ def _tables(pk: str) -> list[str]:
         f"""CREATE TABLE IF NOT EXISTS audit (
             seq {pk}, at DOUBLE PRECISION NOT NULL, key_name TEXT, action TEXT NOT NULL,
             video_id TEXT, status INTEGER NOT NULL, ms DOUBLE PRECISION)""",
+        "CREATE INDEX IF NOT EXISTS audit_by_time ON audit (at)",  # the sweep's prune of old rows
     ]
 
 

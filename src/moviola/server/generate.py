@@ -299,6 +299,9 @@ def load_video(path: Path, width: int, height: int, fps: float, max_seconds: flo
     if len(frames) / fps > max_seconds + 0.5:
         raise JobFailure("invalid_request", f"the source video runs longer than the {max_seconds:g} s its header "
                                             "says (what the request was checked and charged for)")
+    if len(frames) / fps < max_seconds - max(0.5, 0.1 * max_seconds):  # cut off: as read_video_fitted says it
+        raise JobFailure("invalid_request", f"the source video is truncated or corrupt (frames stop at "
+                                            f"{len(frames) / fps:.2f} s of the {max_seconds:g} s its header says)")
     return frames
 
 

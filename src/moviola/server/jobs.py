@@ -227,6 +227,14 @@ def worker_gone(db: Database, owner: str) -> None:
     db.execute("DELETE FROM meta WHERE name = ?", (f"worker:{owner}",))
 
 
+def oldest_queued_wait(db: Database) -> tuple[int, float]:
+    """(jobs queued, seconds the oldest has waited): indexed lookups, cheap however long the history."""
+    r = db.one("SELECT COUNT(*) AS n, MIN(created_at) AS first FROM jobs WHERE status = 'queued' "
+               "AND deleted_at IS NULL")
+    n = int(r["n"] or 0)
+    return n, (time.time() - float(r["first"])) if n and r["first"] is not None else 0.0
+
+
 def live_workers(db: Database) -> int:
     """Workers seen in the last WORKER_SEEN_SECONDS (busy or idle); rows of long-dead ones are removed."""
     now, alive = time.time(), 0

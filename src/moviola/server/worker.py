@@ -118,9 +118,14 @@ class Worker:
         """Claim and run jobs until stopped; returns the number of jobs finished."""
         if self.cfg.parent_pid:
             threading.Thread(target=self._watch_parent, daemon=True).start()
-        self.load()
         alive = threading.Thread(target=self._say_alive, daemon=True)
-        alive.start()
+        alive.start()  # before the model loads: a starting worker counts as running
+        try:
+            self.load()
+        except BaseException:
+            self.stopping.set()
+            alive.join(timeout=5.0)
+            raise
         self.log(f"ready ({self.owner}); waiting for jobs")
         try:
             return self._loop()
