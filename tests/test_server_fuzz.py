@@ -229,3 +229,22 @@ def test_a_source_longer_than_its_header_is_refused_by_the_worker(tmp_path):
         load_video(path, 32, 32, 8.0, max_seconds=1.0)
     with pytest.raises(JobFailure, match="truncated or corrupt .frames stop at 5.00 s of the 9 s"):
         load_video(path, 32, 32, 8.0, max_seconds=9.0)  # a file cut off after its header
+
+
+def test_a_flood_without_a_valid_key_is_slowed_and_not_logged(tmp_path):
+    """Past keyless_per_minute keyless requests from one address: 429 and no audit row each; a valid key from
+    that address still works."""
+    from fastapi.testclient import TestClient
+
+    from moviola.server.app import ServerConfig, create_app
+    from moviola.server.keys import create_key
+
+    app = create_app(ServerConfig(storage=str(tmp_path), keyless_per_minute=5))
+    token, _ = create_key(app.state.db, "k")
+    with TestClient(app) as client:
+        codes = [client.get("/v1/videos", headers={"Authorization": "Bearer nope"}).status_code for _ in range(8)]
+        assert codes == [401] * 5 + [429] * 3
+        ok = client.get("/v1/videos", headers={"Authorization": f"Bearer {token}"})
+        assert ok.status_code == 200 and ok.headers["x-frame-options"] == "DENY"
+        assert client.get("/").headers["x-content-type-options"] == "nosniff"  # the studio too
+    assert app.state.db.one("SELECT COUNT(*) AS n FROM audit")["n"] == 6  # 5 refusals and the valid request

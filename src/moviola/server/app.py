@@ -51,6 +51,8 @@ STUDIO_DIR = Path(__file__).parent / "studio"
 MAX_SOURCE_PIXELS = 4096 * 4096  # a source video's (or animated image's) frame, read from its header
 # Uploads decoded at once (checked, normalised): each can take a few hundred MB, and FastAPI runs 40 at a time
 DECODING = threading.BoundedSemaphore(2)
+SECURITY_HEADERS = [(b"x-content-type-options", b"nosniff"), (b"x-frame-options", b"DENY"),
+                    (b"referrer-policy", b"no-referrer")]
 
 
 @dataclass
@@ -75,6 +77,7 @@ class ServerConfig:
     max_video_mb: float = 200.0
     max_seconds: float = DEFAULT_MAX_SECONDS  # the longest video a request may ask for (capped by the model's)
     audit_days: float = 90.0  # audit rows older than this are removed by the sweep (0: kept for ever)
+    keyless_per_minute: int = 120  # /v1 requests without a valid key from one address, a minute, before 429
 
     def db_url(self) -> str:
         return self.db or sqlite_url(Path(self.storage) / "moviola.db")
@@ -94,6 +97,34 @@ def _error_response(status: int, message: str, type: str, code: str | None, para
                     headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"error": {"message": message, "type": type, "param": param, "code": code}},
                         status_code=status, headers=headers)
+
+
+class _FailedAuth:
+    """Requests without a valid key per client address over the last minute (a bounded table: the oldest
+    addresses go first), so key guessing and log flooding from one address are slowed to a trickle."""
+
+    def __init__(self, limit: int, addresses: int = 10_000):
+        self.limit, self.addresses = limit, addresses
+        self.seen: dict[str, list[float]] = {}
+        self.lock = threading.Lock()
+
+    def _recent(self, address: str, now: float) -> list[float]:
+        times = [t for t in self.seen.get(address, ()) if now - t < 60.0]
+        self.seen.pop(address, None)
+        if times:
+            self.seen[address] = times  # re-inserted: the dict's order is by last use
+        return times
+
+    def over(self, address: str) -> bool:
+        with self.lock:
+            return len(self._recent(address, time.time())) >= self.limit
+
+    def add(self, address: str) -> None:
+        now = time.time()
+        with self.lock:
+            self.seen[address] = self._recent(address, now) + [now]
+            while len(self.seen) > self.addresses:
+                self.seen.pop(next(iter(self.seen)))
 
 
 def _api_request(scope: dict) -> bool:
@@ -224,9 +255,10 @@ def create_app(cfg: ServerConfig) -> FastAPI:
                 action = getattr(route, "name", None) or f"{scope.get('method')} {path[:120]}"
                 video_id = st.get("video_id") or (scope.get("path_params") or {}).get("video_id")
                 try:
-                    await run_in_threadpool(keys.audit, db, key_name=st.get("key_name"), action=action,
-                                            video_id=video_id, status=status[0],
-                                            ms=(time.perf_counter() - t0) * 1000)
+                    if not st.get("no_audit"):  # a keyless flood turned away with 429 (KeyGate) is not logged
+                        await run_in_threadpool(keys.audit, db, key_name=st.get("key_name"), action=action,
+                                                video_id=video_id, status=status[0],
+                                                ms=(time.perf_counter() - t0) * 1000)
                 except Exception as e:
                     print(f"moviola serve: audit write failed: {e}", flush=True)
 
@@ -246,6 +278,8 @@ def create_app(cfg: ServerConfig) -> FastAPI:
             raise APIError(401, f"this API key ({key['prefix']}...) was revoked", code="invalid_api_key")
         return key
 
+    failed_auth = _FailedAuth(cfg.keyless_per_minute)
+
     class KeyGate:
         """Pure ASGI middleware: every /v1 request's key is checked before its body is read, so a request
         without a valid key gets 401 whatever it sends (not a 400 about a body it had no right to send)
@@ -264,6 +298,16 @@ def create_app(cfg: ServerConfig) -> FastAPI:
                 state["api_key"] = await run_in_threadpool(
                     authenticate, token.strip() if scheme.lower() == "bearer" else None, state)
             except APIError as e:
+                address = (scope.get("client") or ("?", 0))[0]
+                if e.status == 401 and failed_auth.over(address):
+                    # A flood without a valid key from one address (a 60,000-character path per request had
+                    # grown the audit log by GBs a day): 429, and no audit row for it. Valid keys pass as ever.
+                    state["no_audit"] = True
+                    e = APIError(429, f"too many requests without a valid key from this address (more than "
+                                      f"{cfg.keyless_per_minute} a minute); retry later", type="rate_limit_error",
+                                 code="rate_limit_exceeded", headers={"retry-after": "60"})
+                elif e.status == 401:
+                    failed_auth.add(address)
                 response = _error_response(e.status, e.message, e.type, e.code, e.param, e.headers)
                 return await response(scope, receive, send)
             except Exception as e:  # the database is down: the same answer the routes give
@@ -317,6 +361,8 @@ def create_app(cfg: ServerConfig) -> FastAPI:
                     return  # the app's answer to a body cut short is not sent: the 413 below is
                 if message["type"] == "http.response.start":
                     started[0] = True
+                    # No framing of the studio by other sites, no content sniffing, no referrer with its URLs
+                    message = {**message, "headers": [*message.get("headers", []), *SECURITY_HEADERS]}
                 await send(message)
 
             try:
