@@ -119,6 +119,8 @@ def test_text_only_model_refuses_abilities_before_queuing(tmp_path):
 
 
 def test_healthz_counts_live_workers_and_fails_when_queued_jobs_have_none(tmp_path):
+    import time
+
     """/healthz had said ok while jobs queued with no worker running (a deploy that left none): 503 then; a
     worker's beat brings it back, a stopped worker's row goes, and /metrics counts the live ones."""
     from fastapi.testclient import TestClient
@@ -146,7 +148,13 @@ def test_healthz_counts_live_workers_and_fails_when_queued_jobs_have_none(tmp_pa
         assert r.status_code == 200 and r.json()["workers"] == 1
         assert "moviola_live_workers 1" in client.get("/metrics").text
         jobs.worker_gone(db, "host:1:ab")
+        assert client.get("/healthz").status_code == 200  # stopped just now: a restart is not an outage
+        db.execute("UPDATE meta SET value = ? WHERE name = 'workers_seen'", (repr(time.time() - 60),))
         assert client.get("/healthz").status_code == 503
+        # a job whose worker was killed mid-run (lease long gone) is waiting too
+        db.execute("UPDATE jobs SET status = 'in_progress', lease_until = ?", (time.time() - 60,))
+        r = client.get("/healthz")
+        assert r.status_code == 503 and r.json()["queued"] == 1
 
 
 def test_request_bodies_over_their_routes_limit_are_refused_unread(tmp_path):
@@ -206,13 +214,18 @@ def test_uploads_are_sized_from_their_headers_and_images_stored_small(tmp_path):
         r = client.post("/v1/videos", headers=auth, data={"prompt": "a red circle", "size": "64x64", "seconds": "1"},
                         files={"input_reference": ("p.jpg", photo.getvalue(), "image/jpeg")})
         assert r.status_code == 200, r.text
+        wide = io.BytesIO()
+        Image.new("RGB", (6000, 1100)).save(wide, format="PNG")  # longer side capped at 4x 1024
+        r = client.post("/v1/videos", headers=auth, data={"prompt": "a red circle", "size": "64x64", "seconds": "1"},
+                        files={"input_reference": ("w.png", wide.getvalue(), "image/png")})
+        assert r.status_code == 200, r.text
         thin = io.BytesIO()
         Image.new("RGB", (4000, 10)).save(thin, format="PNG")  # accepted as sent: its short side is kept
         r = client.post("/v1/videos", headers=auth, data={"prompt": "a red circle", "size": "64x64", "seconds": "1"},
                         files={"input_reference": ("t.png", thin.getvalue(), "image/png")})
         assert r.status_code == 200, r.text
     stored = sorted(Image.open(p).size for p in (tmp_path / "uploads").rglob("*.png"))
-    assert stored == [(1365, 1024), (4000, 10)], stored  # the photo's short side 1500 -> 1024
+    assert stored == [(1365, 1024), (4000, 10), (4096, 751)], stored  # the photo's short side 1500 -> 1024
 
 
 def test_a_source_longer_than_its_header_is_refused_by_the_worker(tmp_path):
@@ -220,15 +233,13 @@ def test_a_source_longer_than_its_header_is_refused_by_the_worker(tmp_path):
     refuses a file whose frames run on (a header of 1 s over 90 s of frames had been charged 1 s)."""
     import numpy as np
 
-    from moviola.server.generate import JobFailure, load_video
-    from moviola.video_io import write_video
+    from moviola.server.generate import load_video
+    from moviola.video_io import VideoError, write_video
 
     path = write_video(tmp_path / "long.mp4", np.zeros((40, 32, 32, 3), np.uint8), 8)  # 5 s
     assert len(load_video(path, 32, 32, 8.0, max_seconds=5.0)) == 40
-    with pytest.raises(JobFailure, match="runs longer than the 1 s its header says"):
-        load_video(path, 32, 32, 8.0, max_seconds=1.0)
-    with pytest.raises(JobFailure, match="truncated or corrupt .frames stop at 5.00 s of the 9 s"):
-        load_video(path, 32, 32, 8.0, max_seconds=9.0)  # a file cut off after its header
+    with pytest.raises(VideoError, match="video is 5.00 s long; at most 1.5 s can be used here"):
+        load_video(path, 32, 32, 8.0, max_seconds=1.0)  # charged 1 s for 5 s of frames
 
 
 def test_a_flood_without_a_valid_key_is_slowed_and_not_logged(tmp_path):
@@ -244,7 +255,13 @@ def test_a_flood_without_a_valid_key_is_slowed_and_not_logged(tmp_path):
     with TestClient(app) as client:
         codes = [client.get("/v1/videos", headers={"Authorization": "Bearer nope"}).status_code for _ in range(8)]
         assert codes == [401] * 5 + [429] * 3
+        r = client.get("/v1/videos", headers={"Authorization": "Bearer nope"})
+        assert r.headers["x-frame-options"] == "DENY"  # the gates' own refusals carry the headers too
         ok = client.get("/v1/videos", headers={"Authorization": f"Bearer {token}"})
         assert ok.status_code == 200 and ok.headers["x-frame-options"] == "DENY"
         assert client.get("/").headers["x-content-type-options"] == "nosniff"  # the studio too
     assert app.state.db.one("SELECT COUNT(*) AS n FROM audit")["n"] == 6  # 5 refusals and the valid request
+    off = create_app(ServerConfig(storage=str(tmp_path / "off"), keyless_per_minute=0))
+    with TestClient(off) as client:  # 0: no limit
+        assert {client.get("/v1/videos", headers={"Authorization": "Bearer nope"}).status_code
+                for _ in range(8)} == {401}

@@ -101,7 +101,10 @@ def _error_response(status: int, message: str, type: str, code: str | None, para
 
 class _FailedAuth:
     """Requests without a valid key per client address over the last minute (a bounded table: the oldest
-    addresses go first), so key guessing and log flooding from one address are slowed to a trickle."""
+    addresses go first): past the limit they are answered 429 and not written to the audit log, which a flood
+    had grown by GBs a day. Each is still looked up (keys are 256-bit random: guessing needs no slowing).
+    Behind a proxy, the address is the proxy's unless uvicorn trusts its forwarded headers
+    (FORWARDED_ALLOW_IPS); ``limit`` 0 turns this off."""
 
     def __init__(self, limit: int, addresses: int = 10_000):
         self.limit, self.addresses = limit, addresses
@@ -299,7 +302,7 @@ def create_app(cfg: ServerConfig) -> FastAPI:
                     authenticate, token.strip() if scheme.lower() == "bearer" else None, state)
             except APIError as e:
                 address = (scope.get("client") or ("?", 0))[0]
-                if e.status == 401 and failed_auth.over(address):
+                if e.status == 401 and cfg.keyless_per_minute > 0 and failed_auth.over(address):
                     # A flood without a valid key from one address (a 60,000-character path per request had
                     # grown the audit log by GBs a day): 429, and no audit row for it. Valid keys pass as ever.
                     state["no_audit"] = True
@@ -361,8 +364,6 @@ def create_app(cfg: ServerConfig) -> FastAPI:
                     return  # the app's answer to a body cut short is not sent: the 413 below is
                 if message["type"] == "http.response.start":
                     started[0] = True
-                    # No framing of the studio by other sites, no content sniffing, no referrer with its URLs
-                    message = {**message, "headers": [*message.get("headers", []), *SECURITY_HEADERS]}
                 await send(message)
 
             try:
@@ -373,9 +374,28 @@ def create_app(cfg: ServerConfig) -> FastAPI:
             if over[0] and not started[0]:
                 await too_big(scope, receive, send)
 
+    class SecurityHeaders:
+        """Pure ASGI middleware, the outermost: every response, the gates' own refusals included, says not to
+        frame it on other sites, not to sniff its content type, and to send no referrer with its URLs."""
+
+        def __init__(self, inner):
+            self.inner = inner
+
+        async def __call__(self, scope, receive, send):
+            if scope["type"] != "http":
+                return await self.inner(scope, receive, send)
+
+            async def headed(message):
+                if message["type"] == "http.response.start":
+                    message = {**message, "headers": [*message.get("headers", []), *SECURITY_HEADERS]}
+                await send(message)
+
+            await self.inner(scope, receive, headed)
+
     app.add_middleware(BodyLimit)
     app.add_middleware(KeyGate)
-    app.add_middleware(Audit)  # outermost: requests the gate turns away are audited too
+    app.add_middleware(Audit)  # requests the gate turns away are audited too
+    app.add_middleware(SecurityHeaders)
 
     def current_key(request: Request, creds: HTTPAuthorizationCredentials | None = Depends(bearer)) -> dict:
         key = getattr(request.state, "api_key", None)  # checked by KeyGate moments ago
@@ -463,7 +483,8 @@ def create_app(cfg: ServerConfig) -> FastAPI:
                 rgb = Image.fromarray(pil_to_rgb(im))
                 # Stored no larger than the pipeline decodes it, its shorter side at most IMAGE_DECODE_SIDE (what
                 # a cover crop keeps): the worker and a storyboard's 32 cards never hold a 40-megapixel picture
-                f = IMAGE_DECODE_SIDE / min(rgb.size)
+                # (and the longer one at most 4x that: 32 cards of 36000x1100 had each been kept 33513x1024)
+                f = min(IMAGE_DECODE_SIDE / min(rgb.size), 4 * IMAGE_DECODE_SIDE / max(rgb.size))
                 if f < 1:
                     rgb = rgb.resize((max(1, round(rgb.width * f)), max(1, round(rgb.height * f))),
                                      Image.Resampling.LANCZOS, reducing_gap=3.0)
@@ -896,8 +917,10 @@ def create_app(cfg: ServerConfig) -> FastAPI:
         workers = jobs.live_workers(db)
         queued, waited = jobs.oldest_queued_wait(db)
         # Jobs wait and nothing takes them: a deploy left no worker running. Only once the oldest has waited
-        # WORKER_SEEN_SECONDS, so a worker starting or restarting (loading its model) does not flap this to 503.
-        if not workers and queued and waited > jobs.WORKER_SEEN_SECONDS:
+        # WORKER_SEEN_SECONDS and no worker has been seen for as long, so a worker starting or restarting
+        # (loading its model) does not flap this to 503.
+        if (not workers and queued and waited > jobs.WORKER_SEEN_SECONDS
+                and jobs.since_a_worker_was_seen(db) > jobs.WORKER_SEEN_SECONDS):
             return JSONResponse({"status": "unhealthy", "model": model.name, "workers": 0, "queued": queued,
                                  "problem": f"no worker is running and the oldest of {queued} queued job(s) has "
                                             f"waited {waited:.0f} s (start one: moviola worker)"},

@@ -17,6 +17,7 @@ need clocks in sync (NTP) to within a fraction of the lease.
 from __future__ import annotations
 
 import json
+import math
 import secrets
 import time
 from typing import Any
@@ -218,9 +219,18 @@ WORKER_BEAT_SECONDS = 5.0  # how often a running worker says so
 
 
 def worker_alive(db: Database, owner: str) -> None:
-    """Record that worker ``owner`` is running (a row of ``meta``: "worker:OWNER" -> time)."""
-    db.execute("INSERT INTO meta (name, value) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET value = excluded.value",
-               (f"worker:{owner}", repr(time.time())))
+    """Record that worker ``owner`` is running (a row of ``meta``: "worker:OWNER" -> time), and when any worker
+    was last seen ("workers_seen", kept when workers stop)."""
+    now = repr(time.time())
+    for name in (f"worker:{owner}", "workers_seen"):
+        db.execute("INSERT INTO meta (name, value) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET value = "
+                   "excluded.value", (name, now))
+
+
+def since_a_worker_was_seen(db: Database) -> float:
+    """Seconds since any worker last said it was running (infinite if none ever did)."""
+    r = db.one("SELECT value FROM meta WHERE name = 'workers_seen'")
+    return time.time() - float(r["value"]) if r else math.inf
 
 
 def worker_gone(db: Database, owner: str) -> None:
@@ -228,9 +238,12 @@ def worker_gone(db: Database, owner: str) -> None:
 
 
 def oldest_queued_wait(db: Database) -> tuple[int, float]:
-    """(jobs queued, seconds the oldest has waited): indexed lookups, cheap however long the history."""
-    r = db.one("SELECT COUNT(*) AS n, MIN(created_at) AS first FROM jobs WHERE status = 'queued' "
-               "AND deleted_at IS NULL")
+    """(jobs waiting for a worker, seconds the oldest has waited): queued ones, and in-progress ones whose
+    worker's lease ran out (killed mid-job), timed from when it did; indexed lookups, cheap however long the
+    history."""
+    r = db.one("SELECT COUNT(*) AS n, MIN(CASE WHEN status = 'queued' THEN created_at ELSE lease_until END) AS first "
+               "FROM jobs WHERE deleted_at IS NULL AND (status = 'queued' OR "
+               "(status = 'in_progress' AND lease_until < ?))", (time.time(),))
     n = int(r["n"] or 0)
     return n, (time.time() - float(r["first"])) if n and r["first"] is not None else 0.0
 
