@@ -731,7 +731,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--size", type=_size, default=(64, 64), help="WxH, multiples of 8 from 32 to 512 (default 64x64)")
     r.add_argument("--fps", type=FPS, default=8.0)
     r.add_argument("--seconds", type=_number(float, 0, 600, above=True), default=2.0,
-                   help="up to 600 (default 2; a .png output keeps frame 0)")
+                   help="up to 600, and at most 4 GiB of frames (default 2; a .png output keeps frame 0)")
     r.add_argument("--seed", type=SEED, default=0, help="initial positions and unspecified sizes")
     r.add_argument("--audio", action="store_true", help="add the bounce sounds as an audio track")
     r.add_argument("--truth", help="also write per-frame ground truth (tracks, events) as JSON here")
@@ -867,7 +867,7 @@ def build_parser() -> argparse.ArgumentParser:
     dc.add_argument("folder")
     dc.add_argument("--manifest", help="JSONL or CSV manifest (default: FOLDER/manifest.jsonl or .csv, else sidecar .txt)")
     dc.add_argument("--min-seconds", type=_number(float, 0, 3600), default=None,
-                    help="shortest usable clip (default: what the cache's shortest default bucket needs, ~1.1 s)")
+                    help="shortest usable clip (default: what the cache's shortest default bucket needs, 1 s plus one source frame)")
     dc.add_argument("--json", action="store_true", help="print the full report as JSON")
     dc.add_argument("--quick", action="store_true", help="open each file and decode one frame only (faster; misses "
                                                          "files cut off mid-way, which 'data cache' then skips)")

@@ -11,7 +11,8 @@ validation errors are turned into 400s naming the parameter.
 
 Handlers are plain functions run in FastAPI's thread pool, each thread with its own database
 connection, so the event loop never waits on the database. Every request under ``/v1`` is written to
-the audit log (key name, action, video id, status, milliseconds) after it is answered.
+the audit log (key name, action, video id, status, milliseconds) after it is answered, except keyless
+floods refused with 429; rows older than ``audit_days`` are pruned by the sweep.
 """
 
 from __future__ import annotations
@@ -327,7 +328,8 @@ def create_app(cfg: ServerConfig) -> FastAPI:
         path, method = scope.get("path", ""), scope.get("method", "")
         if method == "POST" and path == "/v1/videos/storyboards":
             return board_mb * 2**20
-        if method == "POST" and path.startswith("/v1/videos") and path.count("/") <= 3:  # create, remix, edits...
+        if method == "POST" and path.startswith("/v1/videos") and path.count("/") <= 3:  # create, extensions, edits
+            # (a remix, /v1/videos/ID/remix, is JSON: 1 MB)
             return upload_mb * 2**20
         return 2**20
 

@@ -32,7 +32,8 @@ class Video(BaseModel):
     error: VideoError | None
     moviola: dict[str, Any] = Field(description="Moviola's extras: kind (create, remix, edit, extension, "
                                                 "storyboard), seed, steps, guidance, sampler, source_video_id, "
-                                                "strength, transition, note, content_hash, generation_seconds, "
+                                                "strength, transition, note, content_hash, weights_sha256 (the weights that "
+                                                "made it), generation_seconds, "
                                                 "expired, feedback, input_image_sha256, source_sha256 and card_image_sha256 (what it "
                                                 "started from), extension_seconds, backward")
 

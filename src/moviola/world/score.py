@@ -671,7 +671,7 @@ def _scoring_size(width: int, height: int) -> tuple[int, int]:
 
 
 def score_file(path: str | Path, prompt: str | Prompt) -> dict:
-    """Score a video file (any format video_io reads) or a PNG image.
+    """Score a video file (any format video_io reads) or an image (png, jpg/jpeg, webp, bmp, tif/tiff).
 
     A file faster than 8 fps is read at its rate divided by k = round(rate / 8) (12 fps at 6, 16 at 8, 29.97
     at 7.49), by its frames' timestamps (mid-frame), as the world defines motion by time, not frame index:
@@ -679,7 +679,7 @@ def score_file(path: str | Path, prompt: str | Prompt) -> dict:
     which the motion fits read as acceleration), variable-frame-rate files keep their real timing, and a clip
     whose rate was raised by holding frames (8 fps content in a 29.97 fps file) is read near its own frames,
     where frame-to-frame differences of the held copies would read as no motion. A file whose shorter side is
-    over FILE_SIDE pixels is scaled down to it as it is decoded.
+    over FILE_SIDE pixels is scaled down to it: a video as it is decoded, an image after it is read.
     """
     from moviola.video_io import fit_frames, probe_video, read_image, read_video, read_video_fitted
 
