@@ -248,15 +248,7 @@ def _two_halves(path: Path, rate: Fraction = Fraction(30000, 1001), seconds: flo
     n = round(seconds * rate)
     frames = np.zeros((n, 90, 160, 3), np.uint8)
     frames[n // 2:] = 255
-    with av.open(str(path), "w") as c:
-        s = c.add_stream("libx264", rate=rate, options={"x264-params": "bframes=2", "preset": "veryfast"})
-        s.width, s.height, s.pix_fmt = 160, 90, "yuv420p"
-        for i, img in enumerate(frames):
-            f = av.VideoFrame.from_ndarray(img, format="rgb24")
-            f.pts = i
-            c.mux(s.encode(f))
-        c.mux(s.encode())
-    return path
+    return _frames_file(path, frames, rate)
 
 
 def test_autoencoder_folder_batches_keep_to_the_manifest_span(tmp_path):

@@ -61,13 +61,14 @@ def square_x(frame: np.ndarray) -> float:
 
 def write_raw(path: Path, frames: np.ndarray, rate: Fraction | int, *, codec: str = "libx264",
               pix_fmt: str = "yuv420p", options: dict[str, str] | None = None,
-              rotation: int | None = None) -> Path:
-    """Write with plain PyAV, independently of write_video (moov at the end of mp4s, any codec)."""
+              rotation: int | None = None, hflip: bool = False, vflip: bool = False) -> Path:
+    """Write with plain PyAV, independently of write_video (moov at the end of mp4s, any codec); a display
+    matrix when ``rotation`` or a flip is given."""
     with av.open(str(path), "w") as container:
         stream = container.add_stream(codec, rate=rate, options=options or {})
         stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], pix_fmt
-        if rotation is not None:
-            stream.set_display_rotation(rotation)
+        if rotation is not None or hflip or vflip:
+            stream.set_display_rotation(rotation or 0, hflip=hflip, vflip=vflip)
         for i, rgb in enumerate(frames):
             frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
             frame.pts = i
@@ -763,16 +764,7 @@ def test_mirrored_footage_is_shown_mirrored_not_turned(tmp_path, flip, rotation,
     mirror had been shown turned 180 degrees (the rotation FFmpeg reports for it)."""
     clip = np.zeros((3, 48, 64, 3), np.uint8)
     clip[:, :16, :16] = 255  # white top-left corner
-    path = tmp_path / "m.mp4"
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=8)
-        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
-        stream.set_display_rotation(rotation, **flip)
-        for i, rgb in enumerate(clip):
-            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
-            frame.pts = i
-            container.mux(stream.encode(frame))
-        container.mux(stream.encode())
+    path = write_raw(tmp_path / "m.mp4", clip, 8, rotation=rotation, **flip)
     frame = read_video(path).frames[0]
     y, x = corner
     assert frame[y, x].mean() > 200 and frame[8, 8].mean() < 50, (frame[8, 8], frame[y, x])

@@ -172,6 +172,7 @@ def check_folder(root: str | Path, *, manifest: str | Path | None = None, min_se
     root = Path(root)
     if not root.is_dir():
         raise DatasetError(f"{root}: no such folder")
+    shortest = min(b.frames for b in default_footage_buckets())  # frames of the cache's shortest bucket
     if manifest is None:
         manifest = next((root / n for n in MANIFEST_NAMES if (root / n).is_file()), None)
     rows = read_manifest(manifest) if manifest else []
@@ -216,7 +217,7 @@ def check_folder(root: str | Path, *, manifest: str | Path | None = None, min_se
             continue
         need = min_seconds
         if need is None:  # what the cache's shortest default bucket needs from a file at this rate
-            need = min(seconds_needed(b.frames, DEFAULT_CACHE_FPS, info["fps"]) for b in default_footage_buckets())
+            need = seconds_needed(shortest, DEFAULT_CACHE_FPS, info["fps"])
         if span < need:
             why = f"need {need:g} s" if min_seconds is not None else \
                 f"the shortest bucket needs {need:.2f} s at {DEFAULT_CACHE_FPS:g} fps"
