@@ -27,6 +27,8 @@ def test_studio_files_are_served(stack):
     page = httpx.get(root + "/")
     assert page.status_code == 200 and "text/html" in page.headers["content-type"]
     assert 'id="key"' in page.text and 'name="viewport"' in page.text
+    csp = page.headers["content-security-policy"]  # nothing but the server's own files runs or loads
+    assert "script-src 'self';" in csp and "frame-ancestors 'none'" in csp and "unsafe-inline" not in csp
     for asset, kind in (("/studio/studio.js", "javascript"), ("/studio/studio.css", "css")):
         r = httpx.get(root + asset)
         assert r.status_code == 200 and kind in r.headers["content-type"]
@@ -38,6 +40,19 @@ def _chromium() -> str:
     if not path:
         pytest.skip("no chromium on PATH (Debian: apt-get install chromium; .ci/run does this)")
     return path
+
+
+def _wait_until(page, expression: str, timeout: float = 30_000) -> None:
+    """Poll a JavaScript expression until it is truthy (timeout in ms, as Playwright's). Playwright's own
+    wait_for_function evaluates its predicate with eval() in the page, which the studio's content security
+    policy (no 'unsafe-eval') refuses; page.evaluate runs through the debugger and is not refused."""
+    import time
+
+    end = time.monotonic() + timeout / 1000
+    while not page.evaluate(expression):
+        if time.monotonic() > end:
+            raise AssertionError(f"timed out after {timeout / 1000:.0f} s waiting for {expression}")
+        page.wait_for_timeout(100)
 
 
 def _failed_video(db, key: dict, prompt: str, seed: int) -> str:
@@ -72,10 +87,14 @@ def test_studio_makes_a_video_and_plays_it(stack, tmp_path):
             page = browser.new_page(viewport={"width": 390, "height": 844}, device_scale_factor=2)
             errors = []
             page.on("pageerror", lambda e: errors.append(str(e)))
+            # Whatever the server's content security policy blocks (an inline script or style, another
+            # origin, a blob: or data: URL it does not allow) would break the studio quietly: record it.
+            page.add_init_script("window.__csp = []; document.addEventListener('securitypolicyviolation',"
+                                 " (e) => window.__csp.push(e.violatedDirective + ' ' + e.blockedURI));")
             page.goto(f"http://127.0.0.1:{stack.port}/")
             page.fill("#key", "mvl-wrong")
             page.click("#signin")
-            page.wait_for_function("document.querySelector('#signin-error').textContent.length > 0")
+            _wait_until(page, "document.querySelector('#signin-error').textContent.length > 0")
             assert "not valid" in page.inner_text("#signin-error")
             page.fill("#key", token)
             page.click("#signin")
@@ -88,7 +107,7 @@ def test_studio_makes_a_video_and_plays_it(stack, tmp_path):
             page.wait_for_selector(".card[data-status]", timeout=30_000)
             page.wait_for_selector(".card.done video", timeout=300_000)
             # It plays: frames decoded and the clock moving.
-            page.wait_for_function("(() => { const v = document.querySelector('.card.done video');"
+            _wait_until(page, "(() => { const v = document.querySelector('.card.done video');"
                                    " return v && v.readyState >= 2 && v.currentTime > 0 && !v.error; })()",
                                    timeout=60_000)
             width = page.evaluate("document.querySelector('.card.done video').videoWidth")
@@ -97,14 +116,14 @@ def test_studio_makes_a_video_and_plays_it(stack, tmp_path):
             page.select_option(".card.done select[name=rating]", "5")
             page.fill(".card.done input[name=comment]", "plays on a phone")
             page.click(".card.done .feedback button")
-            page.wait_for_function("document.querySelector('.card.done .feedback button').textContent === 'Saved'")
+            _wait_until(page, "document.querySelector('.card.done .feedback button').textContent === 'Saved'")
 
             # Remix from the gallery item with the strength slider.
             page.click(".card.done [data-act=remix]")
             page.fill(".card.done .remix-form textarea", "a large blue square moves right on a white background")
             page.fill(".card.done .remix-form input[name=strength]", "0.3")
             page.click(".card.done .remix-form button[type=submit]")
-            page.wait_for_function("document.querySelectorAll('.card').length === 2")
+            _wait_until(page, "document.querySelectorAll('.card').length === 2")
 
             # The storyboard editor: a third card, prompts moved between slots, one removed, submitted.
             prompts = page.locator("#board-cards textarea[name=prompt]")
@@ -133,18 +152,19 @@ def test_studio_makes_a_video_and_plays_it(stack, tmp_path):
             page.fill("#board-seconds", "2")
             page.fill("#board-seed", "11")  # its own seed field, not New video's (3, above)
             page.click("#board-submit")
-            page.wait_for_function("document.querySelectorAll('.card').length === 3")
+            _wait_until(page, "document.querySelectorAll('.card').length === 3")
             assert page.inner_text("#board-error") == ""
             page.wait_for_selector(".card.done:first-child video", timeout=300_000)  # the storyboard's result
             assert "storyboard" in page.inner_text(".card:first-child .meta")
             # A bad board is refused with the server's message, and nothing is queued.
             page.fill("#board-cards li:nth-child(2) input[name=start]", "0")
             page.click("#board-submit")
-            page.wait_for_function("document.querySelector('#board-error').textContent.length > 0")
+            _wait_until(page, "document.querySelector('#board-error').textContent.length > 0")
             assert "order" in page.inner_text("#board-error")
             assert page.evaluate("document.documentElement.scrollWidth") <= 390
             page.screenshot(path=str(tmp_path / "studio.png"), full_page=True)
             assert not errors, errors
+            assert page.evaluate("window.__csp") == []
         finally:
             browser.close()
     client = stack.client(token)
@@ -178,11 +198,11 @@ def test_studio_gallery_pages_through_older_videos(stack):
         browser = p.chromium.launch(executable_path=exe, args=["--no-sandbox"])
         try:
             page = _signed_in(browser, stack, token)
-            page.wait_for_function("document.querySelectorAll('#gallery .card').length === 24")
+            _wait_until(page, "document.querySelectorAll('#gallery .card').length === 24")
             assert page.is_visible("#gallery-more")
             assert page.get_attribute("#gallery .card:first-child", "data-id") == made[-1]  # newest first
             page.click("#gallery-more")
-            page.wait_for_function("document.querySelectorAll('#gallery .card').length === 26")
+            _wait_until(page, "document.querySelectorAll('#gallery .card').length === 26")
             assert page.get_attribute("#gallery .card:last-child", "data-id") == made[0]
             assert not page.is_visible("#gallery-more")
         finally:
@@ -230,16 +250,16 @@ def test_studio_fetches_clips_as_they_come_into_view(stack):
             page.goto(f"http://127.0.0.1:{stack.port}/")
             page.fill("#key", token)
             page.click("#signin")
-            page.wait_for_function("document.querySelectorAll('#gallery .card').length === 24")
+            _wait_until(page, "document.querySelectorAll('#gallery .card').length === 24")
             page.wait_for_timeout(1000)
             assert fetched == []  # on a phone the gallery starts below the forms: nothing of it on screen
             page.evaluate("document.querySelector('#gallery').scrollIntoView()")
-            page.wait_for_function("document.querySelectorAll('#gallery .card:first-child video').length === 1")
+            _wait_until(page, "document.querySelectorAll('#gallery .card:first-child video').length === 1")
             page.wait_for_timeout(1000)
             first = len(fetched)
             assert 0 < first < 6, first  # the cards on screen (a card is ~500 px tall), not the page's 24
             page.evaluate("window.scrollTo(0, document.body.scrollHeight)")
-            page.wait_for_function("document.querySelectorAll('#gallery .card:last-child video').length === 1")
+            _wait_until(page, "document.querySelectorAll('#gallery .card:last-child video').length === 1")
             assert first < len(fetched) < 24
         finally:
             browser.close()
@@ -268,13 +288,13 @@ def test_studio_says_when_the_server_fails_and_loses_nothing(stack):
             page.route("**/v1/videos/" + vid, busy)
             page.on("dialog", lambda d: d.accept())
             page.click(f'{card} [data-act="delete"]')
-            page.wait_for_function(f"document.querySelector('{card} .note').textContent.startsWith('Not deleted')")
+            _wait_until(page, f"document.querySelector('{card} .note').textContent.startsWith('Not deleted')")
             assert page.is_visible(card)  # still there, as it is on the server
             page.unroute("**/v1/videos/" + vid)
             # A reload while the server is busy keeps the saved key and says why it could not sign in.
             page.route("**/v1/models", busy)
             page.reload()
-            page.wait_for_function("document.querySelector('#signin-error').textContent.includes('database unavailable')")
+            _wait_until(page, "document.querySelector('#signin-error').textContent.includes('database unavailable')")
             assert page.evaluate("localStorage.getItem('moviola.key')") == token
             assert page.input_value("#key") == token
         finally:
