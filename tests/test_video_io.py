@@ -770,6 +770,21 @@ def test_mirrored_footage_is_shown_mirrored_not_turned(tmp_path, flip, rotation,
     assert frame[y, x].mean() > 200 and frame[8, 8].mean() < 50, (frame[8, 8], frame[y, x])
 
 
+
+@pytest.mark.parametrize("flip, rotation, white, black", [
+    ({"vflip": True}, 90, (8, 8), (8, 40)),   # FFmpeg's "cclock_flip": a transpose, the corner stays put
+    ({"hflip": True}, 90, (56, 40), (56, 8)),  # "clock_flip": the corner goes to the bottom right
+    ({}, 90, (56, 8), (56, 40)),               # unmirrored, for contrast: a quarter turn left ("cclock")
+])
+def test_mirrored_portrait_footage_is_transposed_as_ffmpeg_shows_it(tmp_path, flip, rotation, white, black):
+    """A mirrored display matrix at 90 or 270 degrees (a front camera held upright) is FFmpeg's transpose
+    ("cclock_flip" / "clock_flip"); it had been given the unmirrored quarter turn, the clip shown mirrored."""
+    clip = np.zeros((3, 48, 64, 3), np.uint8)
+    clip[:, :16, :16] = 255  # white top-left corner
+    frame = read_video(write_raw(tmp_path / "m.mp4", clip, 8, rotation=rotation, **flip)).frames[0]
+    assert frame.shape == (64, 48, 3)
+    assert frame[white].mean() > 200 and frame[black].mean() < 50, (frame[white], frame[black])
+
 def test_a_large_jpeg_is_decoded_no_larger_than_needed(tmp_path):
     """read_image(max_side=N) lets the JPEG decoder reduce by 1/2 to 1/8 while both sides stay >= N, so a
     phone photo conditioning a small clip is never decoded whole; other formats and no max_side: full size."""

@@ -1006,20 +1006,26 @@ def _read_audio(path: Path, video_origin: float, start: float, stop: float | Non
 
 
 def _orientation(frame: Any) -> tuple[int, tuple[int, ...]]:
-    """How to show a decoded frame: (quarter turns counter-clockwise, image axes to mirror), from its display
-    rotation and, for the mirror images FFmpeg reports as 0 or 180 degrees, its display matrix, by FFmpeg's
-    own rules (0: mirror top-bottom if m[4] < 0; 180: left-right if m[0] < 0, top-bottom if m[4] < 0): a
-    horizontally flipped clip had been shown upside down (turned 180 degrees)."""
+    """How to show a decoded frame: (quarter turns counter-clockwise, image axes to mirror after turning), from
+    its display rotation and display matrix, by FFmpeg's own rules (fftools' autorotate): at 90 degrees
+    clockwise its transpose filter, "cclock_flip" (a transpose) where m[3] > 0, else "clock"; at 270,
+    "clock_flip" where m[3] < 0, else "cclock"; at 180, left-right if m[0] < 0 and top-bottom if m[4] < 0;
+    at 0, top-bottom if m[4] < 0. A mirrored clip (a front camera's) had been shown turned: by 180 degrees
+    when upright, by a quarter turn the wrong way when portrait."""
     turns = round((getattr(frame, "rotation", 0) or 0) / 90) % 4
     matrix = None
     for sd in getattr(frame, "side_data", ()) or ():
         if getattr(getattr(sd, "type", None), "name", "") == "DISPLAYMATRIX":
             raw = bytes(sd)
             matrix = np.frombuffer(raw[:36], "<i4") if len(raw) >= 36 else None
-    if matrix is None or turns % 2:
+    if matrix is None:
         return turns, ()
+    if turns == 3:  # FFmpeg's 90 degrees clockwise
+        return (1, (0,)) if matrix[3] > 0 else (3, ())  # a transpose: a quarter turn left, then top-bottom
+    if turns == 1:  # FFmpeg's 270
+        return (3, (0,)) if matrix[3] < 0 else (1, ())
     flips = tuple(axis for axis, mirrored in ((1, turns == 2 and matrix[0] < 0), (0, matrix[4] < 0)) if mirrored)
-    return (0, flips) if turns == 2 else (turns, flips)
+    return 0, flips
 
 
 def _tags(metadata: dict | None) -> dict[str, str]:
