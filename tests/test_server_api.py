@@ -228,6 +228,10 @@ def test_input_reference_and_uploaded_edit(client, stack):
     with pytest.raises(openai.BadRequestError, match="input_reference is not a readable image") as bad:
         client.videos.create(prompt="x", input_reference=("x.png", b"not an image", "image/png"))
     assert "BytesIO" not in str(bad.value)  # no Python internals in what a user reads
+    eps = __import__("io").BytesIO()
+    __import__("PIL.Image").Image.new("RGB", (16, 16)).save(eps, format="EPS")  # a program: never opened
+    with pytest.raises(openai.BadRequestError, match="not an image format this server reads"):
+        client.videos.create(prompt="x", input_reference=("x.png", eps.getvalue(), "image/png"))
     with pytest.raises(openai.BadRequestError, match="input_reference is 1x1: too small"):  # refused, not queued
         client.videos.create(prompt="x", input_reference=("x.png", encode_image(np.zeros((1, 1, 3), np.uint8)),
                                                           "image/png"))

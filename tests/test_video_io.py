@@ -424,6 +424,13 @@ def test_images_read_write_encode(tmp_path):
     (tmp_path / "text.png").write_text("hello")
     with pytest.raises(VideoError, match="text.png: not an image"):
         read_image(tmp_path / "text.png")
+    # PostScript is a program (Pillow would run it through Ghostscript, where installed): never opened
+    Image.new("RGB", (10, 6)).save(tmp_path / "ps.png", format="EPS")
+    with pytest.raises(VideoError, match="ps.png: not an image: unrecognised file format"):
+        read_image(tmp_path / "ps.png")
+    for fmt in ("BMP", "TIFF", "GIF", "PPM", "TGA"):  # the rest of what editors and cameras write: read
+        Image.new("RGB", (10, 6), (200, 30, 30)).save(tmp_path / f"c.{fmt.lower()}", format=fmt)
+        assert read_image(tmp_path / f"c.{fmt.lower()}")[0, 0].tolist() == [200, 30, 30]
     with pytest.raises(VideoError, match="no such file"):
         read_image(tmp_path / "nope.png")
 

@@ -12,6 +12,11 @@ from PIL import Image, ImageOps
 # uploads) this small: twice the largest side a model makes, so the fit to a clip still downscales real detail
 IMAGE_DECODE_SIDE = 1024
 
+# What Moviola opens as a picture (Pillow's format names; JPEG takes MPO too): what cameras, phones and editors
+# write, each decoded by Pillow itself. Not EPS, which Pillow hands to Ghostscript (an interpreter, and a record
+# of exploits) when one is installed: an uploaded image must never run a program.
+IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF", "AVIF", "PPM", "TGA", "QOI", "ICO")
+
 
 def _deep_gray_to_rgb(gray: np.ndarray, mode: str) -> np.ndarray:
     """A grayscale image deeper than 8 bits (PIL modes I;16*, I, F) as (H, W, 3) uint8: 16-bit scaled by

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
-from moviola.images import pil_to_rgb
+from moviola.images import IMAGE_FORMATS, pil_to_rgb
 
 PathLike = str | os.PathLike[str]
 
@@ -675,12 +675,13 @@ def read_image(path: PathLike, *, max_side: int | None = None) -> np.ndarray:
     p = Path(path)
     _check_file(p)
     try:
-        with Image.open(p) as im:
+        with Image.open(p, formats=IMAGE_FORMATS) as im:
             if max_side is not None and im.format == "JPEG":
                 im.draft("RGB", (max_side, max_side))  # the decoder's own reduction, never below max_side
             return pil_to_rgb(im)
     except UnidentifiedImageError:
-        raise VideoError(p, "not an image: unrecognised file format") from None
+        raise VideoError(p, "not an image: unrecognised file format (PNG, JPEG, WebP, GIF, BMP, TIFF, AVIF... are "
+                            "read)") from None
     except Image.DecompressionBombError:
         raise VideoError(p, f"image is too large to open (over {2 * Image.MAX_IMAGE_PIXELS / 1e6:.0f} megapixels, the "
                             "decompression-bomb guard): scale it down first") from None
@@ -745,7 +746,7 @@ def _video_stream(path: Path, container: Any) -> Any:
         try:
             from PIL import Image
 
-            with Image.open(path) as im:
+            with Image.open(path, formats=IMAGE_FORMATS) as im:
                 im.verify()
         except Exception:
             raise VideoError(path, "not a video or an image: unrecognised file format") from None

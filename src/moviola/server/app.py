@@ -40,7 +40,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from moviola.images import IMAGE_DECODE_SIDE, pil_to_rgb
+from moviola.images import IMAGE_DECODE_SIDE, IMAGE_FORMATS, pil_to_rgb
 from moviola.server import jobs, keys
 from moviola.server.db import Database, sqlite_url
 from moviola.server.generate import DEFAULT_MAX_SECONDS, ModelInfo, RequestProblem, seconds_text
@@ -477,11 +477,11 @@ def create_app(cfg: ServerConfig) -> FastAPI:
         return data
 
     def image_png(data: bytes, param: str) -> bytes:
-        """Any image PIL reads -> PNG bytes (RGB), or a 400 naming the problem."""
+        """An image of IMAGE_FORMATS -> PNG bytes (RGB), or a 400 naming the problem."""
         from PIL import Image, UnidentifiedImageError
 
         try:
-            with DECODING, Image.open(io.BytesIO(data)) as im:
+            with DECODING, Image.open(io.BytesIO(data), formats=IMAGE_FORMATS) as im:
                 if im.width * im.height > 40_000_000:
                     raise APIError(400, f"{param} is {im.width}x{im.height}: too many pixels",
                                    code="invalid_file", param=param)
@@ -501,8 +501,8 @@ def create_app(cfg: ServerConfig) -> FastAPI:
                 rgb.save(out, format="PNG")
                 return out.getvalue()
         except UnidentifiedImageError:
-            raise APIError(400, f"{param} is not a readable image (PNG, JPEG, WebP...): not an image format this "
-                                "server reads", code="invalid_file", param=param) from None
+            raise APIError(400, f"{param} is not a readable image: not an image format this server reads (PNG, "
+                                "JPEG, WebP, GIF, BMP, TIFF, AVIF...)", code="invalid_file", param=param) from None
         except (OSError, ValueError, Image.DecompressionBombError) as e:
             raise APIError(400, f"{param} is not a readable image (PNG, JPEG, WebP...): {e}",
                            code="invalid_file", param=param) from None
@@ -528,7 +528,7 @@ def create_app(cfg: ServerConfig) -> FastAPI:
         # FFmpeg reads still and animated images as video too, and decodes a frame whole: a 1 MB PNG of
         # 16000x16000 had cost the API 1 GB. Their size is in the header, so check it before decoding anything.
         try:
-            with Image.open(path) as im:
+            with Image.open(path, formats=IMAGE_FORMATS) as im:
                 size = im.size
         except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
             size = None
