@@ -239,6 +239,11 @@ def test_input_reference_and_uploaded_edit(client, stack):
         client.videos.create(prompt="x", extra_body={"input_reference": {"image_url": "https://example.com/a.png"}})
     with pytest.raises(openai.BadRequestError, match="not a readable video"):
         client.videos.extend(prompt="x", seconds="1", video=("v.mp4", b"garbage" * 10, "video/mp4"))
+    # A concat list naming itself (FFmpeg had opened it within itself until no file handle was left) or what
+    # lies beside it: refused before FFmpeg opens anything it names
+    with pytest.raises(openai.BadRequestError, match="a playlist or a list of other files"):
+        client.videos.extend(prompt="x", seconds="1", video=("v.mp4", b"ffconcat version 1.0\nfile 'source.mp4'\n",
+                                                             "video/mp4"))
 
 
 def test_storyboard_endpoint(client, stack):

@@ -6,6 +6,7 @@ All footage is made on the fly in tmp_path; clips are tiny so the whole file run
 
 from __future__ import annotations
 
+import os
 import pickle
 from fractions import Fraction
 from pathlib import Path
@@ -791,6 +792,27 @@ def test_mirrored_portrait_footage_is_transposed_as_ffmpeg_shows_it(tmp_path, fl
     frame = read_video(write_raw(tmp_path / "m.mp4", clip, 8, rotation=rotation, **flip)).frames[0]
     assert frame.shape == (64, 48, 3)
     assert frame[white].mean() > 200 and frame[black].mean() < 50, (frame[white], frame[black])
+
+
+def test_playlists_and_concat_lists_are_not_followed(tmp_path):
+    """A file that names other files (an FFmpeg concat list, an HLS playlist) is refused, not read through: a
+    list in an upload folder had read the clip beside it, and one naming itself had opened itself until the
+    process had no file handle left."""
+    import resource
+
+    secret = write_video(tmp_path / "secret.mp4", gradient_clip(t=4), 8)
+    lists = {"list.mp4": "ffconcat version 1.0\nfile 'secret.mp4'\n",
+             "self.mp4": "ffconcat version 1.0\nfile 'self.mp4'\n",
+             "play.m3u8": "#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXTINF:2.0,\nsecret.mp4\n#EXT-X-ENDLIST\n"}
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    for name, text in lists.items():
+        (tmp_path / name).write_text(text)
+        with pytest.raises(VideoError, match=f"{name}: not a video: a playlist or a list of other files"):
+            read_video(tmp_path / name)
+        with pytest.raises(VideoError, match="a playlist"):
+            probe_video(tmp_path / name)
+    assert read_video(secret).frames.shape[0] == 4  # the clip itself still reads
+    assert len(os.listdir("/proc/self/fd")) < soft // 2  # no handles left open behind
 
 def test_a_large_jpeg_is_decoded_no_larger_than_needed(tmp_path):
     """read_image(max_side=N) lets the JPEG decoder reduce by 1/2 to 1/8 while both sides stay >= N, so a

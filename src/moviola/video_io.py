@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
 from moviola.images import IMAGE_FORMATS, pil_to_rgb
+from moviola.media import IndirectFileError, open_video_file
 
 PathLike = str | os.PathLike[str]
 
@@ -728,7 +729,9 @@ def _open(path: Path) -> Any:
     """Open ``path`` for reading with PyAV, turning every failure into a VideoError."""
     _check_file(path)
     try:
-        return av.open(str(path), "r", metadata_errors="replace")
+        return open_video_file(path, metadata_errors="replace")
+    except IndirectFileError as e:
+        raise VideoError(path, f"not a video: {e}") from None
     except PermissionError:
         raise VideoError(path, "permission denied") from None
     except (av.FFmpegError, OSError) as e:

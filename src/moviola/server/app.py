@@ -41,6 +41,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from moviola.images import IMAGE_DECODE_SIDE, IMAGE_FORMATS, pil_to_rgb
+from moviola.media import IndirectFileError, open_video_file
 from moviola.server import jobs, keys
 from moviola.server.db import Database, sqlite_url
 from moviola.server.generate import DEFAULT_MAX_SECONDS, ModelInfo, RequestProblem, seconds_text
@@ -535,7 +536,7 @@ def create_app(cfg: ServerConfig) -> FastAPI:
         if size is not None and size[0] * size[1] > MAX_SOURCE_PIXELS:
             raise APIError(400, f"{param} is {size[0]}x{size[1]}: too many pixels", code="invalid_file", param=param)
         try:
-            with DECODING, av.open(str(path)) as c:
+            with DECODING, open_video_file(path) as c:
                 if not c.streams.video:
                     raise APIError(400, f"{param} has no video stream", code="invalid_file", param=param)
                 cc = c.streams.video[0].codec_context
@@ -545,6 +546,8 @@ def create_app(cfg: ServerConfig) -> FastAPI:
                 next(iter(c.decode(video=0)))
         except APIError:
             raise
+        except IndirectFileError as e:
+            raise APIError(400, f"{param} is not a readable video: {e}", code="invalid_file", param=param) from None
         except (av.FFmpegError, OSError, StopIteration) as e:
             why = getattr(e, "strerror", None) or type(e).__name__  # FFmpeg's words, not the server's path
             raise APIError(400, f"{param} is not a readable video: {why}", code="invalid_file", param=param) from None
@@ -757,7 +760,7 @@ def create_app(cfg: ServerConfig) -> FastAPI:
     def probe_upload(path: Path) -> tuple[int, int, float]:
         """(width, height, seconds) of an uploaded video, from its header (no torch in the API process)."""
         try:
-            with _av_open(path) as c:
+            with open_video_file(path) as c:
                 st = c.streams.video[0]
                 w, h = st.codec_context.width, st.codec_context.height
                 sar = st.sample_aspect_ratio  # non-square pixels: the aspect it is shown at picks the size
@@ -961,12 +964,6 @@ def create_app(cfg: ServerConfig) -> FastAPI:
 
     app.mount("/studio", StaticFiles(directory=STUDIO_DIR), name="studio")
     return app
-
-
-def _av_open(path: Path):
-    import av
-
-    return av.open(str(path))
 
 
 def _check_port(host: str, port: int) -> None:
