@@ -257,6 +257,7 @@ def test_a_flood_without_a_valid_key_is_slowed_and_not_logged(tmp_path):
         assert codes == [401] * 5 + [429] * 3
         r = client.get("/v1/videos", headers={"Authorization": "Bearer nope"})
         assert r.headers["x-frame-options"] == "DENY"  # the gates' own refusals carry the headers too
+        assert r.headers["x-should-retry"] == "false"  # the SDK would sleep 60 s and retry before saying 401
         ok = client.get("/v1/videos", headers={"Authorization": f"Bearer {token}"})
         assert ok.status_code == 200 and ok.headers["x-frame-options"] == "DENY"
         assert client.get("/").headers["x-content-type-options"] == "nosniff"  # the studio too

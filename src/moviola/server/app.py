@@ -145,7 +145,12 @@ def _api_request(scope: dict) -> bool:
 
 
 def not_found(video_id: str) -> APIError:
-    return APIError(404, f"no video with id {video_id!r}", code="not_found", param="video_id")
+    return APIError(404, f"no video with id {_shown(video_id)}", code="not_found", param="video_id")
+
+
+def _shown(text: str, limit: int = 80) -> str:
+    """A value a client sent, quoted for an error message, cut short (a 5,000-character id came back whole)."""
+    return repr(text) if len(text) <= limit else repr(text[:limit]) + f"... ({len(text)} characters)"
 
 
 # --- the app ----------------------------------------------------------------------------------------
@@ -159,14 +164,16 @@ def create_app(cfg: ServerConfig) -> FastAPI:
     bearer = HTTPBearer(auto_error=False, description="An API key made with `moviola keys create`.")
     stop_sweeping = threading.Event()
 
-    pruned = [0.0]  # when the audit log was last pruned
+    pruned = [0.0]  # when the audit log and the idempotency tokens were last pruned
 
     def sweeper() -> None:
         while not stop_sweeping.wait(cfg.sweep_seconds):
             try:
                 jobs.sweep_expired(db, storage)
-                if cfg.audit_days > 0 and time.time() - pruned[0] > 3600:  # hourly: an indexed delete
-                    keys.prune_audit(db, cfg.audit_days * 86400.0)
+                if time.time() - pruned[0] > 3600:  # hourly: indexed deletes
+                    if cfg.audit_days > 0:
+                        keys.prune_audit(db, cfg.audit_days * 86400.0)
+                    jobs.prune_idempotency(db)
                     pruned[0] = time.time()
             except Exception as e:  # never let housekeeping take the server down
                 print(f"moviola serve: expiry sweep failed: {e}", flush=True)
@@ -207,10 +214,12 @@ def create_app(cfg: ServerConfig) -> FastAPI:
             msg, param = f"this endpoint takes multipart/form-data, not {content_type}", None
         elif first.get("type") == "json_invalid":
             msg, param = f"the request body is not valid JSON ({first.get('ctx', {}).get('error', msg)})", None
-        elif first.get("type") == "extra_forbidden":
-            msg = f"unknown parameter {param!r}"
+        elif first.get("type") == "extra_forbidden":  # the code an unknown form field gets (known_form_fields)
+            return _error_response(400, f"unknown parameter {param!r}", "invalid_request_error", "unknown_parameter",
+                                   param)
         elif first.get("type") == "missing":
-            msg = f"missing required parameter {param!r}"
+            sent = takes_form and param is not None and param in (await request.form())  # sent, but empty
+            msg = f"{param} must not be empty" if sent else f"missing required parameter {param!r}"
         elif param:
             msg = f"invalid value for {param!r}: {msg}"
         return _error_response(400, msg, "invalid_request_error", "invalid_value", param)
@@ -316,7 +325,9 @@ def create_app(cfg: ServerConfig) -> FastAPI:
                     state["no_audit"] = True
                     e = APIError(429, f"too many requests without a valid key from this address (more than "
                                       f"{cfg.keyless_per_minute} a minute); retry later", type="rate_limit_error",
-                                 code="rate_limit_exceeded", headers={"retry-after": "60"})
+                                 code="rate_limit_exceeded",
+                                 # the SDK would sleep a minute and retry twice before saying the key is wrong
+                                 headers={"retry-after": "60", "x-should-retry": "false"})
                 elif e.status == 401:
                     failed_auth.add(address)
                 response = _error_response(e.status, e.message, e.type, e.code, e.param, e.headers)
@@ -555,23 +566,36 @@ def create_app(cfg: ServerConfig) -> FastAPI:
     def source_video(key: dict, video_id: str, param: str) -> dict:
         row = jobs.get_job(db, key["id"], video_id)
         if row is None:
-            raise APIError(404, f"no video with id {video_id!r}", code="not_found", param=param)
+            raise APIError(404, f"no video with id {_shown(video_id)}", code="not_found", param=param)
         if row["status"] != "completed":
             raise APIError(400, f"video {video_id} is {row['status']}; only completed videos can be used as a "
                                 "source", code="video_not_ready", param=param)
-        if row["assets_removed_at"] is not None:
+        if row["assets_removed_at"] is not None or (row["expires_at"] or math.inf) <= time.time():
+            # expired: refused from its expires_at on, as a download is, not only once the sweep has run
             raise APIError(404, f"video {video_id} has expired; its files were deleted", code="video_expired",
                            param=param)
         return row
 
+    def idempotency_key(request: Request) -> str | None:
+        token = request.headers.get("idempotency-key")
+        if token is None:
+            return None
+        if not 1 <= len(token) <= 255 or not token.isprintable():
+            raise APIError(400, "the Idempotency-Key header must be 1 to 255 printable characters (a UUID, say)",
+                           code="invalid_value", param="Idempotency-Key")
+        return token
+
     def queue(request: Request, key: dict, *, video_id: str, kind: str, prompt: str, seconds: float,
               width: int, height: int, params: dict, cost: float, remixed_from: str | None = None) -> JSONResponse:
+        """Queue the job (its uploads already stored under ``video_id``) and answer with its Video object; the
+        uploads go if it is not queued, or if an Idempotency-Key names a job queued before (answered instead)."""
         request.state.video_id = video_id
         params = {**params, "width": width, "height": height, "seconds": seconds}
         try:
-            row = jobs.insert_job(db, key, video_id=video_id, kind=kind, prompt=prompt, model=model.name,
-                                  seconds=seconds_text(seconds), size=f"{width}x{height}", params=params,
-                                  cost_seconds=cost, remixed_from=remixed_from)
+            row, new = jobs.insert_job(db, key, video_id=video_id, kind=kind, prompt=prompt, model=model.name,
+                                       seconds=seconds_text(seconds), size=f"{width}x{height}", params=params,
+                                       cost_seconds=cost, remixed_from=remixed_from,
+                                       idempotency_key=idempotency_key(request))
         except keys.KeyRevoked as e:
             storage.remove_all(video_id)
             raise APIError(401, str(e), code="invalid_api_key") from None
@@ -582,9 +606,15 @@ def create_app(cfg: ServerConfig) -> FastAPI:
             raise APIError(429, str(e), type="requests" if e.kind == "rate" else "insufficient_quota",
                            code="rate_limit_exceeded" if e.kind == "rate" else "insufficient_quota",
                            headers={"retry-after": str(int(e.retry_after + 0.999))}) from None
-        except BaseException:
+        except jobs.IdempotencyConflict as e:
+            storage.remove_all(video_id)
+            raise APIError(400, str(e), code="idempotency_key_reused", param="Idempotency-Key") from None
+        except BaseException:  # nothing was committed (the row is read inside the transaction)
             storage.remove_all(video_id)
             raise
+        if not new:  # a retry of a request already queued: its job, and this retry's uploads dropped
+            storage.remove_all(video_id)
+            request.state.video_id = row["id"]
         return video_response(row)
 
     def copy_source(video_id: str, src: dict) -> str:
@@ -872,16 +902,35 @@ def create_app(cfg: ServerConfig) -> FastAPI:
         """All feedback this key gave, as JSON (one entry per video)."""
         return {"object": "list", "key": key["name"], "data": jobs.export_feedback(db, key["id"])}
 
+    def model_object() -> dict:
+        return {"id": model.name, "object": "model", "created": 0, "owned_by": "moviola",
+                "moviola": {"fps": model.fps, "sizes": [f"{a}x{b}" for a in model.sides() for b in model.sides()],
+                            "max_seconds": model.longest, "window_seconds": model.max_seconds,
+                            "known_frames": model.conditioned, "steps": cfg.steps or model.steps,
+                            "abilities": ["text_to_video"] + (["image_to_video", "remix", "edit", "extend",
+                                                               "storyboard"] if model.conditioned else
+                                                              ["remix", "edit", "storyboard"])}}
+
     @app.get("/v1/models", name="models.list", responses=ERRORS)
     def list_models(key: dict = Depends(current_key)):
-        return {"object": "list", "data": [{
-            "id": model.name, "object": "model", "created": 0, "owned_by": "moviola",
-            "moviola": {"fps": model.fps, "sizes": [f"{a}x{b}" for a in model.sides() for b in model.sides()],
-                        "max_seconds": model.longest, "window_seconds": model.max_seconds,
-                        "known_frames": model.conditioned, "steps": cfg.steps or model.steps,
-                        "abilities": ["text_to_video"] + (["image_to_video", "remix", "edit", "extend",
-                                                           "storyboard"] if model.conditioned else
-                                                          ["remix", "edit", "storyboard"])}}]}
+        return {"object": "list", "data": [model_object()]}
+
+    @app.get("/v1/models/{model_id}", name="models.retrieve", responses=ERRORS)
+    def retrieve_model(model_id: str, key: dict = Depends(current_key)):
+        if model_id != model.name:
+            raise APIError(404, f"no model {_shown(model_id)}; this server has {model.name!r}", code="model_not_found",
+                           param="model")
+        return model_object()
+
+    # The SDK's characters (reusable subjects cut from a video): not something Moviola makes. A 400 that says
+    # so, not a routing error (and not a 5xx, which the SDK would retry).
+    @app.post("/v1/videos/characters", name="videos.create_character", responses=ERRORS, include_in_schema=False)
+    @app.get("/v1/videos/characters/{character_id}", name="videos.get_character", responses=ERRORS,
+             include_in_schema=False)
+    def characters(key: dict = Depends(current_key)):
+        raise APIError(400, "characters (videos.create_character / get_character) are not supported by this "
+                            "server: describe the subject in the prompt, or start from an image (input_reference)",
+                       code="unsupported")
 
     # --- admin -----------------------------------------------------------------------------------
 

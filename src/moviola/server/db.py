@@ -82,6 +82,12 @@ def _tables(pk: str) -> list[str]:
             seq {pk}, at DOUBLE PRECISION NOT NULL, key_name TEXT, action TEXT NOT NULL,
             video_id TEXT, status INTEGER NOT NULL, ms DOUBLE PRECISION)""",
         "CREATE INDEX IF NOT EXISTS audit_by_time ON audit (at)",  # the sweep's prune of old rows
+        # Idempotency-Key headers: which job a key's request token queued (its own table, so a database made
+        # before it needs no migration; pruned by the sweep after jobs.IDEMPOTENCY_SECONDS)
+        """CREATE TABLE IF NOT EXISTS idempotency (
+            key_id TEXT NOT NULL, token TEXT NOT NULL, video_id TEXT NOT NULL, fingerprint TEXT NOT NULL,
+            created_at DOUBLE PRECISION NOT NULL, PRIMARY KEY (key_id, token))""",
+        "CREATE INDEX IF NOT EXISTS idempotency_by_time ON idempotency (created_at)",
     ]
 
 

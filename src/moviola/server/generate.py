@@ -38,6 +38,7 @@ foresee fails the job with code ``invalid_request`` and the pipeline's message.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +49,8 @@ from moviola.layout import CONFIG_NAME, config_path, read_config
 DEFAULT_SIZE = (64, 64)
 DEFAULT_SECONDS = "4"
 SORA_SIZES = ("720x1280", "1280x720", "1024x1792", "1792x1024")
+_NUMBER = re.compile(r"\d+(\.\d*)?|\.\d+")  # what a number of seconds looks like ("2", "2.5"; not "1_0")
+_SIZE = re.compile(r"\d+x\d+")
 SORA_MODELS = ("sora-2", "sora-2-pro", "sora-2-2025-10-06", "sora-2-pro-2025-10-06", "sora-2-2025-12-08")
 DEFAULT_MAX_SECONDS = 60.0  # the server's own limit on one video (create, extension total, storyboard)
 REMIX_STRENGTH = 0.6  # remix and edit: how far from the source (0 keeps it, 1 ignores it)
@@ -159,7 +162,9 @@ class ModelInfo:
         if text in SORA_SIZES:
             return self.sora_size(text)
         try:
-            w, h = (int(v) for v in text.lower().split("x"))
+            if not _SIZE.fullmatch(text.strip().lower()):  # int() takes "6_4" and " 64": plain digits only
+                raise ValueError(text)
+            w, h = (int(v) for v in text.strip().lower().split("x"))
         except ValueError:
             raise RequestProblem(f"size must look like WIDTHxHEIGHT, got {text!r}; allowed: "
                                  f"{self.allowed_sizes_text()}", "size") from None
@@ -168,19 +173,21 @@ class ModelInfo:
                                  f"{self.allowed_sizes_text()}", "size")
         return w, h
 
-    def parse_seconds(self, text: str | None, param: str = "seconds", limit: float | None = None) -> float:
-        """Seconds as sent ("2", "2.5"), more than 0 and at most ``limit`` (default ``longest``)."""
+    def parse_seconds(self, text: str | float | None, param: str = "seconds", limit: float | None = None) -> float:
+        """Seconds as sent ("2", "2.5"), more than 0 and at most ``limit`` (default ``longest``), made a whole
+        number of frames (2.3 s at 8 fps: 2.25 s, the 18 frames the clip will have): what is reported and
+        charged is the clip's real length."""
         if text is None or text == "":
             text = DEFAULT_SECONDS
         limit = self.longest if limit is None else limit
-        try:
+        if isinstance(text, (int, float)) and not isinstance(text, bool):  # a JSON number (storyboards)
             s = float(text)
-        except (TypeError, ValueError):
-            s = float("nan")
+        else:
+            s = float(text) if isinstance(text, str) and _NUMBER.fullmatch(text.strip()) else float("nan")
         if not (math.isfinite(s) and 0 < s <= limit and round(s * self.fps) >= 1):
             raise RequestProblem(f"{param} must be a number of seconds more than 0 and at most "
                                  f"{limit:g} for {self.name} (e.g. \"2\" or \"4\"), got {text!r}", param)
-        return s
+        return round(s * self.fps) / self.fps
 
     def parse_strength(self, value: Any, param: str = "strength") -> float:
         """Remix strength, 0 (keep the source) to 1 (ignore it); None means ``REMIX_STRENGTH``."""

@@ -27,6 +27,11 @@ from moviola.server.keys import check_limits
 from moviola.server.storage import Storage
 
 MAX_ATTEMPTS = 3
+IDEMPOTENCY_SECONDS = 24 * 3600.0  # how long an Idempotency-Key names its job (as Stripe's and OpenAI's keys)
+
+
+class IdempotencyConflict(ValueError):
+    """An Idempotency-Key reused for a different request."""
 STATUSES = ("queued", "in_progress", "completed", "failed")
 
 
@@ -36,16 +41,44 @@ def new_video_id() -> str:
 
 def insert_job(db: Database, key: dict[str, Any], *, video_id: str, kind: str, prompt: str, model: str,
                seconds: str, size: str, params: dict[str, Any], cost_seconds: float,
-               remixed_from: str | None = None) -> dict[str, Any]:
-    """Queue a job after checking the key's rate limit and quota in the same transaction."""
+               remixed_from: str | None = None, idempotency_key: str | None = None
+               ) -> tuple[dict[str, Any], bool]:
+    """Queue a job after checking the key's rate limit and quota in the same transaction. Returns (the job's row,
+    whether it is new). The row is read inside the transaction: a read after the commit that failed had answered
+    503 for a job already queued and charged, which the SDK's retry then queued again.
+
+    ``idempotency_key`` (the request's Idempotency-Key header): a job this key queued under the same token in the
+    last IDEMPOTENCY_SECONDS is returned instead (False), nothing queued or charged, so a client's retry of a
+    request whose answer it never got makes no second video; the same token with another kind, prompt, size or
+    length is IdempotencyConflict."""
     now = time.time()
+    fingerprint = json.dumps([kind, prompt, size, seconds])
     with db.transaction() as tx:
+        if idempotency_key is not None:
+            old = tx.one("SELECT video_id, fingerprint, created_at FROM idempotency WHERE key_id = ? AND token = ?",
+                         (key["id"], idempotency_key))
+            row = old and tx.one("SELECT * FROM jobs WHERE id = ? AND deleted_at IS NULL", (old["video_id"],))
+            if old and row and old["created_at"] > now - IDEMPOTENCY_SECONDS:
+                if old["fingerprint"] != fingerprint:
+                    raise IdempotencyConflict(f"Idempotency-Key {idempotency_key!r} was used for another request "
+                                              f"({row['kind']} {row['id']}): use a new key for a new request")
+                return row, False
+            if old:  # expired, or its video deleted: the token is free again
+                tx.execute("DELETE FROM idempotency WHERE key_id = ? AND token = ?", (key["id"], idempotency_key))
         check_limits(tx, key, cost_seconds, now)
         tx.execute("INSERT INTO jobs (id, key_id, kind, status, progress, model, prompt, seconds, size, params, "
                    "cost_seconds, remixed_from, created_at) VALUES (?, ?, ?, 'queued', 0, ?, ?, ?, ?, ?, ?, ?, ?)",
                    (video_id, key["id"], kind, model, prompt, seconds, size, json.dumps(params), cost_seconds,
                     remixed_from, now))
-    return get_job(db, key["id"], video_id)
+        if idempotency_key is not None:
+            tx.execute("INSERT INTO idempotency (key_id, token, video_id, fingerprint, created_at) "
+                       "VALUES (?, ?, ?, ?, ?)", (key["id"], idempotency_key, video_id, fingerprint, now))
+        return tx.one("SELECT * FROM jobs WHERE id = ?", (video_id,)), True
+
+
+def prune_idempotency(db: Database) -> int:
+    """Forget Idempotency-Key tokens older than IDEMPOTENCY_SECONDS; returns how many."""
+    return db.execute("DELETE FROM idempotency WHERE created_at < ?", (time.time() - IDEMPOTENCY_SECONDS,))
 
 
 def get_job(db: Database, key_id: str, video_id: str) -> dict[str, Any] | None:
@@ -160,9 +193,12 @@ def heartbeat(db: Database, video_id: str, owner: str, lease_seconds: float, pro
 
 
 def complete(db: Database, video_id: str, owner: str, *, assets: str, content_hash: str, gen_seconds: float,
-             note: str | None, ttl_seconds: float | None, weights_sha256: str | None = None) -> bool:
+             note: str | None, ttl_seconds: float | None, weights_sha256: str | None = None,
+             seconds: str | None = None) -> bool:
     """Mark a job completed (if it is still ``owner``'s); ``weights_sha256``, the model that made it, joins its
-    parameters, so the Video object says which weights made the clip, not only the MP4's tags."""
+    parameters, so the Video object says which weights made the clip, not only the MP4's tags; ``seconds``, the
+    length of the file made, replaces the one reported so far (an upload's header can promise a frame more
+    than it decodes to)."""
     now = time.time()
     with db.transaction() as tx:
         row = tx.one("SELECT params FROM jobs WHERE id = ?", (video_id,))
@@ -172,10 +208,11 @@ def complete(db: Database, video_id: str, owner: str, *, assets: str, content_ha
         if weights_sha256:
             params["weights_sha256"] = weights_sha256
         return tx.execute("UPDATE jobs SET status = 'completed', progress = 100, completed_at = ?, expires_at = ?, "
-                          "assets = ?, content_hash = ?, gen_seconds = ?, note = ?, params = ?, lease_owner = NULL "
+                          "assets = ?, content_hash = ?, gen_seconds = ?, note = ?, params = ?, lease_owner = NULL, "
+                          "seconds = COALESCE(?, seconds) "
                           "WHERE id = ? AND lease_owner = ? AND deleted_at IS NULL AND status = 'in_progress'",
                           (now, now + ttl_seconds if ttl_seconds else None, assets, content_hash, gen_seconds,
-                           note, json.dumps(params), video_id, owner)) == 1
+                           note, json.dumps(params), seconds, video_id, owner)) == 1
 
 
 def fail(db: Database, video_id: str, owner: str, code: str, message: str) -> bool:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 
 class VideoError(BaseModel):
@@ -57,6 +57,14 @@ class RequestBody(BaseModel):
     so a misspelt option is never dropped in silence."""
 
     model_config = ConfigDict(extra="forbid")
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_booleans(cls, value: Any, info: ValidationInfo) -> Any:
+        """true is not a number: pydantic would take it as 1 (a 1 s storyboard, seed 1, strength 1)."""
+        if isinstance(value, bool) and cls.model_fields[info.field_name].annotation not in (bool, "bool"):
+            raise ValueError("expected a number or text, not true/false")
+        return value
 
 
 class RemixBody(RequestBody):
