@@ -183,9 +183,20 @@ def test_sigterm_keeps_a_playable_partial_clip(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "moviola.cli", "generate", "a red circle falls", "--seconds", "60",
                              "--steps", "2", "-o", str(out)], stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
-    while time.time() < deadline and not any(p.name.startswith(".long.tmp") and p.stat().st_size > 1000
-                                             for p in tmp_path.iterdir()):
-        time.sleep(0.2)  # until the first window is written
+
+    def written() -> bool:  # the first window is in the hidden temp file
+        for p in tmp_path.iterdir():
+            try:
+                if p.name.startswith(".long.tmp") and p.stat().st_size > 1000:
+                    return True
+            except FileNotFoundError:  # renamed into place a moment ago
+                pass
+        return False
+
+    while time.time() < deadline and proc.poll() is None and not written():
+        time.sleep(0.2)
+    assert proc.poll() is None, f"generate ended before it was stopped: {proc.communicate()[1][-2000:]}"
+    assert written(), "no window written in 120 s"
     os.kill(proc.pid, signal.SIGTERM)
     err = proc.communicate(timeout=120)[1]
     assert proc.returncode == 130, err

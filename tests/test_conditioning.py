@@ -932,3 +932,56 @@ def test_remix_stream_yields_window_by_window_what_remix_returns(pipe):
     assert len(chunks) > 1 and sum(len(c) for c in chunks) == len(src)
     assert np.array_equal(np.concatenate(chunks), pipe.remix(src, "a blue square", strength=0.5, width=32,
                                                              height=32, seed=2))
+
+
+def _count_windows(monkeypatch) -> list:
+    """Record each window the pipeline samples (a spy on Pipeline.window)."""
+    calls, real = [], Pipeline.window
+
+    def window(self, *a, **kw):
+        calls.append(1)
+        return real(self, *a, **kw)
+
+    monkeypatch.setattr(Pipeline, "window", window)
+    return calls
+
+
+def test_streams_hand_out_each_window_before_making_the_next(monkeypatch):
+    """remix_stream and extend_stream really stream: the first chunk comes after one window is sampled, not
+    after the whole clip (the other tests compare a stream with its own concatenation, which a stream that
+    made everything first would pass too)."""
+    pipe = _pipe(cond=True)
+    calls = _count_windows(monkeypatch)
+    stream = pipe.remix_stream(_clip(40), "a blue square", strength=0.5, seed=2, **SIZE)
+    assert calls == []  # nothing made before the first chunk is asked for
+    next(stream)
+    assert len(calls) == 1
+    calls.clear()
+    stream = pipe.extend_stream(_clip(6), "x", seconds=3, **SIZE)
+    next(stream)  # the source, as it was
+    assert calls == []
+    next(stream)
+    assert len(calls) == 1
+
+
+def test_model_folder_settings_change_what_is_sampled():
+    """A negative prompt, the folder's noise_frame_corr and its guidance_interval each reach the sampler (tests
+    had read them back from config.json only)."""
+    pipe = _pipe(cond=False)
+    kw = dict(seconds=1, seed=3, **SIZE)
+    base = pipe("a red circle", **kw)
+    assert np.array_equal(pipe("a red circle", **kw), base)
+    assert not np.array_equal(pipe("a red circle", negative_prompt="blue", **kw), base)
+    plain = pipe.config
+    for change in (dict(noise_frame_corr=0.5), dict(guidance_interval=(0.0, 0.4))):
+        pipe.config = dataclasses.replace(plain, **change)
+        assert not np.array_equal(pipe("a red circle", **kw), base), change
+    pipe.config = plain
+
+
+def test_a_vae_of_other_factors_is_refused():
+    """The window arithmetic is the 4x temporal, 8x spatial VAE's: one that halves time only once had been
+    accepted, and extend then marked 2 latent frames known for 3 given frames (one regenerated in silence)."""
+    vae = CausalVAE(dataclasses.replace(VAE_PRESETS["tiny"], temporal_downsample=(False, True, False)))
+    with pytest.raises(ValueError, match="compresses 2x in time.*need 4x and 8x"):
+        Pipeline(vae, random_dit(5), HashText(), PipelineConfig())

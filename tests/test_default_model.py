@@ -160,3 +160,22 @@ def test_from_pretrained_defaults_to_the_shipped_model():
     from moviola.pipeline import Pipeline
 
     assert Pipeline.from_pretrained().source_dir == DEFAULT_MODEL_DIR
+
+
+def test_the_renderer_takes_no_part_in_generation():
+    """The house rule: a generated clip comes from the learned model alone. Loading the shipped model, making a
+    clip and extending it, and importing the server's job runner and the CLI load no moviola.world module."""
+    import textwrap
+
+    script = textwrap.dedent("""
+        import sys
+        from moviola.pipeline import Pipeline
+        import moviola.cli, moviola.server.generate, moviola.server.worker
+        pipe = Pipeline.from_pretrained()
+        clip = pipe("a red circle moves right", width=64, height=64, seconds=1, steps=1, seed=0)
+        pipe.extend(clip, "it keeps moving", seconds=1, steps=1, seed=0)
+        print(sorted(m for m in sys.modules if m.startswith("moviola.world")))
+    """)
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.strip().splitlines()[-1] == "[]"

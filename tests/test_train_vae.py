@@ -21,17 +21,23 @@ def losses(out):
 def test_resume_continues_the_same_loss_curve(tmp_path):
     straight = tmp_path / "a"
     cfg = load_config(TrainVAEConfig, None, TINY + ["optim.steps=6", "ckpt_every=3", f"out='{straight}'"])
-    train_vae(cfg)
+    straight_model = train_vae(cfg)
     # Interrupted after 3 steps (the checkpoint then), resumed to 6.
     resumed = tmp_path / "b"
     cfg3 = load_config(TrainVAEConfig, None, TINY + ["optim.steps=6", "ckpt_every=3", f"out='{resumed}'"])
     cfg3.optim.steps = 3
     train_vae(cfg3)
     assert len(losses(resumed)) == 3
-    train_vae(load_config(TrainVAEConfig, None, TINY + ["optim.steps=6", "ckpt_every=3", f"out='{resumed}'"]))
+    resumed_model = train_vae(load_config(TrainVAEConfig, None, TINY + ["optim.steps=6", "ckpt_every=3",
+                                                                        f"out='{resumed}'"]))
     a, b = losses(straight), losses(resumed)
     assert len(a) == len(b) == 6
     assert torch.allclose(torch.tensor(a), torch.tensor(b), rtol=1e-5, atol=1e-6)
+    # the same saved model too: the EMA weights, which the losses (the live weights') would not show lost
+    from safetensors.torch import load_file
+
+    wa, wb = (load_file(m / "vae.safetensors") for m in (straight_model, resumed_model))
+    assert max((wa[k] - wb[k]).abs().max().item() for k in wa) < 1e-6
 
 
 def test_batches_made_by_worker_processes_give_the_same_loss_curve(tmp_path):

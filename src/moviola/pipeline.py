@@ -65,6 +65,16 @@ class GenerationError(ValueError):
     """A request the model cannot serve (size, duration, steps...), with the allowed range."""
 
 
+def check_vae_factors(cfg) -> None:
+    """The window arithmetic here (4k + 1 frames, known latent frames, sizes in multiples of 16 for a 2x2
+    patch) is the field's 4x temporal, 8x spatial autoencoder's: another VAE would be accepted and then
+    regenerate frames it was given, so it is refused. ``cfg``: a VAEConfig."""
+    if (cfg.temporal_factor, cfg.spatial_factor) != (4, 8):
+        raise ValueError(f"the VAE compresses {cfg.temporal_factor}x in time and {cfg.spatial_factor}x in space; "
+                         "Moviola's pipeline and DiT training need 4x and 8x (temporal_downsample with two True, "
+                         "channel_mult with four levels)")
+
+
 @dataclass
 class PipelineConfig:
     """What a model folder says about how to run it."""
@@ -178,6 +188,7 @@ class Pipeline:
         if vae.config.latent_channels != dit.config.in_channels:
             raise ValueError(f"the VAE makes {vae.config.latent_channels}-channel latents but the DiT takes "
                              f"{dit.config.in_channels}: they were not trained together")
+        check_vae_factors(vae.config)
         self.device = torch.device(device)
         self.vae = vae.to(self.device).eval()
         self.dit = dit.to(self.device).eval()

@@ -178,10 +178,15 @@ def load_checkpoint(path: Path, *, model: nn.Module, ema: EMA, optimizer: torch.
     restore_module(model, state, path, "model")
     restore_module(ema.model, state, path, "ema")
     optimizer.load_state_dict(state["optimizer"])
+    restore_rng(state)
+    return state
+
+
+def restore_rng(state: dict) -> None:
+    """The global random states a checkpoint saved: torch's CPU one and, where there are GPUs, theirs."""
     torch.set_rng_state(state["rng"]["torch"])
     if state["rng"].get("cuda") is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["rng"]["cuda"])
-    return state
 
 
 class JsonlLog:

@@ -54,7 +54,7 @@ from moviola.models.text import load_text_encoder
 from moviola.models.vae import CausalVAE
 from moviola.train import distributed as D
 from moviola.train.common import (EMA, JsonlLog, OptimConfig, autocast, lr_at, make_optimizer, read_checkpoint,
-                                  remove_stale_temps, restore_module, write_checkpoint)
+                                  remove_stale_temps, restore_module, restore_rng, write_checkpoint)
 from moviola.video_io import atomic_path, ensure_dir
 
 if TYPE_CHECKING:  # the pipeline imports the training side lazily; here only for annotations
@@ -490,7 +490,7 @@ class _Scalars:
 def train_dit(cfg: TrainDiTConfig, *, on_step=None, on_cache=None) -> Path:
     """Build the cache if needed, train (or resume), and save the model folder (or LoRA adapter) on rank 0;
     returns its path (on every rank)."""
-    from moviola.pipeline import Pipeline, PipelineConfig
+    from moviola.pipeline import Pipeline, PipelineConfig, check_vae_factors
 
     t_start = time.time()
     if cfg.grad_accum < 1:
@@ -519,6 +519,7 @@ def train_dit(cfg: TrainDiTConfig, *, on_step=None, on_cache=None) -> Path:
             save_config(cfg, out / "config.json")
         log = _Scalars(out, cfg, world.main)  # first: a missing optional logger fails before any work
         vae = CausalVAE.from_pretrained(vae_dir, device=device)
+        check_vae_factors(vae.config)  # before a cache is made in a latent space the pipeline cannot use
         if base_dir is not None:
             pcfg = PipelineConfig.from_dict(read_config(base_dir, "pipeline"))
         else:
@@ -587,7 +588,7 @@ def train_dit(cfg: TrainDiTConfig, *, on_step=None, on_cache=None) -> Path:
         opt = make_optimizer(trained, cfg.optim)
         if state is not None:
             D.load_optimizer_state(opt, state["optimizer"])
-            torch.set_rng_state(state["rng"]["torch"])
+            restore_rng(state)  # the GPUs' too (it had restored the CPU's only)
             del state
         if world.main:  # a run killed before its first checkpoint starts over at 0: its rows go too
             log.jsonl.truncate_after(step)
