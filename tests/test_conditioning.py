@@ -985,3 +985,24 @@ def test_a_vae_of_other_factors_is_refused():
     vae = CausalVAE(dataclasses.replace(VAE_PRESETS["tiny"], temporal_downsample=(False, True, False)))
     with pytest.raises(ValueError, match="compresses 2x in time.*need 4x and 8x"):
         Pipeline(vae, random_dit(5), HashText(), PipelineConfig())
+
+
+@pytest.mark.parametrize("limits", [dict(min_side=32, max_side=128, side_multiple=16),
+                                    dict(min_side=128, max_side=512, side_multiple=16),
+                                    dict(min_side=48, max_side=192, side_multiple=48)])
+def test_footage_is_sized_alike_by_the_pipeline_and_the_server(limits):
+    """The size made from footage of any shape is one the model allows, and the CLI (Pipeline.size_for) and the
+    API (ModelInfo.size_for) choose the same: the pipeline's own copy had put 1080p footage into 128x128 for a
+    model of sides 128-512 (the server: 512x288) and chosen 96x64 for one of multiples of 48, then refused it."""
+    from pathlib import Path
+
+    from moviola.server.generate import ModelInfo
+
+    pipe = _pipe(cond=True)
+    pipe.config = dataclasses.replace(pipe.config, **limits)
+    info = ModelInfo(name="m", directory=Path("."), **limits)
+    for w, h in [(1920, 1080), (1080, 1920), (640, 480), (2350, 1000), (97, 61), (64, 64)]:
+        got = pipe.size_for(w, h)
+        assert got == info.size_for(w, h)
+        assert info.supports(*got), (limits, (w, h), got)
+    assert pipe.size_for(1920, 1080) == {128: (96, 64), 512: (512, 288), 192: (192, 96)}[limits["max_side"]]

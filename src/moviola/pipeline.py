@@ -42,6 +42,7 @@ from moviola.layout import CONFIG_NAME, config_text, missing_parts, read_config
 from moviola.models.dit import DiT, frame_cond
 from moviola.models.text import load_text_encoder
 from moviola.models.vae import CausalVAE
+from moviola.sizes import size_for
 
 PIPELINE_FILE = CONFIG_NAME  # the model folder's own config.json (moviola.layout)
 # The captions a model (or adapter) trained on, its base model's included, so evaluation can avoid them.
@@ -405,12 +406,10 @@ class Pipeline:
         return self.fit_video(video, width, height, name), width, height
 
     def size_for(self, width: int, height: int) -> tuple[int, int]:
-        """The size this model makes that is closest in aspect ratio to a (width, height) source: the
-        trained sizes when the model says them, else squares and 3:2 at the default side."""
-        sizes = [(64, 64), (96, 64), (64, 96)]
+        """The size this model makes from a (width, height) source: the trained size nearest in aspect ratio
+        that it allows, else its allowed size nearest in shape (``moviola.sizes.size_for``, as the server)."""
         c = self.config
-        sizes = [(w, h) for w, h in sizes if c.min_side <= min(w, h) and max(w, h) <= c.max_side] or [(c.min_side,) * 2]
-        return min(sizes, key=lambda s: abs(math.log((s[0] / s[1]) / (width / height))))
+        return size_for(width, height, c.min_side, c.max_side, c.side_multiple)
 
     # --- one window ------------------------------------------------------------------------------
 

@@ -11,7 +11,7 @@ with the closest aspect ratio (ties: the nearest in area) and the response repor
 
 Any other size is a 400 that names the allowed values. No size means ``DEFAULT_SIZE`` (64x64); an
 uploaded video with no size asked for is made at the trained size nearest its aspect ratio
-(64x64, 96x64 or 64x96, as ``Pipeline.size_for``).
+(64x64, 96x64 or 64x96: ``moviola.sizes.size_for``).
 
 Seconds: any number given as a string ("2", "2.5") up to ``ModelInfo.longest``: a model trained with
 known frames (its DiT config's ``cond_channels > 0``) makes clips window by window, so up to its
@@ -44,6 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from moviola import sizes
 from moviola.layout import CONFIG_NAME, config_path, read_config
 
 DEFAULT_SIZE = (64, 64)
@@ -55,7 +56,6 @@ SORA_MODELS = ("sora-2", "sora-2-pro", "sora-2-2025-10-06", "sora-2-pro-2025-10-
 DEFAULT_MAX_SECONDS = 60.0  # the server's own limit on one video (create, extension total, storyboard)
 REMIX_STRENGTH = 0.6  # remix and edit: how far from the source (0 keeps it, 1 ignores it)
 MAX_CARDS = 32  # storyboard cards in one request
-TRAINED_SIZES = ((64, 64), (96, 64), (64, 96))  # Pipeline.size_for's choices for uploaded footage
 
 
 class RequestProblem(ValueError):
@@ -139,18 +139,15 @@ class ModelInfo:
                 f"(generated at {', '.join(f'{w}x{h}' for w, h in map(self.sora_size, SORA_SIZES))})")
 
     def supports(self, w: int, h: int) -> bool:
-        return all(self.min_side <= s <= self.max_side and s % self.side_multiple == 0 for s in (w, h))
+        return sizes.allowed(w, h, self.min_side, self.max_side, self.side_multiple)
 
     def closest_size(self, w: int, h: int) -> tuple[int, int]:
         """The supported size nearest in aspect ratio to w:h (ties: the nearest in area)."""
-        aspect, area = math.log(w / h), math.log(w * h)
-        return min(((a, b) for a in self.sides() for b in self.sides()),
-                   key=lambda s: (round(abs(math.log(s[0] / s[1]) - aspect), 9), abs(math.log(s[0] * s[1]) - area)))
+        return sizes.closest_size(w, h, self.min_side, self.max_side, self.side_multiple)
 
     def size_for(self, w: int, h: int) -> tuple[int, int]:
-        """The trained size nearest in aspect ratio to footage of w x h (``Pipeline.size_for``)."""
-        sizes = [s for s in TRAINED_SIZES if self.supports(*s)] or [self.closest_size(w, h)]
-        return min(sizes, key=lambda s: abs(math.log((s[0] / s[1]) / (max(w, 1) / max(h, 1)))))
+        """The size made from footage of w x h: ``moviola.sizes.size_for``, as the pipeline and CLI choose it."""
+        return sizes.size_for(w, h, self.min_side, self.max_side, self.side_multiple)
 
     def sora_size(self, text: str) -> tuple[int, int]:
         w, h = (int(v) for v in text.split("x"))
