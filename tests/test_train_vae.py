@@ -1,6 +1,7 @@
 """VAE training on a tiny config: loss goes down, resume continues the same loss curve, model saves."""
 
 import json
+from pathlib import Path
 
 import torch
 
@@ -269,3 +270,20 @@ def test_a_vae_trained_on_footage_carries_its_provenance(tmp_path, capsys):
     other = tmp_path / "dit2"
     other.mkdir()
     assert carry(None, None, other, vae_dir=whole) is None
+
+
+def test_init_from_default_carries_the_shipped_models_records_not_a_local_folders(tmp_path, monkeypatch):
+    """``init_from = "default"`` names the shipped model for the weights and for the provenance alike: the
+    provenance had been read from a folder called "default" in the working directory."""
+    from moviola import DEFAULT_MODEL_DIR
+    from moviola.layout import model_dir
+    from moviola.train.vae import _write_provenance
+
+    assert model_dir("default") == DEFAULT_MODEL_DIR and model_dir("runs/x") == Path("runs/x")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "default" / "vae").mkdir(parents=True)
+    (tmp_path / "default" / "vae" / "provenance.jsonl").write_text(json.dumps({"path": "someone_elses.mp4"}) + "\n")
+    (tmp_path / "out" / "model").mkdir(parents=True)
+    _write_provenance([], tmp_path / "out", "default")
+    written = tmp_path / "out" / "model" / "provenance.jsonl"
+    assert not written.exists() or "someone_elses" not in written.read_text()

@@ -27,6 +27,16 @@ CLASS_NAMES = {"vae": "CausalVAE", "dit": "DiT", "pipeline": "Pipeline"}
 LEGACY_CONFIG = {"vae": "vae.json", "dit": "dit.json", "pipeline": "pipeline.json"}
 
 
+def model_dir(name: str | Path) -> Path:
+    """A model folder named as configs and commands name it: ``default`` is the shipped model, anything else a
+    path (one rule for every init_from, so a run's provenance and weights come from the same folder)."""
+    if str(name) == "default":
+        from moviola import DEFAULT_MODEL_DIR
+
+        return DEFAULT_MODEL_DIR
+    return Path(name)
+
+
 def part_dir(folder: str | Path, part: str) -> Path:
     """The folder holding ``part``'s files: ``folder/part`` in a model folder, else ``folder`` itself (a part
     saved alone, or a model folder of the old flat layout)."""

@@ -727,7 +727,9 @@ class Pipeline:
         clip's latents noised to where they start (0 keeps the clip, 1 ignores it; the time shift puts that
         start above ``strength``, so 0.5 already remakes much of it). Clips longer than a window are remixed window by
         window, each after the last 5 frames remixed. Returns as many frames as the (fitted) source. ``fps``: the
-        rate ``video`` is at (default the model's); the result keeps its frames at that rate."""
+        rate ``video`` is at (default the model's), for the length checks only: the clip is remixed frame for
+        frame, nothing is resampled (the model takes its frames as if at its own rate), so the result has the
+        source's frame count and rate."""
         return np.concatenate(list(self.remix_stream(
             video, prompt, strength=strength, width=width, height=height, fps=fps, steps=steps, guidance=guidance,
             seed=seed, negative_prompt=negative_prompt, sampler=sampler, callback=callback)))

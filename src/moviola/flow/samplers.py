@@ -40,9 +40,6 @@ from moviola.flow.path import timesteps as make_timesteps
 ModelFn = Callable[[Tensor, Tensor], Tensor]
 Callback = Callable[[int, int], None] | None
 
-SAMPLERS = ("euler", "heun", "dpm++", "unipc")
-
-
 def make_noise(shape: tuple[int, ...], seed: int, device: torch.device | str | None = None,
                dtype: torch.dtype = torch.float32, frame_corr: float = 0.0) -> Tensor:
     """Standard normal noise drawn by a CPU generator, then moved to `device`: the same seed gives the
@@ -194,6 +191,7 @@ def unipc(model_fn: ModelFn, noise: Tensor, timesteps: Tensor, callback: Callbac
 
 
 SOLVERS: dict[str, Callable[..., Tensor]] = {"euler": euler, "heun": heun, "dpm++": dpmpp_2m, "unipc": unipc}
+SAMPLERS = tuple(SOLVERS)  # their names, one list (it had been written twice)
 
 
 @torch.no_grad()

@@ -1,7 +1,9 @@
 """Moviola's diffusion transformer: a DiT over spacetime patches of VAE latents, conditioned on text.
 
 The model maps noisy latents x_t, the flow time t in [0, 1] and text tokens to a velocity of the same
-shape as the latents; it knows nothing of noise schedules (those live in `moviola.flow`).
+shape as the latents; it knows nothing of noise schedules (those live in `moviola.flow`), save that a model
+configured to predict the clean sample (`prediction="sample"`, unused by the shipped configs) converts it to a
+velocity through `flow.path.velocity_from_sample` before returning.
 
     x (B, C, T, H, W) --patchify--> tokens (B, N, D), N = T/pt * H/ph * W/pw   (+ absolute place, if abs_pos)
     t (B,) -> sinusoid -> MLP (+ pooled text) = c (B, D) --adaLN--> shift/scale/gate of every block

@@ -13,21 +13,24 @@ Any other size is a 400 that names the allowed values. No size means ``DEFAULT_S
 uploaded video with no size asked for is made at the trained size nearest its aspect ratio
 (64x64, 96x64 or 64x96: ``moviola.sizes.size_for``).
 
-Seconds: any number given as a string ("2", "2.5") up to ``ModelInfo.longest``: a model trained with
+Seconds: any number given as a string ("2", "2.5"; made a whole number of frames) up to ``ModelInfo.longest``:
+a model trained with
 known frames (its DiT config's ``cond_channels > 0``) makes clips window by window, so up to its
 ``max_total_seconds`` capped by the server's own limit (``DEFAULT_MAX_SECONDS`` = 60 s, the length of
 Sora's headline clips; a longer clip is a long CPU job); a text-only model makes one window, up to its
 ``max_seconds`` (4 s). Clips are streamed to disk window by window (``Result.frames`` may be an iterator),
-so a job's memory does not grow with its length. No seconds means "4", the SDK's documented default.
+so a job's memory does not grow with its length (backward extensions excepted). No seconds means "4", the SDK's documented default.
 Models: the served model's name, or Sora's names as aliases for it (code written for Sora runs unchanged).
 
 Abilities (``moviola.pipeline``), called with their own signatures:
 
 - create: ``Pipeline.stream`` (text-to-video; with ``input_reference`` its ``image`` is frame 0, which is
   what ``Pipeline.image_to_video`` does, streamed);
-- remix and edit (of a stored or an uploaded video): ``Pipeline.remix`` at ``strength`` (default
-  ``REMIX_STRENGTH``), as many frames as the source;
-- extension: ``Pipeline.extend``, the stitched clip (source + new; the Video's ``seconds`` is the total);
+- remix and edit (of a stored or an uploaded video): ``Pipeline.remix_stream`` at ``strength`` (default
+  ``REMIX_STRENGTH``), as many frames as the source, written as they come;
+- extension: the stitched clip (source + new; the Video's ``seconds`` is the total): forwards
+  ``Pipeline.extend_stream`` (written as it comes), backwards ``Pipeline.extend`` (made whole: the new frames
+  come first);
 - storyboard (a Moviola endpoint): ``Pipeline.storyboard``, its chunks written as they come.
 
 Everything but text-to-video needs a model trained with known frames; the API answers 400 with code
@@ -337,9 +340,12 @@ def run_job(pipe: Any, job: dict[str, Any], params: dict[str, Any], *, source: P
         # the source's length as checked and charged: an extension's total less its new seconds
         checked = seconds - float(params["extension_seconds"]) if kind == "extension" else seconds
         video = load_video(source, w, h, fps, max_seconds=checked)
-        if kind == "extension":
-            out = pipe.extend(video, prompt, seconds=float(params["extension_seconds"]),
-                              backward=bool(params.get("backward", False)), **common)
+        new_seconds = float(params["extension_seconds"]) if kind == "extension" else 0.0
+        if kind == "extension" and not params.get("backward"):  # the source, then each window as it comes
+            return Result(pipe.extend_stream(video, prompt, seconds=new_seconds, **common), fps,
+                          len(video) + max(1, round(new_seconds * fps)))
+        if kind == "extension":  # backwards: the new frames come before the source, made whole
+            out = pipe.extend(video, prompt, seconds=new_seconds, backward=True, **common)
         else:  # window by window, written as it comes
             return Result(pipe.remix_stream(video, prompt, strength=float(params.get("strength", REMIX_STRENGTH)),
                                             **common), fps, len(video))

@@ -47,7 +47,7 @@ from moviola.data.latent_cache import (LatentCache, WorldCacheConfig, build_worl
                                       cache_identity)
 from moviola.flow.path import (add_noise, flow_loss, frame_noise, sample_time, shift_for_tokens, temporal_loss,
                                velocity_target)
-from moviola.layout import missing_parts, part_weights, read_config
+from moviola.layout import missing_parts, model_dir, part_weights, read_config
 from moviola.models.dit import DiT, DiTConfig, PRESETS, frame_cond, with_conditioning, with_extras
 from moviola.models.lora import LoRAConfig, inject_lora, lora_disabled, merge_lora, save_lora
 from moviola.models.text import load_text_encoder
@@ -97,8 +97,9 @@ class SamplingDefaults:
 
 @dataclass
 class TrainDiTConfig:
-    # With init_from only model.abs_pos and model.text_refiner are read: they add absolute-position embeddings or
-    # text refiner blocks (starting as the identity) to a base without them; every other field is the base's.
+    # With init_from only model.abs_pos, model.text_refiner and model.gradient_checkpointing are read: the first two
+    # add absolute-position embeddings or text refiner blocks (starting as the identity) to a base without them,
+    # the third trades compute for memory; every other field is the base's.
     model: DiTConfig = field(default_factory=lambda: dataclasses.replace(PRESETS["small"]))
     vae: str = ""  # folder with vae.safetensors; "" = the shipped default model folder (or init_from's)
     text_encoder: str = "minilm"  # unused with init_from (the folder's config.json names it)
@@ -177,11 +178,9 @@ def _resolve_vae_dir(cfg: TrainDiTConfig) -> Path:
 
 def init_dir(cfg: TrainDiTConfig) -> Path | None:
     """The model folder to fine-tune, or None to train from scratch."""
-    from moviola import DEFAULT_MODEL_DIR
-
     if not cfg.init_from:
         return None
-    d = DEFAULT_MODEL_DIR if cfg.init_from == "default" else Path(cfg.init_from)
+    d = model_dir(cfg.init_from)
     missing = missing_parts(d)
     if missing:
         raise FileNotFoundError(f"init_from {cfg.init_from!r}: {d} is not a Moviola model folder "
@@ -499,6 +498,8 @@ def train_dit(cfg: TrainDiTConfig, *, on_step=None, on_cache=None) -> Path:
         raise ValueError("give init_from (its folder's VAE is used) or vae, not both")
     if cfg.motion_loss < 0:
         raise ValueError(f"motion_loss must be >= 0, got {cfg.motion_loss}")
+    if not 0 <= cfg.noise_frame_corr < 1:  # here, before the VAE is loaded or a cache made
+        raise ValueError(f"noise_frame_corr must be in [0, 1), got {cfg.noise_frame_corr}")
     if cfg.transition_prob > 0 and not cfg.cond_prob > 0:
         raise ValueError("transition_prob needs cond_prob > 0: scene changes are trained with known frames")
     if cfg.transition_prob > 0 and not (cfg.data.transitions > 0 or cfg.data.cache_dir):
@@ -525,8 +526,6 @@ def train_dit(cfg: TrainDiTConfig, *, on_step=None, on_cache=None) -> Path:
         else:
             pcfg = PipelineConfig(text_encoder=cfg.text_encoder, fps=cfg.data.fps, guidance=cfg.guidance)
         pcfg = _with_sampling(pcfg, cfg.sampling)
-        if not 0 <= cfg.noise_frame_corr < 1:
-            raise ValueError(f"noise_frame_corr must be in [0, 1), got {cfg.noise_frame_corr}")
         if cfg.noise_frame_corr:  # else a fine-tune keeps its base's prior
             pcfg = dataclasses.replace(pcfg, noise_frame_corr=cfg.noise_frame_corr)
         text = _LazyText(pcfg.text_encoder)

@@ -36,7 +36,7 @@ from torch import Tensor, nn
 from moviola.config import save_config, to_dict
 from moviola.data.clips import ClipBatches, ClipDataConfig, eval_clips, psnr
 from moviola.data.parallel import ordered_map
-from moviola.layout import part_weights
+from moviola.layout import model_dir, part_weights
 from moviola.models.vae import CausalVAE, VAEConfig
 from moviola.train.common import (EMA, JsonlLog, OptimConfig, autocast, load_checkpoint, lr_at, make_optimizer,
                                   pick_device, read_checkpoint, remove_stale_temps, save_checkpoint)
@@ -228,10 +228,7 @@ def _start_decoder_phase(model: CausalVAE, ema: EMA, cfg: TrainVAEConfig) -> tor
 def _init_from(model: CausalVAE, folder: Path) -> None:
     """Load a saved VAE's encoder and latent statistics into ``model`` (and its decoder if the shapes match).
     ``default`` names the shipped model folder."""
-    if str(folder) == "default":
-        from moviola import DEFAULT_MODEL_DIR
-
-        folder = DEFAULT_MODEL_DIR
+    folder = model_dir(folder)
     if not part_weights(folder, "vae").is_file():
         raise FileNotFoundError(f"init_from: {folder} has no VAE ({part_weights(folder, 'vae')})")
     base = CausalVAE.from_pretrained(folder)
@@ -434,4 +431,4 @@ def _write_provenance(clips: list, out: Path, init_from: str | None) -> None:
         run = out / MANIFEST
         with atomic_path(run) as tmp:
             tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    carry(run, part_dir(init_from, "vae") if init_from else None, out / "model")
+    carry(run, part_dir(model_dir(init_from), "vae") if init_from else None, out / "model")
