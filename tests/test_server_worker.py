@@ -264,6 +264,11 @@ def test_adapter_calls_the_abilities_with_their_real_signatures(tmp_path):
             new = np.zeros((round(kw["seconds"] * 8), 64, 64, 3), np.uint8)
             return np.concatenate([video, new])  # the whole stitched clip, as Pipeline.extend
 
+        def extend_stream(self, video, prompt, **kw):
+            self._bind("extend_stream", video, prompt, **kw)
+            new = np.zeros((round(kw["seconds"] * 8), 64, 64, 3), np.uint8)
+            return iter([video, new[:3], new[3:]])  # the source, then each window, as Pipeline.extend_stream
+
         def remix_stream(self, video, prompt, **kw):
             self._bind("remix_stream", video, prompt, **kw)
             return iter([video[::-1][:3], video[::-1][3:]])  # window by window, as Pipeline.remix_stream
@@ -281,9 +286,14 @@ def test_adapter_calls_the_abilities_with_their_real_signatures(tmp_path):
                   source=src)
     name, (video, _), kw = p.got
     n_src = len(read_video(src).frames) * 8 // 12  # resampled to the model's 8 fps
-    assert name == "extend" and video.shape == (n_src, 64, 64, 3) and kw["seconds"] == 1.0 and not kw["backward"]
-    assert out.frames.shape == (n_src + 8, 64, 64, 3) and out.total == n_src + 8
-    assert out.frames[:n_src].mean() > 150 and out.frames[n_src:].max() == 0  # source first, then the new frames
+    assert name == "extend_stream" and video.shape == (n_src, 64, 64, 3) and kw["seconds"] == 1.0
+    stitched = np.concatenate(list(out.chunks()))  # forwards: streamed, source first, then the new frames
+    assert stitched.shape == (n_src + 8, 64, 64, 3) and out.total == n_src + 8
+    assert stitched[:n_src].mean() > 150 and stitched[n_src:].max() == 0
+    out = run_job(p, {"kind": "extension", "prompt": "x"},
+                  {**base, "seconds": 2.0, "extension_seconds": 1.0, "backward": True}, source=src)
+    name, (video, _), kw = p.got
+    assert name == "extend" and kw["backward"] and out.frames.shape == (n_src + 8, 64, 64, 3)
     out = run_job(p, {"kind": "edit", "prompt": "x"}, {**base, "strength": 0.25}, source=src)
     edited = np.concatenate(list(out.chunks()))
     assert p.got[0] == "remix_stream" and p.got[2]["strength"] == 0.25 and edited.shape == (n_src, 64, 64, 3)
