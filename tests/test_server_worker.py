@@ -8,6 +8,7 @@ import os
 import signal
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -235,6 +236,26 @@ def test_a_storage_error_requeues_the_job_then_fails_it_by_name(env, monkeypatch
     assert not (tmp / "storage" / "uploads" / vid).exists()
     assert jobs.to_video(db.one("SELECT * FROM jobs WHERE id = ?", (vid,)))["moviola"]["expired"] is False
 
+
+
+def test_an_output_that_cannot_be_written_is_a_storage_error(env, monkeypatch):
+    """The video file failing to write (a full disk, as VideoWriter reports it) is the storage's problem: retried,
+    recorded as storage_error; it had failed the job at once as invalid_request, blaming "the source file"."""
+    import moviola.video_io as V
+
+    db, key, tmp = env
+    (vid,) = _queue(db, key)
+    w = _worker(tmp, tmp / "q.db", FakePipe())
+
+    def full(self, frames):
+        raise V.VideoError(self.path, "could not write video (No space left on device)")
+
+    monkeypatch.setattr(V.VideoWriter, "write", full)
+    w.run_one(jobs.claim(db, w.owner, 5))
+    row = db.one("SELECT * FROM jobs WHERE id = ?", (vid,))
+    assert row["status"] == "in_progress" and row["error_code"] == "storage_error", dict(row)
+    assert "No space left on device" in row["error_message"] and "source" not in row["error_message"]
+    assert str(tmp) not in row["error_message"]
 
 def test_adapter_calls_the_abilities_with_their_real_signatures(tmp_path):
     import inspect
@@ -550,3 +571,27 @@ def test_a_running_worker_is_seen_alive_and_forgotten_when_it_stops(env):
         thread.join(10)
     assert not thread.is_alive() and jobs.live_workers(db) == 0
     assert not db.query("SELECT name FROM meta WHERE name LIKE 'worker:%'")
+
+
+def test_files_no_job_names_are_swept_and_a_finished_job_keeps_one_copy(env):
+    """A request killed between storing its upload and queuing its job left uploads no sweep removed; a worker
+    killed after moving its outputs into place and before recording them left a second copy beside the
+    finished attempt's. Folders with no job row go once an hour old; a completed job keeps only its own."""
+    import os
+
+    db, key, tmp = env
+    (vid,) = _queue(db, key)
+    w = _worker(tmp, tmp / "q.db", FakePipe())
+    dead = w.storage.new_attempt_dir(vid)  # the killed attempt's files, moved into place
+    (dead / "video.mp4").write_bytes(b"x" * 100)
+    w.run_one(jobs.claim(db, w.owner, 5))
+    row = db.one("SELECT * FROM jobs WHERE id = ?", (vid,))
+    assert row["status"] == "completed"
+    assert [d.name for d in (tmp / "storage" / "videos" / vid).iterdir()] == [Path(row["assets"]).name]
+    orphan = w.storage.save_upload("video_" + "0" * 32, "source.mp4", b"y" * 100).parent
+    young = w.storage.save_upload("video_" + "1" * 32, "source.mp4", b"y" * 100).parent
+    old = time.time() - 2 * jobs.ORPHAN_SECONDS
+    os.utime(orphan, (old, old))
+    assert jobs.sweep_orphans(db, w.storage) == 1
+    assert not orphan.exists() and young.exists()  # a request may still be uploading into the young one
+    assert (tmp / "storage" / row["assets"]).is_dir()  # a job's own folders stay

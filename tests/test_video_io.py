@@ -853,3 +853,32 @@ def test_forked_data_workers_after_reading_video_do_not_hang(tmp_path):
     except subprocess.TimeoutExpired:
         pytest.fail("a forked worker hung freeing the parent's FFmpeg scaler")
     assert out.returncode == 0 and out.stdout.strip() == "28", out.stderr[-2000:]
+
+
+def test_a_stream_whose_write_fails_is_dropped_cleanly(tmp_path):
+    """A write that fails (a full disk; here the file-size limit) leaves the writer unfinishable: close() drops
+    the temp file and returns None instead of flushing the encoder into the failed muxer, which on a full disk
+    crashed the process inside FFmpeg (a segfault: the server's workers died and the job ended worker_lost)."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(f"""
+        import resource, signal
+        import numpy as np
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (30_000, 30_000))
+        from moviola.video_io import VideoError, VideoWriter
+        w = VideoWriter({str(tmp_path / "a.mp4")!r}, 8)
+        try:
+            for i in range(20):
+                w.write(np.random.default_rng(i).integers(0, 255, (8, 128, 128, 3), dtype=np.uint8))
+        except VideoError as e:
+            print("write failed:", e)
+        print("kept:", w.close(keep=True))
+    """)
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "write failed" in run.stdout and "could not write video" in run.stdout
+    assert run.stdout.strip().endswith("kept: None")
+    assert list(tmp_path.iterdir()) == []  # no temp file, no partial file

@@ -243,7 +243,9 @@ def _run(label: str, make, out: Path, fps: float, meta: dict) -> int:
                     # there before the run, nor of an earlier run's partial clip.
                     kept = writer.close(keep=True, path=_partial_path(out) if existed else None)
                     how = "interrupted" if isinstance(e, KeyboardInterrupt) else "stopped by an error"
-                    if kept is None:
+                    if kept is None and writer.frames_written:  # the file itself failed (a full disk)
+                        print(f"moviola: {how}; nothing kept (the video could not be written)", file=sys.stderr)
+                    elif kept is None:
                         print(f"moviola: {how} before any frame was made", file=sys.stderr)
                     else:
                         note = f" ({out} left as it was)" if existed else ""

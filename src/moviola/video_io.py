@@ -476,6 +476,7 @@ class VideoWriter:
         self._size: tuple[int, int] | None = None
         self._kept: Path | None = None
         self._container = None
+        self._broken = False  # a write failed (a full disk): the file cannot be finished
         if self.path.is_dir():
             raise VideoError(self.path, "could not write video (is a directory)")
         self._tmp = self.path.with_name(f".{self.path.stem}.tmp-{secrets.token_hex(4)}{self.path.suffix}")
@@ -510,13 +511,23 @@ class VideoWriter:
                 self._container.mux(self._stream.encode(frame))
                 self.frames_written += 1
         except (av.FFmpegError, OSError) as e:
+            self._broken = True
             raise VideoError(self.path, f"could not write video ({_reason(e)})") from None
 
     def close(self, keep: bool = True, path: PathLike | None = None) -> Path | None:
         """Finish the file and move it into place (``keep``: at ``path``, by default the writer's own), else
-        delete it. Returns the path kept. A second call returns what the first kept."""
+        delete it. Returns the path kept. A second call returns what the first kept. After a failed write
+        (a full disk) nothing is kept: the temp file is removed and None returned."""
         if self._container is None:
             return self._kept
+        if self._broken:
+            # Flushing the encoder into a muxer whose write failed crashed the process inside FFmpeg (a
+            # segfault on a full disk); closing without the flush is safe, and the file is dropped.
+            container, self._container = self._container, None
+            with contextlib.suppress(av.FFmpegError, OSError):
+                container.close()
+            self._tmp.unlink(missing_ok=True)
+            return None
         try:
             if self._stream is not None:
                 self._container.mux(self._stream.encode())

@@ -174,6 +174,7 @@ def create_app(cfg: ServerConfig) -> FastAPI:
                     if cfg.audit_days > 0:
                         keys.prune_audit(db, cfg.audit_days * 86400.0)
                     jobs.prune_idempotency(db)
+                    jobs.sweep_orphans(db, storage)
                     pruned[0] = time.time()
             except Exception as e:  # never let housekeeping take the server down
                 print(f"moviola serve: expiry sweep failed: {e}", flush=True)
@@ -970,8 +971,10 @@ def create_app(cfg: ServerConfig) -> FastAPI:
                 d = storage.root / sub
                 d.mkdir(exist_ok=True)
                 probe = d / f".healthz-{secrets.token_hex(4)}"
-                probe.write_bytes(b"ok")
-                probe.unlink()
+                try:
+                    probe.write_bytes(b"ok")
+                finally:  # a full disk creates the file and fails the write: it had been left behind each call
+                    probe.unlink(missing_ok=True)
         except OSError as e:
             return JSONResponse({"status": "unhealthy", "model": model.name,
                                  "problem": f"storage is not writable ({e.strerror or e})"}, status_code=503)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import math
 import secrets
+import shutil
 import time
 from typing import Any
 
@@ -249,6 +250,26 @@ def sweep_expired(db: Database, storage: Storage) -> int:
         storage.remove_all(r["id"])
         db.execute("UPDATE jobs SET assets_removed_at = ? WHERE id = ?", (now, r["id"]))
     return len(rows)
+
+
+ORPHAN_SECONDS = 3600.0  # a video folder with no job row this long after its last change is a dead request's
+
+
+def sweep_orphans(db: Database, storage: Storage, older_than: float = ORPHAN_SECONDS) -> int:
+    """Remove video folders that no job row names (an API process killed between storing an upload and queuing
+    its job), once older than ``older_than`` seconds: a request still uploading is younger. Returns how many."""
+    now, n = time.time(), 0
+    for folders in storage.folders().values():
+        for d in folders:
+            try:
+                if now - d.stat().st_mtime < older_than:
+                    continue
+            except OSError:
+                continue
+            if db.one("SELECT 1 AS x FROM jobs WHERE id = ?", (d.name,)) is None:
+                shutil.rmtree(d, ignore_errors=True)
+                n += 1
+    return n
 
 
 WORKER_SEEN_SECONDS = 30.0  # a worker that has not said it is alive for this long is counted gone

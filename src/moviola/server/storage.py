@@ -68,6 +68,18 @@ class Storage:
     def remove_work(self, video_id: str) -> None:
         shutil.rmtree(self.root / "work" / video_id, ignore_errors=True)
 
+    def remove_other_attempts(self, video_id: str, kept: Path) -> None:
+        """The outputs of a video's attempts other than ``kept`` (a worker killed after moving its files into
+        place and before recording them leaves a full copy, which nothing else would remove)."""
+        for d in (self.root / "videos" / video_id).glob("*"):
+            if d.is_dir() and d.resolve() != kept.resolve():
+                shutil.rmtree(d, ignore_errors=True)
+
+    def folders(self) -> dict[str, list[Path]]:
+        """Every per-video folder, by kind (uploads, work, videos): for the sweep of ones without a job."""
+        return {kind: [d for d in (self.root / kind).glob("video_*") if d.is_dir()]
+                for kind in ("uploads", "work", "videos")}
+
     def relative(self, path: Path) -> str:
         return str(path.resolve().relative_to(self.root))
 

@@ -16,6 +16,7 @@ restart loses nothing and waits for nothing.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -219,6 +220,7 @@ class Worker:
                              gen_seconds=took, note=result.note, ttl_seconds=self.cfg.ttl_seconds or None,
                              weights_sha256=self.weights_digest(), seconds=seconds_text(made / result.fps)):
                 self.storage.remove_work(vid)  # what an earlier, killed attempt left behind
+                self.storage.remove_other_attempts(vid, out_dir)
                 self.log(f"{vid}: completed in {took:.1f} s (sha256 {digest[:12]})")
             else:
                 raise _Lost("lease lost before completion")
@@ -325,10 +327,15 @@ class Worker:
         if result.note:
             meta["moviola_note"] = result.note
         picker = FramePicker(result.total)
-        with VideoWriter(out_dir / "video.mp4", result.fps, metadata=meta, keep_partial=False) as w:
-            for chunk in result.chunks():
-                w.write(chunk)
-                picker.add(chunk)
+        try:
+            with VideoWriter(out_dir / "video.mp4", result.fps, metadata=meta, keep_partial=False) as w:
+                for chunk in result.chunks():
+                    w.write(chunk)
+                    picker.add(chunk)
+        except VideoError as e:  # the output could not be written (a full disk): the storage's fault, not the
+            # request's, so the job is retried and then fails as storage_error (it had failed at once as
+            # invalid_request, blaming "the source file")
+            raise OSError(errno.EIO, e.problem) from None
         video = out_dir / "video.mp4"
         write_atomic(out_dir / "thumbnail.webp", encode_image(picker.middle(), "webp"))
         write_atomic(out_dir / "spritesheet.jpg", encode_image(sprite_sheet(picker.sheet_frames(), count=16), "jpeg"))
