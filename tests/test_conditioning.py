@@ -1006,3 +1006,34 @@ def test_footage_is_sized_alike_by_the_pipeline_and_the_server(limits):
         assert got == info.size_for(w, h)
         assert info.supports(*got), (limits, (w, h), got)
     assert pipe.size_for(1920, 1080) == {128: (96, 64), 512: (512, 288), 192: (192, 96)}[limits["max_side"]]
+
+
+def test_a_save_that_fails_midway_leaves_the_folder_as_it_was(tmp_path, monkeypatch):
+    """A model folder is saved whole or not at all: a save that fails (or is killed) after some files had
+    been written left new weights under the old config.json, captions and card, a mixed folder that loads."""
+    import hashlib
+
+    pipe = _pipe(cond=True)
+    d = tmp_path / "m"
+    pipe.save_pretrained(d)
+
+    def digest():
+        return {str(f.relative_to(d)): hashlib.sha256(f.read_bytes()).hexdigest() for f in sorted(d.rglob("*"))
+                if f.is_file()}
+
+    before = digest()
+    with torch.no_grad():
+        for p in pipe.dit.parameters():
+            p.add_(0.5)  # other weights, other settings: a different save
+    pipe.config = dataclasses.replace(pipe.config, guidance=2.0)
+
+    def boom(self, folder):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Pipeline, "_save_record", boom)  # after both parts and config.json were written
+    with pytest.raises(OSError, match="No space"):
+        pipe.save_pretrained(d)
+    assert digest() == before  # nothing of the failed save, and no temp file, is in the folder
+    monkeypatch.undo()
+    pipe.save_pretrained(d)
+    assert Pipeline.from_pretrained(d).config.guidance == 2.0

@@ -313,3 +313,13 @@ def test_anamorphic_footage_is_scanned_at_its_display_size(tmp_path):
         c.mux(s.encode())
     scan = scan_video(path)
     assert (scan.width, scan.height) == (484, 272)
+
+
+def test_a_damaged_provenance_file_is_named_with_its_line(tmp_path):
+    """A torn provenance.jsonl (a disk that filled while it was written, before it was written atomically) is a
+    ValueError naming the file and the line, not json's bare 'Expecting , delimiter' from a fine-tune's save."""
+    from moviola.data.provenance import read_manifest
+
+    (tmp_path / "provenance.jsonl").write_text('{"path": "a.mp4"}\n{"path": "b.mp4", "sha')
+    with pytest.raises(ValueError, match=r"provenance.jsonl, line 2: not a provenance record"):
+        read_manifest(tmp_path)

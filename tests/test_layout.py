@@ -91,3 +91,26 @@ def test_loading_on_a_missing_gpu_blames_the_device_not_the_file():
     with pytest.raises(ValueError, match="device 'cuda': this machine has no CUDA GPU") as e:
         load_part(DEFAULT_MODEL_DIR, "vae", device="cuda")
     assert "damaged" not in str(e.value)
+
+
+def test_a_safetensors_write_that_fails_is_an_oserror_naming_the_file(tmp_path):
+    """safetensors' own error (no OSError) had ended `data cache` or a model save on a full disk in a traceback;
+    save_tensors says which file could not be written, as the CLI's one-line errors need."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(f"""
+        import resource, signal
+        import torch
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (10_000, 10_000))
+        from moviola.layout import save_tensors
+        try:
+            save_tensors({{"x": torch.zeros(100_000)}}, {str(tmp_path / "big.safetensors")!r})
+        except OSError as e:
+            print("OSError:", e.strerror)
+    """)
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.startswith("OSError: could not write big.safetensors"), run.stdout

@@ -17,7 +17,9 @@ from __future__ import annotations
 import json
 import os
 import secrets
-from contextlib import contextmanager
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from contextvars import ContextVar
 from pathlib import Path
 
 CONFIG_NAME = "config.json"
@@ -120,30 +122,97 @@ def missing_parts(folder: str | Path) -> list[str]:
     return miss
 
 
+# The writes a `staged_writes` block holds back: (finished temp file, its final path), in the order written.
+_STAGED: ContextVar[list[tuple[Path, Path]] | None] = ContextVar("moviola_staged_writes", default=None)
+
+
+@contextmanager
+def staged_writes() -> Iterator[None]:
+    """Within the block, every atomic write (this module's, ``video_io.atomic_path`` and what uses them) is
+    kept as a finished temp file beside its target; when the block ends they are all renamed into place, in
+    the order written, and if it fails none is. A model folder is then saved whole or not at all (but for the
+    instant of the renames): a run killed while saving had left new weights under the old config.json,
+    sampler settings, captions and card, a mixed folder that loads. Nested blocks join the outer one.
+    Reading a file written earlier in the same block sees its old version."""
+    if _STAGED.get() is not None:
+        yield
+        return
+    pending: list[tuple[Path, Path]] = []
+    token = _STAGED.set(pending)
+    try:
+        yield
+    except BaseException:
+        for tmp, _ in pending:
+            with suppress(OSError):
+                tmp.unlink(missing_ok=True)
+        raise
+    finally:
+        _STAGED.reset(token)
+    for tmp, path in pending:
+        os.replace(tmp, path)
+
+
+def replace_or_stage(tmp: Path, path: Path) -> None:
+    """``os.replace(tmp, path)``, or inside a ``staged_writes`` block, held until the block ends."""
+    pending = _STAGED.get()
+    if pending is None:
+        os.replace(tmp, path)
+    else:
+        pending.append((Path(tmp), Path(path)))
+
+
 @contextmanager
 def _atomic(path: Path):
     """A temporary name beside ``path``, renamed onto it when the block succeeds and deleted when it fails."""
     tmp = path.with_name(f".{path.name}.tmp-{secrets.token_hex(4)}")
     try:
         yield tmp
-        os.replace(tmp, path)
+        replace_or_stage(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
 
 
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """``path.write_text(text)``, atomically (a full disk leaves the old file, not a torn one)."""
+    path = Path(path)
+    with _atomic(path) as tmp:
+        tmp.write_text(text)
+    return path
+
+
+def save_tensors(tensors: dict, path: str | Path, metadata: dict[str, str] | None = None) -> None:
+    """safetensors' save_file, its failures an OSError naming the file and the free space (SafetensorError is
+    no OSError: a full disk had ended a command in a traceback)."""
+    import errno
+    import shutil
+
+    from safetensors import SafetensorError
+    from safetensors.torch import save_file
+
+    try:
+        save_file(tensors, str(path), metadata=metadata)
+    except SafetensorError as e:
+        path = Path(path)
+        try:
+            free = f"; {shutil.disk_usage(path.parent).free / 2**20:.0f} MB free there"
+        except OSError:
+            free = ""
+        raise OSError(errno.EIO, f"could not write {path.name} ({e}){free}", str(path)) from None
+
+
 def save_part(folder: str | Path, part: str, tensors: dict, cfg: dict) -> None:
     """Write ``part``'s weights (safetensors) and ``config.json`` into ``folder``, its own folder (a model
     folder's ``vae/`` or ``dit/``), each atomically; a folder whose config.json is another part's is refused."""
-    from safetensors.torch import save_file
 
     d = Path(folder)
     check_writable(d, part)
     d.mkdir(parents=True, exist_ok=True)
-    with _atomic(d / WEIGHTS[part]) as tmp:
-        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp), metadata={"format": "pt"})
-    with _atomic(d / CONFIG_NAME) as tmp:
-        tmp.write_text(config_text(part, cfg))
+    with staged_writes():  # the weights and their config land together
+        with _atomic(d / WEIGHTS[part]) as tmp:
+            save_tensors({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp, {"format": "pt"})
+        with _atomic(d / CONFIG_NAME) as tmp:
+            tmp.write_text(config_text(part, cfg))
 
 
 def load_part(folder: str | Path, part: str, device: str = "cpu") -> tuple[dict, dict]:

@@ -232,7 +232,7 @@ class Pipeline:
         from moviola.models.lora import lora_modules, merge_lora
         from moviola.video_io import atomic_write_bytes
 
-        from moviola.layout import check_writable
+        from moviola.layout import check_writable, staged_writes
 
         d = Path(directory)
         check_writable(d, "pipeline")  # not over a part's own folder (its config.json would be replaced)
@@ -241,10 +241,11 @@ class Pipeline:
         if lora_modules(dit):
             dit = copy.deepcopy(dit)
             merge_lora(dit)
-        self.vae.save_pretrained(d / "vae")
-        dit.save_pretrained(d / "dit")
-        atomic_write_bytes(d / PIPELINE_FILE, config_text("pipeline", asdict(self.config)).encode())
-        self._save_record(d)
+        with staged_writes():  # every file of the folder lands together (a kill mid-save had mixed two saves)
+            self.vae.save_pretrained(d / "vae")
+            dit.save_pretrained(d / "dit")
+            atomic_write_bytes(d / PIPELINE_FILE, config_text("pipeline", asdict(self.config)).encode())
+            self._save_record(d)
 
     def _save_record(self, d: Path) -> None:
         """What a model says about itself travels with it: the model card, the provenance of its data and the

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
 from moviola.images import IMAGE_FORMATS, pil_to_rgb
+from moviola.layout import replace_or_stage
 from moviola.media import IndirectFileError, open_video_file
 
 PathLike = str | os.PathLike[str]
@@ -123,7 +124,7 @@ def atomic_path(path: PathLike, *, fsync: bool = False) -> Iterator[Path]:
         if fsync:
             with open(tmp, "rb") as f:
                 os.fsync(f.fileno())
-        os.replace(tmp, target)
+        replace_or_stage(tmp, target)  # os.replace, or held until a layout.staged_writes block ends
     except BaseException:
         with contextlib.suppress(OSError):  # a read-only folder: the error worth reporting is the one above
             tmp.unlink(missing_ok=True)

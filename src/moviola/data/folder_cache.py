@@ -213,7 +213,7 @@ def build_folder_cache(root: str | Path, out: str | Path, vae, text_encoder, cfg
     Returns:
         A summary: clips per bucket, the skipped files and shots with why, parts encoded and reused.
     """
-    from safetensors.torch import save_file
+    from moviola.layout import save_tensors
 
     cfg = cfg or FolderCacheConfig()
     root, out = Path(root), ensure_dir(out, "cache folder (--out)")
@@ -240,7 +240,7 @@ def build_folder_cache(root: str | Path, out: str | Path, vae, text_encoder, cfg
                 atomic_write_bytes(path.with_suffix(".json"), json.dumps({"key": key, "rows": rows,
                                                                           "failed": failed}).encode())
                 with atomic_path(path) as tmp:
-                    save_file({"latents": latents}, str(tmp), metadata={"key": key})
+                    save_tensors({"latents": latents}, tmp, {"key": key})
                 encoded += 1
             done += len(part)
             if on_progress:

@@ -203,7 +203,7 @@ def build_world_cache(out: Path, cfg: WorldCacheConfig, vae, text_encoder, *,
     anything else is rebuilt. Returns why an existing cache was thrown away ("different", "unrecorded"), else
     None.
     """
-    from safetensors.torch import save_file
+    from moviola.layout import save_tensors
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -239,7 +239,7 @@ def build_world_cache(out: Path, cfg: WorldCacheConfig, vae, text_encoder, *,
             if on_progress:
                 on_progress(done, total)
         with atomic_path(path) as tmp:
-            save_file({"latents": torch.cat(lat).contiguous()}, str(tmp))
+            save_tensors({"latents": torch.cat(lat).contiguous()}, tmp)
         atomic_write_bytes(path.with_suffix(".json"), json.dumps(rows).encode())
     _build_text(out, text_encoder)
     return rebuilt
@@ -275,7 +275,7 @@ def _build_text(out: Path, text_encoder) -> None:
 def build_text(out: Path, captions: Iterable[str], text_encoder, batch: int = 64) -> None:
     """``out/text.safetensors`` (tokens (N, L, D) float16, mask (N, L)) and ``out/text.json`` (the sorted
     captions, "" included, giving each one's row); skipped when the captions are already the stored ones."""
-    from safetensors.torch import save_file
+    from moviola.layout import save_tensors
 
     caps = sorted(set(captions) | {""})
     index_path = out / "text.json"
@@ -294,7 +294,7 @@ def build_text(out: Path, captions: Iterable[str], text_encoder, batch: int = 64
     toks = [torch.nn.functional.pad(t, (0, 0, 0, L - t.shape[1])) for t in toks]
     masks = [torch.nn.functional.pad(m, (0, L - m.shape[1])) for m in masks]
     with atomic_path(out / "text.safetensors") as tmp:
-        save_file({"tokens": torch.cat(toks).contiguous(), "mask": torch.cat(masks).contiguous()}, str(tmp))
+        save_tensors({"tokens": torch.cat(toks).contiguous(), "mask": torch.cat(masks).contiguous()}, tmp)
     atomic_write_bytes(index_path, json.dumps({"captions": caps, "encoder": encoder}).encode())
 
 

@@ -21,6 +21,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from moviola.layout import write_text_atomic
+
 MANIFEST = "provenance.jsonl"
 SUMMARY = "provenance.json"
 CARD = "MODEL_CARD.md"
@@ -31,7 +33,15 @@ def read_manifest(folder: Path) -> list[dict[str, Any]]:
     path = Path(folder) / MANIFEST
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = []
+    for i, line in enumerate(path.read_text().splitlines(), 1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}, line {i}: not a provenance record ({e.msg}); the file is damaged: "
+                                 "restore it, or delete it and the model folder says it has no record") from None
+    return rows
 
 
 def summarize(rows: list[dict[str, Any]], manifest_sha256: str | None = None) -> dict[str, Any]:
@@ -82,11 +92,11 @@ def carry(run_manifest: Path | None, base_dir: Path | None, result: Path, *,
         return None
     text = "".join(json.dumps(r) + "\n" for r in rows)
     if rows:
-        (result / MANIFEST).write_text(text)
+        write_text_atomic(result / MANIFEST, text)  # a full disk had left a torn manifest in a loadable model
     summary = summarize(rows, hashlib.sha256(text.encode()).hexdigest() if rows else None)
     if base_summary is not None:
         summary["base"] = base_summary
-        (result / SUMMARY).write_text(json.dumps(summary, indent=1) + "\n")
+        write_text_atomic(result / SUMMARY, json.dumps(summary, indent=1) + "\n")
     return summary
 
 
@@ -123,5 +133,4 @@ def write_card(result: Path, *, title: str, info: dict[str, Any], summary: dict[
     if figures:
         lines += ["", "## Figures", ""] + [f"- {k}: {v}" for k, v in figures.items()]
     path = result / CARD
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    return write_text_atomic(path, "\n".join(lines) + "\n")

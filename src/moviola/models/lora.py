@@ -150,8 +150,7 @@ def lora_state_dict(model: nn.Module) -> dict[str, Tensor]:
 
 def save_lora(model: nn.Module, directory: str | Path, cfg: LoRAConfig, *, extra: dict | None = None) -> Path:
     """Write ``lora.safetensors`` and ``lora.json`` (rank, alpha, targets, the base DiT's config) atomically."""
-    from safetensors.torch import save_file
-
+    from moviola.layout import save_tensors, staged_writes
     from moviola.video_io import atomic_path, atomic_write_bytes
 
     d = Path(directory)
@@ -163,9 +162,10 @@ def save_lora(model: nn.Module, directory: str | Path, cfg: LoRAConfig, *, extra
     meta = {"rank": cfg.rank, "alpha": cfg.alpha or cfg.rank, "targets": list(cfg.targets),
             "modules": sorted(lora_modules(model)), "base": base.to_dict() if hasattr(base, "to_dict") else None,
             **(extra or {})}
-    with atomic_path(d / LORA_WEIGHTS) as tmp:
-        save_file(tensors, str(tmp), metadata={"format": "pt"})
-    atomic_write_bytes(d / LORA_CONFIG, (json.dumps(meta, indent=2) + "\n").encode())
+    with staged_writes():  # the weights and their settings land together
+        with atomic_path(d / LORA_WEIGHTS) as tmp:
+            save_tensors(tensors, tmp, {"format": "pt"})
+        atomic_write_bytes(d / LORA_CONFIG, (json.dumps(meta, indent=2) + "\n").encode())
     return d
 
 

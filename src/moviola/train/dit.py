@@ -47,7 +47,7 @@ from moviola.data.latent_cache import (LatentCache, WorldCacheConfig, build_worl
                                       cache_identity)
 from moviola.flow.path import (add_noise, flow_loss, frame_noise, sample_time, shift_for_tokens, temporal_loss,
                                velocity_target)
-from moviola.layout import missing_parts, model_dir, part_weights, read_config
+from moviola.layout import missing_parts, model_dir, part_weights, read_config, staged_writes
 from moviola.models.dit import DiT, DiTConfig, PRESETS, frame_cond, with_conditioning, with_extras
 from moviola.models.lora import LoRAConfig, inject_lora, lora_disabled, merge_lora, save_lora
 from moviola.models.text import load_text_encoder
@@ -676,8 +676,9 @@ def train_dit(cfg: TrainDiTConfig, *, on_step=None, on_cache=None) -> Path:
         dit = _plain_ema(ema, world, template)
         result = out / ("lora" if lora and not cfg.lora.merge else "model")
         if world.main:
-            _save_result(cfg, result, dit, vae, text, pcfg, base_dir, vae_dir, step, t_start - prior_seconds, cache,
-                         provenance)
+            with staged_writes():  # weights, configs, captions, provenance and card land together
+                _save_result(cfg, result, dit, vae, text, pcfg, base_dir, vae_dir, step, t_start - prior_seconds,
+                             cache, provenance)
         D.barrier(world)
         return result
     finally:

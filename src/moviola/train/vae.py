@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -36,11 +37,11 @@ from torch import Tensor, nn
 from moviola.config import save_config, to_dict
 from moviola.data.clips import ClipBatches, ClipDataConfig, eval_clips, psnr
 from moviola.data.parallel import ordered_map
-from moviola.layout import model_dir, part_weights
+from moviola.layout import model_dir, part_weights, staged_writes
 from moviola.models.vae import CausalVAE, VAEConfig
 from moviola.train.common import (EMA, JsonlLog, OptimConfig, autocast, load_checkpoint, lr_at, make_optimizer,
                                   pick_device, read_checkpoint, remove_stale_temps, save_checkpoint)
-from moviola.video_io import atomic_path, ensure_dir
+from moviola.video_io import ensure_dir
 
 
 @dataclass
@@ -411,8 +412,9 @@ def train_vae(cfg: TrainVAEConfig, *, on_step=None) -> Path:
     if not (cfg.init_from and cfg.optim.steps == 0):  # a frozen encoder keeps the statistics it came with
         mean, std = latent_stats(final, batches, cfg.stats_batches, device)
         final.set_latent_stats(mean, std)
-    final.cpu().save_pretrained(out / "model")
-    _write_provenance(batches.videos, out, cfg.init_from)
+    with staged_writes():  # the weights, config and provenance land together
+        final.cpu().save_pretrained(out / "model")
+        _write_provenance(batches.videos, out, cfg.init_from)
     return out / "model"
 
 
@@ -428,7 +430,8 @@ def _write_provenance(clips: list, out: Path, init_from: str | None) -> None:
     if clips:
         rows = [{"path": c.path, "sha256": file_sha256(c.path), "caption": c.caption, "start": c.start,
                  "end": c.end, "licence": c.licence, "consent": c.consent, "source": c.source} for c in clips]
-        run = out / MANIFEST
-        with atomic_path(run) as tmp:
-            tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        run = out / MANIFEST  # the run folder's record, read by carry below: in place now, not staged
+        tmp = run.with_name(f".{run.name}.tmp-{os.getpid()}")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        os.replace(tmp, run)
     carry(run, part_dir(model_dir(init_from), "vae") if init_from else None, out / "model")
