@@ -142,3 +142,23 @@ def test_what_a_request_is_reported_and_charged_as(served):
     r = http.get("/v1/videos/characters/char_123")
     assert r.status_code == 400 and r.json()["error"]["code"] == "unsupported"
     assert json.loads(app.state.db.one("SELECT params FROM jobs WHERE id = ?", (v.id,))["params"])["seconds"] == 2.25
+
+
+def test_an_upload_the_storage_cannot_take_is_a_storage_error(served, monkeypatch):
+    """A full disk while an upload is stored answers 503 storage_error without the server's paths (it had been
+    500 internal_error)."""
+    import numpy as np
+
+    from moviola.video_io import encode_image
+
+    app, sdk, http, key = served
+
+    def full(video_id, name, data):
+        raise OSError(28, "No space left on device", f"/srv/secret/uploads/{video_id}/{name}")
+
+    monkeypatch.setattr(app.state.storage, "save_upload", full)
+    r = http.post("/v1/videos", data={"prompt": "a red circle"},
+                  files={"input_reference": ("a.png", encode_image(np.zeros((32, 32, 3), np.uint8)), "image/png")})
+    assert r.status_code == 503 and r.json()["error"]["code"] == "storage_error"
+    assert "No space left" in r.json()["error"]["message"] and "/srv" not in r.text
+    assert app.state.db.query("SELECT id FROM jobs") == []

@@ -240,6 +240,9 @@ def create_app(cfg: ServerConfig) -> FastAPI:
         if isinstance(e, DatabaseError) or type(e).__module__.startswith(("sqlite3", "psycopg")):
             return _error_response(503, f"database unavailable: {e}", "server_error", "database_unavailable",
                                    None, {"retry-after": "1"})
+        if isinstance(e, OSError):  # the storage (a full disk storing an upload): not a crash; no server path
+            return _error_response(503, f"storage unavailable: {e.strerror or type(e).__name__}", "server_error",
+                                   "storage_error", None, {"retry-after": "30"})
         import traceback
 
         traceback.print_exc()
