@@ -407,6 +407,15 @@ def test_caption_rows_of_another_text_encoder_are_rebuilt(tmp_path):
     assert float(load_text(tmp_path)[0].max()) == 1.0
     build_text(tmp_path, ["a red circle"], Fake("/enc/b", 2.0))
     assert float(load_text(tmp_path)[0].max()) == 2.0
+    # A run killed between writing new embeddings and the new text.json, then rerun on the old captions: the
+    # embeddings' own key says they are not text.json's, so they are rebuilt (they had been kept, rows of
+    # other captions under these ones)
+    index = (tmp_path / "text.json").read_bytes()
+    build_text(tmp_path, ["a red circle", "a blue square"], Fake("/enc/b", 7.0))
+    (tmp_path / "text.json").write_bytes(index)
+    build_text(tmp_path, ["a red circle"], Fake("/enc/b", 3.0))
+    tokens, _, rows = load_text(tmp_path)
+    assert len(tokens) == len(rows) == 2 and float(tokens.max()) == 3.0
 
 
 def test_training_checks_a_footage_caches_text_encoder_and_frame_rate(tmp_path):

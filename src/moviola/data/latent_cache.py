@@ -281,7 +281,10 @@ def build_text(out: Path, captions: Iterable[str], text_encoder, batch: int = 64
     index_path = out / "text.json"
     # Which encoder made the rows: the same captions from another encoder (same width or not) are other rows.
     encoder = str(getattr(text_encoder, "path", None) or getattr(text_encoder, "name", ""))
-    if index_path.exists():
+    # The rows' key, in the embeddings' own file too: text.json alone had decided, so a run killed between
+    # writing the new embeddings and the new text.json, then rerun on the old captions, kept rows of the new
+    key = hashlib.sha256(json.dumps({"captions": caps, "encoder": encoder}).encode()).hexdigest()
+    if index_path.exists() and _text_key(out / "text.safetensors") == key:
         stored = json.loads(index_path.read_text())
         if stored["captions"] == caps and stored.get("encoder", encoder) == encoder:
             return
@@ -294,8 +297,20 @@ def build_text(out: Path, captions: Iterable[str], text_encoder, batch: int = 64
     toks = [torch.nn.functional.pad(t, (0, 0, 0, L - t.shape[1])) for t in toks]
     masks = [torch.nn.functional.pad(m, (0, L - m.shape[1])) for m in masks]
     with atomic_path(out / "text.safetensors") as tmp:
-        save_tensors({"tokens": torch.cat(toks).contiguous(), "mask": torch.cat(masks).contiguous()}, tmp)
+        save_tensors({"tokens": torch.cat(toks).contiguous(), "mask": torch.cat(masks).contiguous()}, tmp,
+                     {"key": key})
     atomic_write_bytes(index_path, json.dumps({"captions": caps, "encoder": encoder}).encode())
+
+
+def _text_key(path: Path) -> str | None:
+    """The key stored in a text.safetensors (None for none, or no readable file)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            return (f.metadata() or {}).get("key")
+    except Exception:  # missing, torn, not safetensors: rebuilt
+        return None
 
 
 def load_text(root: Path) -> tuple[torch.Tensor, torch.Tensor, dict[str, int]]:
