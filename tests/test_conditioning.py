@@ -1035,5 +1035,20 @@ def test_a_save_that_fails_midway_leaves_the_folder_as_it_was(tmp_path, monkeypa
         pipe.save_pretrained(d)
     assert digest() == before  # nothing of the failed save, and no temp file, is in the folder
     monkeypatch.undo()
+    # the records an earlier save left go with the save that replaces them, not before its files land
+    (d / "provenance.jsonl").write_text('{"path": "a.mp4"}\n')
+    real = Pipeline._save_record
+
+    def record_then_fail(self, folder):
+        real(self, folder)  # removes provenance.jsonl (this pipeline has none), staged
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Pipeline, "_save_record", record_then_fail)
+    pipe.source_dir = tmp_path  # a folder it was "loaded from", with no records: the save removes d's
+    with pytest.raises(OSError, match="No space"):
+        pipe.save_pretrained(d)
+    assert (d / "provenance.jsonl").is_file() and not list(d.rglob(".*.tmp-*"))
+    monkeypatch.undo()
+    pipe.source_dir = None
     pipe.save_pretrained(d)
     assert Pipeline.from_pretrained(d).config.guidance == 2.0

@@ -48,6 +48,10 @@ def test_a_retried_request_with_an_idempotency_key_queues_one_job(served):
     with pytest.raises(openai.BadRequestError, match="was used for another request") as bad:
         sdk.videos.create(prompt="a blue square", seconds="2", extra_headers=same)
     assert bad.value.body["code"] == "idempotency_key_reused"
+    # what was asked, not only its prompt: another seed is another request; the seed the server drew is not
+    # (a retry draws its own)
+    with pytest.raises(openai.BadRequestError, match="was used for another request"):
+        sdk.videos.create(prompt="a red circle", seconds="2", extra_headers=same, extra_body={"seed": 7})
     c = sdk.videos.create(prompt="a red circle", seconds="2", extra_headers={"Idempotency-Key": "another"})
     assert c.id != a.id and _charged(app, key) == 4.0
     # once its video is deleted, or after a day, the token is free again
@@ -114,7 +118,8 @@ def test_what_a_request_is_reported_and_charged_as(served):
     app, sdk, http, key = served
     v = sdk.videos.create(prompt="a red circle", seconds="2.3")
     assert v.seconds == "2.25" and _charged(app, key) == 2.25
-    for bad, param in (({"seconds": "1_0"}, "seconds"), ({"size": "6_4x6_4"}, "size"), ({"seconds": " 2"}, None)):
+    for bad, param in (({"seconds": "1_0"}, "seconds"), ({"size": "6_4x6_4"}, "size"), ({"seed": "1_0"}, "seed"),
+                       ({"seed": "+7"}, "seed"), ({"seconds": " 2"}, None)):
         r = http.post("/v1/videos", data={"prompt": "x", **bad})
         if param is None:  # surrounding spaces are fine
             assert r.status_code == 200, r.text
@@ -124,6 +129,8 @@ def test_what_a_request_is_reported_and_charged_as(served):
     assert r.status_code == 400 and "not true/false" in r.json()["error"]["message"]
     r = http.post("/v1/videos/storyboards", json={"cards": [{"start": True, "prompt": "a"}]})
     assert r.status_code == 400
+    r = http.post("/v1/videos/storyboards", json={"cards": [{"start": 0, "prompt": "a"}, {"start": 1.3, "prompt": "b"}]})
+    assert r.status_code == 200 and r.json()["seconds"] == "3.25"  # 1.3 + 2, made whole frames
     r = http.post("/v1/videos", data={"prompt": ""})
     assert r.status_code == 400 and r.json()["error"]["message"] == "prompt must not be empty"
     r = http.post(f"/v1/videos/{v.id}/remix", json={"prompt": "x", "strenght": 0.3})
@@ -133,6 +140,7 @@ def test_what_a_request_is_reported_and_charged_as(served):
         sdk.videos.retrieve("video_" + "a" * 5000)
     assert len(nf.value.body["message"]) < 200 and "5006 characters" in nf.value.body["message"]
     assert sdk.models.retrieve("moviola-default").id == "moviola-default"
+    assert sdk.models.retrieve("sora-2").id == "moviola-default"  # an alias, as videos.create takes it
     with pytest.raises(openai.NotFoundError, match="this server has 'moviola-default'"):
         sdk.models.retrieve("sora-3")
     if hasattr(sdk.videos, "create_character"):  # SDK 3.63 and later
@@ -162,3 +170,15 @@ def test_an_upload_the_storage_cannot_take_is_a_storage_error(served, monkeypatc
     assert r.status_code == 503 and r.json()["error"]["code"] == "storage_error"
     assert "No space left" in r.json()["error"]["message"] and "/srv" not in r.text
     assert app.state.db.query("SELECT id FROM jobs") == []
+
+
+def test_seconds_are_whole_frames_within_the_limit():
+    """Rounding to whole frames never goes past the limit (10.1 s at 8 fps had become 10.125 s, over a
+    10.1 s cap): it takes the frame below."""
+    from pathlib import Path
+
+    from moviola.server.generate import ModelInfo
+
+    m = ModelInfo(name="m", directory=Path("."), fps=8.0)
+    assert m.parse_seconds("2.3", limit=10.1) == 2.25 and m.parse_seconds("10.1", limit=10.1) == 10.0
+    assert m.parse_seconds(4, limit=10.1) == 4.0  # a JSON number (storyboards)

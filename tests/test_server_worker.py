@@ -590,8 +590,11 @@ def test_files_no_job_names_are_swept_and_a_finished_job_keeps_one_copy(env):
     assert [d.name for d in (tmp / "storage" / "videos" / vid).iterdir()] == [Path(row["assets"]).name]
     orphan = w.storage.save_upload("video_" + "0" * 32, "source.mp4", b"y" * 100).parent
     young = w.storage.save_upload("video_" + "1" * 32, "source.mp4", b"y" * 100).parent
+    finished = w.storage.new_attempt_dir("video_" + "2" * 32)  # another database's finished video, say
     old = time.time() - 2 * jobs.ORPHAN_SECONDS
-    os.utime(orphan, (old, old))
+    for d in (orphan, finished.parent):
+        os.utime(d, (old, old))
     assert jobs.sweep_orphans(db, w.storage) == 1
     assert not orphan.exists() and young.exists()  # a request may still be uploading into the young one
+    assert finished.exists()  # finished work is never removed for want of a row
     assert (tmp / "storage" / row["assets"]).is_dir()  # a job's own folders stay

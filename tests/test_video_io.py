@@ -411,7 +411,7 @@ def test_video_error_shape_and_pickling():
 
 # --- images -----------------------------------------------------------------------------------------
 
-def test_images_read_write_encode(tmp_path):
+def test_images_read_write_encode(tmp_path, monkeypatch):
     image = gradient_clip(t=1, h=24, w=40)[0]
     assert np.array_equal(read_image(write_image(tmp_path / "a.png", image)), image)
     assert mean_abs_diff(read_image(write_image(tmp_path / "a.jpg", image)), image) < 4.0
@@ -432,6 +432,13 @@ def test_images_read_write_encode(tmp_path):
     for fmt in ("BMP", "TIFF", "GIF", "PPM", "TGA"):  # the rest of what editors and cameras write: read
         Image.new("RGB", (10, 6), (200, 30, 30)).save(tmp_path / f"c.{fmt.lower()}", format=fmt)
         assert read_image(tmp_path / f"c.{fmt.lower()}")[0, 0].tolist() == [200, 30, 30]
+    # a Pillow without one of the formats (AVIF came with 11.2): the others still read (it had been a KeyError)
+    from moviola import images
+
+    monkeypatch.delitem(Image.OPEN, "AVIF", raising=False)
+    monkeypatch.setattr(images, "_FORMATS", None)
+    assert read_image(tmp_path / "c.ppm")[0, 0].tolist() == [200, 30, 30]
+    monkeypatch.setattr(images, "_FORMATS", None)
     with pytest.raises(VideoError, match="no such file"):
         read_image(tmp_path / "nope.png")
 

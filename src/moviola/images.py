@@ -18,6 +18,19 @@ IMAGE_DECODE_SIDE = 1024
 IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF", "AVIF", "PPM", "TGA", "QOI", "ICO")
 
 
+def image_formats() -> tuple[str, ...]:
+    """IMAGE_FORMATS that this Pillow has (AVIF came with Pillow 11.2; naming a format it lacks is a KeyError in
+    Image.open): what to pass as ``Image.open(..., formats=)``."""
+    global _FORMATS
+    if _FORMATS is None:
+        Image.init()
+        _FORMATS = tuple(f for f in IMAGE_FORMATS if f in Image.OPEN)
+    return _FORMATS
+
+
+_FORMATS: tuple[str, ...] | None = None
+
+
 def _deep_gray_to_rgb(gray: np.ndarray, mode: str) -> np.ndarray:
     """A grayscale image deeper than 8 bits (PIL modes I;16*, I, F) as (H, W, 3) uint8: 16-bit scaled by
     255 / 65535; 32-bit integers likewise unless they fit in 8 bits; floats taken as [0, 1] unless larger."""

@@ -122,8 +122,9 @@ def missing_parts(folder: str | Path) -> list[str]:
     return miss
 
 
-# The writes a `staged_writes` block holds back: (finished temp file, its final path), in the order written.
-_STAGED: ContextVar[list[tuple[Path, Path]] | None] = ContextVar("moviola_staged_writes", default=None)
+# The writes a `staged_writes` block holds back: (finished temp file, its final path), in the order written;
+# (None, path) for a file to remove.
+_STAGED: ContextVar[list[tuple[Path | None, Path]] | None] = ContextVar("moviola_staged_writes", default=None)
 
 
 @contextmanager
@@ -137,19 +138,35 @@ def staged_writes() -> Iterator[None]:
     if _STAGED.get() is not None:
         yield
         return
-    pending: list[tuple[Path, Path]] = []
+    pending: list[tuple[Path | None, Path]] = []
+    done = 0  # how many of pending are in place
     token = _STAGED.set(pending)
     try:
         yield
+        for tmp, path in pending:
+            if tmp is None:
+                path.unlink(missing_ok=True)
+            else:
+                os.replace(tmp, path)
+            done += 1
     except BaseException:
-        for tmp, _ in pending:
-            with suppress(OSError):
-                tmp.unlink(missing_ok=True)
+        for tmp, _ in pending[done:]:  # those not yet in place (the block failed, or a rename): no temp left
+            if tmp is not None:
+                with suppress(OSError):
+                    tmp.unlink(missing_ok=True)
         raise
     finally:
         _STAGED.reset(token)
-    for tmp, path in pending:
-        os.replace(tmp, path)
+
+
+def remove_or_stage(path: Path) -> None:
+    """``path.unlink(missing_ok=True)``, or inside a ``staged_writes`` block, done when it ends (a failed save
+    had already removed the folder's old records)."""
+    pending = _STAGED.get()
+    if pending is None:
+        Path(path).unlink(missing_ok=True)
+    else:
+        pending.append((None, Path(path)))
 
 
 def replace_or_stage(tmp: Path, path: Path) -> None:

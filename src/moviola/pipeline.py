@@ -252,6 +252,7 @@ class Pipeline:
         captions it trained on, from the folder it was loaded from; with a LoRA applied, the adapter's folder's
         provenance and captions (a run's hold its base's too) and both cards, saying what was merged."""
         from moviola.data.provenance import CARD, MANIFEST, SUMMARY
+        from moviola.layout import remove_or_stage
         from moviola.video_io import atomic_write_bytes
 
         adapter = self._lora[0] if self._lora is not None else None
@@ -267,7 +268,7 @@ class Pipeline:
                     atomic_write_bytes(d / name, f.read_bytes())
         if order:  # a record left in the folder by an earlier save would be read as this model's
             for name in {MANIFEST, SUMMARY, CAPTIONS_FILE, CAPTIONS_FILE + ".gz"} - copied:
-                (d / name).unlink(missing_ok=True)
+                remove_or_stage(d / name)  # with the save's files, not before them
         cards = [(o / CARD).read_text() for o in (self.source_dir, adapter) if o is not None and (o / CARD).is_file()]
         if adapter is not None:
             cards.insert(1 if self.source_dir is not None and (self.source_dir / CARD).is_file() else 0,

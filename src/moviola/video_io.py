@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
-from moviola.images import IMAGE_FORMATS, pil_to_rgb
+from moviola.images import image_formats, pil_to_rgb
 from moviola.layout import replace_or_stage
 from moviola.media import IndirectFileError, open_video_file
 
@@ -688,7 +688,7 @@ def read_image(path: PathLike, *, max_side: int | None = None) -> np.ndarray:
     p = Path(path)
     _check_file(p)
     try:
-        with Image.open(p, formats=IMAGE_FORMATS) as im:
+        with Image.open(p, formats=image_formats()) as im:
             if max_side is not None and im.format == "JPEG":
                 im.draft("RGB", (max_side, max_side))  # the decoder's own reduction, never below max_side
             return pil_to_rgb(im)
@@ -761,7 +761,7 @@ def _video_stream(path: Path, container: Any) -> Any:
         try:
             from PIL import Image
 
-            with Image.open(path, formats=IMAGE_FORMATS) as im:
+            with Image.open(path, formats=image_formats()) as im:
                 im.verify()
         except Exception:
             raise VideoError(path, "not a video or an image: unrecognised file format") from None

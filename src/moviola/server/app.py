@@ -40,11 +40,11 @@ from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from moviola.images import IMAGE_DECODE_SIDE, IMAGE_FORMATS, pil_to_rgb
+from moviola.images import IMAGE_DECODE_SIDE, image_formats, pil_to_rgb
 from moviola.media import IndirectFileError, open_video_file
 from moviola.server import jobs, keys
 from moviola.server.db import Database, sqlite_url
-from moviola.server.generate import DEFAULT_MAX_SECONDS, ModelInfo, RequestProblem, seconds_text
+from moviola.server.generate import DEFAULT_MAX_SECONDS, SORA_MODELS, ModelInfo, RequestProblem, seconds_text
 from moviola.server.schemas import (ERRORS, ErrorResponse, FeedbackBody, KeyBody, RemixBody, StoryboardBody, Video,
                                     VideoDeleted, VideoList)
 from moviola.server.storage import VARIANTS, Storage
@@ -459,7 +459,7 @@ def create_app(cfg: ServerConfig) -> FastAPI:
         return APIError(400, str(e), code=e.code, param=e.param)
 
     def sampler_params(seed: int | None) -> dict:
-        return {"fps": model.fps, "seed": secrets.randbelow(2**31) if seed is None else seed,
+        return {"fps": model.fps, "seed": secrets.randbelow(2**31) if seed is None else seed, "seed_drawn": seed is None,
                 "steps": cfg.steps or model.steps,
                 "guidance": model.guidance if cfg.guidance is None else cfg.guidance,
                 "sampler": cfg.sampler or model.sampler, "negative_prompt": ""}
@@ -467,11 +467,8 @@ def create_app(cfg: ServerConfig) -> FastAPI:
     def parse_seed(text: str | None) -> int | None:
         if text in (None, ""):
             return None
-        try:
-            s = int(text)
-        except ValueError:
-            s = -1
-        if not 0 <= s < 2**31:
+        s = int(text) if isinstance(text, str) and text.strip().isascii() and text.strip().isdigit() else -1
+        if not 0 <= s < 2**31:  # plain digits ("1_0" and "+7" had been taken by int())
             raise APIError(400, f"seed must be an integer from 0 to {2**31 - 1}, got {text!r}",
                            code="invalid_value", param="seed")
         return s
@@ -497,7 +494,7 @@ def create_app(cfg: ServerConfig) -> FastAPI:
         from PIL import Image, UnidentifiedImageError
 
         try:
-            with DECODING, Image.open(io.BytesIO(data), formats=IMAGE_FORMATS) as im:
+            with DECODING, Image.open(io.BytesIO(data), formats=image_formats()) as im:
                 if im.width * im.height > 40_000_000:
                     raise APIError(400, f"{param} is {im.width}x{im.height}: too many pixels",
                                    code="invalid_file", param=param)
@@ -544,7 +541,7 @@ def create_app(cfg: ServerConfig) -> FastAPI:
         # FFmpeg reads still and animated images as video too, and decodes a frame whole: a 1 MB PNG of
         # 16000x16000 had cost the API 1 GB. Their size is in the header, so check it before decoding anything.
         try:
-            with Image.open(path, formats=IMAGE_FORMATS) as im:
+            with Image.open(path, formats=image_formats()) as im:
                 size = im.size
         except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
             size = None
@@ -589,6 +586,19 @@ def create_app(cfg: ServerConfig) -> FastAPI:
                            code="invalid_value", param="Idempotency-Key")
         return token
 
+    def request_fingerprint(kind: str, prompt: str, params: dict) -> str:
+        """What a request asked for, for Idempotency-Key: everything in its parameters but where its files were
+        stored (each try stores its own) and a seed the server drew (each try draws its own)."""
+        def asked(v):
+            if isinstance(v, dict):
+                return {k: asked(x) for k, x in v.items() if not k.endswith("_path")}
+            return [asked(x) for x in v] if isinstance(v, list) else v
+
+        p = asked(params)
+        if p.pop("seed_drawn", False):
+            p.pop("seed", None)
+        return hashlib.sha256(json.dumps([kind, prompt, p], sort_keys=True, default=str).encode()).hexdigest()
+
     def queue(request: Request, key: dict, *, video_id: str, kind: str, prompt: str, seconds: float,
               width: int, height: int, params: dict, cost: float, remixed_from: str | None = None) -> JSONResponse:
         """Queue the job (its uploads already stored under ``video_id``) and answer with its Video object; the
@@ -599,7 +609,8 @@ def create_app(cfg: ServerConfig) -> FastAPI:
             row, new = jobs.insert_job(db, key, video_id=video_id, kind=kind, prompt=prompt, model=model.name,
                                        seconds=seconds_text(seconds), size=f"{width}x{height}", params=params,
                                        cost_seconds=cost, remixed_from=remixed_from,
-                                       idempotency_key=idempotency_key(request))
+                                       idempotency_key=idempotency_key(request),
+                                       fingerprint=request_fingerprint(kind, prompt, params))
         except keys.KeyRevoked as e:
             storage.remove_all(video_id)
             raise APIError(401, str(e), code="invalid_api_key") from None
@@ -680,7 +691,7 @@ def create_app(cfg: ServerConfig) -> FastAPI:
         try:
             rows, more = jobs.list_jobs(db, key["id"], after=after, limit=limit, order=order)
         except LookupError:
-            raise APIError(400, f"after: no video with id {after!r} to continue from", code="invalid_value",
+            raise APIError(400, f"after: no video with id {_shown(after)} to continue from", code="invalid_value",
                            param="after") from None
         data = [jobs.to_video(r) for r in rows]
         return {"object": "list", "data": data, "first_id": data[0]["id"] if data else None,
@@ -921,7 +932,7 @@ def create_app(cfg: ServerConfig) -> FastAPI:
 
     @app.get("/v1/models/{model_id}", name="models.retrieve", responses=ERRORS)
     def retrieve_model(model_id: str, key: dict = Depends(current_key)):
-        if model_id != model.name:
+        if model_id != model.name and model_id not in SORA_MODELS:  # Sora's names: aliases, as videos.create
             raise APIError(404, f"no model {_shown(model_id)}; this server has {model.name!r}", code="model_not_found",
                            param="model")
         return model_object()

@@ -187,7 +187,10 @@ class ModelInfo:
         if not (math.isfinite(s) and 0 < s <= limit and round(s * self.fps) >= 1):
             raise RequestProblem(f"{param} must be a number of seconds more than 0 and at most "
                                  f"{limit:g} for {self.name} (e.g. \"2\" or \"4\"), got {text!r}", param)
-        return round(s * self.fps) / self.fps
+        frames = round(s * self.fps)
+        if frames / self.fps > limit + 1e-9:  # rounded past the limit (10.1 s at 8 fps: 10.125): one frame less
+            frames -= 1
+        return frames / self.fps
 
     def parse_strength(self, value: Any, param: str = "strength") -> float:
         """Remix strength, 0 (keep the source) to 1 (ignore it); None means ``REMIX_STRENGTH``."""
@@ -251,7 +254,7 @@ class ModelInfo:
                                      f"cards[{i + 1}].start")
         last = out[-1]["start"]
         if seconds in (None, ""):
-            end = last + 2.0
+            end = round((last + 2.0) * self.fps) / self.fps  # whole frames, as parse_seconds makes them
             if end > self.longest:
                 raise RequestProblem(f"the board would last {end:g} s (its last card's start + 2 s); {self.name} "
                                      f"makes at most {self.longest:g} s", "cards")

@@ -42,20 +42,23 @@ def new_video_id() -> str:
 
 def insert_job(db: Database, key: dict[str, Any], *, video_id: str, kind: str, prompt: str, model: str,
                seconds: str, size: str, params: dict[str, Any], cost_seconds: float,
-               remixed_from: str | None = None, idempotency_key: str | None = None
-               ) -> tuple[dict[str, Any], bool]:
+               remixed_from: str | None = None, idempotency_key: str | None = None,
+               fingerprint: str | None = None) -> tuple[dict[str, Any], bool]:
     """Queue a job after checking the key's rate limit and quota in the same transaction. Returns (the job's row,
     whether it is new). The row is read inside the transaction: a read after the commit that failed had answered
     503 for a job already queued and charged, which the SDK's retry then queued again.
 
     ``idempotency_key`` (the request's Idempotency-Key header): a job this key queued under the same token in the
     last IDEMPOTENCY_SECONDS is returned instead (False), nothing queued or charged, so a client's retry of a
-    request whose answer it never got makes no second video; the same token with another kind, prompt, size or
-    length is IdempotencyConflict."""
+    request whose answer it never got makes no second video; the same token with another request (its
+    ``fingerprint``: by default kind, prompt, size and length) is IdempotencyConflict."""
     now = time.time()
-    fingerprint = json.dumps([kind, prompt, size, seconds])
+    fingerprint = fingerprint or json.dumps([kind, prompt, size, seconds])
     with db.transaction() as tx:
         if idempotency_key is not None:
+            if tx.db.dialect == "postgresql":  # the key's row first, as check_limits locks it: two requests
+                # with one token had both passed the lookup, and the second failed on the table's key (503)
+                tx.one("SELECT id FROM keys WHERE id = ? FOR UPDATE", (key["id"],))
             old = tx.one("SELECT video_id, fingerprint, created_at FROM idempotency WHERE key_id = ? AND token = ?",
                          (key["id"], idempotency_key))
             row = old and tx.one("SELECT * FROM jobs WHERE id = ? AND deleted_at IS NULL", (old["video_id"],))
@@ -208,6 +211,8 @@ def complete(db: Database, video_id: str, owner: str, *, assets: str, content_ha
         params = json.loads(row["params"])
         if weights_sha256:
             params["weights_sha256"] = weights_sha256
+        if seconds is not None:  # what a remix of it reads as its source's length, as the row's
+            params["seconds"] = float(seconds)
         return tx.execute("UPDATE jobs SET status = 'completed', progress = 100, completed_at = ?, expires_at = ?, "
                           "assets = ?, content_hash = ?, gen_seconds = ?, note = ?, params = ?, lease_owner = NULL, "
                           "seconds = COALESCE(?, seconds) "

@@ -76,9 +76,10 @@ class Storage:
                 shutil.rmtree(d, ignore_errors=True)
 
     def folders(self) -> dict[str, list[Path]]:
-        """Every per-video folder, by kind (uploads, work, videos): for the sweep of ones without a job."""
-        return {kind: [d for d in (self.root / kind).glob("video_*") if d.is_dir()]
-                for kind in ("uploads", "work", "videos")}
+        """Per-video folders of requests and attempts in flight (uploads, work), for the sweep of ones without a
+        job. Not videos/: finished work is never removed for want of a row (a storage folder shared with
+        another database, one restored from a backup)."""
+        return {kind: [d for d in (self.root / kind).glob("video_*") if d.is_dir()] for kind in ("uploads", "work")}
 
     def relative(self, path: Path) -> str:
         return str(path.resolve().relative_to(self.root))

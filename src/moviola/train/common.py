@@ -141,7 +141,9 @@ def remove_stale_temps(folder: Path) -> int:
     """Delete the temp files (``.NAME.tmp-XXXX.ext``, see ``atomic_path``) an earlier process of this run left
     when it was killed mid-write. Returns how many. Only for a folder one process writes."""
     n = 0
-    for t in Path(folder).glob(".*.tmp-*"):
+    # its own files, and the saved model's or adapter's (a save killed while its files were staged)
+    for t in [*Path(folder).glob(".*.tmp-*"), *Path(folder).glob("model/**/.*.tmp-*"),
+              *Path(folder).glob("lora/.*.tmp-*")]:
         with contextlib.suppress(OSError):
             t.unlink()
             n += 1
