@@ -55,6 +55,15 @@ def _wait_until(page, expression: str, timeout: float = 30_000) -> None:
         page.wait_for_timeout(100)
 
 
+def _new_key(stack, name: str):
+    """(token, database, key row) of a new key of the shared server's."""
+    from moviola.server import keys
+
+    token = stack.key(name)
+    db = stack.database()
+    return token, db, keys.lookup(db, token)
+
+
 def _failed_video(db, key: dict, prompt: str, seed: int) -> str:
     """A failed job of ``key``'s: listed like any other video, with no worker or files needed."""
     from moviola.server import jobs
@@ -188,11 +197,7 @@ def test_studio_gallery_pages_through_older_videos(stack):
     """The gallery shows the newest page and follows the list's cursor for older videos."""
     sync_api = pytest.importorskip("playwright.sync_api", reason="needs playwright: pip install -e '.[test]'")
     exe = _chromium()
-    from moviola.server import keys
-
-    token = stack.key("studio-pages")
-    db = stack.database()
-    key = keys.lookup(db, token)
+    token, db, key = _new_key(stack, "studio-pages")
     made = [_failed_video(db, key, f"clip {i}", i) for i in range(26)]
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=exe, args=["--no-sandbox"])
@@ -234,11 +239,7 @@ def test_studio_fetches_clips_as_they_come_into_view(stack):
     """A gallery page of 24 clips fetches only those near the screen, the rest as it is scrolled."""
     sync_api = pytest.importorskip("playwright.sync_api", reason="needs playwright: pip install -e '.[test]'")
     exe = _chromium()
-    from moviola.server import keys
-
-    token = stack.key("studio-lazy")
-    db = stack.database()
-    key = keys.lookup(db, token)
+    token, db, key = _new_key(stack, "studio-lazy")
     for i in range(24):
         _completed_video(db, stack.storage, key, f"clip {i}", i)
     with sync_api.sync_playwright() as p:
