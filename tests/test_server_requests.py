@@ -182,3 +182,26 @@ def test_seconds_are_whole_frames_within_the_limit():
     m = ModelInfo(name="m", directory=Path("."), fps=8.0)
     assert m.parse_seconds("2.3", limit=10.1) == 2.25 and m.parse_seconds("10.1", limit=10.1) == 10.0
     assert m.parse_seconds(4, limit=10.1) == 4.0  # a JSON number (storyboards)
+
+
+def test_a_created_job_is_audited_in_its_own_transaction(served, monkeypatch):
+    """The audit row of a request that queues a job is written with the job: one row, the job's id, even when the
+    answer never leaves the server (it had been written after the response, and lost when the API died)."""
+    from moviola.server import jobs
+
+    app, sdk, http, key = served
+    v = sdk.videos.create(prompt="a red circle", seconds="1")
+    rows = app.state.db.query("SELECT * FROM audit WHERE action = 'videos.create'")
+    assert [(r["video_id"], r["status"], r["key_name"]) for r in rows] == [(v.id, 200, "k")]
+
+    def dies(row):  # the answer is never made after the commit (a process killed there writes nothing more)
+        raise RuntimeError("no answer")
+
+    monkeypatch.setattr(jobs, "to_video", dies)
+    assert http.post("/v1/videos", data={"prompt": "a blue square", "seconds": "1"}).status_code == 500
+    monkeypatch.undo()
+    jobs_rows = app.state.db.query("SELECT id FROM jobs ORDER BY seq")
+    audited = app.state.db.query("SELECT video_id, status FROM audit WHERE action = 'videos.create' ORDER BY seq")
+    # the row of the job that was queued and charged, as written with it (not the failed answer's, after it)
+    assert [(r["video_id"], r["status"]) for r in audited] == [(j["id"], 200) for j in jobs_rows]
+    assert len(jobs_rows) == 2

@@ -263,6 +263,7 @@ def create_app(cfg: ServerConfig) -> FastAPI:
                 return await self.inner(scope, receive, send)
             path = scope["path"]
             t0 = time.perf_counter()
+            scope.setdefault("state", {})["audit_t0"] = t0  # queue() audits a job it creates itself
             status = [500]
 
             async def send_status(message):
@@ -279,7 +280,9 @@ def create_app(cfg: ServerConfig) -> FastAPI:
                 action = getattr(route, "name", None) or f"{scope.get('method')} {path[:120]}"
                 video_id = st.get("video_id") or (scope.get("path_params") or {}).get("video_id")
                 try:
-                    if not st.get("no_audit"):  # a keyless flood turned away with 429 (KeyGate) is not logged
+                    # not a keyless flood turned away with 429 (KeyGate), nor a created job (queue() wrote its
+                    # row in the job's own transaction)
+                    if not st.get("no_audit") and not st.get("audited"):
                         await run_in_threadpool(keys.audit, db, key_name=st.get("key_name"), action=action,
                                                 video_id=video_id, status=status[0],
                                                 ms=(time.perf_counter() - t0) * 1000)
@@ -606,11 +609,15 @@ def create_app(cfg: ServerConfig) -> FastAPI:
         request.state.video_id = video_id
         params = {**params, "width": width, "height": height, "seconds": seconds}
         try:
+            route = request.scope.get("route")
+            t0 = request.scope.get("state", {}).get("audit_t0", time.perf_counter())
             row, new = jobs.insert_job(db, key, video_id=video_id, kind=kind, prompt=prompt, model=model.name,
                                        seconds=seconds_text(seconds), size=f"{width}x{height}", params=params,
                                        cost_seconds=cost, remixed_from=remixed_from,
                                        idempotency_key=idempotency_key(request),
-                                       fingerprint=request_fingerprint(kind, prompt, params))
+                                       fingerprint=request_fingerprint(kind, prompt, params),
+                                       audit=(key["name"], getattr(route, "name", "videos.create"),
+                                              (time.perf_counter() - t0) * 1000))
         except keys.KeyRevoked as e:
             storage.remove_all(video_id)
             raise APIError(401, str(e), code="invalid_api_key") from None
@@ -627,7 +634,9 @@ def create_app(cfg: ServerConfig) -> FastAPI:
         except BaseException:  # nothing was committed (the row is read inside the transaction)
             storage.remove_all(video_id)
             raise
-        if not new:  # a retry of a request already queued: its job, and this retry's uploads dropped
+        if new:
+            request.state.audited = True  # its row was written with the job
+        else:  # a retry of a request already queued: its job, and this retry's uploads dropped
             storage.remove_all(video_id)
             request.state.video_id = row["id"]
         return video_response(row)

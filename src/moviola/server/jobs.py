@@ -43,7 +43,8 @@ def new_video_id() -> str:
 def insert_job(db: Database, key: dict[str, Any], *, video_id: str, kind: str, prompt: str, model: str,
                seconds: str, size: str, params: dict[str, Any], cost_seconds: float,
                remixed_from: str | None = None, idempotency_key: str | None = None,
-               fingerprint: str | None = None) -> tuple[dict[str, Any], bool]:
+               fingerprint: str | None = None, audit: tuple[str, str, float] | None = None
+               ) -> tuple[dict[str, Any], bool]:
     """Queue a job after checking the key's rate limit and quota in the same transaction. Returns (the job's row,
     whether it is new). The row is read inside the transaction: a read after the commit that failed had answered
     503 for a job already queued and charged, which the SDK's retry then queued again.
@@ -51,7 +52,10 @@ def insert_job(db: Database, key: dict[str, Any], *, video_id: str, kind: str, p
     ``idempotency_key`` (the request's Idempotency-Key header): a job this key queued under the same token in the
     last IDEMPOTENCY_SECONDS is returned instead (False), nothing queued or charged, so a client's retry of a
     request whose answer it never got makes no second video; the same token with another request (its
-    ``fingerprint``: by default kind, prompt, size and length) is IdempotencyConflict."""
+    ``fingerprint``: by default kind, prompt, size and length) is IdempotencyConflict.
+
+    ``audit`` (key name, action, milliseconds so far): the request's audit row, written with the job, so a job
+    queued and charged always has one (written after the response, it was lost when the API died between)."""
     now = time.time()
     fingerprint = fingerprint or json.dumps([kind, prompt, size, seconds])
     with db.transaction() as tx:
@@ -77,6 +81,9 @@ def insert_job(db: Database, key: dict[str, Any], *, video_id: str, kind: str, p
         if idempotency_key is not None:
             tx.execute("INSERT INTO idempotency (key_id, token, video_id, fingerprint, created_at) "
                        "VALUES (?, ?, ?, ?, ?)", (key["id"], idempotency_key, video_id, fingerprint, now))
+        if audit is not None:
+            tx.execute("INSERT INTO audit (at, key_name, action, video_id, status, ms) VALUES (?, ?, ?, ?, 200, ?)",
+                       (now, audit[0], audit[1], video_id, audit[2]))
         return tx.one("SELECT * FROM jobs WHERE id = ?", (video_id,)), True
 
 
