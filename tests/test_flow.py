@@ -399,3 +399,19 @@ def test_frame_correlated_noise_keeps_unit_variance_and_correlates_frames_by_the
     assert path.correlate_frames(plain, torch.zeros(4, 8, 1, 16, 16), 0.5).std() < 0.8  # the shared part counts
     with pytest.raises(ValueError, match=r"in \[0, 1\)"):
         path.correlate_frames(plain, plain[:, :, :1], 1.0)
+
+
+def test_a_uniform_share_of_training_times_reaches_the_ends_of_the_path():
+    """uniform_share draws that share of the batch from U(0, 1): the noisiest times, where every sampler starts,
+    are trained (logit-normal alone puts about 0.2 % of times above 0.95)."""
+    import torch
+
+    from moviola.flow.path import sample_time
+
+    plain = sample_time(20000, torch.Generator().manual_seed(0))
+    mixed = sample_time(20000, torch.Generator().manual_seed(0), uniform_share=0.5)
+    assert (plain > 0.95).float().mean() < 0.005
+    assert 0.02 < (mixed > 0.95).float().mean() < 0.03  # half the batch, 5 % of it above 0.95
+    assert torch.equal(mixed[:10000], plain[:10000])  # the rest as before
+    with pytest.raises(ValueError, match="uniform_share"):
+        sample_time(4, uniform_share=1.5)

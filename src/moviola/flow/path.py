@@ -62,12 +62,15 @@ def shift_for_tokens(num_tokens: int, *, base_tokens: int = 256, max_tokens: int
 
 
 def sample_time(batch: int, generator: torch.Generator | None = None, *, kind: str = "logit_normal",
-                mean: float = 0.0, std: float = 1.0, shift: float = 1.0,
+                mean: float = 0.0, std: float = 1.0, shift: float = 1.0, uniform_share: float = 0.0,
                 device: torch.device | str | None = None) -> Tensor:
     """Training times (batch,) float32 in (0, 1), drawn on the generator's device.
 
     "logit_normal" is sigmoid(N(mean, std^2)) (SD3): it spends the training signal on the middle of
-    the path, where velocity is hardest to predict; "uniform" is U(0, 1). The shift is applied last.
+    the path, where velocity is hardest to predict; "uniform" is U(0, 1). ``uniform_share``: that share of
+    the batch (rounded) drawn uniformly instead, so the ends of the path are trained too (at shift 1 only
+    1.4 % of logit-normal times are above 0.9, where a shift-2 sampler spends 5 of its 24 steps). The shift
+    is applied last.
     """
     if device is None:
         device = generator.device if generator is not None else "cpu"
@@ -78,6 +81,11 @@ def sample_time(batch: int, generator: torch.Generator | None = None, *, kind: s
         t = torch.rand(batch, generator=generator, device=device)
     else:
         raise ValueError(f"unknown time sampling {kind!r}; choose one of {', '.join(TIME_KINDS)}")
+    if not 0.0 <= uniform_share <= 1.0:
+        raise ValueError(f"uniform_share must be in [0, 1], got {uniform_share}")
+    n = round(batch * uniform_share)
+    if n:
+        t = torch.cat([t[:batch - n], torch.rand(n, generator=generator, device=device)])
     return shift_time(t, shift).clamp(TIME_EPS, 1 - TIME_EPS)
 
 

@@ -123,6 +123,7 @@ class TrainDiTConfig:
     preserve_except: list[str] = field(default_factory=list)
     detailed_prob: float = 0.5  # share of steps' captions that are the detailed ones (else short)
     time_mean: float = 0.0  # logit-normal time sampling
+    time_uniform: float = 0.0  # share of each batch with uniform times instead (the path's ends trained too)
     time_std: float = 1.0
     motion_loss: float = 0.0  # > 0: add this times `temporal_loss` (frame-to-frame change of the error)
     shift: float = 0.0  # 0 = shift_for_tokens
@@ -273,7 +274,8 @@ class Batches:
         g = torch.Generator().manual_seed(int(rng.integers(2 ** 62)))
         noise = frame_noise(x0.shape, g, self.frame_corr)
         shift = cfg.shift or shift_for_tokens(self.tokens[b])
-        t = sample_time(x0.shape[0], g, mean=cfg.time_mean, std=cfg.time_std, shift=shift)
+        t = sample_time(x0.shape[0], g, mean=cfg.time_mean, std=cfg.time_std, shift=shift,
+                        uniform_share=cfg.time_uniform)
         out = {"x0": x0, "noise": noise, "t": t, "context": self.cache.text_tokens[rows_t].float(),
                "context_mask": self.cache.text_mask[rows_t], "bucket": b}
         if cfg.preserve_except:  # (b,) True: learn the base's prediction (decided by the clip, not its drawn caption)
