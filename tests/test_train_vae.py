@@ -277,13 +277,13 @@ def test_init_from_default_carries_the_shipped_models_records_not_a_local_folder
     provenance had been read from a folder called "default" in the working directory."""
     from moviola import DEFAULT_MODEL_DIR
     from moviola.layout import model_dir
-    from moviola.train.vae import _write_provenance
+    from moviola.train.vae import _carry_provenance
 
     assert model_dir("default") == DEFAULT_MODEL_DIR and model_dir("runs/x") == Path("runs/x")
     monkeypatch.chdir(tmp_path)
     (tmp_path / "default" / "vae").mkdir(parents=True)
     (tmp_path / "default" / "vae" / "provenance.jsonl").write_text(json.dumps({"path": "someone_elses.mp4"}) + "\n")
     (tmp_path / "out" / "model").mkdir(parents=True)
-    _write_provenance([], tmp_path / "out", "default")
+    _carry_provenance(None, tmp_path / "out", "default")
     written = tmp_path / "out" / "model" / "provenance.jsonl"
     assert not written.exists() or "someone_elses" not in written.read_text()

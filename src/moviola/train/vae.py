@@ -23,7 +23,6 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
-import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -41,7 +40,7 @@ from moviola.layout import model_dir, part_weights, staged_writes
 from moviola.models.vae import CausalVAE, VAEConfig
 from moviola.train.common import (EMA, JsonlLog, OptimConfig, autocast, load_checkpoint, lr_at, make_optimizer,
                                   pick_device, read_checkpoint, remove_stale_temps, save_checkpoint)
-from moviola.video_io import ensure_dir
+from moviola.video_io import atomic_path, ensure_dir
 
 
 @dataclass
@@ -412,26 +411,32 @@ def train_vae(cfg: TrainVAEConfig, *, on_step=None) -> Path:
     if not (cfg.init_from and cfg.optim.steps == 0):  # a frozen encoder keeps the statistics it came with
         mean, std = latent_stats(final, batches, cfg.stats_batches, device)
         final.set_latent_stats(mean, std)
+    run = _write_provenance(batches.videos, out)  # in place first: the carry below reads it
     with staged_writes():  # the weights, config and provenance land together
         final.cpu().save_pretrained(out / "model")
-        _write_provenance(batches.videos, out, cfg.init_from)
+        _carry_provenance(run, out, cfg.init_from)
     return out / "model"
 
 
-def _write_provenance(clips: list, out: Path, init_from: str | None) -> None:
-    """What the saved VAE learned from travels with it (and into the models trained on its latents): this run's
-    footage clips (path, sha256, caption, span, licence, consent, source; OUT/provenance.jsonl, as a DiT run
-    writes), then the records of the VAE it was fine-tuned from, in OUT/model/provenance.jsonl."""
+def _write_provenance(clips: list, out: Path) -> Path | None:
+    """This run's footage clips (path, sha256, caption, span, licence, consent, source) in OUT/provenance.jsonl,
+    as a DiT run writes; its path, or None without footage."""
     from moviola.data.folder import file_sha256
-    from moviola.data.provenance import MANIFEST, carry
+    from moviola.data.provenance import MANIFEST
+
+    if not clips:
+        return None
+    rows = [{"path": c.path, "sha256": file_sha256(c.path), "caption": c.caption, "start": c.start,
+             "end": c.end, "licence": c.licence, "consent": c.consent, "source": c.source} for c in clips]
+    with atomic_path(out / MANIFEST) as tmp:
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return out / MANIFEST
+
+
+def _carry_provenance(run: Path | None, out: Path, init_from: str | None) -> None:
+    """What the saved VAE learned from travels with it (and into the models trained on its latents): this run's
+    records, then those of the VAE it was fine-tuned from, in OUT/model/provenance.jsonl."""
+    from moviola.data.provenance import carry
     from moviola.layout import part_dir
 
-    run = None
-    if clips:
-        rows = [{"path": c.path, "sha256": file_sha256(c.path), "caption": c.caption, "start": c.start,
-                 "end": c.end, "licence": c.licence, "consent": c.consent, "source": c.source} for c in clips]
-        run = out / MANIFEST  # the run folder's record, read by carry below: in place now, not staged
-        tmp = run.with_name(f".{run.name}.tmp-{os.getpid()}")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-        os.replace(tmp, run)
     carry(run, part_dir(model_dir(init_from), "vae") if init_from else None, out / "model")
