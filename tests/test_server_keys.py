@@ -181,6 +181,80 @@ def test_the_key_is_checked_before_the_body(stack):
     assert status == 400 and "takes multipart/form-data, not application/json" in body["error"]["message"]
 
 
+def test_key_names_and_limits_the_database_cannot_hold_are_refused(tmp_path):
+    """A name ending in a newline (listed like the name without it), an infinite quota (stored, then every
+    listing of keys a 500) and a rate past the database's integer are refused by name, and nothing is made."""
+    from moviola.server.db import Database
+    from moviola.server.keys import KeyProblem, create_key, list_keys
+
+    db = Database(tmp_path / "k.db")
+    for kw in (dict(name="alice\n"), dict(name="alice\r"), dict(name="b", quota_seconds_per_day=float("inf")),
+               dict(name="b", quota_seconds_per_day=float("nan")), dict(name="b", rate_per_minute=10**30)):
+        with pytest.raises(KeyProblem):
+            create_key(db, **kw)
+    assert list_keys(db) == []
+    create_key(db, "alice", quota_seconds_per_day=1e6, rate_per_minute=1_000_000)
+
+
+def test_key_changes_are_audited_with_the_key_they_changed(stack):
+    """The audit log says which key an admin made or revoked (through the API or the keys command), and a
+    refused create names no video (its id never existed)."""
+    import os
+
+    import httpx
+
+    from moviola.cli import main
+
+    admin, user = stack.key("root", admin=True), stack.key("user", quota_seconds_per_day=0.5)
+    victim, local = f"victim-{os.urandom(3).hex()}", f"cliuser-{os.urandom(3).hex()}"
+    headers = {"Authorization": f"Bearer {admin}"}
+    base = stack.base_url
+    assert httpx.post(f"{base}/admin/keys", json={"name": victim}, headers=headers).status_code == 200
+    assert httpx.post(f"{base}/admin/keys/{victim}/revoke", headers=headers).status_code == 200
+    for bad in ({"quota_seconds_per_day": "Infinity"}, {"rate_per_minute": 10**30}, {"name": "x\n"}):
+        r = httpx.post(f"{base}/admin/keys", json={"name": "q", **bad}, headers=headers)
+        assert r.status_code == 400, r.text
+    assert main(["keys", "create", "--name", local, "--storage", str(stack.storage)]) == 0
+    assert main(["keys", "revoke", local, "--storage", str(stack.storage)]) == 0
+    r = httpx.post(f"{base}/videos", data={"prompt": "a red circle", "seconds": "1", "size": "64x64"},
+                   headers={"Authorization": f"Bearer {user}"})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "quota_too_small", r.text  # refused in queue()
+
+    def rows():
+        return httpx.get(f"{base}/admin/audit", params={"limit": 10000}, headers=headers).json()["data"]
+
+    server_stack.wait_for(lambda: any(r["action"] == "videos.create" and r["status"] == 400 for r in rows()), 10,
+                          what="the refused create's audit row")  # written just after the answer
+    got = rows()
+    assert {("admin.keys.create", victim), ("admin.keys.revoke", victim), ("cli.keys.create", local),
+            ("cli.keys.revoke", local)} <= {(r["action"], r["target"]) for r in got if r["status"] == 200}
+    assert all(r["key_name"].startswith("cli:") for r in got if r["action"].startswith("cli."))
+    refused = [r for r in got if r["action"] == "videos.create" and r["status"] == 400]
+    assert refused and all(r["video_id"] is None for r in refused), refused
+
+
+def test_a_database_of_schema_1_is_brought_up_to_date(tmp_path):
+    """A database made by an older Moviola (schema 1: no audit.target) opens, gains the column, keeps its rows."""
+    import sqlite3
+
+    from moviola.server.db import SCHEMA_VERSION, Database
+    from moviola.server.keys import audit, audit_log
+
+    path = tmp_path / "old.db"
+    con = sqlite3.connect(path)
+    con.executescript("""CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+        INSERT INTO meta VALUES ('schema_version', '1');
+        CREATE TABLE audit (seq INTEGER PRIMARY KEY AUTOINCREMENT, at DOUBLE PRECISION NOT NULL, key_name TEXT,
+            action TEXT NOT NULL, video_id TEXT, status INTEGER NOT NULL, ms DOUBLE PRECISION);
+        INSERT INTO audit (at, key_name, action, status) VALUES (1.0, 'k', 'videos.list', 200);""")
+    con.commit()
+    con.close()
+    db = Database(path)
+    audit(db, key_name="k", action="admin.keys.revoke", video_id=None, target="b", status=200, ms=1.0)
+    assert [(r["action"], r["target"]) for r in audit_log(db)] == [("admin.keys.revoke", "b"), ("videos.list", None)]
+    assert db.one("SELECT value FROM meta WHERE name = 'schema_version'")["value"] == str(SCHEMA_VERSION)
+
+
 def test_old_audit_rows_are_pruned(tmp_path):
     import time
 

@@ -173,6 +173,48 @@ def test_deleted_mid_job_is_abandoned(env):
     assert not (tmp / "storage" / "videos" / vid).exists()
 
 
+def test_revoking_a_key_stops_its_running_job(env):
+    """A key revoked while a worker makes its clip: the job fails as key_revoked at once (queued ones too), the
+    worker drops it at its next step, and nothing is stored (it had gone on to finish a clip nobody could fetch)."""
+    from moviola.server.keys import revoke_key
+
+    db, key, tmp = env
+    vid, waiting = _queue(db, key, n=2)
+    logged = []
+    w = _worker(tmp, tmp / "q.db", None)
+    w.log = logged.append
+    w.pipe = FakePipe(on_step=lambda i: revoke_key(db, "k") if i == 0 else None)
+    w.run_one(jobs.claim(db, w.owner, 5))
+    for v in (vid, waiting):
+        row = db.one("SELECT * FROM jobs WHERE id = ?", (v,))
+        assert (row["status"], row["error_code"], row["lease_owner"]) == ("failed", "key_revoked", None)
+    assert len(w.pipe.calls) == 1 and not (tmp / "storage" / "videos" / vid).exists()
+    assert any("abandoned" in m for m in logged) and jobs.claim(db, "w2", 5) is None
+
+
+def test_a_worker_takes_only_jobs_for_the_model_it_serves(env, tmp_path):
+    """A worker started with other weights than the API's (a mistyped --model, a rolling upgrade) leaves the
+    API's jobs to a worker of that model, and says why it is idle, instead of making them with its own weights
+    and recording them as the API's model."""
+    import shutil
+
+    from moviola import DEFAULT_MODEL_DIR
+
+    db, key, tmp = env
+    (vid,) = _queue(db, key)  # asked of moviola-default
+    other = tmp_path / "mine"
+    shutil.copytree(DEFAULT_MODEL_DIR, other)
+    logged = []
+    w = _worker(tmp, tmp / "q.db", FakePipe(), model=str(other), max_jobs=1, poll_seconds=0.01)
+    w.log = logged.append
+    assert w.model.name == "moviola-mine" and jobs.claim(db, "x", 5, model="moviola-mine") is None
+    threading.Timer(0.3, w.stopping.set).start()
+    assert w._loop() == 0
+    assert db.one("SELECT status FROM jobs WHERE id = ?", (vid,))["status"] == "queued"
+    assert any("waiting for moviola-default" in m and "serves moviola-mine" in m for m in logged), logged
+    assert jobs.claim(db, "x", 5, model="moviola-default")["id"] == vid
+
+
 def test_a_new_try_clears_the_last_tries_error(env):
     """A storage error, then workers killed: the job fails as worker_lost, not as the storage error."""
     db, key, _ = env

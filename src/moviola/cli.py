@@ -12,6 +12,7 @@ import json
 import math
 import os
 import sys
+import time
 from pathlib import Path
 
 from moviola.config import ConfigError
@@ -683,6 +684,16 @@ def cmd_worker(args) -> int:
         return worker_main(cfg)
 
 
+def _user() -> str:
+    """The operating-system user running the command, for the audit log ("?" where it can't be told)."""
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except Exception:  # no USER variable and no password entry (a bare container)
+        return "?"
+
+
 def cmd_keys(args) -> int:
     from moviola.server import keys
     from moviola.server.db import Database
@@ -690,9 +701,16 @@ def cmd_keys(args) -> int:
     _storage_dir(args.storage)
     with _database_errors():
         db = Database(_server_db(args))
+        t0 = time.perf_counter()
+
+        def audit(action: str) -> None:  # the operator's changes to keys, in the log the admin API's go to
+            keys.audit(db, key_name=f"cli:{_user()}", action=action, video_id=None, target=args.name, status=200,
+                       ms=(time.perf_counter() - t0) * 1000)
+
         if args.keys_verb == "create":
             token, rec = keys.create_key(db, args.name, quota_seconds_per_day=args.quota_seconds_per_day,
                                          rate_per_minute=args.rate_per_minute, admin=args.admin)
+            audit("cli.keys.create")
             print(token)
             print(f"created key {rec['name']!r}; this is the only time it is shown", file=sys.stderr)
         elif args.keys_verb == "list":
@@ -705,6 +723,7 @@ def cmd_keys(args) -> int:
                       f"quota_s/day={r['quota_seconds_per_day']}  rate/min={r['rate_per_minute']}")
         else:
             keys.revoke_key(db, args.name)
+            audit("cli.keys.revoke")
             print(f"revoked key {args.name!r}", file=sys.stderr)
     return 0
 

@@ -11,7 +11,7 @@ validation errors are turned into 400s naming the parameter.
 
 Handlers are plain functions run in FastAPI's thread pool, each thread with its own database
 connection, so the event loop never waits on the database. Every request under ``/v1`` is written to
-the audit log (key name, action, video id, status, milliseconds) after it is answered, except keyless
+the audit log (key name, action, video id or the key an admin acted on, status, milliseconds) after it is answered, except keyless
 floods refused with 429; rows older than ``audit_days`` are pruned by the sweep.
 """
 
@@ -284,7 +284,7 @@ def create_app(cfg: ServerConfig) -> FastAPI:
                     # row in the job's own transaction)
                     if not st.get("no_audit") and not st.get("audited"):
                         await run_in_threadpool(keys.audit, db, key_name=st.get("key_name"), action=action,
-                                                video_id=video_id, status=status[0],
+                                                video_id=video_id, target=st.get("audit_target"), status=status[0],
                                                 ms=(time.perf_counter() - t0) * 1000)
                 except Exception as e:
                     print(f"moviola serve: audit write failed: {e}", flush=True)
@@ -605,8 +605,8 @@ def create_app(cfg: ServerConfig) -> FastAPI:
     def queue(request: Request, key: dict, *, video_id: str, kind: str, prompt: str, seconds: float,
               width: int, height: int, params: dict, cost: float, remixed_from: str | None = None) -> JSONResponse:
         """Queue the job (its uploads already stored under ``video_id``) and answer with its Video object; the
-        uploads go if it is not queued, or if an Idempotency-Key names a job queued before (answered instead)."""
-        request.state.video_id = video_id
+        uploads go if it is not queued, or if an Idempotency-Key names a job queued before (answered instead).
+        A refused request's audit row names no video (the id it would have had never existed)."""
         params = {**params, "width": width, "height": height, "seconds": seconds}
         try:
             route = request.scope.get("route")
@@ -959,7 +959,8 @@ def create_app(cfg: ServerConfig) -> FastAPI:
     # --- admin -----------------------------------------------------------------------------------
 
     @app.post("/v1/admin/keys", name="admin.keys.create", responses={**ERRORS, 403: {"model": ErrorResponse}})
-    def admin_create_key(body: KeyBody, admin: dict = Depends(admin_key)):
+    def admin_create_key(request: Request, body: KeyBody, admin: dict = Depends(admin_key)):
+        request.state.audit_target = body.name  # the audit row says which key was made
         try:
             token, rec = keys.create_key(db, body.name, quota_seconds_per_day=body.quota_seconds_per_day,
                                          rate_per_minute=body.rate_per_minute, admin=body.admin)
@@ -973,7 +974,8 @@ def create_app(cfg: ServerConfig) -> FastAPI:
 
     @app.post("/v1/admin/keys/{name}/revoke", name="admin.keys.revoke",
               responses={**ERRORS, 403: {"model": ErrorResponse}})
-    def admin_revoke_key(name: str, admin: dict = Depends(admin_key)):
+    def admin_revoke_key(request: Request, name: str, admin: dict = Depends(admin_key)):
+        request.state.audit_target = name
         try:
             return keys.revoke_key(db, name)
         except keys.KeyProblem as e:

@@ -36,7 +36,10 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: audit.target (the key an admin created or revoked)
+
+# Each step brings a database of the version before it up to the next; create_schema runs those it lacks.
+MIGRATIONS = {2: ["ALTER TABLE audit ADD COLUMN target TEXT"]}
 
 
 class DatabaseError(RuntimeError):
@@ -80,7 +83,7 @@ def _tables(pk: str) -> list[str]:
         "CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, seq)",
         f"""CREATE TABLE IF NOT EXISTS audit (
             seq {pk}, at DOUBLE PRECISION NOT NULL, key_name TEXT, action TEXT NOT NULL,
-            video_id TEXT, status INTEGER NOT NULL, ms DOUBLE PRECISION)""",
+            video_id TEXT, status INTEGER NOT NULL, ms DOUBLE PRECISION, target TEXT)""",
         "CREATE INDEX IF NOT EXISTS audit_by_time ON audit (at)",  # the sweep's prune of old rows
         # Idempotency-Key headers: which job a key's request token queued (its own table, so a database made
         # before it needs no migration; pruned by the sweep after jobs.IDEMPOTENCY_SECONDS)
@@ -257,6 +260,11 @@ class Database:
                     elif int(row["value"]) > SCHEMA_VERSION:
                         raise DatabaseError(f"{_redact(self.url)} has schema version {row['value']}; this "
                                             f"Moviola knows up to {SCHEMA_VERSION} (upgrade Moviola)")
+                    else:  # an older database: its missing steps, in the same transaction
+                        for version in range(int(row["value"]) + 1, SCHEMA_VERSION + 1):
+                            for ddl in MIGRATIONS[version]:
+                                tx.execute(ddl)
+                        tx.execute("UPDATE meta SET value = ? WHERE name = 'schema_version'", (str(SCHEMA_VERSION),))
                 return
             except sqlite3.OperationalError as e:
                 if attempt == 2:

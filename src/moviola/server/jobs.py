@@ -155,14 +155,19 @@ def to_video(row: dict[str, Any]) -> dict[str, Any]:
 
 # --- the worker's side ------------------------------------------------------------------------------
 
-def claim(db: Database, owner: str, lease_seconds: float) -> dict[str, Any] | None:
-    """Take the oldest runnable job (queued, or in progress with an expired lease) for ``owner``."""
+_RUNNABLE = "deleted_at IS NULL AND (status = 'queued' OR (status = 'in_progress' AND lease_until < ?))"
+
+
+def claim(db: Database, owner: str, lease_seconds: float, model: str | None = None) -> dict[str, Any] | None:
+    """Take the oldest runnable job (queued, or in progress with an expired lease) for ``owner``; with ``model``,
+    only a job asked of that model (a worker serving other weights than the API's had made clips recorded as
+    the API's model)."""
+    only = "" if model is None else " AND model = ?"
     while True:
         now = time.time()
         with db.transaction() as tx:
-            row = tx.one("SELECT * FROM jobs WHERE deleted_at IS NULL AND (status = 'queued' OR "
-                         "(status = 'in_progress' AND lease_until < ?)) ORDER BY seq LIMIT 1" + db.skip_locked,
-                         (now,))
+            row = tx.one(f"SELECT * FROM jobs WHERE {_RUNNABLE}{only} ORDER BY seq LIMIT 1" + db.skip_locked,
+                         (now,) if model is None else (now, model))
             if row is None:
                 return None
             if row["attempts"] >= MAX_ATTEMPTS:
@@ -186,6 +191,11 @@ def claim(db: Database, owner: str, lease_seconds: float) -> dict[str, Any] | No
                        "error_code = NULL, error_message = NULL WHERE id = ?",
                        (owner, owner, now + lease_seconds, now, now, row["id"]))
         return db.one("SELECT * FROM jobs WHERE id = ?", (row["id"],))
+
+
+def waiting_models(db: Database) -> list[str]:
+    """The models that runnable jobs ask for (what an idle worker serving another one can tell its operator)."""
+    return [r["model"] for r in db.query(f"SELECT DISTINCT model FROM jobs WHERE {_RUNNABLE}", (time.time(),))]
 
 
 def heartbeat(db: Database, video_id: str, owner: str, lease_seconds: float, progress: int | None = None) -> bool:

@@ -21,6 +21,7 @@ Both answer 429 with ``retry-after`` = seconds until enough of the window has ro
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 import secrets
 import time
@@ -30,7 +31,8 @@ from typing import Any
 from moviola.server.db import Database, _Tx
 
 KEY_PREFIX = "mvl-"
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")  # fullmatch: "$" would let a trailing newline in
+MAX_RATE_PER_MINUTE = 1_000_000  # a bound the database's INTEGER holds (a larger one had been a 500)
 DAY = 86400.0
 
 
@@ -62,12 +64,12 @@ def hash_key(token: str) -> str:
 def create_key(db: Database, name: str, *, quota_seconds_per_day: float | None = None,
                rate_per_minute: int | None = None, admin: bool = False) -> tuple[str, dict[str, Any]]:
     """Make a key; returns (the token, shown this once; its public record)."""
-    if not NAME_RE.match(name or ""):
-        raise KeyProblem(f"key name {name!r} must be 1-64 letters, digits or ._@- and start with a letter or digit")
-    if quota_seconds_per_day is not None and not quota_seconds_per_day > 0:
-        raise KeyProblem(f"quota_seconds_per_day must be positive, got {quota_seconds_per_day}")
-    if rate_per_minute is not None and not rate_per_minute > 0:
-        raise KeyProblem(f"rate_per_minute must be positive, got {rate_per_minute}")
+    check_name(name)
+    if quota_seconds_per_day is not None and not (math.isfinite(quota_seconds_per_day) and quota_seconds_per_day > 0):
+        # inf had been stored: the key made behind a 500, and every listing of keys a 500 after it
+        raise KeyProblem(f"quota_seconds_per_day must be a positive finite number, got {quota_seconds_per_day}")
+    if rate_per_minute is not None and not 0 < rate_per_minute <= MAX_RATE_PER_MINUTE:
+        raise KeyProblem(f"rate_per_minute must be 1 to {MAX_RATE_PER_MINUTE:,}, got {rate_per_minute}")
     token = KEY_PREFIX + secrets.token_urlsafe(32)
     with db.transaction() as tx:
         if tx.one("SELECT 1 AS x FROM keys WHERE name = ?", (name,)):
@@ -77,6 +79,13 @@ def create_key(db: Database, name: str, *, quota_seconds_per_day: float | None =
                    ("key_" + secrets.token_hex(8), name, hash_key(token), token[:8], time.time(),
                     quota_seconds_per_day, rate_per_minute, int(admin)))
     return token, public(db.one("SELECT * FROM keys WHERE name = ?", (name,)))
+
+
+def check_name(name: str) -> None:
+    """A KeyProblem unless ``name`` is a key name: 1-64 of letters, digits and ._@-, the first a letter or digit
+    (and nothing after: a name ending in a newline had been taken, and listed like the name without it)."""
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
+        raise KeyProblem(f"key name {name!r} must be 1-64 letters, digits or ._@- and start with a letter or digit")
 
 
 def public(row: dict[str, Any]) -> dict[str, Any]:
@@ -92,10 +101,19 @@ def list_keys(db: Database) -> list[dict[str, Any]]:
 
 
 def revoke_key(db: Database, name: str) -> dict[str, Any]:
-    """Revoke by name (idempotent); the key fails from its next request on."""
-    if not db.one("SELECT 1 AS x FROM keys WHERE name = ?", (name,)):
-        raise KeyProblem(f"no key named {name!r}")
-    db.execute("UPDATE keys SET revoked_at = ? WHERE name = ? AND revoked_at IS NULL", (time.time(), name))
+    """Revoke by name (idempotent); the key fails from its next request on, and its jobs not yet made fail as
+    ``key_revoked`` in the same transaction: a queued one is never taken, and a worker running one loses it at
+    its next heartbeat or sampler step (it had gone on to finish a clip nobody could fetch)."""
+    now = time.time()
+    with db.transaction() as tx:
+        row = tx.one("SELECT id FROM keys WHERE name = ?", (name,))
+        if row is None:
+            raise KeyProblem(f"no key named {name!r}")
+        tx.execute("UPDATE keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL", (now, row["id"]))
+        tx.execute("UPDATE jobs SET status = 'failed', error_code = 'key_revoked', error_message = ?, "
+                   "lease_owner = NULL, completed_at = ? WHERE key_id = ? AND deleted_at IS NULL AND "
+                   "status IN ('queued', 'in_progress')",
+                   ("the API key that asked for it was revoked before it was made", now, row["id"]))
     return public(db.one("SELECT * FROM keys WHERE name = ?", (name,)))
 
 
@@ -149,9 +167,11 @@ def check_limits(tx: _Tx, key: dict[str, Any], cost_seconds: float, now: float) 
 
 
 def audit(db: Database, *, key_name: str | None, action: str, video_id: str | None, status: int,
-          ms: float) -> None:
-    db.execute("INSERT INTO audit (at, key_name, action, video_id, status, ms) VALUES (?, ?, ?, ?, ?, ?)",
-               (time.time(), key_name, action, video_id, status, ms))
+          ms: float, target: str | None = None) -> None:
+    """One audit row: who (``key_name``; ``cli:USER`` for the keys command), what (a route name or ``cli.keys.*``),
+    on which video or key (``video_id``, ``target``: the key an admin created or revoked), and the outcome."""
+    db.execute("INSERT INTO audit (at, key_name, action, video_id, target, status, ms) VALUES (?, ?, ?, ?, ?, ?, ?)",
+               (time.time(), key_name, action, video_id, target, status, ms))
 
 
 def prune_audit(db: Database, older_than_seconds: float) -> int:
@@ -165,4 +185,4 @@ def audit_log(db: Database, *, limit: int = 100, key_name: str | None = None) ->
     else:
         rows = db.query("SELECT * FROM audit ORDER BY seq DESC LIMIT ?", (limit,))
     return [{"at": r["at"], "key_name": r["key_name"], "action": r["action"], "video_id": r["video_id"],
-             "status": r["status"], "ms": r["ms"]} for r in rows]
+             "target": r["target"], "status": r["status"], "ms": r["ms"]} for r in rows]

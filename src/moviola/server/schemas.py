@@ -100,8 +100,8 @@ class FeedbackBody(RequestBody):
 
 class KeyBody(RequestBody):
     name: str
-    quota_seconds_per_day: float | None = Field(default=None, gt=0)
-    rate_per_minute: int | None = Field(default=None, gt=0)
+    quota_seconds_per_day: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    rate_per_minute: int | None = Field(default=None, gt=0, le=1_000_000)  # keys.MAX_RATE_PER_MINUTE
     admin: bool = False
 
 

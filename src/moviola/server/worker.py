@@ -135,16 +135,17 @@ class Worker:
             alive.join(timeout=5.0)
 
     def _loop(self) -> int:
-        done = 0
+        done, told = 0, [0.0]
         while not self.stopping.is_set():
             try:
-                job = jobs.claim(self.db, self.owner, self.cfg.lease_seconds)
+                job = jobs.claim(self.db, self.owner, self.cfg.lease_seconds, model=self.model.name)
             except Exception as e:  # the database restarting, a network blip: keep trying
                 self.log(f"cannot claim a job ({type(e).__name__}: {e}); retrying")
                 self.db.close()
                 self.stopping.wait(max(1.0, self.cfg.poll_seconds))
                 continue
             if job is None:
+                self._say_if_other_models(told)
                 self.stopping.wait(self.cfg.poll_seconds)
                 continue
             self.run_one(job)
@@ -152,6 +153,20 @@ class Worker:
             if self.cfg.max_jobs and done >= self.cfg.max_jobs:
                 break
         return done
+
+    def _say_if_other_models(self, told: list[float]) -> None:
+        """Idle while jobs wait for other models (a --model that differs from the API's): say so, once a minute."""
+        now = time.monotonic()
+        if now - told[0] < 60.0:
+            return
+        told[0] = now
+        try:
+            others = [m for m in jobs.waiting_models(self.db) if m != self.model.name]
+        except Exception:  # the database: the next claim says it
+            return
+        if others:
+            self.log(f"jobs are waiting for {', '.join(sorted(others))}; this worker serves {self.model.name} "
+                     f"({self.model.directory}) and takes only its jobs: start a worker with that model's folder")
 
     def run_one(self, job: dict[str, Any]) -> None:
         vid, owner, lease = job["id"], self.owner, self.cfg.lease_seconds
@@ -231,7 +246,7 @@ class Worker:
                 jobs.release(self.db, vid, owner)
                 self.log(f"{vid}: given back to the queue (worker stopping)")
             else:
-                self.log(f"{vid}: abandoned ({e}: taken over or deleted)")
+                self.log(f"{vid}: abandoned ({e}: taken over, deleted or its key revoked)")
         except JobFailure as e:
             jobs.fail(self.db, vid, owner, e.code, str(e))
             self.log(f"{vid}: failed ({e.code}: {e})")
@@ -245,6 +260,9 @@ class Worker:
         except (OSError, DatabaseError) as e:  # the storage or the database, not the request: try it again later
             if out_dir is not None:
                 _rmtree(out_dir)
+            if lost.is_set() or not self._still_mine(vid):  # deleted or revoked under it: its files went with it
+                self.log(f"{vid}: abandoned (taken over, deleted or its key revoked while it ran)")
+                return
             traceback.print_exc(file=sys.stderr)
             code = "storage_error" if isinstance(e, OSError) else "database_error"
             what = (e.strerror or type(e).__name__) if isinstance(e, OSError) else str(e)  # no server paths
@@ -273,6 +291,13 @@ class Worker:
         finally:
             beat_stop.set()
             hb.join(timeout=5)
+
+    def _still_mine(self, vid: str) -> bool:
+        """Whether the job is still this worker's to finish (True when the database can't say)."""
+        try:
+            return jobs.heartbeat(self.db, vid, self.owner, self.cfg.lease_seconds)
+        except Exception:
+            return True
 
     def _source(self, params: dict[str, Any]) -> Path | None:
         rel = params.get("source_path")
