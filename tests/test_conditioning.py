@@ -358,6 +358,8 @@ def test_image_to_video_keeps_the_first_and_last_images(pipe):
     assert np.array_equal(both[0], first) and np.array_equal(both[-1], pipe.fit_image(last, 32, 32))
     only_last = pipe("a red circle falls", last_image=last, seconds=2, **SIZE)
     assert only_last.shape == (17, 32, 32, 3) and np.array_equal(only_last[-1], pipe.fit_image(last, 32, 32))
+    W = pipe.window_frames  # a whole window ending on the image (it had been refused: "num_frames must be 1 to W - 1")
+    assert len(pipe("a red circle falls", last_image=last, num_frames=W, steps=2, **SIZE)) == W
 
 
 def test_extend_stream_yields_the_extension_window_by_window(pipe):

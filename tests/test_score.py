@@ -303,3 +303,39 @@ def test_score_takes_still_images_of_every_kind_read_image_reads(tmp_path):
         report = score_file(tmp_path / f"f.{ext}", TWO_PROMPT.replace("moves right", "stays still")
                             .replace("spins", "stays still"))
         assert report["attributes"]["color"] == 1.0 and report["attributes"]["background"] == 1.0
+
+
+def test_score_file_keeps_a_variable_frame_rate_files_timing_and_reads_every_image_name(tmp_path):
+    """A Matroska file with frames dropped (their times kept: variable frame rate) scores the speed of the file it
+    came from, where its nominal rate had made the motion half as fast again; and every picture name Moviola
+    reads elsewhere (.jfif, .tga, .qoi...) is scored as a picture, not refused as "a still image"."""
+    from fractions import Fraction
+
+    import av
+    from PIL import Image
+
+    from moviola.world.score import score_file
+
+    prompt = "a large red circle moves right on a black background"
+    from moviola.world.caption import parse_prompt
+    from moviola.world.sample import scene_from_prompt
+
+    spec = scene_from_prompt(parse_prompt(prompt), np.random.default_rng(1), seconds=4.0)  # no wall reached
+    frames = render(spec).frames
+    with av.open(str(tmp_path / "vfr.mkv"), "w") as c:
+        s = c.add_stream("libx264", rate=8, options={"crf": "10"})
+        s.width, s.height, s.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+        s.time_base = s.codec_context.time_base = Fraction(1, 1000)
+        for i in [i for i in range(len(frames)) if i % 3 != 1]:
+            f = av.VideoFrame.from_ndarray(frames[i], format="rgb24")
+            f.pts, f.time_base = i * 125, Fraction(1, 1000)
+            c.mux(s.encode(f))
+        c.mux(s.encode())
+    whole = score_clip(frames, prompt, fps=8.0)
+    vfr = score_file(tmp_path / "vfr.mkv", prompt)
+    speed = [r["objects"][0]["found"]["speed_x"] for r in (whole, vfr)]
+    assert abs(speed[1] - speed[0]) < 0.1 * abs(speed[0]), speed
+    for name in ("s.jfif", "s.tga", "s.qoi"):
+        Image.fromarray(frames[0]).save(tmp_path / name, format="JPEG" if name.endswith("jfif") else None)
+        report = score_file(tmp_path / name, prompt)
+        assert report["attributes"]["color"] == 1.0, report

@@ -394,6 +394,37 @@ def test_cut_off_file_is_reported_not_silently_shortened(tmp_path, ext):
     assert read_video(cut, max_frames=4).num_frames == 4  # the intact part is still readable
 
 
+@pytest.mark.parametrize("ext", [".webm", ".mkv", ".mp4"])
+def test_a_file_cut_near_its_end_is_refused_too(tmp_path, ext):
+    """Cut anywhere past 80 % (an interrupted download), a clip is refused, or read for a model (by its frames'
+    timestamps) it keeps its length but for at most two frames: a margin of max(0.5 s, 10 %) had let a 4 s clip
+    come back up to half a second short. (A cut can lose the B-frames before the last anchor frame and keep
+    that frame: the clip then holds a frame over the hole, its length whole.)"""
+    whole = write_video(tmp_path / f"whole{ext}", gradient_clip(t=32), 8)
+    data = whole.read_bytes()
+    for k in range(80, 100, 2):
+        cut = tmp_path / f"cut{k}{ext}"
+        cut.write_bytes(data[: len(data) * k // 100])
+        try:
+            n = len(video_io.read_video_fitted(cut, 64, 64, 8.0))
+        except VideoError as e:
+            assert "truncated or corrupt video" in str(e)
+            continue
+        assert n >= 30, f"cut at {k} %: {n} of 32 frames read without an error"
+
+
+def test_a_gif_that_holds_its_last_frame_is_whole(tmp_path):
+    """A GIF whose last frame shows for a second after three of 0.1 s (a title card, a reaction GIF's pause) is
+    1.3 s long, read as such: it had been refused as cut off ("frames stop at 0.40 s of 1.30 s")."""
+    from PIL import Image
+
+    images = [Image.fromarray(np.full((16, 16, 3), 40 * i, np.uint8)) for i in range(4)]
+    images[0].save(tmp_path / "hold.gif", save_all=True, append_images=images[1:], duration=[100, 100, 100, 1000])
+    assert read_video(tmp_path / "hold.gif").num_frames == 4
+    fitted = video_io.read_video_fitted(tmp_path / "hold.gif", 16, 16, 10.0)
+    assert len(fitted) == 13 and (fitted[3:] == fitted[3]).all()  # the last frame held for its second
+
+
 def test_unknown_extension_is_refused(tmp_path):
     with pytest.raises(VideoError, match=r"\.mp4.*\.webm"):
         write_video(tmp_path / "clip.avi", gradient_clip(t=2), 8)
@@ -770,6 +801,49 @@ def test_odd_file_names_and_huge_images_are_said_plainly(tmp_path, monkeypatch):
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
     with pytest.raises(VideoError, match="image is too large to open"):
         video_io.read_image(tmp_path / "big.png")
+
+
+def test_camera_names_with_colons_are_files_not_protocols(tmp_path, monkeypatch):
+    """A camera's ISO-timestamp name reads and writes as a file, also given relative ("./..."), and "http:x.mp4"
+    is the file of that name: FFmpeg had taken the text before the colon for a protocol ("Protocol not found")."""
+    monkeypatch.chdir(tmp_path)
+    clip = gradient_clip(t=5)
+    for name in ("2024-01-01T10:30:00.mp4", "http:clip.mp4", "2024-01-01T10:30:00.gif"):
+        write_video(f"./{name}", clip, 8)
+        assert (tmp_path / name).is_file()
+        assert read_video(f"./{name}").frames.shape == clip.shape
+        assert probe_video(name)["num_frames"] == 5
+    with video_io.VideoWriter("./2024-01-01T12:00:00.webm", fps=8) as w:
+        w.write(clip)
+    assert read_video(tmp_path / "2024-01-01T12:00:00.webm").frames.shape == clip.shape
+
+
+def test_a_jpeg_is_checked_for_size_as_it_decodes(tmp_path, monkeypatch):
+    """A phone photo past Pillow's decompression-bomb limit by its header, decoded reduced (JPEG's 1/2 to 1/8) for
+    a clip, opens without refusal or warning; one that is still too large at 1/8, and other formats past twice
+    the limit, are refused; other formats between the limit and twice it open without the warning."""
+    import warnings
+
+    from PIL import Image
+
+    from moviola.images import open_image
+
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (2000, 3000, 3), dtype=np.uint8)).save(tmp_path / "big.jpg", quality=80)
+    Image.fromarray(rng.integers(0, 255, (500, 800, 3), dtype=np.uint8)).save(tmp_path / "mid.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 250_000)  # so that a 6-megapixel JPEG is a "200 MP" one
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any warning fails the test
+        img = video_io.read_image(tmp_path / "big.jpg", max_side=256)  # decoded at 1/4: 750x500
+        assert img.shape == (500, 750, 3)
+        with open(tmp_path / "big.jpg", "rb") as f, open_image(f, max_side=256) as im:
+            assert im.size == (750, 500)
+        assert video_io.read_image(tmp_path / "mid.png").shape == (500, 800, 3)  # 0.4 MP: between 1x and 2x
+    with pytest.raises(VideoError, match="too large"):
+        video_io.read_image(tmp_path / "big.jpg", max_side=1024)  # 1/1: 6 MP
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10_000)
+    with pytest.raises(VideoError, match="too large"):
+        video_io.read_image(tmp_path / "big.jpg", max_side=256)  # 0.375 MP at 1/4, past twice the limit
 
 
 @pytest.mark.parametrize("flip, rotation, corner", [({"hflip": True}, 0, (8, 56)), ({"vflip": True}, 0, (40, 8)),

@@ -291,7 +291,7 @@ def cmd_generate(args) -> int:
     elif last is not None:
         asked = args.frames or max(1, round(args.seconds * fps))
         made = min(pipe.window_frames, max(9, 1 + 4 * round((asked - 1) / 4)))  # as image_to_video makes it
-        if made != asked:
+        if made != asked and asked <= pipe.window_frames:  # longer: refused below, no promise first
             print(f"moviola: --last-image: making {made} frames ({made / fps:g} s), the nearest length a clip "
                   f"can end on a given image (4k + 1 frames, 9 to {pipe.window_frames}), not {asked}", file=sys.stderr)
         make = lambda cb: pipe.image_to_video(args.prompt, image, last_image=last, callback=cb, **kw)  # noqa: E731
@@ -816,7 +816,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--frames", type=COUNT, help="number of frames instead of --seconds (1 = an image, as .png)")
     g.add_argument("--fps", type=FPS, help="playback frame rate (default: the model's)")
     g.add_argument("--image", help="an image to start from (image-to-video): frame 0 is this image")
-    g.add_argument("--last-image", help="an image to end on (with or without --image; one window long)")
+    g.add_argument("--last-image", help="an image to end on (with or without --image): the clip is at most one "
+                                        "window, its length rounded to 4k + 1 frames")
     g.add_argument("--loop", action="store_true", help="a seamless loop: the last frame leads into the first")
     g.set_defaults(func=cmd_generate)
 
@@ -868,7 +869,7 @@ def build_parser() -> argparse.ArgumentParser:
     evw.add_argument("--guidance", type=GUIDANCE)
     evw.add_argument("--seed", type=SEED, default=0, help="noise seed of the first prompt's clip (the i-th: seed + i); "
                      "the prompts stay the same, so runs with other seeds measure the sampling noise")
-    evw.add_argument("--no-baselines", action="store_true", help="skip the renderer and random-weights rows")
+    evw.add_argument("--no-baselines", action="store_true", help="skip the renderer, autoencoder and random-weights rows")
     evw.add_argument("--lora", help="a LoRA adapter folder to apply to the model (as generate --lora)")
     evw.set_defaults(func=cmd_eval_world)
     eva = esub.add_parser("abilities", help="image-to-video, extend, connect, loop, storyboard and long videos "

@@ -5,6 +5,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 from PIL import Image, ImageOps
 
@@ -31,6 +33,12 @@ def image_formats() -> tuple[str, ...]:
 _FORMATS: tuple[str, ...] | None = None
 
 
+def image_suffixes() -> set[str]:
+    """File name suffixes (".jpg", ".jfif", ".qoi", ...) that this Pillow reads as one of IMAGE_FORMATS."""
+    formats = set(image_formats())
+    return {ext for ext, fmt in Image.registered_extensions().items() if fmt in formats or fmt == "MPO"}
+
+
 def _deep_gray_to_rgb(gray: np.ndarray, mode: str) -> np.ndarray:
     """A grayscale image deeper than 8 bits (PIL modes I;16*, I, F) as (H, W, 3) uint8: 16-bit scaled by
     255 / 65535; 32-bit integers likewise unless they fit in 8 bits; floats taken as [0, 1] unless larger."""
@@ -41,6 +49,42 @@ def _deep_gray_to_rgb(gray: np.ndarray, mode: str) -> np.ndarray:
         scale = 255.0 / 65535.0 if mode.startswith("I;16") or np.max(x, initial=0) > 255 else 1.0
     out = np.nan_to_num(x * scale).round().clip(0, 255).astype(np.uint8)
     return np.repeat(out[..., None], 3, axis=-1)
+
+
+def open_image(fp, *, max_side: int | None = None) -> Image.Image:
+    """Image.open of a path or a binary file object, in IMAGE_FORMATS only. With ``max_side``, a JPEG is set to
+    decode at 1/2, 1/4 or 1/8 of its size (never below ``max_side`` a side) *before* the decompression-bomb check,
+    which then applies to what is decoded: Image.open checks the header's size, and had refused a 200-megapixel
+    phone photo (Samsung's 16320x12240) that decodes to 2040x1530 here, and warned of a "DOS attack" over a
+    108-megapixel one. Other formats are checked as Image.open checks them, without the warning's traceback-like
+    lines (past twice the limit they are refused). Raises what Image.open raises."""
+    if max_side is not None and _is_jpeg(fp):
+        from PIL import JpegImagePlugin
+
+        im = JpegImagePlugin.JpegImageFile(fp)  # the JPEG plugin itself: Image.open's size check comes below
+        im.draft("RGB", (max_side, max_side))  # the decoder's own reduction; im.size is what it will decode
+        if im.width * im.height > 2 * Image.MAX_IMAGE_PIXELS:
+            im.close()
+            raise Image.DecompressionBombError(f"{im.width}x{im.height} pixels even decoded at 1/8 of its size")
+        return im
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        return Image.open(fp, formats=image_formats())
+
+
+def _is_jpeg(fp) -> bool:
+    """Whether a path or a seekable file object starts as a JPEG does (SOI and a marker)."""
+    if hasattr(fp, "read"):
+        at = fp.tell()
+        head = fp.read(3)
+        fp.seek(at)
+    else:
+        try:
+            with open(fp, "rb") as f:
+                head = f.read(3)
+        except OSError:
+            return False  # Image.open says what is wrong with it
+    return head == b"\xff\xd8\xff"
 
 
 def pil_to_rgb(im: Image.Image) -> np.ndarray:

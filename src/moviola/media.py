@@ -7,6 +7,7 @@ which never loads torch, open uploads the same way.
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -41,11 +42,18 @@ def _names_other_files(path: str | Path) -> bool:
     return text.startswith((b"ffconcat", b"#EXTM3U")) or b"<MPD" in head
 
 
+def local_path(path: str | Path) -> str:
+    """``path`` as FFmpeg must be given a local file: absolute. FFmpeg reads a name's text before a colon as a
+    protocol, so a camera's "2024-01-01T10:30:00.mp4" had failed with "Protocol not found" (Python's Path drops
+    a leading "./") and "http:clip.mp4" had been fetched over HTTP."""
+    return os.path.abspath(os.fspath(path))
+
+
 def open_video_file(path: str | Path, **kwargs: Any) -> Any:
     """av.open(path) for reading (kwargs passed on), refusing playlists and concat lists (IndirectFileError);
     PyAV's and the OS's other errors pass through."""
     try:
-        return av.open(str(path), "r", container_options={"format_whitelist": _allowed_formats()}, **kwargs)
+        return av.open(local_path(path), "r", container_options={"format_whitelist": _allowed_formats()}, **kwargs)
     except av.ArgumentError:  # EINVAL: what FFmpeg answers for a format off the list, among other things
         if _names_other_files(path):
             raise IndirectFileError("a playlist or a list of other files (FFmpeg would read the files it "

@@ -637,7 +637,8 @@ class Pipeline:
                                                    seed=seed, negative_prompt=negative_prompt, sampler=sampler,
                                                    callback=callback, image=image)))
         self.check_request(width, height, seconds, num_frames, steps, guidance, sampler=sampler, fps=fps, seed=seed, prompt=prompt,
-                           max_seconds=(self.window_frames - 1) / self.config.fps, negative_prompt=negative_prompt)
+                           # one window's frames: 33 had been refused ("1 to 32") though the window is made of 33
+                           max_seconds=self.window_frames / self.config.fps, negative_prompt=negative_prompt)
         first = None if image is None else self.fit_image(image, width, height)
         last = self.fit_image(last_image, width, height, "last_image")
         self._needs_conditioning("image-to-video")

@@ -36,9 +36,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
-from moviola.images import image_formats, pil_to_rgb
+from moviola.images import image_formats, open_image, pil_to_rgb
 from moviola.layout import replace_or_stage
-from moviola.media import IndirectFileError, open_video_file
+from moviola.media import IndirectFileError, local_path, open_video_file
 
 PathLike = str | os.PathLike[str]
 
@@ -334,7 +334,7 @@ def _write_av(tmp: Path, target: Path, frames: np.ndarray, rate: Fraction, audio
     # Without use_metadata_tags the mp4/mov muxer drops every key it has no atom for; faststart
     # moves the index (moov) to the front so browsers can play a served file while it downloads.
     options = {"movflags": "use_metadata_tags+faststart"} if ext in (".mp4", ".mov") else {}
-    with av.open(str(tmp), "w", options=options) as container:
+    with av.open(local_path(tmp), "w", options=options) as container:
         for key, value in metadata.items():
             container.metadata[key] = value
         stream = _add_video_stream(container, target, rate, w, h, quality)
@@ -377,7 +377,7 @@ def _write_gif(tmp: Path, frames: np.ndarray, rate: Fraction) -> None:
     argb = np.zeros((256, 4), np.uint8)  # PyAV wants the pal8 palette as ARGB
     argb[:, 0] = 255
     argb[: len(colours), 1:] = colours
-    with av.open(str(tmp), "w", format="gif") as container:
+    with av.open(local_path(tmp), "w", format="gif") as container:
         stream = container.add_stream("gif", rate=rate)
         stream.width, stream.height, stream.pix_fmt = w, h, "pal8"
         stream.time_base = 1 / rate
@@ -484,7 +484,7 @@ class VideoWriter:
         options = {"movflags": "use_metadata_tags+faststart"} if ext in (".mp4", ".mov") else {}
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._container = av.open(str(self._tmp), "w", options=options)
+            self._container = av.open(local_path(self._tmp), "w", options=options)
         except (av.FFmpegError, OSError) as e:
             raise VideoError(self.path, f"could not write video ({_reason(e)})") from None
         for key, value in self._metadata.items():
@@ -607,7 +607,7 @@ def read_video_fitted(path: PathLike, width: int, height: int, fps: float, *, st
                     raise VideoError(p, f"video is {window:.2f} s long; {too_long}")
             tol = 0.5 * float(stream.time_base or 0) + 1e-6  # timestamps rounded to the time base (GIF: 1/100 s)
             # With num_frames, frame 0 is the one on screen at `start`, which may have begun before it.
-            frames, times = _decode_frames(p, container, stream, src_fps, start, end, None, transform=fit,
+            frames, times, last_end = _decode_frames(p, container, stream, src_fps, start, end, None, transform=fit,
                                            on_screen_at_start=num_frames is not None, prescale=shrink,
                                            samples=(fps, phase, tol, start if num_frames is not None else None))
     except VideoError:
@@ -615,9 +615,11 @@ def read_video_fitted(path: PathLike, width: int, height: int, fps: float, *, st
     except (av.FFmpegError, OSError) as e:
         raise VideoError(p, f"truncated or corrupt video ({_reason(e)})") from None
     if end is None:
-        _check_complete(p, times, src_fps or _fps_from_times(times), expected)
+        _check_complete(p, times, src_fps or _fps_from_times(times), expected, last_end=last_end)
     frame_step = 1.0 / (src_fps or DEFAULT_FPS)
-    span = times[-1] - times[0] + frame_step
+    # To the end of the last frame's own showing where the file says it (a GIF's last delay may be longer than
+    # its others: a 2 s GIF whose last frame held 200 ms had come back 1.875 s long)
+    span = (last_end if end is None and last_end is not None else times[-1] + frame_step) - times[0]
     if max_seconds is not None and span > max_seconds + 1e-6:
         raise VideoError(p, f"video is {span:.2f} s long; {too_long}")
     if num_frames is not None:
@@ -688,9 +690,7 @@ def read_image(path: PathLike, *, max_side: int | None = None) -> np.ndarray:
     p = Path(path)
     _check_file(p)
     try:
-        with Image.open(p, formats=image_formats()) as im:
-            if max_side is not None and im.format == "JPEG":
-                im.draft("RGB", (max_side, max_side))  # the decoder's own reduction, never below max_side
+        with open_image(p, max_side=max_side) as im:  # a JPEG decoded reduced, never below max_side a side
             return pil_to_rgb(im)
     except UnidentifiedImageError:
         raise VideoError(p, "not an image: unrecognised file format (PNG, JPEG, WebP, GIF, BMP, TIFF, AVIF... are "
@@ -870,12 +870,13 @@ def _decode_frames(path: Path, container: Any, stream: Any, fps: float | None, s
                    on_screen_at_start: bool = False,
                    prescale: Callable[[int, int], tuple[int, int] | None] | None = None,
                    samples: tuple[float, float, float, float | None] | None = None,
-                   ) -> tuple[np.ndarray, list[float]]:
+                   ) -> tuple[np.ndarray, list[float], float | None]:
     """Decode frames in presentation order whose timestamps fall in [start, end); with ``on_screen_at_start``
     the frame on screen at ``start`` leads them when none falls on it (the last one before it, however long
     before: variable-frame-rate files have gaps of several frames).
 
-    Returns (T, H, W, 3) uint8 and their timestamps in seconds from the stream start. Display
+    Returns (T, H, W, 3) uint8, their timestamps in seconds from the stream start, and when the last frame
+    decoded stops showing (its timestamp plus its own duration; None where the file does not say). Display
     rotation (phone videos) is applied in multiples of 90 degrees, and non-square pixels (anamorphic
     DV/HDV footage) are scaled to the display aspect ratio, so a circle stays round. ``prescale`` maps the
     displayed (width, height) to a smaller size FFmpeg's scaler converts each frame at (area averaging, in the
@@ -952,9 +953,12 @@ def _decode_frames(path: Path, container: Any, stream: Any, fps: float | None, s
         pending = (t, frame)
 
     held = None  # on_screen_at_start: the last frame before start, until the next one shows whether it leads
+    last_end = None  # when the last frame decoded stops showing: a GIF or a slideshow may hold it for seconds
     try:
         for t, frame in _frames_from(container, stream, start, step):
             decoded += 1
+            shown = float(frame.duration * frame.time_base) if frame.duration and frame.time_base else 0.0
+            last_end = t + shown if shown > 0 else None
             if t < start - eps:
                 if on_screen_at_start:
                     held = (t, frame)
@@ -980,7 +984,7 @@ def _decode_frames(path: Path, container: Any, stream: Any, fps: float | None, s
             raise VideoError(path, "truncated or corrupt video (no decodable frames)")
         window = f"[{start:g}, {end:g})" if end is not None else f"from {start:g} s"
         raise VideoError(path, f"no frames in the requested time range {window}")
-    return np.stack(frames), times
+    return np.stack(frames), times, last_end
 
 
 def _read_audio(path: Path, video_origin: float, start: float, stop: float | None
@@ -1066,16 +1070,34 @@ def _fps_from_times(times: list[float]) -> float:
     return (len(times) - 1) / span if len(times) > 1 and span > 0 else DEFAULT_FPS
 
 
-def _check_complete(path: Path, times: list[float], fps: float, expected: float | None) -> None:
-    """A VideoError if the frames decoded to the end of a file stop well before its header's duration.
+def truncation_margin(expected: float, fps: float, times) -> float:
+    """Seconds by which a file's frames (decoded at ``times``) may end before its header's duration and still
+    count as whole: two frames and a half (two missing frames pass, three do not), or 3 %, whichever is more
+    (headers, edit lists and last-frame durations differ by a frame or two; the margin had been max(0.5 s, 10 %), and a 2 s clip cut at 85 % passed as a 1.6 s
+    one). A frame counts as long as the longest the file holds one (a GIF or a slideshow may hold its last for
+    seconds); with a single frame, whose length nothing tells, the old margin."""
+    if len(times) < 2:
+        return max(0.5, 0.1 * expected)
+    longest = max(b - a for a, b in zip(times[:-1], times[1:]))
+    return max(2.5 / fps, 2.5 * longest, 0.03 * expected)
+
+
+def _check_complete(path: Path, times: list[float], fps: float, expected: float | None,
+                    expected_frames: int | None = None, last_end: float | None = None) -> None:
+    """A VideoError if the frames decoded to the end of a file stop well before its header's duration, or (where
+    the header counts its frames, as MP4 and MOV do, and the whole file was decoded) fall more than two frames
+    and 2 % short of that count.
 
     A cut-off mkv/webm (or an mp4 with its index in front, as Moviola writes them) decodes without any
-    error up to the cut; only the duration in its header tells. The margin tolerates headers that are off
-    by a few frames but catches an interrupted download."""
+    error up to the cut; only the header tells. The margins tolerate headers that are off by a frame or two
+    but catch an interrupted download."""
+    if expected_frames and len(times) < expected_frames - max(2, 0.02 * expected_frames):
+        raise VideoError(path, f"truncated or corrupt video ({len(times)} of the {expected_frames} frames its "
+                               "header lists decode)")
     if not expected:
         return
-    covered = times[-1] + 1.0 / fps
-    if expected - covered > max(0.5, 0.1 * expected):
+    covered = last_end if last_end is not None else times[-1] + 1.0 / fps  # the last frame shown its own time
+    if expected - covered > truncation_margin(expected, fps, times):
         raise VideoError(path, f"truncated or corrupt video (frames stop at {covered:.2f} s of {expected:.2f} s)")
 
 
@@ -1106,10 +1128,11 @@ def read_video(path: PathLike, *, max_frames: int | None = None, start: float = 
         with _open(p) as container:
             stream = _video_stream(p, container)
             fps = _stream_fps(container, stream)
-            frames, times = _decode_frames(p, container, stream, fps, start, end, max_frames)
+            frames, times, last_end = _decode_frames(p, container, stream, fps, start, end, max_frames)
             metadata = _container_metadata(container)
             origin = float((stream.start_time or 0) * stream.time_base) if stream.time_base else 0.0
             expected = _stream_duration(container, stream, allow_container=False)
+            listed = stream.frames  # MP4 / MOV count their frames in the header (0 where unknown)
             gif = container.format.name in ("gif", "gif_pipe")
         if fps is None:  # no rate in the container: use the timestamps, else the GIF convention
             fps = _fps_from_times(times)
@@ -1118,7 +1141,7 @@ def read_video(path: PathLike, *, max_frames: int | None = None, start: float = 
             # delays): the timestamps say what the file plays at (only then: a GIF that holds a frame is uneven)
             fps = round(_fps_from_times(times), 3)
         if end is None and max_frames is None:
-            _check_complete(p, times, fps, expected)
+            _check_complete(p, times, fps, expected, listed if start == 0 else None, last_end=last_end)
         audio = sample_rate = None
         if with_audio:
             whole = end is None and max_frames is None

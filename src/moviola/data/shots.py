@@ -81,7 +81,7 @@ def scan_video(path: str | Path) -> VideoScan:
 
     # The private helpers keep this pass's error messages identical to read_video's.
     from moviola.video_io import (DEFAULT_FPS, VideoError, _display_size, _open, _reason, _stream_duration,
-                                  _stream_fps, _video_stream)
+                                  _stream_fps, _video_stream, truncation_margin)
 
     p = Path(path)
     times: list[float] = []
@@ -126,7 +126,7 @@ def scan_video(path: str | Path) -> VideoScan:
         span = t[-1] - t[0]
         fps = (len(t) - 1) / span if len(t) > 1 and span > 0 else DEFAULT_FPS
     scan = VideoScan(width, height, float(fps), t, s)
-    if expected and expected - scan.duration > max(0.5, 0.1 * expected):
+    if expected and expected - scan.duration > truncation_margin(expected, scan.fps, times):
         raise VideoError(p, f"truncated or corrupt video (frames stop at {scan.duration:.2f} s of {expected:.2f} s)")
     return scan
 

@@ -5,7 +5,7 @@ storyboard and long videos.
 
 Sources are world renders (ground truth from the renderer, never used to generate). Figures:
 
-- image_to_video: PSNR of the model's own frame 0 against the image (``decoded_psnr``; the output then
+- image_to_video: PSNR of the model's own frame 0 against the image (``decoded_frame0_psnr``; the output then
   carries the image itself, so the output's frame 0 is exact) and the seam after it.
 - extend / connect / loop: for each seam (connect: two unrelated scenes with 1 s and 2 s transitions, or the
   model's longest, and two moments of one scene), the mean absolute frame difference across it divided by

@@ -40,7 +40,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from moviola.images import IMAGE_DECODE_SIDE, image_formats, pil_to_rgb
+from moviola.images import IMAGE_DECODE_SIDE, image_formats, open_image, pil_to_rgb
 from moviola.media import IndirectFileError, open_video_file
 from moviola.server import jobs, keys
 from moviola.server.db import Database, sqlite_url
@@ -497,14 +497,15 @@ def create_app(cfg: ServerConfig) -> FastAPI:
         from PIL import Image, UnidentifiedImageError
 
         try:
-            with DECODING, Image.open(io.BytesIO(data), formats=image_formats()) as im:
+            # A JPEG's size here is what it decodes to (at most 1/8 of it, never below IMAGE_DECODE_SIDE a side):
+            # a 48-megapixel phone photo had been refused as "too many pixels"
+            with DECODING, open_image(io.BytesIO(data), max_side=IMAGE_DECODE_SIDE) as im:
                 if im.width * im.height > 40_000_000:
                     raise APIError(400, f"{param} is {im.width}x{im.height}: too many pixels",
                                    code="invalid_file", param=param)
                 if min(im.width, im.height) < 8:  # as the pipeline's own check, but before anything is queued
                     raise APIError(400, f"{param} is {im.width}x{im.height}: too small to condition on (8 px a "
                                         "side at least)", code="invalid_file", param=param)
-                im.draft("RGB", (IMAGE_DECODE_SIDE, IMAGE_DECODE_SIDE))  # JPEG: decoded no larger than needed
                 rgb = Image.fromarray(pil_to_rgb(im))
                 # Stored no larger than the pipeline decodes it, its shorter side at most IMAGE_DECODE_SIDE (what
                 # a cover crop keeps): the worker and a storyboard's 32 cards never hold a 40-megapixel picture

@@ -681,10 +681,12 @@ def score_file(path: str | Path, prompt: str | Prompt) -> dict:
     where frame-to-frame differences of the held copies would read as no motion. A file whose shorter side is
     over FILE_SIDE pixels is scaled down to it: a video as it is decoded, an image after it is read.
     """
-    from moviola.video_io import fit_frames, probe_video, read_image, read_video, read_video_fitted
+    from moviola.video_io import fit_frames, probe_video, read_image, read_video_fitted
+
+    from moviola.images import image_suffixes
 
     path = Path(path)
-    if path.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"):
+    if path.suffix.lower() in image_suffixes() - {".gif", ".apng", ".avifs"}:  # these may move: read as videos
         image = read_image(path)
         w, h = _scoring_size(image.shape[1], image.shape[0])
         return score_clip(fit_frames(image[None], w, h)[0], prompt, fps=8.0)
@@ -697,10 +699,9 @@ def score_file(path: str | Path, prompt: str | Prompt) -> dict:
             rate = FILE_FPS  # 8 fps content whose frames were held to fill a faster rate: read at its own frames
         frames = read_video_fitted(path, w, h, rate, phase=0.5)
         return score_clip(frames, prompt, fps=rate)
-    if (w, h) != (info["width"], info["height"]):
-        return score_clip(read_video_fitted(path, w, h, info["fps"]), prompt, fps=info["fps"])
-    vid = read_video(path)
-    return score_clip(vid.frames, prompt, fps=vid.fps)
+    # By the frames' timestamps at the file's rate: a variable-frame-rate Matroska file reports its nominal rate,
+    # and its frames read one after another had made its motions half as fast again as they are
+    return score_clip(read_video_fitted(path, w, h, info["fps"]), prompt, fps=info["fps"])
 
 
 def _holds_frames(path: Path, fps: float) -> bool:
