@@ -153,3 +153,23 @@ def test_torchrun_launches_the_cli_trainer(tmp_path, vae_dir):
     assert (two / "model" / "dit" / "dit.safetensors").is_file()
     assert len(_losses(two)) == 4
     assert np.abs(np.array(_losses(two)) - np.array(_losses(one))).max() < 1e-5
+
+
+def test_every_rank_cuts_its_share_into_as_many_micro_batches():
+    """FSDP's collectives pair up only if every rank runs the same number of micro-batches: with a 3-clip batch
+    over 2 ranks and grad_accum 2, the rank with 2 clips had run 2 and the other 1, and the run hung."""
+    from moviola.train.dit import micro_batches
+    from moviola.train.distributed import World, local_slice
+
+    for n in range(1, 20):
+        for ws in (1, 2, 3, 4):
+            for accum in (1, 2, 3, 5):
+                counts = set()
+                for rank in range(ws):
+                    sl = local_slice(n, World(rank=rank, size=ws))
+                    m = micro_batches(sl.stop - sl.start, accum, n, ws)
+                    sizes = [s.stop - s.start for s in m]
+                    assert sum(sizes) == sl.stop - sl.start and max(sizes) - min(sizes) <= 1 and len(m) <= accum
+                    assert min(sizes) >= 1 or n < ws
+                    counts.add(len(m))
+                assert len(counts) == 1, (n, ws, accum, counts)

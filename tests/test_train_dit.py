@@ -355,8 +355,21 @@ def test_damaged_or_foreign_checkpoints_and_weights_are_one_line_errors(tmp_path
     model_dir = train_dit(load_config(TrainDiTConfig, None, common + ["optim.steps=3"]))
     ckpt = out / "ckpt.pt"
     good = ckpt.read_bytes()
+    saved = (out / "config.json").read_text()
+    with pytest.raises(ValueError, match=r"run holds a run with other settings \(model.depth 2 -> 3\): train into a new"):
+        train_dit(load_config(TrainDiTConfig, None, common + ["optim.steps=4", "model.depth=3"]))
+    # other data, or other adapters, are refused the same way, and the run's config.json is left as it was (a
+    # folder reused with another dataset had trained nothing while its card and provenance named the new data)
+    for change in ("data.seed=5", "data.n_clips=9", "cond_prob=0.5"):
+        with pytest.raises(ValueError, match="holds a run with other settings"):
+            train_dit(load_config(TrainDiTConfig, None, common + ["optim.steps=4", change]))
+    assert (out / "config.json").read_text() == saved
+    state = torch.load(ckpt, weights_only=False)  # a checkpoint whose config is another architecture's
+    state["config"]["model"]["depth"] = 3
+    torch.save(state, ckpt)
     with pytest.raises(ValueError, match="ckpt.pt .model.: the weights do not fit .*trained with another model config"):
         train_dit(load_config(TrainDiTConfig, None, common + ["optim.steps=4", "model.depth=3"]))
+    ckpt.write_bytes(good)
     ckpt.write_bytes(good[: len(good) // 3])
     with pytest.raises(ValueError, match="ckpt.pt: unreadable checkpoint .*delete it"):
         train_dit(load_config(TrainDiTConfig, None, common + ["optim.steps=4"]))
@@ -405,3 +418,29 @@ def test_a_lora_run_is_reproducible(tmp_path, vae_dir):
         made.append(load_file(str(train_dit(load_config(TrainDiTConfig, None, tune + [f"out='{tmp_path / name}'"]))
                                   / "lora.safetensors")))
     assert made[0].keys() == made[1].keys() and all(torch.equal(made[0][k], made[1][k]) for k in made[0])
+
+
+def test_settings_out_of_range_and_a_diverged_run_are_refused(tmp_path, vae_dir, monkeypatch):
+    """log_every / ckpt_every 0 (a ZeroDivisionError after the cache and a first step), shares outside [0, 1], a
+    non-finite lora.alpha and transition_prob on a cache without scene changes are refused by name before any work;
+    a run whose loss turns NaN stops with a one-line error at that step and saves no model (it had saved one that
+    generated black frames)."""
+    import moviola.train.dit as T
+    from moviola.config import ConfigError
+    from moviola.train.common import TrainingDiverged
+
+    common = TINY_DIT + [f"vae='{vae_dir}'", f"out='{tmp_path / 'run'}'"]
+    for bad, says in [("log_every=0", "log_every must be at least 1"), ("ckpt_every=0", "ckpt_every must be"),
+                      ("threads=-1", "threads must be at least 0"), ("caption_dropout=2", "caption_dropout is a share"),
+                      ("detailed_prob=-1", "detailed_prob is a share"), ("cond_prob=5", "cond_prob is a share"),
+                      ("lora.alpha=nan", "lora.rank and lora.alpha must be finite")]:
+        with pytest.raises((ValueError, ConfigError), match=says):
+            train_dit(load_config(TrainDiTConfig, None, common + [bad]))
+    with pytest.raises(ValueError, match="a cache of your own footage"):
+        train_dit(load_config(TrainDiTConfig, None, common + ["cond_prob=0.5", "transition_prob=0.5",
+                                                            f"data.cache_dir='{tmp_path}'"]))
+    real = T.flow_loss
+    monkeypatch.setattr(T, "flow_loss", lambda v, *a, **k: real(v, *a, **k) * float("nan"))
+    with pytest.raises(TrainingDiverged, match="became nan at step 1"):
+        train_dit(load_config(TrainDiTConfig, None, common + ["optim.steps=3"]))
+    assert not (tmp_path / "run" / "model").exists()

@@ -46,8 +46,8 @@ class LoRAConfig:
     merge: bool = False
 
     def __post_init__(self) -> None:
-        if self.rank < 0 or self.alpha < 0:
-            raise ValueError(f"lora.rank and lora.alpha must be at least 0 (rank 0: a full fine-tune), got "
+        if self.rank < 0 or not (math.isfinite(self.alpha) and self.alpha >= 0):  # nan had trained an adapter of NaNs
+            raise ValueError(f"lora.rank and lora.alpha must be finite and at least 0 (rank 0: a full fine-tune), got "
                              f"rank {self.rank}, alpha {self.alpha}")
 
     @property

@@ -84,6 +84,19 @@ class EMA:
             e.copy_(b)
 
 
+class TrainingDiverged(ValueError):
+    """The loss stopped being a number: the run stops before anything more is saved (its last checkpoint, made
+    before, is kept), instead of saving weights that make black frames."""
+
+
+def check_finite(loss: float, step: int, what: str = "loss") -> None:
+    """A TrainingDiverged naming the step if ``loss`` is NaN or infinite."""
+    if not math.isfinite(loss):
+        raise TrainingDiverged(f"the {what} became {loss} at step {step}: training diverged (a learning rate too "
+                               "high for this model, or a bad setting such as a non-finite lora.alpha); nothing "
+                               "after the last checkpoint was saved. Lower optim.lr and run again with a new --out")
+
+
 def pick_device(name: str = "auto") -> torch.device:
     # Denormal floats (tiny gradients late in training) make CPU kernels 10-100x slower; flush them.
     torch.set_flush_denormal(True)

@@ -53,8 +53,8 @@ from moviola.models.lora import LoRAConfig, inject_lora, lora_disabled, merge_lo
 from moviola.models.text import load_text_encoder
 from moviola.models.vae import CausalVAE
 from moviola.train import distributed as D
-from moviola.train.common import (EMA, JsonlLog, OptimConfig, autocast, lr_at, make_optimizer, read_checkpoint,
-                                  remove_stale_temps, restore_module, restore_rng, write_checkpoint)
+from moviola.train.common import (EMA, JsonlLog, OptimConfig, autocast, check_finite, lr_at, make_optimizer,
+                                  read_checkpoint, remove_stale_temps, restore_module, restore_rng, write_checkpoint)
 from moviola.video_io import atomic_path, ensure_dir
 
 if TYPE_CHECKING:  # the pipeline imports the training side lazily; here only for annotations
@@ -153,6 +153,68 @@ class TrainDiTConfig:
         if self.max_minutes < 0 or self.stop_after < 0:
             raise ValueError(f"max_minutes and stop_after must be at least 0 (0: no limit), got "
                              f"{self.max_minutes}, {self.stop_after}")
+        check_run_numbers(self, shares=("caption_dropout", "cond_prob", "transition_prob", "detailed_prob",
+                                        "time_uniform"))
+
+
+def check_run_numbers(cfg, shares: tuple[str, ...] = ()) -> None:
+    """A ValueError naming the setting: log_every and ckpt_every at least 1 (0 had been a ZeroDivisionError after
+    the cache was built and the first step made), threads and the *_every of evaluations at least 0, and each
+    of ``shares`` (probabilities) in [0, 1] (caption_dropout = 2 had dropped every caption without a word)."""
+    for name in ("log_every", "ckpt_every"):
+        if getattr(cfg, name) < 1:
+            raise ValueError(f"{name} must be at least 1 (steps between them), got {getattr(cfg, name)}")
+    for name in ("threads", "eval_every", "sample_every"):
+        if getattr(cfg, name, 0) < 0:
+            raise ValueError(f"{name} must be at least 0 (0: {'torch decides' if name == 'threads' else 'off'}), "
+                             f"got {getattr(cfg, name)}")
+    for name in shares:
+        value = getattr(cfg, name)
+        if not 0 <= value <= 1:
+            raise ValueError(f"{name} is a share of clips: it must be in [0, 1], got {value}")
+
+
+# What a run's checkpoint was made of: a rerun into the same --out must ask for the same (optimiser, schedule
+# length, logging, threads and world size may change between runs: the model card's runs lengthened optim.steps).
+RUN_IDENTITY = ("model", "lora", "data", "init_from", "vae", "text_encoder", "extra_colors", "preserve_except",
+                "noise_frame_corr", "cond_prob", "cond_kinds", "transition_prob")
+_OPERATIONAL = ("data.render_workers",)  # data settings that change how the cache is made, not what it holds
+
+
+def check_resumable(cfg: TrainDiTConfig, saved: dict) -> None:
+    """A ValueError listing what differs between ``cfg`` and the config of the checkpoint it would resume (a run
+    folder reused with other data had trained nothing more while its model card and provenance named the new
+    data; with a step or more left it had mixed the two datasets in one model)."""
+    from moviola.config import to_dict
+
+    def flat(d: dict, prefix: str = "") -> dict:
+        out = {}
+        for k, v in d.items():
+            if isinstance(v, dict):
+                out.update(flat(v, f"{prefix}{k}."))
+            else:
+                out[f"{prefix}{k}"] = v
+        return out
+
+    now, was = flat(to_dict(cfg)), flat(saved)
+    differ = [k for k in sorted(set(now) | set(was)) if k.split(".")[0] in RUN_IDENTITY and k not in _OPERATIONAL
+              and k in was and _normal(k, now.get(k)) != _normal(k, was.get(k))]
+    if differ:
+        shown = "; ".join(f"{k} {was.get(k)!r} -> {now.get(k)!r}" for k in differ[:6])
+        raise ValueError(f"{cfg.out} holds a run with other settings ({shown}{'; ...' if len(differ) > 6 else ''}): "
+                         "train into a new --out, or rerun with the run's own settings to resume it "
+                         "(optim.*, logging, threads and the number of processes may change)")
+
+
+def _normal(key: str, value):
+    """A setting as compared across runs: folders by where they are, lists as lists (TOML tuples)."""
+    if key in ("init_from", "vae", "data.cache_dir") and value and value != "default":
+        return str(Path(value).expanduser().resolve())
+    if isinstance(value, tuple):
+        return [_normal(key, v) for v in value]
+    if isinstance(value, list):
+        return [_normal(key, v) for v in value]
+    return value
 
 
 class _LazyText:
@@ -326,6 +388,19 @@ class Batches:
         out = {k: (v[sl] if torch.is_tensor(v) else v) for k, v in b.items()}
         out["n"] = b["x0"].shape[0]
         return out
+
+
+def micro_batches(n_local: int, grad_accum: int, n_global: int, world_size: int) -> list[slice]:
+    """This rank's share of a step's batch cut into micro-batches, as many on every rank (FSDP's gathers and
+    reductions are collective: a rank with one clip more had run one micro-batch more, and the run hung):
+    ``grad_accum`` of them, fewer where the smallest share (n_global // world_size) is smaller, their sizes
+    differing by at most one."""
+    count = max(1, min(grad_accum, n_global // world_size, n_local))
+    base, extra = divmod(n_local, count)
+    bounds = [0]
+    for i in range(count):
+        bounds.append(bounds[-1] + base + (i < extra))
+    return [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
 
 
 @torch.no_grad()
@@ -504,8 +579,9 @@ def train_dit(cfg: TrainDiTConfig, *, on_step=None, on_cache=None) -> Path:
         raise ValueError(f"noise_frame_corr must be in [0, 1), got {cfg.noise_frame_corr}")
     if cfg.transition_prob > 0 and not cfg.cond_prob > 0:
         raise ValueError("transition_prob needs cond_prob > 0: scene changes are trained with known frames")
-    if cfg.transition_prob > 0 and not (cfg.data.transitions > 0 or cfg.data.cache_dir):
-        raise ValueError("transition_prob needs data.transitions > 0 (scene-change clips in the cache)")
+    if cfg.transition_prob > 0 and (cfg.data.cache_dir or not cfg.data.transitions > 0):  # it had been ignored
+        raise ValueError("transition_prob needs data.transitions > 0 (scene-change clips of the world in the cache); "
+                         "a cache of your own footage (data.cache_dir) has none")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.set_flush_denormal(True)  # denormals make CPU kernels 10-100x slower late in training
@@ -517,6 +593,8 @@ def train_dit(cfg: TrainDiTConfig, *, on_step=None, on_cache=None) -> Path:
         if cfg.lora.rank > 0 and base_dir is None:  # adapters on a random, frozen model that is never saved
             raise ValueError("lora.rank > 0 needs init_from (the model the adapter fine-tunes, e.g. init_from=default)")
         vae_dir = _resolve_vae_dir(cfg)  # both before the run folder is made: a wrong path leaves nothing behind
+        if (out / "ckpt.pt").exists():  # before config.json is rewritten: a refused rerun leaves the run as it was
+            check_resumable(cfg, read_checkpoint(out / "ckpt.pt").get("config") or {})
         if world.main:
             ensure_dir(out, "run folder (--out)")
             save_config(cfg, out / "config.json")
@@ -611,8 +689,7 @@ def train_dit(cfg: TrainDiTConfig, *, on_step=None, on_cache=None) -> Path:
             trained.train()
             opt.zero_grad(set_to_none=True)
             loss_sum = torch.zeros((), device=device)
-            chunk = -(-n_local // cfg.grad_accum)  # micro-batch size, rounded up
-            micro = [slice(i, min(i + chunk, n_local)) for i in range(0, n_local, chunk)]
+            micro = micro_batches(n_local, cfg.grad_accum, b["n"], world.size)
             for k, sl in enumerate(micro):
                 x0, noise, t = b["x0"][sl].to(device), b["noise"][sl].to(device), b["t"][sl].to(device)
                 xt, cond, keep = add_noise(x0, noise, t), None, None
@@ -647,6 +724,7 @@ def train_dit(cfg: TrainDiTConfig, *, on_step=None, on_cache=None) -> Path:
             ema.update(D.unwrap(trained), step)
             step += 1
             loss = (D.all_sum(loss_sum, world) / b["n"]).item()
+            check_finite(loss, step)  # every rank sees the same summed loss: all stop together
             n_tok += b["n"] * batches.tokens[b["bucket"]]
             now = time.time()
             metrics = {"loss": loss, "grad_norm": float(D.full_tensor(gnorm)), "lr": lr,

@@ -38,8 +38,8 @@ from moviola.data.clips import ClipBatches, ClipDataConfig, eval_clips, psnr
 from moviola.data.parallel import ordered_map
 from moviola.layout import model_dir, part_weights, staged_writes
 from moviola.models.vae import CausalVAE, VAEConfig
-from moviola.train.common import (EMA, JsonlLog, OptimConfig, autocast, load_checkpoint, lr_at, make_optimizer,
-                                  pick_device, read_checkpoint, remove_stale_temps, save_checkpoint)
+from moviola.train.common import (EMA, JsonlLog, OptimConfig, autocast, check_finite, load_checkpoint, lr_at,
+                                  make_optimizer, pick_device, read_checkpoint, remove_stale_temps, save_checkpoint)
 from moviola.video_io import atomic_path, ensure_dir
 
 
@@ -102,6 +102,12 @@ class TrainVAEConfig:
         if self.decoder.steps < 0 or self.max_minutes < 0:
             raise ValueError(f"decoder.steps and max_minutes must be at least 0, got {self.decoder.steps}, "
                              f"{self.max_minutes}")
+        if self.stats_batches < 1:  # 0 had failed after all the training, with nothing saved
+            raise ValueError(f"stats_batches must be at least 1 (batches for the latent statistics), got "
+                             f"{self.stats_batches}")
+        from moviola.train.dit import check_run_numbers
+
+        check_run_numbers(self)
 
 
 # --- losses --------------------------------------------------------------------------------------
@@ -382,6 +388,7 @@ def train_vae(cfg: TrainVAEConfig, *, on_step=None) -> Path:
         seen += x.shape[0]
         metrics = {"loss": loss.item(), "l1": l1.item(), "ssim_term": st.item(), "kl": kl.item(),
                    "grad_norm": float(gnorm), "lr": lr}
+        check_finite(metrics["loss"], step)
         if se is not None:
             metrics["scale_equiv"] = se.item()
         if d_loss is not None:
