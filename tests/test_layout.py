@@ -114,3 +114,29 @@ def test_a_safetensors_write_that_fails_is_an_oserror_naming_the_file(tmp_path):
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr[-2000:]
     assert run.stdout.startswith("OSError: could not write big.safetensors"), run.stdout
+
+
+def test_weights_get_the_users_file_mode_and_safetensors_temps_are_swept(tmp_path):
+    """safetensors writes 0600 files through a ".tmpXXXXXX" temp of its own: saved weights get the mode any new file
+    of the user gets (another user serving the folder could not read them), and a run's or a cache's cleanup
+    removes such a temp a kill left (21 MB beside dit.safetensors had outlived the rerun)."""
+    import os
+    import stat
+
+    from moviola.layout import save_tensors
+    from moviola.train.common import remove_stale_temps
+
+    umask = os.umask(0o022)
+    try:
+        save_tensors({"x": torch.zeros(4)}, tmp_path / "w.safetensors")
+    finally:
+        os.umask(umask)
+    assert stat.S_IMODE((tmp_path / "w.safetensors").stat().st_mode) == 0o644
+    run = tmp_path / "run"
+    (run / "model" / "dit").mkdir(parents=True)
+    (run / "lora").mkdir()
+    left = [run / "model" / "dit" / ".tmpOhnavf", run / "lora" / ".tmpA1b2C3"]
+    keep = run / "model" / "dit" / "dit.safetensors"
+    for f in [*left, keep]:
+        f.write_bytes(b"x")
+    assert remove_stale_temps(run) == 2 and keep.exists() and not any(f.exists() for f in left)

@@ -135,6 +135,12 @@ def test_lora_fine_tune_adapter_merge_samples_and_generate_lora(tmp_path, vae_di
     (bad / "lora.json").write_text(json.dumps({**meta, "sampling": {"guidanse": 2}}))
     with pytest.raises(LoRAError, match="unknown sampling setting 'guidanse'"):
         pipe.load_lora(bad)
+    other = Pipeline.from_pretrained(base_dir)  # the same architecture, other weights: refused, left as it was
+    with torch.no_grad():
+        other.dit.blocks[0].mlp.fc1.weight[0, 0] += 0.01
+    with pytest.raises(LoRAError, match=f"trained on other weights \\({base_dir}\\)"):
+        other.load_lora(adapter)
+    assert not any("lora" in n for n, _ in other.dit.named_parameters())
 
     tc = base_dir / "training_captions.json"  # a caption only the base saw: the merged model lists it too
     tc.write_text(json.dumps(json.loads(tc.read_text()) + ["a caption only the base model saw"]))

@@ -198,6 +198,12 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
     return path
 
 
+# safetensors' save_file writes NAME through a temp file of its own beside it (".tmp" and six letters or digits),
+# which a kill mid-write leaves: 21 MB beside a model's dit.safetensors had survived the rerun that finished it.
+# A glob pattern, for the cleanups of run and cache folders.
+SAFETENSORS_TEMP = ".tmp" + "[A-Za-z0-9]" * 6
+
+
 def save_tensors(tensors: dict, path: str | Path, metadata: dict[str, str] | None = None) -> None:
     """safetensors' save_file, its failures an OSError naming the file and the free space (SafetensorError is
     no OSError: a full disk had ended a command in a traceback)."""
@@ -209,6 +215,11 @@ def save_tensors(tensors: dict, path: str | Path, metadata: dict[str, str] | Non
 
     try:
         save_file(tensors, str(path), metadata=metadata)
+        # safetensors writes through its own temp file and gives the result mode 0600: make it the mode any new
+        # file of this user has (a model folder copied or served by another user could not read its weights)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(path, 0o666 & ~umask)
     except SafetensorError as e:
         path = Path(path)
         try:

@@ -213,12 +213,12 @@ def build_folder_cache(root: str | Path, out: str | Path, vae, text_encoder, cfg
     Returns:
         A summary: clips per bucket, the skipped files and shots with why, parts encoded and reused.
     """
-    from moviola.layout import save_tensors
+    from moviola.layout import SAFETENSORS_TEMP, save_tensors
 
     cfg = cfg or FolderCacheConfig()
     root, out = Path(root), ensure_dir(out, "cache folder (--out)")
     (out / "meta.json").unlink(missing_ok=True)  # the cache is incomplete until meta.json is back
-    for tmp in out.rglob(".*.tmp-*"):  # left by a run killed mid-write
+    for tmp in [*out.rglob(".*.tmp-*"), *out.rglob(SAFETENSORS_TEMP)]:  # left by a run killed mid-write
         tmp.unlink(missing_ok=True)
     clips, problems = plan_clips(root, cfg, manifest=manifest, scan_path=out / "scan.json",
                                  on_file=(lambda i, n: on_progress("scan", i, n)) if on_progress else None)

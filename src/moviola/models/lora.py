@@ -139,6 +139,20 @@ def remove_lora(model: nn.Module) -> None:
         _set(model, n, m.base)
 
 
+def base_fingerprint(model: nn.Module) -> str:
+    """SHA-256 of the model's own weights, adapters left out (a wrapped Linear counts as the Linear it wraps): what
+    an adapter records of the base it was trained on, so it is not applied to another model of the same shape."""
+    import hashlib
+
+    h = hashlib.sha256()
+    own = {n.replace(".base.", "."): t for n, t in model.state_dict().items() if not n.endswith((".lora_A", ".lora_B"))}
+    for name, t in sorted(own.items()):  # by the plain model's names: wrapped or not, the same order
+        h.update(name.encode() + b"\0")
+        # + 0.0 turns -0.0 into 0.0: the trainer's EMA (e + w (p - e)) does the same to the base's negative zeros
+        h.update((t.detach().to("cpu", torch.float32) + 0.0).contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
 def lora_state_dict(model: nn.Module) -> dict[str, Tensor]:
     """Only the adapters: ``{"<module>.lora_A": (r, in), "<module>.lora_B": (out, r)}``."""
     out = {}
@@ -149,7 +163,8 @@ def lora_state_dict(model: nn.Module) -> dict[str, Tensor]:
 
 
 def save_lora(model: nn.Module, directory: str | Path, cfg: LoRAConfig, *, extra: dict | None = None) -> Path:
-    """Write ``lora.safetensors`` and ``lora.json`` (rank, alpha, targets, the base DiT's config) atomically."""
+    """Write ``lora.safetensors`` and ``lora.json`` (rank, alpha, targets, the base DiT's config and the SHA-256 of
+    its weights) atomically."""
     from moviola.layout import save_tensors, staged_writes
     from moviola.video_io import atomic_path, atomic_write_bytes
 
@@ -161,7 +176,7 @@ def save_lora(model: nn.Module, directory: str | Path, cfg: LoRAConfig, *, extra
     base = getattr(model, "config", None)
     meta = {"rank": cfg.rank, "alpha": cfg.alpha or cfg.rank, "targets": list(cfg.targets),
             "modules": sorted(lora_modules(model)), "base": base.to_dict() if hasattr(base, "to_dict") else None,
-            **(extra or {})}
+            "base_sha256": base_fingerprint(model), **(extra or {})}
     with staged_writes():  # the weights and their settings land together
         with atomic_path(d / LORA_WEIGHTS) as tmp:
             save_tensors(tensors, tmp, {"format": "pt"})
@@ -204,6 +219,10 @@ def load_lora(model: nn.Module, path: str | Path, scale: float = 1.0, *,
             k = diff[0]
             raise LoRAError(f"{path}: adapter was trained on a different base model ({k} {base[k]!r}, "
                             f"this model has {mine.get(k)!r})")
+    if meta.get("base_sha256") and meta["base_sha256"] != base_fingerprint(model):  # same shape, other weights
+        trained_on = f" ({meta['base_model']})" if meta.get("base_model") else ""
+        raise LoRAError(f"{path}: adapter was trained on other weights{trained_on} than this model's: give that "
+                        "model (generate --model) to apply it to")
     # Every check before the model is touched: an adapter that doesn't fit leaves the one applied before in place.
     modules = dict(model.named_modules())
     for n in meta["modules"]:

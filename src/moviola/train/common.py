@@ -153,10 +153,13 @@ def write_checkpoint(path: Path, state: dict) -> None:
 def remove_stale_temps(folder: Path) -> int:
     """Delete the temp files (``.NAME.tmp-XXXX.ext``, see ``atomic_path``) an earlier process of this run left
     when it was killed mid-write. Returns how many. Only for a folder one process writes."""
+    from moviola.layout import SAFETENSORS_TEMP
+
     n = 0
     # its own files, and the saved model's or adapter's (a save killed while its files were staged)
     for t in [*Path(folder).glob(".*.tmp-*"), *Path(folder).glob("model/**/.*.tmp-*"),
-              *Path(folder).glob("lora/.*.tmp-*")]:
+              *Path(folder).glob("lora/.*.tmp-*"), *Path(folder).glob("model/**/" + SAFETENSORS_TEMP),
+              *Path(folder).glob("lora/" + SAFETENSORS_TEMP)]:
         with contextlib.suppress(OSError):
             t.unlink()
             n += 1
