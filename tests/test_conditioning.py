@@ -725,7 +725,7 @@ BAD_REQUESTS = {
     "unknown sampler in extend": (lambda p: p.extend(CLIP, P, sampler="ddim", **SIZE), "unknown sampler 'ddim'"),
     "unknown sampler in remix": (lambda p: p.remix(CLIP, P, sampler="ddim", **SIZE), "unknown sampler 'ddim'"),
     "unknown sampler in a board": (lambda p: p.storyboard([Card(0, "a")], sampler="x", **SIZE), "unknown sampler"),
-    "remix too long": (lambda p: p.remix(_clip(49), P, strength=0.5, **SIZE), "remix takes at most 6 s \\(48 frames\\)"),
+    "remix too long": (lambda p: p.remix(_clip(49), P, strength=0.5, **SIZE), "remix takes at most 6 s \\(48 frames at 8 fps\\)"),
 }
 
 
@@ -1053,4 +1053,50 @@ def test_a_save_that_fails_midway_leaves_the_folder_as_it_was(tmp_path, monkeypa
     monkeypatch.undo()
     pipe.source_dir = None
     pipe.save_pretrained(d)
-    assert Pipeline.from_pretrained(d).config.guidance == 2.0
+    from moviola.layout import read_config
+
+    assert read_config(d, "pipeline")["guidance"] == 2.0  # (its stand-in text encoder is not one a folder names)
+
+
+def test_the_library_leaves_the_callers_state_and_gets_what_it_is_given(pipe, recwarn):
+    """Found by a review of the Python API: looping over a storyboard's chunks kept gradients off in the caller's
+    own code (a no_grad block around its yields); frames came back column-blocked (not C-contiguous: a write to a
+    pipe or file refused them); remix's length limit used the model's frame rate, not the call's; a text encoder
+    of another width loaded and failed on the first call inside the DiT; "cpu:0" read as damaged weights."""
+    from moviola.pipeline import Card, _usable_device
+
+    board = pipe.storyboard([Card(0.0, "a red circle falls"), Card(1.0, "a blue square spins")], seconds=2, **SIZE)
+    for chunk in board:
+        assert torch.is_grad_enabled()  # the caller's mode, between chunks
+        assert chunk.flags.c_contiguous
+        break
+    assert torch.is_grad_enabled()
+    assert pipe("a red circle falls", seconds=1, **SIZE).flags.c_contiguous
+    limit = round(pipe.config.max_total_seconds * 24)
+    with pytest.raises(GenerationError, match=f"at most 6 s \\({limit} frames at 24 fps\\)"):
+        pipe.remix(_clip(limit + 1), P, strength=0.5, fps=24, **SIZE)
+    with pytest.raises(ValueError, match=f"makes {TEXT_DIM + 4}-wide token embeddings but the DiT reads {TEXT_DIM}"):
+        Pipeline(pipe.vae, pipe.dit, HashText(dim=TEXT_DIM + 4), pipe.config)
+    assert _usable_device("cpu:0") == torch.device("cpu")
+    with pytest.raises(GenerationError, match="strength must be between 0 and 1, got True"):
+        pipe.remix(CLIP, P, strength=True, **SIZE)
+    with pytest.raises(GenerationError, match="backward must be True or False, got 'no'"):
+        pipe.extend(CLIP, P, seconds=1, backward="no", **SIZE)
+
+
+def test_a_prompt_longer_than_the_encoder_reads_is_said(tmp_path, capsys):
+    """A prompt past the text encoder's max_length tokens: a PromptTruncated warning (one line from the CLI), where
+    its end had been dropped without a word (two prompts that differ only after token 32 make the same clip)."""
+    import warnings
+
+    from moviola.models.text import PromptTruncated, load_text_encoder
+
+    enc = load_text_encoder()
+    long = " ".join(["a large red circle moves right"] * 8)
+    assert enc.token_count(long) > enc.max_length
+    with warnings.catch_warnings(record=True) as got:
+        warnings.simplefilter("always")
+        enc.warn_if_truncated(long)
+        enc.warn_if_truncated("a large red circle moves right")
+    assert len(got) == 1 and issubclass(got[0].category, PromptTruncated)
+    assert f"reads the first {enc.max_length}" in str(got[0].message)

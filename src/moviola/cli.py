@@ -1008,12 +1008,32 @@ def main(argv: list[str] | None = None) -> int:
             signal.signal(sig, handler)
 
 
+def _one_line_notes() -> None:
+    """Moviola's own notes to the user (moviola.models.text.PromptTruncated: a prompt longer than the encoder
+    reads) as one line each, not Python's warning with its file and source line."""
+    import warnings
+
+    default = warnings.showwarning
+    if getattr(default, "moviola", False):  # already in place (main called again in one process)
+        return
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if category.__name__ == "PromptTruncated":
+            print(f"moviola: note: {message}", file=sys.stderr)
+        else:
+            default(message, category, filename, lineno, file, line)
+
+    show.moviola = True
+    warnings.showwarning = show
+
+
 def _main(argv: list[str] | None) -> int:
     from moviola.video_io import VideoError  # imports av and numpy: a Ctrl-C here is main's to report
     from moviola.world.caption import PromptError
     from moviola.world.spec import SpecError
 
     args, extra = build_parser().parse_known_args(argv)
+    _one_line_notes()
     try:
         if getattr(args, "takes_extra", False):
             return args.func(args, extra) or 0

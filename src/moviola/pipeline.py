@@ -190,6 +190,11 @@ class Pipeline:
             raise ValueError(f"the VAE makes {vae.config.latent_channels}-channel latents but the DiT takes "
                              f"{dit.config.in_channels}: they were not trained together")
         check_vae_factors(vae.config)
+        text_dim = getattr(text_encoder, "dim", None)
+        if isinstance(text_dim, int) and text_dim != dit.config.text_dim:  # else the first call fails inside the DiT
+            raise ValueError(f"the text encoder ({getattr(text_encoder, 'path', type(text_encoder).__name__)}) makes "
+                             f"{text_dim}-wide token embeddings but the DiT reads {dit.config.text_dim}: a DiT is "
+                             "trained with one text encoder")
         self.device = torch.device(device)
         self.vae = vae.to(self.device).eval()
         self.dit = dit.to(self.device).eval()
@@ -208,7 +213,7 @@ class Pipeline:
             from moviola import DEFAULT_MODEL_DIR
 
             directory = DEFAULT_MODEL_DIR
-        d = Path(directory)
+        d = Path(directory).expanduser()
         missing = missing_parts(d)
         if missing:
             raise FileNotFoundError(f"{d}: not a Moviola model folder (missing {', '.join(missing)})")
@@ -221,7 +226,10 @@ class Pipeline:
         if vae.config.latent_channels != dit.config.in_channels:
             raise ValueError(f"{d}: its VAE makes {vae.config.latent_channels}-channel latents but its DiT takes "
                              f"{dit.config.in_channels}: the two parts were not trained together")
-        text = load_text_encoder(None if cfg.text_encoder == "minilm" else cfg.text_encoder)
+        spec = cfg.text_encoder
+        if spec != "minilm" and not Path(spec).expanduser().is_absolute() and (d / spec).exists():
+            spec = str(d / spec)  # a folder named relative to the model folder (it had been read from the cwd)
+        text = load_text_encoder(None if spec == "minilm" else spec)
         pipe = cls(vae, dit, text, cfg, device)
         pipe.source_dir = d
         return pipe
@@ -419,6 +427,9 @@ class Pipeline:
         for name, text in (("prompt", prompt), ("negative_prompt", negative_prompt)):
             if not isinstance(text, str):
                 raise GenerationError(f"{name} must be a string, got {type(text).__name__}")
+        for name, text in (("prompt", prompt), ("negative prompt", negative_prompt)):
+            if hasattr(self.text_encoder, "warn_if_truncated"):
+                self.text_encoder.warn_if_truncated(text, name)
         ctx, mask = self.text_encoder.encode([prompt])
         uctx, umask = self.text_encoder.encode([negative_prompt])
         return ({"context": ctx.to(self.device), "context_mask": mask.to(self.device)},
@@ -434,7 +445,8 @@ class Pipeline:
     def decode_frames(self, z: torch.Tensor) -> np.ndarray:
         """Normalised latents (1, C, t, h, w) -> (1 + 4(t - 1), 8h, 8w, 3) uint8, through the streaming decoder."""
         video = self.vae.decode_video(self.vae.denormalize(z), clamp=True)  # (1, 3, T, H, W)
-        return ((video[0].permute(1, 2, 3, 0) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).cpu().numpy()
+        frames = ((video[0].permute(1, 2, 3, 0) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+        return np.ascontiguousarray(frames.cpu().numpy())  # row-major: writes to a pipe or file need it
 
     @torch.no_grad()
     def window(self, prompt: str, *, width: int, height: int, frames: int, steps: int, guidance: float,
@@ -663,6 +675,8 @@ class Pipeline:
         """Continue a clip (T, H, W, 3) uint8 at the model's fps by ``seconds`` (before it with
         ``backward``). Returns the whole clip: the source (scaled and cropped to the size, which defaults
         to the trained size nearest its aspect ratio) with the new frames after (or before) it."""
+        if not isinstance(backward, (bool, np.bool_)):  # "no" had extended backwards (a non-empty string is true)
+            raise GenerationError(f"backward must be True or False, got {backward!r}")
         if not backward:
             return np.concatenate(list(self.extend_stream(
                 video, prompt, seconds=seconds, width=width, height=height, fps=fps, steps=steps, guidance=guidance,
@@ -749,9 +763,10 @@ class Pipeline:
         src, width, height = self._fit_source(video, width, height)
         self.check_request(width, height, None, None, steps, guidance, sampler=sampler, fps=fps, seed=seed, prompt=prompt,
                            negative_prompt=negative_prompt)
-        if len(src) > round(self.config.max_total_seconds * self.config.fps):
+        if len(src) > round(self.config.max_total_seconds * fps):  # at the call's frame rate, as the frames play
             raise GenerationError(f"video has {len(src)} frames; remix takes at most "
-                                  f"{self.config.max_total_seconds:g} s ({round(self.config.max_total_seconds * self.config.fps)} frames)")
+                                  f"{self.config.max_total_seconds:g} s ({round(self.config.max_total_seconds * fps)} "
+                                  f"frames at {fps:g} fps)")
         if strength == 0:
             return iter([src])
         if len(src) > self.window_frames:
@@ -881,7 +896,9 @@ class Pipeline:
             self._needs_conditioning("this storyboard (image cards, 'continue' or segments longer than a window)")
         kw = dict(width=width, height=height, steps=steps, guidance=guidance, negative_prompt=negative_prompt,
                   sampler=sampler)
-        return self._board(cards, bounds, images, transition, seed, callback, kw)
+        # made under no_grad, yielded outside it (a no_grad block around the yields had turned gradients off in
+        # the caller's own loop over the chunks)
+        return _no_grad_chunks(self._board(cards, bounds, images, transition, seed, callback, kw))
 
     def _board(self, cards, bounds, images, transition, seed, callback, kw) -> Iterator[np.ndarray]:
         windows = 0  # counted first, for one progress bar over the whole board
@@ -891,17 +908,16 @@ class Pipeline:
             windows += len(self._plan(n - (images[i] is not None), first))
         progress = _Progress(callback, windows * kw["steps"])
         tail = None
-        with torch.no_grad():
-            for i, c in enumerate(cards):
-                n = bounds[i + 1] - bounds[i]
-                start = None if transition == "cut" or tail is None else tail[-1:]  # a card change: its last frame
-                if images[i] is not None:
-                    yield images[i][None].copy()
-                    start, n = images[i][None], n - 1
-                    tail = start
-                for chunk in self._forward(c.prompt, n, tail=start, seed=seed + 104729 * i, progress=progress, **kw):
-                    tail = _context(chunk if tail is None else np.concatenate([tail, chunk]))  # before the caller has it
-                    yield chunk
+        for i, c in enumerate(cards):
+            n = bounds[i + 1] - bounds[i]
+            start = None if transition == "cut" or tail is None else tail[-1:]  # a card change: its last frame
+            if images[i] is not None:
+                yield images[i][None].copy()
+                start, n = images[i][None], n - 1
+                tail = start
+            for chunk in self._forward(c.prompt, n, tail=start, seed=seed + 104729 * i, progress=progress, **kw):
+                tail = _context(chunk if tail is None else np.concatenate([tail, chunk]))  # before the caller has it
+                yield chunk
 
 
 def check_cards(cards: Sequence[Card], seconds: float | None, limit: float) -> None:
@@ -956,7 +972,7 @@ def _usable_device(device: str | torch.device) -> torch.device:
         raise ValueError(f"device {device!r}: this machine has no {dev.type} device that torch can use")
     if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
         raise ValueError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-    return dev
+    return torch.device("cpu") if dev.type == "cpu" else dev  # "cpu:0" is the CPU (safetensors takes no index)
 
 
 def _no_grad_chunks(chunks: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
@@ -1078,7 +1094,8 @@ def _seam_guidance(guidance: float, t: int, suffix: int, device, prefix: int = 0
 
 def _check_strength(strength, low_open: bool = False) -> None:
     """A GenerationError unless 0 <= strength <= 1 (0 < strength with ``low_open``)."""
-    ok = isinstance(strength, (int, float, np.floating, np.integer)) and 0.0 <= strength <= 1.0
+    ok = (isinstance(strength, (int, float, np.floating, np.integer)) and not isinstance(strength, (bool, np.bool_))
+          and 0.0 <= strength <= 1.0)
     if not ok or (low_open and strength == 0):
         allowed = "above 0 and at most 1" if low_open else "between 0 and 1"
         raise GenerationError(f"strength must be {allowed}, got {strength!r}")

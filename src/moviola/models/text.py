@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import warnings
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,10 @@ MODEL_CLASSES = {
 }
 SUPPORTED = ("minilm (the default), or a local folder whose config.json model_type is "
              + ", ".join(MODEL_CLASSES))
+
+
+class PromptTruncated(UserWarning):
+    """A prompt longer than the encoder's ``max_length`` tokens: only its first ``max_length`` are read."""
 
 
 class TextEncoderError(ValueError):
@@ -111,6 +116,18 @@ class TextEncoder(nn.Module):
         hidden = self.model(input_ids=ids, attention_mask=attn).last_hidden_state  # (B, L', D)
         lengths = attn.sum(1).tolist()
         return [hidden[i, :n].float().cpu().clone() for i, n in enumerate(lengths)]
+
+    def token_count(self, prompt: str) -> int:
+        """How many tokens ``prompt`` is, special tokens included, before truncation to ``max_length``."""
+        return len(self.tokenizer(prompt, truncation=False)["input_ids"])
+
+    def warn_if_truncated(self, prompt: str, what: str = "prompt") -> None:
+        """A PromptTruncated warning when ``prompt`` is longer than the encoder reads (its end had been dropped
+        without a word: two prompts that differ only after token 32 make the same clip)."""
+        if prompt and len(prompt) > self.max_length and (n := self.token_count(prompt)) > self.max_length:
+            warnings.warn(PromptTruncated(f"the {what} is {n} tokens; the text encoder reads the first "
+                                          f"{self.max_length} (about {_words_read(prompt, self)} words): the rest is "
+                                          "ignored"), stacklevel=3)
 
     def encode(self, prompts: list[str] | tuple[str, ...]) -> tuple[Tensor, Tensor]:
         """Prompts -> (tokens (B, max_length, D) float32, mask (B, max_length) bool), on `device`.
@@ -263,13 +280,36 @@ class MiniBert(nn.Module):
 
 # --- loading -------------------------------------------------------------------------------------
 
+def _words_read(prompt: str, encoder: TextEncoder) -> int:
+    """How many of the prompt's leading words fit in the encoder's max_length tokens."""
+    words = prompt.split()
+    lo, hi = 0, len(words)
+    while lo < hi:  # the most leading words whose tokens fit
+        mid = (lo + hi + 1) // 2
+        if encoder.token_count(" ".join(words[:mid])) <= encoder.max_length:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
 def _offline_transformers():
     """Import transformers with the hub switched off. The real guard is local_files_only=True on every
-    load; the environment variables make sure nothing reaches a hub even through a code path we missed."""
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    os.environ["TRANSFORMERS_OFFLINE"] = "1"
-    import transformers
-
+    load; the environment variables, set while transformers (and huggingface_hub) are first imported, which
+    read them then, make sure nothing reaches a hub even through a code path we missed. They are put back after:
+    set for good, they had switched every later Hugging Face use of the program, and its child processes, to
+    offline."""
+    keys = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    before = {k: os.environ.get(k) for k in keys}
+    os.environ.update({k: "1" for k in keys})
+    try:
+        import transformers
+    finally:
+        for k, v in before.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
     return transformers
 
 
@@ -290,9 +330,12 @@ def _model_type(folder: Path, spec: str) -> str:
         raise TextEncoderError(f"text encoder folder {spec!r} has no config.json; "
                                f"supported: {SUPPORTED}")
     try:
-        model_type = json.loads(config.read_text()).get("model_type")
+        data = json.loads(config.read_text())
     except (OSError, ValueError) as e:
         raise TextEncoderError(f"cannot read {config}: {e}") from e
+    if not isinstance(data, dict):  # valid JSON but a list or a number: an AttributeError had escaped
+        raise TextEncoderError(f"{config}: not a model config (a JSON object with model_type)")
+    model_type = data.get("model_type")
     if model_type not in MODEL_CLASSES:
         raise TextEncoderError(f"text encoder {spec!r} has model_type {model_type!r}, which is not "
                                f"supported. Supported: {SUPPORTED}")
