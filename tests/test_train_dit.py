@@ -442,6 +442,12 @@ def test_settings_out_of_range_and_a_diverged_run_are_refused(tmp_path, vae_dir,
                       ("lora.alpha=nan", "lora.rank and lora.alpha must be finite")]:
         with pytest.raises((ValueError, ConfigError), match=says):
             train_dit(load_config(TrainDiTConfig, None, common + [bad]))
+    base = train_dit(load_config(TrainDiTConfig, None, TINY_DIT + [f"vae='{vae_dir}'", f"out='{tmp_path / 'base'}'",
+                                                                  "optim.steps=1"]))
+    tune = TINY_DIT + [f"init_from='{base}'", f"out='{tmp_path / 'tune'}'", "optim.steps=1"]
+    with pytest.raises(ValueError, match=r"model.depth = 3, but init_from's model .* has 2"):
+        train_dit(load_config(TrainDiTConfig, None, tune + ["model.depth=3"]))
+    assert train_dit(load_config(TrainDiTConfig, None, tune)).is_dir()  # the base's own settings repeated: fine
     with pytest.raises(ValueError, match="a cache of your own footage"):
         train_dit(load_config(TrainDiTConfig, None, common + ["cond_prob=0.5", "transition_prob=0.5",
                                                             f"data.cache_dir='{tmp_path}'"]))

@@ -246,11 +246,14 @@ def test_a_vae_trained_on_footage_carries_its_provenance(tmp_path, capsys):
     root.mkdir()
     write_video(root / "a.mp4", np.full((24, 40, 56, 3), 90, np.uint8), 8)
     (root / "bad.mp4").write_text("not a video")
+    whole = write_video(tmp_path / "whole.mkv", np.full((32, 40, 56, 3), 60, np.uint8), 8)
+    (root / "cut.mkv").write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])  # header intact, cut mid-way
     (root / "manifest.jsonl").write_text(json.dumps({"path": "a.mp4", "caption": "grey", "licence": "CC0"}) + "\n")
     model = train_vae(load_config(TrainVAEConfig, None, TINY + [
         "optim.steps=1", f"data.folder='{root}'", "data.world_weight=0.0", f"out='{tmp_path / 'vae'}'"]))
     err = capsys.readouterr().err
     assert f"skipping {root / 'bad.mp4'}: not a video" in err, err
+    assert f"skipping {root / 'cut.mkv'}: truncated or corrupt video" in err, err  # it had been drawn from
     rows = read_manifest(model)
     assert [(r["path"], r["sha256"], r["licence"]) for r in rows] == [
         (str(root / "a.mp4"), file_sha256(root / "a.mp4"), "CC0")]

@@ -138,8 +138,11 @@ class ClipBatches:
         if cfg.folder:
             from moviola.data.folder import check_folder
 
-            # Checked once up front: unreadable or too-short files are skipped (and listed), not fatal.
-            report = check_folder(cfg.folder, min_seconds=0.0, need_captions=False)
+            # Checked once up front, each file decoded to its end: unreadable, cut-off or too-short files are
+            # skipped (and listed), not fatal. (The header-only check had let a file cut off mid-way through:
+            # most draws from it failed and were replaced by other clips without a word, and the VAE's record
+            # of its footage listed it.)
+            report = check_folder(cfg.folder, min_seconds=0.0, need_captions=False, deep=True)
             self.skipped = report.problems
             self.videos = list(report.clips)
             if not self.videos:

@@ -491,6 +491,22 @@ def _check_footage_cache(cache, pcfg: PipelineConfig, base_dir: Path | None) -> 
     return pcfg
 
 
+_ADDABLE = ("abs_pos", "text_refiner", "gradient_checkpointing", "cond_channels")  # what a fine-tune may add
+
+
+def _check_model_settings(asked: DiTConfig, base: DiTConfig, base_dir: Path) -> None:
+    """A ValueError when a fine-tune asks for an architecture its base does not have (model.depth=2 with
+    init_from had been ignored, while the run's config.json recorded it): a model.* setting away from the
+    default preset must be the base's, save those a fine-tune adds."""
+    default, asked_d, base_d = PRESETS["small"].to_dict(), asked.to_dict(), base.to_dict()
+    wrong = [k for k in asked_d if k not in _ADDABLE and asked_d[k] != default.get(k) and asked_d[k] != base_d.get(k)]
+    if wrong:
+        k = wrong[0]
+        raise ValueError(f"model.{k} = {asked_d[k]!r}, but init_from's model ({base_dir}) has {base_d.get(k)!r}: a "
+                         "fine-tune keeps its base's architecture (only model.abs_pos, model.text_refiner and "
+                         "model.gradient_checkpointing may be added); leave model.* out, or train from scratch")
+
+
 def _build_model(cfg: TrainDiTConfig, base_dir: Path | None, device: torch.device) -> DiT:
     if base_dir is None:
         torch.manual_seed(cfg.data.seed)
@@ -499,6 +515,7 @@ def _build_model(cfg: TrainDiTConfig, base_dir: Path | None, device: torch.devic
             mcfg = dataclasses.replace(mcfg, cond_channels=mcfg.in_channels + 1)
         return DiT(mcfg)
     model = DiT.from_pretrained(base_dir).train()
+    _check_model_settings(cfg.model, model.config, base_dir)
     if cfg.cond_prob > 0:
         model = with_conditioning(model)  # a text-only base learns known frames from zero-initialised inputs
     # Parts the base lacks (absolute positions, text refiner blocks) start as the identity and learn from there.
