@@ -58,7 +58,7 @@ def test_unknown_key_in_file(tmp_path):
     ("optim.steps=0", "optim.steps must be at least 1"),
     ("optim.batch_size=0", "optim.batch_size must be at least 1"),
     ("optim.lr=-1e-3", "optim.lr must be more than 0"),
-    ("lora.rank=-4", "lora.rank and lora.alpha must be at least 0"),
+    ("lora.rank=-4", "lora.rank and lora.alpha must be finite and at least 0"),
     ("max_minutes=-1", "max_minutes and stop_after must be at least 0"),
 ])
 def test_training_settings_out_of_range_are_refused_by_name(override, needle):
