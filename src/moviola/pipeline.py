@@ -229,7 +229,7 @@ class Pipeline:
         spec = cfg.text_encoder
         if spec != "minilm" and not Path(spec).expanduser().is_absolute() and (d / spec).exists():
             spec = str(d / spec)  # a folder named relative to the model folder (it had been read from the cwd)
-        text = load_text_encoder(None if spec == "minilm" else spec)
+        text = load_text_encoder(None if spec == "minilm" else spec, device=device)  # a T5-XXL on the GPU too
         pipe = cls(vae, dit, text, cfg, device)
         pipe.source_dir = d
         return pipe
