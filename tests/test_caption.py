@@ -194,3 +194,23 @@ def test_matches_spec_rejects_a_different_scene():
     assert not parse_prompt("a red circle grows on a white background").matches_spec(spec)
     assert not parse_prompt("a red circle falls").matches_spec(spec)
     assert not parse_prompt("a red circle falls and a blue box spins on a white background").matches_spec(spec)
+
+
+def test_scenes_of_several_objects_are_captioned_with_there_is_too():
+    """WORLD.md's opener "There is" serves every scene ("There is a red circle and a blue square ..."): the
+    captioner had switched to "there are" whenever a scene had several objects, so that phrasing was never
+    trained on. Both appear, and both parse back to the scene."""
+    from moviola.world.caption import parse_prompt
+    from moviola.world.sample import sample_scene
+
+    openers = set()
+    for i in range(400):
+        spec = sample_scene(np.random.default_rng(i))
+        if len(spec.objects) < 2:
+            continue
+        text = caption(spec, rng=np.random.default_rng(i))
+        for opener in ("there is ", "there are "):
+            if text.lower().startswith(opener):
+                openers.add(opener)
+                assert len(parse_prompt(text).objects) == len(spec.objects), text
+    assert openers == {"there is ", "there are "}

@@ -339,3 +339,19 @@ def test_score_file_keeps_a_variable_frame_rate_files_timing_and_reads_every_ima
         Image.fromarray(frames[0]).save(tmp_path / name, format="JPEG" if name.endswith("jfif") else None)
         report = score_file(tmp_path / name, prompt)
         assert report["attributes"]["color"] == 1.0, report
+
+
+@pytest.mark.parametrize("fps", [12.0, 30.0])
+def test_a_fall_in_a_fast_file_is_read_from_its_first_frame(tmp_path, fps):
+    """A file faster than 8 fps is read every k-th frame from its first, so frame j shows t = j / rate: read
+    mid-frame, a fall no longer started at rest and failed its physics in every clip at 12 and 30 fps."""
+    from moviola.video_io import write_video
+    from moviola.world.caption import parse_prompt
+    from moviola.world.sample import scene_from_prompt
+    from moviola.world.score import score_file
+
+    prompt = parse_prompt("a red circle falls")
+    for j in range(4):
+        spec = scene_from_prompt(prompt, np.random.default_rng([5, j]), fps=fps, seconds=2.0)
+        path = write_video(tmp_path / f"{j}.mp4", render(spec).frames, fps)
+        assert score_file(path, "a red circle falls")["physics"]["fall"] == 1.0

@@ -209,7 +209,9 @@ def caption(spec: SceneSpec, *, detailed: bool = False, rng: np.random.Generator
 
     if rng is not None:
         opener = choose(("", "there is ", "video of "))
-        if opener == "there is " and len(spec.objects) > 1:
+        # WORLD.md lists "There is" for every scene ("There is a red circle and a blue square..."): several
+        # objects take either (only "there are" had been written, so that phrasing was never trained on)
+        if opener == "there is " and len(spec.objects) > 1 and chance(0.5):
             opener = "there are "
         text = opener + text
 

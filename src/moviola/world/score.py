@@ -694,10 +694,14 @@ def score_file(path: str | Path, prompt: str | Prompt) -> dict:
     w, h = _scoring_size(info["width"], info["height"])
     if info["fps"] > FILE_FPS + 1e-3:
         k = max(1, round(info["fps"] / FILE_FPS))
-        rate = info["fps"] / k  # every k-th frame: evenly spaced
+        rate, phase = info["fps"] / k, 0.0  # every k-th frame from the first: frame j shows t = j / rate
         if abs(rate - FILE_FPS) > 1e-3 * FILE_FPS and _holds_frames(path, info["fps"]):
-            rate = FILE_FPS  # 8 fps content whose frames were held to fill a faster rate: read at its own frames
-        frames = read_video_fitted(path, w, h, rate, phase=0.5)
+            # 8 fps content whose frames were held to fill a faster rate: read at its own frames, each mid-way
+            # through its run of copies (where rounding cannot pick the copy of a neighbour)
+            rate, phase = FILE_FPS, 0.5
+        # (mid-frame for every file, frame j had shown t = (j + 1/2) / rate but been scored as j / rate: a fall read
+        # at 12 or 30 fps no longer started at rest, and failed its physics in every clip)
+        frames = read_video_fitted(path, w, h, rate, phase=phase)
         return score_clip(frames, prompt, fps=rate)
     # By the frames' timestamps at the file's rate: a variable-frame-rate Matroska file reports its nominal rate,
     # and its frames read one after another had made its motions half as fast again as they are
