@@ -1,6 +1,7 @@
 """The command line: world render, score, dataset (resumable), clear errors with exit status 2."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 
@@ -203,3 +204,33 @@ def test_a_refused_world_dataset_leaves_the_folder_free_for_the_corrected_run(tm
     (out / "clips" / ".000000.tmp-dead.mp4").write_bytes(b"\0" * 48)
     assert main(["world", "dataset", str(out), "--n", "1", "--size", "32x32"]) == 0
     assert sorted(p.name for p in (out / "clips").iterdir()) == ["000000.mp4"]
+
+
+def test_the_command_lines_own_output_goes_where_it_belongs(tmp_path, capsys, monkeypatch):
+    """From a review of the CLI: the progress bar is drawn on stderr (rich's default console is stdout: a terminal's
+    bar had gone into `eval world > report.json`); `train vae` prints plain step lines when stderr is a log (none
+    had come for the whole run); `world render --truth` is checked before anything is written; `keys` with --db
+    makes no storage folder, and `keys list` of a storage without a database says so; data cache's numbers are
+    range-checked."""
+    from moviola.cli import progress
+
+    assert progress().console.stderr
+    root = Path(__file__).resolve().parents[1]
+    capsys.readouterr()
+    assert main(["train", "vae", "--config", str(root / "configs" / "vae" / "tiny.toml"), "--out", str(tmp_path / "v"),
+                 "--optim.steps=2", "--decoder.steps=0", "--log_every=1", "--eval_every=0", "--stats_batches=1"]) == 0
+    err = capsys.readouterr().err
+    assert "step 1/2  loss" in err and "step 2/2  loss" in err, err
+    (tmp_path / "folder.json").mkdir()
+    out = tmp_path / "r.mp4"
+    assert main(["world", "render", "a red circle falls", "-o", str(out), "--truth", str(tmp_path / "folder.json")]) == 2
+    assert "output is a directory" in capsys.readouterr().err and not out.exists()
+    monkeypatch.chdir(tmp_path)
+    db = f"sqlite:///{tmp_path / 'k.db'}"
+    assert main(["keys", "create", "--name", "a", "--db", db]) == 0
+    assert main(["keys", "list", "--db", db]) == 0 and not (tmp_path / "moviola-data").exists()
+    assert main(["keys", "list", "--storage", str(tmp_path / "none")]) == 2
+    assert "no server database there yet" in capsys.readouterr().err and not (tmp_path / "none").exists()
+    with pytest.raises(SystemExit) as e:
+        main(["data", "cache", str(tmp_path), "--shot-threshold", "5"])
+    assert e.value.code == 2 and "--shot-threshold: must be at least 0 and at most 1" in capsys.readouterr().err

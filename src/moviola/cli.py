@@ -42,8 +42,8 @@ def _number(kind, low: float | None = None, high: float | None = None, *, above:
             raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
         too_low = low is not None and (value <= low if above else value < low)
         if too_low or (high is not None and value > high):
-            lo = "" if low is None else (f"more than {low:g}" if above else f"at least {low:g}")
-            hi = "" if high is None else f"at most {high:g}"
+            lo = "" if low is None else (f"more than {low:.15g}" if above else f"at least {low:.15g}")
+            hi = "" if high is None else f"at most {high:.15g}"  # 2**63 - 1 whole, not 9.22337e+18
             raise argparse.ArgumentTypeError(f"must be {' and '.join(x for x in (lo, hi) if x)}, got {text}")
         return value
     parse.__name__ = kind.__name__  # argparse names the type in its messages
@@ -60,12 +60,15 @@ SCALE = _number(float, -10, 10)
 
 
 def progress():
-    """A rich progress bar that shows a spinner, count, elapsed and remaining time."""
+    """A rich progress bar that shows a spinner, count, elapsed and remaining time, on stderr (rich's default
+    console is stdout: a terminal's bar had been written into `moviola eval world > report.json`)."""
+    from rich.console import Console
     from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
                                TimeRemainingColumn)
 
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    TimeRemainingColumn(), transient=False, disable=not sys.stderr.isatty())
+                    TimeRemainingColumn(), transient=False, disable=not sys.stderr.isatty(),
+                    console=Console(stderr=True))
 
 
 # --- world ---------------------------------------------------------------------------------------
@@ -83,6 +86,8 @@ def cmd_world_render(args) -> int:
 
     w, h = args.size
     out = _output(args.output, image_ok=True)
+    # checked before anything is rendered or written (a folder there had failed after the video was replaced)
+    truth = _output(args.truth, suffixes=(".json",)) if args.truth else None
     if args.audio and out.suffix.lower() == ".png":
         raise ValueError(f"{out}: --audio needs a video output (.mp4, .webm, .mov, .mkv): a PNG has no sound")
     prompt = parse_prompt(args.prompt)
@@ -106,7 +111,7 @@ def cmd_world_render(args) -> int:
         from moviola.world.truth import clip_truth
         from moviola.video_io import atomic_write_bytes
 
-        atomic_write_bytes(Path(args.truth), json.dumps(clip_truth(clip), indent=1).encode())
+        atomic_write_bytes(truth, json.dumps(clip_truth(clip), indent=1).encode())
     what = "frame 0 as an image" if out.suffix.lower() == ".png" else f"{clip.frames.shape[0]} frames"
     print(f"wrote {out} ({what}, {w}x{h}, {spec.fps:g} fps)", file=sys.stderr)
     return 0
@@ -118,6 +123,8 @@ def cmd_world_dataset(args) -> int:
 
     holdout = parse_holdout(args.holdout) if args.holdout else []
     sizes = args.size or [(64, 64), (96, 64), (64, 96), (128, 128)]
+    if args.min_seconds is None:  # as long as data cache's shortest bucket, unless every clip is to be shorter
+        args.min_seconds = min(1.125, args.max_seconds)
     if args.min_seconds > args.max_seconds:
         raise ValueError(f"--min-seconds {args.min_seconds:g} is more than --max-seconds {args.max_seconds:g}")
     with progress() as bar:
@@ -185,9 +192,11 @@ def _provenance(args, pipe, prompt: str, **extra) -> dict:
             "creation_time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
 
-def _output(path: str, *, image_ok: bool = False) -> Path:
+def _output(path: str, *, image_ok: bool = False, suffixes: tuple[str, ...] | None = None) -> Path:
+    """The output path, checked before any work: its extension (one of ``suffixes``, by default the video ones,
+    and .png with ``image_ok``), not a directory, in a folder that can be made or written."""
     out = Path(path)
-    allowed = VIDEO_OUTPUTS + ((".png",) if image_ok else ())
+    allowed = suffixes or VIDEO_OUTPUTS + ((".png",) if image_ok else ())
     if out.suffix.lower() not in allowed:
         raise ValueError(f"{out}: output must end in {', '.join(allowed)}")
     if out.is_dir():
@@ -494,11 +503,14 @@ def cmd_train_vae(args, extra: list[str]) -> int:
     if args.out:
         overrides.append(f"out={json.dumps(args.out)}")
     cfg = load_config(TrainVAEConfig, args.config, overrides)
+    tty = sys.stderr.isatty()
     with progress() as bar:
         task = bar.add_task("train vae", total=cfg.optim.steps + cfg.decoder.steps)  # both phases
 
         def on_step(step, total, m):
             bar.update(task, completed=step, total=total, description=f"train vae  loss {m['loss']:.4f}")
+            if not tty and (step % max(cfg.log_every, 1) == 0 or step == total):  # logs, CI: plain lines (none had
+                print(f"step {step}/{total}  loss {m['loss']:.4f}", file=sys.stderr, flush=True)  # come for 50 min)
 
         path = train_vae(cfg, on_step=on_step)
     print(f"saved {path}", file=sys.stderr)
@@ -698,7 +710,13 @@ def cmd_keys(args) -> int:
     from moviola.server import keys
     from moviola.server.db import Database
 
-    _storage_dir(args.storage)
+    if not args.db:  # keys live in the database only: a --db leaves the storage folder alone (it had been made)
+        if Path(args.storage).exists():
+            _storage_dir(args.storage)  # a file in the way is said as such
+        if args.keys_verb != "create" and not (Path(args.storage) / "moviola.db").is_file():
+            raise ValueError(f"{Path(args.storage) / 'moviola.db'}: no server database there yet (moviola keys "
+                             "create, or moviola serve, makes it; or give --db / --storage)")
+        _storage_dir(args.storage)
     with _database_errors():
         db = Database(_server_db(args))
         t0 = time.perf_counter()
@@ -755,7 +773,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="up to 600, and at most 4 GiB of frames (default 2; a .png output keeps frame 0)")
     r.add_argument("--seed", type=SEED, default=0, help="initial positions and unspecified sizes")
     r.add_argument("--audio", action="store_true", help="add the bounce sounds as an audio track")
-    r.add_argument("--truth", help="also write per-frame ground truth (tracks, events) as JSON here")
+    r.add_argument("--truth", help="also write per-frame ground truth (tracks, events) to this .json file")
     r.set_defaults(func=cmd_world_render)
 
     d = wsub.add_parser("dataset", help="render N clips plus a captions manifest (streaming, resumable)")
@@ -763,8 +781,12 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--n", type=COUNT, required=True)
     d.add_argument("--size", type=_size, action="append", help="WxH; repeat for several (default: 64x64 96x64 64x96 128x128)")
     d.add_argument("--fps", type=FPS, action="append", help="frame rate(s) to draw from (default 8)")
-    d.add_argument("--min-seconds", type=_number(float, 0, 600, above=True), default=1.0)
-    d.add_argument("--max-seconds", type=_number(float, 0, 600, above=True), default=4.0)
+    # 1.125 s: 9 frames at 8 fps, the shortest default bucket of `data cache` (at 1.0 s the shortest clips were
+    # refused as too short by `data check` and skipped by `data cache`)
+    d.add_argument("--min-seconds", type=_number(float, 0, 600, above=True), default=None,
+                   help="shortest clip (default 1.125, what data cache's shortest bucket takes at 8 fps, or "
+                        "--max-seconds if less)")
+    d.add_argument("--max-seconds", type=_number(float, 0, 600, above=True), default=4.0, help="longest clip")
     d.add_argument("--occlusion", type=_number(float, 0, 1), default=0.1, help="probability of an occlusion scene")
     d.add_argument("--seed", type=SEED, default=0)
     d.add_argument("--holdout", default="", help='attribute combinations never shown, e.g. "purple+triangle,circle+grows"')
@@ -910,10 +932,10 @@ def build_parser() -> argparse.ArgumentParser:
                                       "at 17 and 9 frames)")
     dk.add_argument("--fps", type=FPS, help="frame rate clips are sampled at (default 8)")
     dk.add_argument("--shots", action="store_true", help="split videos at scene cuts first")
-    dk.add_argument("--shot-threshold", type=float, help="minimum change score of a cut, 0..1 (default 0.1)")
-    dk.add_argument("--clips-per-shot", type=int, help="up to this many clips from one long shot (default 1)")
+    dk.add_argument("--shot-threshold", type=_number(float, 0, 1), help="minimum change score of a cut, 0..1 (default 0.1)")
+    dk.add_argument("--clips-per-shot", type=COUNT, help="up to this many clips from one long shot (default 1)")
     dk.add_argument("--manifest", help="JSONL or CSV manifest (default: FOLDER/manifest.jsonl or .csv)")
-    dk.add_argument("--min-seconds", type=float, help="shortest usable file (default 0.5)")
+    dk.add_argument("--min-seconds", type=_number(float, 0), help="shortest usable file (default 0.5)")
     dk.add_argument("--threads", type=THREADS, default=0, help="CPU threads (default: torch's)")
     dk.set_defaults(func=cmd_data_cache, takes_extra=True)
 

@@ -95,7 +95,8 @@ def evaluate_world(model_dir: Path, n: int = 48, *, steps: int | None = None, gu
     def gen(model):
         def f(i, p, spec):
             tick()
-            return model(p, width=64, height=64, seconds=2, steps=steps, guidance=guidance, seed=seed + i)
+            return model(p, width=64, height=64, seconds=2, steps=steps, guidance=guidance,
+                         seed=(seed + i) % 2**63)  # the last seeds wrap: a seed the user never gave had been refused
         return f
 
     def truth(i, p, spec):
