@@ -212,6 +212,14 @@ def test_input_reference_and_uploaded_edit(client, stack):
     e = client.videos.edit(prompt="a small red circle moves right on a navy background",
                            video=("in.mp4", clip.read_bytes(), "video/mp4"))
     assert e.size == "96x64" and e.seconds == "1"
+    # A phone's portrait clip, stored 96x64 and turned a quarter on display: made at the portrait size (it had been
+    # made 96x64, cropped to the middle third of the picture)
+    from test_video_io import write_raw
+
+    turned = write_raw(stack.root / "portrait.mp4", np.zeros((8, 64, 96, 3), np.uint8), 8, rotation=90)
+    p = client.videos.edit(prompt="a small red circle falls", video=("p.mp4", turned.read_bytes(), "video/mp4"))
+    assert p.size == "64x96", p.size
+    client.videos.delete(p.id)
     v, e = poll(client, v.id), poll(client, e.id)
     assert v.status == "completed", v.error
     made = read_video(_save(client, v.id, stack.root / "i2v.mp4"))

@@ -83,6 +83,9 @@ def _signed_in(browser, stack, token: str):
     page.fill("#key", token)
     page.click("#signin")
     page.wait_for_selector("#studio:not([hidden])")
+    # no first-frame preview (a broken image and its Remove button) before an image is picked: display: flex
+    # had overridden the hidden attribute
+    assert not page.is_visible("#image-preview")
     return page
 
 

@@ -537,7 +537,9 @@ def create_app(cfg: ServerConfig) -> FastAPI:
             raise APIError(400, f"{param} is not a valid base64 data: URL", code="invalid_value",
                            param=param) from None
 
-    def check_video_file(path: Path, param: str) -> None:
+    def check_video_file(path: Path, param: str) -> int:
+        """A 400 unless ``path`` is a video whose first frame decodes, of at most MAX_SOURCE_PIXELS; returns its
+        display rotation in quarter turns (a phone's portrait clip is stored landscape, turned 1 or 3)."""
         import av
 
         from PIL import Image, UnidentifiedImageError
@@ -559,7 +561,8 @@ def create_app(cfg: ServerConfig) -> FastAPI:
                 if (cc.width or 0) * (cc.height or 0) > MAX_SOURCE_PIXELS:
                     raise APIError(400, f"{param} is {cc.width}x{cc.height}: too many pixels", code="invalid_file",
                                    param=param)
-                next(iter(c.decode(video=0)))
+                first = next(iter(c.decode(video=0)))
+                return round((getattr(first, "rotation", 0) or 0) / 90) % 4
         except APIError:
             raise
         except IndirectFileError as e:
@@ -803,8 +806,12 @@ def create_app(cfg: ServerConfig) -> FastAPI:
         ext = ext if ext in (".mp4", ".mov", ".mkv", ".webm", ".gif") else ".mp4"
         path = storage.save_upload(new_id, "source" + ext, data)
         try:
-            check_video_file(path, "video")
+            turns = check_video_file(path, "video")
             vw, vh, dur = probe_upload(path)
+            # A phone's portrait clip is stored landscape and turned on display: the size nearest the shape it is
+            # shown at is a portrait one (it had been made 96x64, cropped to the middle third of the picture)
+            if turns % 2:
+                vw, vh = vh, vw
         except APIError:
             storage.remove_all(new_id)
             raise
