@@ -92,6 +92,10 @@ def test_a_dataset_folder_is_continued_only_with_its_own_settings(tmp_path, caps
     assert "a dataset made with sizes = [[32, 32]]" in capsys.readouterr().err
     assert main(["world", "dataset", str(out), "--n", "3", "--size", "32x32", "--max-seconds", "1"]) == 0
     assert len((out / "captions.jsonl").read_text().splitlines()) == 3
+    # a folder begun with another default shortest clip (1.0 s before 1.125) goes on with its own, asked for none
+    settings = json.loads((out / "dataset.json").read_text())
+    (out / "dataset.json").write_text(json.dumps({**settings, "seconds_range": [0.75, 1.0]}))
+    assert main(["world", "dataset", str(out), "--n", "4", "--size", "32x32", "--max-seconds", "1"]) == 0
 
 
 @pytest.mark.parametrize("argv, needle", [

@@ -143,13 +143,18 @@ def test_healthz_counts_live_workers_and_fails_when_queued_jobs_have_none(tmp_pa
         db.execute("UPDATE jobs SET created_at = created_at - 60")
         r = client.get("/healthz")
         assert r.status_code == 503 and "no worker is running" in r.json()["problem"] and r.json()["queued"] == 1
-        jobs.worker_alive(db, "host:1:ab")
+        name = r.json()["model"]
+        jobs.worker_alive(db, "host:2:cd", "moviola-other")  # a worker of other weights never takes these jobs
+        r = client.get("/healthz")
+        assert r.status_code == 503 and "1 worker(s) run, serving other models" in r.json()["problem"]
+        jobs.worker_gone(db, "host:2:cd")
+        jobs.worker_alive(db, "host:1:ab", name)
         r = client.get("/healthz")
         assert r.status_code == 200 and r.json()["workers"] == 1
         assert "moviola_live_workers 1" in client.get("/metrics").text
         jobs.worker_gone(db, "host:1:ab")
         assert client.get("/healthz").status_code == 200  # stopped just now: a restart is not an outage
-        db.execute("UPDATE meta SET value = ? WHERE name = 'workers_seen'", (repr(time.time() - 60),))
+        db.execute("UPDATE meta SET value = ? WHERE name LIKE 'workers_seen%'", (repr(time.time() - 60),))
         assert client.get("/healthz").status_code == 503
         # a job whose worker was killed mid-run (lease long gone) is waiting too
         db.execute("UPDATE jobs SET status = 'in_progress', lease_until = ?", (time.time() - 60,))

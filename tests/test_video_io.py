@@ -841,6 +841,15 @@ def test_a_jpeg_is_checked_for_size_as_it_decodes(tmp_path, monkeypatch):
         assert video_io.read_image(tmp_path / "mid.png").shape == (500, 800, 3)  # 0.4 MP: between 1x and 2x
     with pytest.raises(VideoError, match="too large"):
         video_io.read_image(tmp_path / "big.jpg", max_side=1024)  # 1/1: 6 MP
+    # a progressive JPEG's decoder holds the whole picture's coefficients however reduced: its header is the bound
+    Image.fromarray(rng.integers(0, 255, (2000, 3000, 3), dtype=np.uint8)).save(tmp_path / "prog.jpg",
+                                                                                 progressive=True, quality=50)
+    with pytest.raises(VideoError, match="too large"):
+        video_io.read_image(tmp_path / "prog.jpg", max_side=256)
+    (tmp_path / "junk.jpg").write_bytes(b"\xff\xd8\xff\xe0" + bytes(100))  # a JPEG's first bytes, then nothing
+    with pytest.raises(Exception) as e:
+        open_image(tmp_path / "junk.jpg", max_side=256)
+    assert type(e.value).__name__ == "UnidentifiedImageError"  # as Image.open says it (a server's 400, not a 500)
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10_000)
     with pytest.raises(VideoError, match="too large"):
         video_io.read_image(tmp_path / "big.jpg", max_side=256)  # 0.375 MP at 1/4, past twice the limit

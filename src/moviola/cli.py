@@ -125,6 +125,9 @@ def cmd_world_dataset(args) -> int:
     sizes = args.size or [(64, 64), (96, 64), (64, 96), (128, 128)]
     if args.min_seconds is None:  # as long as data cache's shortest bucket, unless every clip is to be shorter
         args.min_seconds = min(1.125, args.max_seconds)
+        made = Path(args.out_dir) / "dataset.json"  # a folder begun before that default (1.0 s) goes on with its own
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError, IndexError):
+            args.min_seconds = float(json.loads(made.read_text())["seconds_range"][0])
     if args.min_seconds > args.max_seconds:
         raise ValueError(f"--min-seconds {args.min_seconds:g} is more than --max-seconds {args.max_seconds:g}")
     with progress() as bar:

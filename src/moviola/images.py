@@ -14,6 +14,10 @@ from PIL import Image, ImageOps
 # uploads) this small: twice the largest side a model makes, so the fit to a clip still downscales real detail
 IMAGE_DECODE_SIDE = 1024
 
+# The largest baseline JPEG opened to be decoded reduced: the largest phone sensors (200 megapixels) with room to
+# spare. The reduction bounds what is decoded, not what a header may claim (a 0.5 MB file can say 12000x12000).
+JPEG_HEADER_PIXELS = 300_000_000
+
 # What Moviola opens as a picture (Pillow's format names; JPEG takes MPO too): what cameras, phones and editors
 # write, each decoded by Pillow itself. Not EPS, which Pillow hands to Ghostscript (an interpreter, and a record
 # of exploits) when one is installed: an uploaded image must never run a program.
@@ -57,15 +61,23 @@ def open_image(fp, *, max_side: int | None = None) -> Image.Image:
     which then applies to what is decoded: Image.open checks the header's size, and had refused a 200-megapixel
     phone photo (Samsung's 16320x12240) that decodes to 2040x1530 here, and warned of a "DOS attack" over a
     108-megapixel one. Other formats are checked as Image.open checks them, without the warning's traceback-like
-    lines (past twice the limit they are refused). Raises what Image.open raises."""
+    lines (past twice the limit they are refused). The header still bounds a JPEG: a baseline one past
+    JPEG_HEADER_PIXELS, a progressive one (whose decoder holds coefficients for the whole picture, however reduced)
+    past Pillow's limit (89 megapixels: about 170 MB of coefficients), are refused. Raises what Image.open raises."""
     if max_side is not None and _is_jpeg(fp):
-        from PIL import JpegImagePlugin
+        from PIL import JpegImagePlugin, UnidentifiedImageError
 
-        im = JpegImagePlugin.JpegImageFile(fp)  # the JPEG plugin itself: Image.open's size check comes below
+        try:
+            im = JpegImagePlugin.JpegImageFile(fp)  # the JPEG plugin itself: Image.open's size check comes below
+        except SyntaxError as e:  # what Image.open turns into UnidentifiedImageError (a 400, not a 500, upstream)
+            raise UnidentifiedImageError(f"cannot identify image file ({e})") from None
+        w, h = im.size  # the header's
+        limit = Image.MAX_IMAGE_PIXELS if im.info.get("progressive") else JPEG_HEADER_PIXELS
         im.draft("RGB", (max_side, max_side))  # the decoder's own reduction; im.size is what it will decode
-        if im.width * im.height > 2 * Image.MAX_IMAGE_PIXELS:
+        if w * h > limit or im.width * im.height > 2 * Image.MAX_IMAGE_PIXELS:
             im.close()
-            raise Image.DecompressionBombError(f"{im.width}x{im.height} pixels even decoded at 1/8 of its size")
+            raise Image.DecompressionBombError(f"{w}x{h} pixels is more than a JPEG may be here "
+                                               f"({limit / 1e6:.0f} megapixels)")
         return im
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)

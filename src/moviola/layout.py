@@ -202,6 +202,8 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
 # which a kill mid-write leaves: 21 MB beside a model's dit.safetensors had survived the rerun that finished it.
 # A glob pattern, for the cleanups of run and cache folders.
 SAFETENSORS_TEMP = ".tmp" + "[A-Za-z0-9]" * 6
+_UMASK = os.umask(0o022)  # read once, at import (setting it to read it is process-wide: not per save, in threads)
+os.umask(_UMASK)
 
 
 def save_tensors(tensors: dict, path: str | Path, metadata: dict[str, str] | None = None) -> None:
@@ -217,9 +219,8 @@ def save_tensors(tensors: dict, path: str | Path, metadata: dict[str, str] | Non
         save_file(tensors, str(path), metadata=metadata)
         # safetensors writes through its own temp file and gives the result mode 0600: make it the mode any new
         # file of this user has (a model folder copied or served by another user could not read its weights)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(path, 0o666 & ~umask)
+        with suppress(OSError):  # a file system without modes (some mounts) keeps what it has
+            os.chmod(path, 0o666 & ~_UMASK)
     except SafetensorError as e:
         path = Path(path)
         try:

@@ -229,7 +229,9 @@ class Pipeline:
         spec = cfg.text_encoder
         if spec != "minilm" and not Path(spec).expanduser().is_absolute() and (d / spec).exists():
             spec = str(d / spec)  # a folder named relative to the model folder (it had been read from the cwd)
-        text = load_text_encoder(None if spec == "minilm" else spec, device=device)  # a T5-XXL on the GPU too
+        # on the GPU too, in bf16 there (a UMT5-XXL is 23 GB in fp32); its embeddings come back in fp32
+        text = load_text_encoder(None if spec == "minilm" else spec, device=device,
+                                 dtype=torch.bfloat16 if device.type == "cuda" else torch.float32)
         pipe = cls(vae, dit, text, cfg, device)
         pipe.source_dir = d
         return pipe

@@ -1083,17 +1083,13 @@ def truncation_margin(expected: float, fps: float, times) -> float:
 
 
 def _check_complete(path: Path, times: list[float], fps: float, expected: float | None,
-                    expected_frames: int | None = None, last_end: float | None = None) -> None:
-    """A VideoError if the frames decoded to the end of a file stop well before its header's duration, or (where
-    the header counts its frames, as MP4 and MOV do, and the whole file was decoded) fall more than two frames
-    and 2 % short of that count.
+                    last_end: float | None = None) -> None:
+    """A VideoError if the frames decoded to the end of a file stop well before its header's duration.
 
     A cut-off mkv/webm (or an mp4 with its index in front, as Moviola writes them) decodes without any
-    error up to the cut; only the header tells. The margins tolerate headers that are off by a frame or two
-    but catch an interrupted download."""
-    if expected_frames and len(times) < expected_frames - max(2, 0.02 * expected_frames):
-        raise VideoError(path, f"truncated or corrupt video ({len(times)} of the {expected_frames} frames its "
-                               "header lists decode)")
+    error up to the cut; only the header tells. The margin tolerates headers that are off by a frame or two
+    but catches an interrupted download. (Not the header's frame count: an MP4 cut by stream copy lists the
+    frames its edit list drops, and an AVI its empty ones.)"""
     if not expected:
         return
     covered = last_end if last_end is not None else times[-1] + 1.0 / fps  # the last frame shown its own time
@@ -1132,7 +1128,6 @@ def read_video(path: PathLike, *, max_frames: int | None = None, start: float = 
             metadata = _container_metadata(container)
             origin = float((stream.start_time or 0) * stream.time_base) if stream.time_base else 0.0
             expected = _stream_duration(container, stream, allow_container=False)
-            listed = stream.frames  # MP4 / MOV count their frames in the header (0 where unknown)
             gif = container.format.name in ("gif", "gif_pipe")
         if fps is None:  # no rate in the container: use the timestamps, else the GIF convention
             fps = _fps_from_times(times)
@@ -1141,7 +1136,7 @@ def read_video(path: PathLike, *, max_frames: int | None = None, start: float = 
             # delays): the timestamps say what the file plays at (only then: a GIF that holds a frame is uneven)
             fps = round(_fps_from_times(times), 3)
         if end is None and max_frames is None:
-            _check_complete(p, times, fps, expected, listed if start == 0 else None, last_end=last_end)
+            _check_complete(p, times, fps, expected, last_end=last_end)
         audio = sample_rate = None
         if with_audio:
             whole = end is None and max_frames is None

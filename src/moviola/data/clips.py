@@ -129,12 +129,15 @@ def folder_clip(clips: list, width: int, height: int, frames: int,
 class ClipBatches:
     """Deterministic batches: ``batch(i)`` depends only on (config.seed, i)."""
 
-    def __init__(self, cfg: ClipDataConfig, batch_size: int):
+    def __init__(self, cfg: ClipDataConfig, batch_size: int, report=None):
+        """``report``: a folder's ``check_folder`` report made before (the decoder phase's batches reuse phase 1's
+        rather than decode every file to its end again)."""
         self.cfg, self.batch_size = cfg, batch_size
         if (cfg.frames - 1) % 4:
             raise ValueError(f"frames must be 4k+1, got {cfg.frames}")
         self.videos = []
         self.skipped = []
+        self.report = None
         if cfg.folder:
             from moviola.data.folder import check_folder
 
@@ -142,7 +145,9 @@ class ClipBatches:
             # skipped (and listed), not fatal. (The header-only check had let a file cut off mid-way through:
             # most draws from it failed and were replaced by other clips without a word, and the VAE's record
             # of its footage listed it.)
-            report = check_folder(cfg.folder, min_seconds=0.0, need_captions=False, deep=True)
+            if report is None:
+                report = check_folder(cfg.folder, min_seconds=0.0, need_captions=False, deep=True)
+            self.report = report
             self.skipped = report.problems
             self.videos = list(report.clips)
             if not self.videos:

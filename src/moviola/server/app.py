@@ -1011,16 +1011,19 @@ def create_app(cfg: ServerConfig) -> FastAPI:
         except OSError as e:
             return JSONResponse({"status": "unhealthy", "model": model.name,
                                  "problem": f"storage is not writable ({e.strerror or e})"}, status_code=503)
-        workers = jobs.live_workers(db)
+        workers = jobs.live_workers(db, model.name)  # only workers of this model take its jobs
         queued, waited = jobs.oldest_queued_wait(db)
         # Jobs wait and nothing takes them: a deploy left no worker running. Only once the oldest has waited
         # WORKER_SEEN_SECONDS and no worker has been seen for as long, so a worker starting or restarting
         # (loading its model) does not flap this to 503.
         if (not workers and queued and waited > jobs.WORKER_SEEN_SECONDS
-                and jobs.since_a_worker_was_seen(db) > jobs.WORKER_SEEN_SECONDS):
+                and jobs.since_a_worker_was_seen(db, model.name) > jobs.WORKER_SEEN_SECONDS):
+            others = jobs.live_workers(db)
+            running = (f"{others} worker(s) run, serving other models" if others else "no worker is running")
             return JSONResponse({"status": "unhealthy", "model": model.name, "workers": 0, "queued": queued,
-                                 "problem": f"no worker is running and the oldest of {queued} queued job(s) has "
-                                            f"waited {waited:.0f} s (start one: moviola worker)"},
+                                 "problem": f"{running}, and the oldest of {queued} queued job(s) has waited "
+                                            f"{waited:.0f} s (start one: moviola worker --model with this "
+                                            f"server's model folder)"},
                                 status_code=503)
         return {"status": "ok", "model": model.name, "workers": workers, "queued": queued}
 

@@ -109,7 +109,8 @@ class ModelInfo:
         if name is None:
             from moviola import DEFAULT_MODEL_DIR
 
-            name = "moviola-default" if d.resolve() == Path(DEFAULT_MODEL_DIR).resolve() else f"moviola-{d.name}"
+            name = ("moviola-default" if d.resolve() == Path(DEFAULT_MODEL_DIR).resolve()
+                    else f"moviola-{d.resolve().name}")  # "--model ." had been named "moviola-"
         return cls(name=name, directory=d, conditioned=conditioned, cap_seconds=cap_seconds, **keep)
 
     # --- what a request may ask for ---------------------------------------------------------------

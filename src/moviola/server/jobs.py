@@ -298,23 +298,27 @@ WORKER_SEEN_SECONDS = 30.0  # a worker that has not said it is alive for this lo
 WORKER_BEAT_SECONDS = 5.0  # how often a running worker says so
 
 
-def worker_alive(db: Database, owner: str) -> None:
-    """Record that worker ``owner`` is running (a row of ``meta``: "worker:OWNER" -> time), and when any worker
-    was last seen ("workers_seen", kept when workers stop)."""
+def worker_alive(db: Database, owner: str, model: str | None = None) -> None:
+    """Record that worker ``owner`` is running (a row of ``meta``: "worker:OWNER" -> time), the model it serves
+    ("serves:OWNER"), and when any worker, and any worker of that model, was last seen ("workers_seen",
+    "workers_seen:MODEL", kept when workers stop)."""
     now = repr(time.time())
-    for name in (f"worker:{owner}", "workers_seen"):
+    rows = [(f"worker:{owner}", now), ("workers_seen", now)]
+    if model:
+        rows += [(f"serves:{owner}", model), (f"workers_seen:{model}", now)]
+    for name, value in rows:
         db.execute("INSERT INTO meta (name, value) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET value = "
-                   "excluded.value", (name, now))
+                   "excluded.value", (name, value))
 
 
-def since_a_worker_was_seen(db: Database) -> float:
-    """Seconds since any worker last said it was running (infinite if none ever did)."""
-    r = db.one("SELECT value FROM meta WHERE name = 'workers_seen'")
+def since_a_worker_was_seen(db: Database, model: str | None = None) -> float:
+    """Seconds since any worker (of ``model``, if given) last said it was running (infinite if none ever did)."""
+    r = db.one("SELECT value FROM meta WHERE name = ?", ("workers_seen" if model is None else f"workers_seen:{model}",))
     return time.time() - float(r["value"]) if r else math.inf
 
 
 def worker_gone(db: Database, owner: str) -> None:
-    db.execute("DELETE FROM meta WHERE name = ?", (f"worker:{owner}",))
+    db.execute("DELETE FROM meta WHERE name IN (?, ?)", (f"worker:{owner}", f"serves:{owner}"))
 
 
 def oldest_queued_wait(db: Database) -> tuple[int, float]:
@@ -328,14 +332,19 @@ def oldest_queued_wait(db: Database) -> tuple[int, float]:
     return n, (time.time() - float(r["first"])) if n and r["first"] is not None else 0.0
 
 
-def live_workers(db: Database) -> int:
-    """Workers seen in the last WORKER_SEEN_SECONDS (busy or idle); rows of long-dead ones are removed."""
+def live_workers(db: Database, model: str | None = None) -> int:
+    """Workers seen in the last WORKER_SEEN_SECONDS (busy or idle), those serving ``model`` if given (a worker
+    that said no model counts for any); rows of long-dead ones are removed."""
     now, alive = time.time(), 0
+    serves = {r["name"][len("serves:"):]: r["value"] for r in db.query("SELECT name, value FROM meta WHERE name "
+                                                                       "LIKE 'serves:%'")}
     for r in db.query("SELECT name, value FROM meta WHERE name LIKE 'worker:%'"):
+        owner = r["name"][len("worker:"):]
         if now - float(r["value"]) < WORKER_SEEN_SECONDS:
-            alive += 1
+            alive += model is None or serves.get(owner, model) == model
         elif now - float(r["value"]) > 3600:  # killed with -9 an hour ago: forget it
-            db.execute("DELETE FROM meta WHERE name = ? AND value = ?", (r["name"], r["value"]))
+            db.execute("DELETE FROM meta WHERE name IN (?, ?) AND (name <> ? OR value = ?)",
+                       (r["name"], f"serves:{owner}", r["name"], r["value"]))
     return alive
 
 

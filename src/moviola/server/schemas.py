@@ -10,6 +10,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
+from moviola.server.keys import MAX_RATE_PER_MINUTE
+
 
 class VideoError(BaseModel):
     code: str
@@ -101,7 +103,7 @@ class FeedbackBody(RequestBody):
 class KeyBody(RequestBody):
     name: str
     quota_seconds_per_day: float | None = Field(default=None, gt=0, allow_inf_nan=False)
-    rate_per_minute: int | None = Field(default=None, gt=0, le=1_000_000)  # keys.MAX_RATE_PER_MINUTE
+    rate_per_minute: int | None = Field(default=None, gt=0, le=MAX_RATE_PER_MINUTE)
     admin: bool = False
 
 

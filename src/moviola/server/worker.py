@@ -19,6 +19,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
+import math
 import os
 import signal
 import socket
@@ -104,7 +105,7 @@ class Worker:
         try:
             while True:
                 try:
-                    jobs.worker_alive(self.db, self.owner)
+                    jobs.worker_alive(self.db, self.owner, self.model.name)
                 except Exception as e:  # a database hiccup: say it at the next beat
                     self.log(f"cannot record that this worker is alive ({type(e).__name__}: {e})")
                 if self.stopping.wait(jobs.WORKER_BEAT_SECONDS):
@@ -135,7 +136,7 @@ class Worker:
             alive.join(timeout=5.0)
 
     def _loop(self) -> int:
-        done, told = 0, [0.0]
+        done, told = 0, [-math.inf]  # said at the first idle moment, then once a minute
         while not self.stopping.is_set():
             try:
                 job = jobs.claim(self.db, self.owner, self.cfg.lease_seconds, model=self.model.name)

@@ -97,6 +97,23 @@ def check_finite(loss: float, step: int, what: str = "loss") -> None:
                                "after the last checkpoint was saved. Lower optim.lr and run again with a new --out")
 
 
+def check_run_numbers(cfg, shares: tuple[str, ...] = ()) -> None:
+    """A ValueError naming the setting: log_every and ckpt_every at least 1 (0 had been a ZeroDivisionError after
+    the cache was built and the first step made), threads and the *_every of evaluations at least 0, and each
+    of ``shares`` (probabilities) in [0, 1] (caption_dropout = 2 had dropped every caption without a word)."""
+    for name in ("log_every", "ckpt_every"):
+        if getattr(cfg, name) < 1:
+            raise ValueError(f"{name} must be at least 1 (steps between them), got {getattr(cfg, name)}")
+    for name in ("threads", "eval_every", "sample_every"):
+        if getattr(cfg, name, 0) < 0:
+            raise ValueError(f"{name} must be at least 0 (0: {'torch decides' if name == 'threads' else 'off'}), "
+                             f"got {getattr(cfg, name)}")
+    for name in shares:
+        value = getattr(cfg, name)
+        if not 0 <= value <= 1:
+            raise ValueError(f"{name} is a share of clips: it must be in [0, 1], got {value}")
+
+
 def pick_device(name: str = "auto") -> torch.device:
     # Denormal floats (tiny gradients late in training) make CPU kernels 10-100x slower; flush them.
     torch.set_flush_denormal(True)
@@ -166,10 +183,11 @@ def remove_stale_temps(folder: Path) -> int:
     return n
 
 
-def read_checkpoint(path: Path) -> dict:
-    """A run's ``ckpt.pt``; a ValueError naming it, and what to do, when it cannot be read."""
+def read_checkpoint(path: Path, *, mmap: bool = False) -> dict:
+    """A run's ``ckpt.pt``; a ValueError naming it, and what to do, when it cannot be read. ``mmap``: its tensors
+    mapped from the file, read only when touched (to look at its config)."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        state = torch.load(path, map_location="cpu", weights_only=False, mmap=mmap)
     except Exception as e:  # truncated zip, not a checkpoint at all, unpickling errors
         raise ValueError(f"{path}: unreadable checkpoint ({str(e).splitlines()[0] if str(e) else type(e).__name__}); "
                          "delete it to start the run over, or train into another --out") from None

@@ -53,8 +53,9 @@ from moviola.models.lora import LoRAConfig, inject_lora, lora_disabled, merge_lo
 from moviola.models.text import load_text_encoder
 from moviola.models.vae import CausalVAE
 from moviola.train import distributed as D
-from moviola.train.common import (EMA, JsonlLog, OptimConfig, autocast, check_finite, lr_at, make_optimizer,
-                                  read_checkpoint, remove_stale_temps, restore_module, restore_rng, write_checkpoint)
+from moviola.train.common import (EMA, JsonlLog, OptimConfig, autocast, check_finite, check_run_numbers, lr_at,
+                                  make_optimizer, read_checkpoint, remove_stale_temps, restore_module, restore_rng,
+                                  write_checkpoint)
 from moviola.video_io import atomic_path, ensure_dir
 
 if TYPE_CHECKING:  # the pipeline imports the training side lazily; here only for annotations
@@ -157,28 +158,12 @@ class TrainDiTConfig:
                                         "time_uniform"))
 
 
-def check_run_numbers(cfg, shares: tuple[str, ...] = ()) -> None:
-    """A ValueError naming the setting: log_every and ckpt_every at least 1 (0 had been a ZeroDivisionError after
-    the cache was built and the first step made), threads and the *_every of evaluations at least 0, and each
-    of ``shares`` (probabilities) in [0, 1] (caption_dropout = 2 had dropped every caption without a word)."""
-    for name in ("log_every", "ckpt_every"):
-        if getattr(cfg, name) < 1:
-            raise ValueError(f"{name} must be at least 1 (steps between them), got {getattr(cfg, name)}")
-    for name in ("threads", "eval_every", "sample_every"):
-        if getattr(cfg, name, 0) < 0:
-            raise ValueError(f"{name} must be at least 0 (0: {'torch decides' if name == 'threads' else 'off'}), "
-                             f"got {getattr(cfg, name)}")
-    for name in shares:
-        value = getattr(cfg, name)
-        if not 0 <= value <= 1:
-            raise ValueError(f"{name} is a share of clips: it must be in [0, 1], got {value}")
-
-
 # What a run's checkpoint was made of: a rerun into the same --out must ask for the same (optimiser, schedule
 # length, logging, threads and world size may change between runs: the model card's runs lengthened optim.steps).
 RUN_IDENTITY = ("model", "lora", "data", "init_from", "vae", "text_encoder", "extra_colors", "preserve_except",
                 "noise_frame_corr", "cond_prob", "cond_kinds", "transition_prob")
-_OPERATIONAL = ("data.render_workers",)  # data settings that change how the cache is made, not what it holds
+# how the cache is made and how much memory a step takes, not what is learned
+_OPERATIONAL = ("data.render_workers", "model.gradient_checkpointing")
 
 
 def check_resumable(cfg: TrainDiTConfig, saved: dict) -> None:
@@ -220,6 +205,8 @@ def _normal(key: str, value):
 class _LazyText:
     """The text encoder, loaded on first use: a run whose cache already holds every caption's embedding
     (a resumed run, every rank but 0) never loads it."""
+
+    dim = None  # unknown until loaded: a Pipeline made to save the model must not load it to check its width
 
     def __init__(self, name: str):
         self.name, self._encoder = name, None
@@ -611,7 +598,7 @@ def train_dit(cfg: TrainDiTConfig, *, on_step=None, on_cache=None) -> Path:
             raise ValueError("lora.rank > 0 needs init_from (the model the adapter fine-tunes, e.g. init_from=default)")
         vae_dir = _resolve_vae_dir(cfg)  # both before the run folder is made: a wrong path leaves nothing behind
         if (out / "ckpt.pt").exists():  # before config.json is rewritten: a refused rerun leaves the run as it was
-            check_resumable(cfg, read_checkpoint(out / "ckpt.pt").get("config") or {})
+            check_resumable(cfg, read_checkpoint(out / "ckpt.pt", mmap=True).get("config") or {})  # no tensor read
         if world.main:
             ensure_dir(out, "run folder (--out)")
             save_config(cfg, out / "config.json")

@@ -38,8 +38,9 @@ from moviola.data.clips import ClipBatches, ClipDataConfig, eval_clips, psnr
 from moviola.data.parallel import ordered_map
 from moviola.layout import model_dir, part_weights, staged_writes
 from moviola.models.vae import CausalVAE, VAEConfig
-from moviola.train.common import (EMA, JsonlLog, OptimConfig, autocast, check_finite, load_checkpoint, lr_at,
-                                  make_optimizer, pick_device, read_checkpoint, remove_stale_temps, save_checkpoint)
+from moviola.train.common import (EMA, JsonlLog, OptimConfig, autocast, check_finite, check_run_numbers,
+                                  load_checkpoint, lr_at, make_optimizer, pick_device, read_checkpoint,
+                                  remove_stale_temps, save_checkpoint)
 from moviola.video_io import atomic_path, ensure_dir
 
 
@@ -105,8 +106,6 @@ class TrainVAEConfig:
         if self.stats_batches < 1:  # 0 had failed after all the training, with nothing saved
             raise ValueError(f"stats_batches must be at least 1 (batches for the latent statistics), got "
                              f"{self.stats_batches}")
-        from moviola.train.dit import check_run_numbers
-
         check_run_numbers(self)
 
 
@@ -323,8 +322,8 @@ def train_vae(cfg: TrainVAEConfig, *, on_step=None) -> Path:
                   "lists them)", file=sys.stderr)
             break
         print(f"moviola: skipping {problem.path}: {problem.problem}", file=sys.stderr)
-    dec_batches = (ClipBatches(dataclasses.replace(cfg.data, frames=cfg.decoder.frames), cfg.optim.batch_size)
-                   if cfg.decoder.frames else batches)
+    dec_batches = (ClipBatches(dataclasses.replace(cfg.data, frames=cfg.decoder.frames), cfg.optim.batch_size,
+                               report=batches.report) if cfg.decoder.frames else batches)
     t_last, seen = time.time(), 0
     t_start = time.time()
     made = {}  # phase -> stream of its batches from the current step on (made ahead when data_workers > 1)
