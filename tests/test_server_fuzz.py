@@ -147,6 +147,10 @@ def test_healthz_counts_live_workers_and_fails_when_queued_jobs_have_none(tmp_pa
         jobs.worker_alive(db, "host:2:cd", "moviola-other")  # a worker of other weights never takes these jobs
         r = client.get("/healthz")
         assert r.status_code == 503 and "1 worker(s) run, serving other models" in r.json()["problem"]
+        db.execute("UPDATE jobs SET model = 'moviola-other'")  # and another model's backlog is not this server's
+        r = client.get("/healthz")
+        assert r.status_code == 200 and r.json()["queued"] == 0
+        db.execute("UPDATE jobs SET model = ?", (name,))
         jobs.worker_gone(db, "host:2:cd")
         jobs.worker_alive(db, "host:1:ab", name)
         r = client.get("/healthz")

@@ -127,7 +127,7 @@ def cmd_world_dataset(args) -> int:
         args.min_seconds = min(1.125, args.max_seconds)
         made = Path(args.out_dir) / "dataset.json"  # a folder begun before that default (1.0 s) goes on with its own
         with contextlib.suppress(OSError, ValueError, KeyError, TypeError, IndexError):
-            args.min_seconds = float(json.loads(made.read_text())["seconds_range"][0])
+            args.min_seconds = min(float(json.loads(made.read_text())["seconds_range"][0]), args.max_seconds)
     if args.min_seconds > args.max_seconds:
         raise ValueError(f"--min-seconds {args.min_seconds:g} is more than --max-seconds {args.max_seconds:g}")
     with progress() as bar:

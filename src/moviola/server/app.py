@@ -1012,7 +1012,7 @@ def create_app(cfg: ServerConfig) -> FastAPI:
             return JSONResponse({"status": "unhealthy", "model": model.name,
                                  "problem": f"storage is not writable ({e.strerror or e})"}, status_code=503)
         workers = jobs.live_workers(db, model.name)  # only workers of this model take its jobs
-        queued, waited = jobs.oldest_queued_wait(db)
+        queued, waited = jobs.oldest_queued_wait(db, model.name)  # another model's queue is its workers' concern
         # Jobs wait and nothing takes them: a deploy left no worker running. Only once the oldest has waited
         # WORKER_SEEN_SECONDS and no worker has been seen for as long, so a worker starting or restarting
         # (loading its model) does not flap this to 503.

@@ -321,13 +321,14 @@ def worker_gone(db: Database, owner: str) -> None:
     db.execute("DELETE FROM meta WHERE name IN (?, ?)", (f"worker:{owner}", f"serves:{owner}"))
 
 
-def oldest_queued_wait(db: Database) -> tuple[int, float]:
+def oldest_queued_wait(db: Database, model: str | None = None) -> tuple[int, float]:
     """(jobs waiting for a worker, seconds the oldest has waited): queued ones, and in-progress ones whose
     worker's lease ran out (killed mid-job), timed from when it did; indexed lookups, cheap however long the
-    history."""
+    history. With ``model``, only jobs asked of it."""
     r = db.one("SELECT COUNT(*) AS n, MIN(CASE WHEN status = 'queued' THEN created_at ELSE lease_until END) AS first "
                "FROM jobs WHERE deleted_at IS NULL AND (status = 'queued' OR "
-               "(status = 'in_progress' AND lease_until < ?))", (time.time(),))
+               "(status = 'in_progress' AND lease_until < ?))" + ("" if model is None else " AND model = ?"),
+               (time.time(),) if model is None else (time.time(), model))
     n = int(r["n"] or 0)
     return n, (time.time() - float(r["first"])) if n and r["first"] is not None else 0.0
 

@@ -187,7 +187,12 @@ def read_checkpoint(path: Path, *, mmap: bool = False) -> dict:
     """A run's ``ckpt.pt``; a ValueError naming it, and what to do, when it cannot be read. ``mmap``: its tensors
     mapped from the file, read only when touched (to look at its config)."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False, mmap=mmap)
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=False, mmap=mmap)
+        except Exception:
+            if not mmap:
+                raise
+            state = torch.load(path, map_location="cpu", weights_only=False)  # the legacy format does not map
     except Exception as e:  # truncated zip, not a checkpoint at all, unpickling errors
         raise ValueError(f"{path}: unreadable checkpoint ({str(e).splitlines()[0] if str(e) else type(e).__name__}); "
                          "delete it to start the run over, or train into another --out") from None
