@@ -291,3 +291,25 @@ def test_wrong_inputs_are_named():
     with pytest.raises(ValueError, match="z must be"):
         vae.decode(torch.zeros(4, 2, 4, 4))
     assert vae.encode(torch.zeros(1, 3, 5, 32, 32, dtype=torch.float64)).mean.dtype == torch.float32
+
+
+def test_whole_clip_entry_points_check_and_cast_their_input_as_encode_does():
+    """encode_video / decode_video (what the pipeline calls) refuse a uint8 clip, a wrong shape or an empty latent
+    clip with encode's own messages, and take float64 as encode does (each had met a raw PyTorch error)."""
+    vae = CausalVAE(PRESETS["tiny"]).eval()
+    C = vae.config.latent_channels
+    with torch.no_grad():
+        with pytest.raises(TypeError, match="x must be floating point"):
+            vae.encode_video(torch.zeros(1, 3, 5, 32, 32, dtype=torch.uint8))
+        with pytest.raises(ValueError, match=r"x must be \(B, 3, T, H, W\)"):
+            vae.encode_video(torch.zeros(3, 5, 32, 32))
+        with pytest.raises(ValueError, match=rf"z must be \(B, {C}, T, H, W\)"):
+            vae.decode_video(torch.zeros(1, C + 3, 2, 4, 4))
+        with pytest.raises(ValueError, match="z has no latent frames"):
+            vae.decode_video(torch.zeros(1, C, 0, 4, 4))
+        x = torch.rand(1, 3, 5, 32, 32, dtype=torch.float64) * 2 - 1
+        assert torch.allclose(vae.encode_video(x).mean, vae.encode(x.float()).mean, atol=1e-5)
+        assert vae.decode_video(torch.zeros(1, C, 2, 4, 4, dtype=torch.float64)).shape == (1, 3, 5, 32, 32)
+        # a clip smaller than one tile is one tile (its overlap had been refused as more than half the tile)
+        x = torch.rand(1, 3, 5, 32, 32) * 2 - 1
+        assert torch.equal(vae.encode(x, tile_latent=(8, 8)).mean, vae.encode(x).mean)

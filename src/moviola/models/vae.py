@@ -585,14 +585,21 @@ class CausalVAE(nn.Module):
 
     def encode_video(self, x: Tensor, chunked: bool = True, **kwargs) -> DiagonalGaussian:
         """Encode a whole clip (B, 3, 1 + 4k, H, W), through `encode_stream` when chunked."""
+        # the checks and the cast `encode` makes (a uint8 or float64 clip had met a raw PyTorch error here)
+        self._check_input(x, self.config.in_channels, "x")
+        self._check_video(*x.shape[2:])
+        x = x.to(next(self.parameters()).dtype)
         if not chunked:
             return self.encode(x, **kwargs)
-        self._check_video(*x.shape[2:])
         return DiagonalGaussian.cat(list(self.encode_stream([x], **kwargs)))
 
     def decode_video(self, z: Tensor, chunked: bool = True, **kwargs) -> Tensor:
         """Decode whole raw latents (B, C, t, h, w) to (B, 3, 1 + 4(t-1), 8h, 8w), through `decode_stream`
         when chunked (the result is still held whole: stream with `decode_stream` to write as you go)."""
+        self._check_input(z, self.config.latent_channels, "z")
+        if z.shape[2] < 1:
+            raise ValueError(f"z has no latent frames: shape {tuple(z.shape)}")
+        z = z.to(next(self.parameters()).dtype)
         if not chunked:
             return self.decode(z, **kwargs)
         return torch.cat(list(self.decode_stream([z], **kwargs)), dim=2)
@@ -612,7 +619,10 @@ class CausalVAE(nn.Module):
         in_scale, out_scale = (s, 1) if encode else (1, s)
         grid_h, grid_w = x.shape[-2] // in_scale, x.shape[-1] // in_scale
         tile_h, tile_w = min(tile_latent[0], grid_h), min(tile_latent[1], grid_w)
-        if overlap * 2 > min(tile_h, tile_w):
+        if (tile_h, tile_w) == (grid_h, grid_w):  # one tile covers it: no seams to blend (a clip smaller than a
+            return fn(x, state)  # tile had been refused for its overlap)
+        split = [t for t, g in ((tile_h, grid_h), (tile_w, grid_w)) if t < g]  # the sides cut into tiles
+        if overlap * 2 > min(split):
             raise ValueError(f"tile_overlap {overlap} must be at most half the tile size {tile_h}x{tile_w}")
         ys, xs = _tile_starts(grid_h, tile_h, overlap), _tile_starts(grid_w, tile_w, overlap)
         out = weight = None
