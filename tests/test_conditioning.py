@@ -1100,3 +1100,26 @@ def test_a_prompt_longer_than_the_encoder_reads_is_said(tmp_path, capsys):
         enc.warn_if_truncated("a large red circle moves right")
     assert len(got) == 1 and issubclass(got[0].category, PromptTruncated)
     assert f"reads the first {enc.max_length}" in str(got[0].message)
+
+
+def test_window_lengths_and_the_frame_budget_hold_at_their_edges(pipe, monkeypatch):
+    """From a review of the window arithmetic: a backward extension whose last window makes one new frame asked
+    for a 5-frame window (every window is at least 9); a model config whose window is under 9 frames made long
+    clips loop for ever (now refused); 6 s at 8.1 fps made 49 frames of a 48-frame budget."""
+    asked = []
+    real = Pipeline.window
+
+    def window(self, *a, **k):
+        asked.append(k["frames"])
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(Pipeline, "window", window)
+    W = pipe.window_frames
+    for new in (1, W - 4 + 1):  # one new frame in the last window
+        asked.clear()
+        out = pipe.extend(CLIP, P, seconds=new / 8, backward=True, steps=1, **SIZE)
+        assert len(out) == len(CLIP) + new and min(asked) >= 9 and max(asked) <= W, asked
+    with pytest.raises(ValueError, match="a window needs 9"):
+        PipelineConfig(max_seconds=0.5, max_total_seconds=6.0)
+    with pytest.raises(GenerationError, match="49 frames; this model makes at most 48"):
+        pipe.stream(P, seconds=6, fps=8.1, **SIZE)

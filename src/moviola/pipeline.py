@@ -115,6 +115,9 @@ class PipelineConfig:
         if not 0 < self.max_seconds <= self.max_total_seconds:
             raise ValueError(f"{PIPELINE_FILE}: need 0 < max_seconds <= max_total_seconds, got "
                              f"{self.max_seconds}, {self.max_total_seconds}")
+        if self.max_seconds * self.fps < 8:  # a window is at least 9 frames (fewer had made long clips loop for ever)
+            raise ValueError(f"{PIPELINE_FILE}: max_seconds {self.max_seconds:g} at {self.fps:g} fps is under 8 "
+                             "frames; a window needs 9")
         if self.steps < 1:
             raise bad("steps", "at least 1")
         if self.guidance < 0 or self.shift < 0:
@@ -362,7 +365,8 @@ class Pipeline:
             if not (math.isfinite(fps) and 0 < fps <= MAX_FPS):
                 raise GenerationError(f"fps must be more than 0 and at most {MAX_FPS:g}, got {fps:g}")
             budget = round(limit * c.fps)
-            if seconds is not None and num_frames is None and math.isfinite(seconds) and seconds * fps > budget + 1:
+            # by the frames it makes (6 s at 8.1 fps had made 49 of a budget of 48)
+            if seconds is not None and num_frames is None and math.isfinite(seconds) and round(seconds * fps) > budget:
                 raise GenerationError(f"{seconds:g} s at {fps:g} fps is {round(seconds * fps)} frames; this model "
                                       f"makes at most {budget} frames ({limit:g} s at its {c.fps:g} fps)")
         if not 1 <= steps <= 1000:
@@ -695,7 +699,8 @@ class Pipeline:
             head = np.concatenate(parts[-1:] if len(parts[-1]) >= SUFFIX_FRAMES else parts[::-1])[:SUFFIX_FRAMES]
             head = np.concatenate([np.repeat(head[:1], SUFFIX_FRAMES - len(head), axis=0), head])
             need = min(total - made, W - SUFFIX_FRAMES)
-            n = 1 + 4 * math.ceil((need - 1) / 4)  # window = n + 4 = 4j + 1 frames
+            # window = n + 4 = 4j + 1 frames, at least 9 as every window (1 new frame had made a 5-frame window)
+            n = max(5, 1 + 4 * math.ceil((need - 1) / 4))
             out = self.window(prompt, frames=n + SUFFIX_FRAMES, suffix=head, callback=progress.window(),
                               **{**kw, "seed": seed + 7919 * k})
             made_now = out[n - need:n].copy()
@@ -890,7 +895,10 @@ class Pipeline:
         for i, (a, b) in enumerate(zip(bounds, bounds[1:])):
             if b <= a:
                 what = f"card {i + 2} starts" if i + 1 < len(cards) else "the board ends"
-                raise GenerationError(f"{what} less than one frame ({1 / fps:g} s) after card {i + 1}")
+                # starts are rounded to whole frames: two starts a frame apart can round to one (0.1875 and 0.3125 s)
+                raise GenerationError(f"{what} on the same frame as card {i + 1} (starts are rounded to whole frames "
+                                      f"at {fps:g} fps: frame {b} and {a}); move it at least one frame "
+                                      f"({1 / fps:g} s) later")
         images = [None if c.image is None else self.fit_image(c.image, width, height, f"card {i + 1} image")
                   for i, c in enumerate(cards)]
         if any(im is not None for im in images) or transition == "continue" or \
