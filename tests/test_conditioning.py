@@ -840,6 +840,12 @@ def test_objects_weights_draw_clips_by_their_object_count(tmp_path):
 
     assert set(drawn([1.0, 0.0, 0.0])) == {1}
     assert 1 not in drawn([0.0, 1.0, 1.0])
+    # a batch holds each clip once while the bucket has enough (12 clips, batches of 8): drawn with replacement, a
+    # clip had come twice in about half the steps of a small footage set, often on two ranks at once
+    batches = T.Batches(cache, T.TrainDiTConfig(data=data, optim=optim), (1, 2, 2))
+    for step in range(20):
+        x0 = batches.batch(step)["x0"]
+        assert len({x.numpy().tobytes() for x in x0}) == len(x0) == 8
     assert len(set(drawn([]))) > 1  # empty: every clip alike
     for bad in ([1.0], [0.0, 0.0, 0.0], [1.0, -1.0, 1.0]):
         with pytest.raises(ValueError, match="objects_weights"):

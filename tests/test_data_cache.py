@@ -453,3 +453,26 @@ def test_the_world_cache_encodes_without_autograd(vae, tmp_path, monkeypatch):
     build_world_cache(tmp_path, WorldCacheConfig(n_clips=2, buckets=[(32, 32, 1.0, 1.0)], holdout=""), model,
                       StubText())
     assert seen and not any(seen)
+
+
+def test_a_scan_record_is_kept_only_for_the_same_file(tmp_path):
+    """Two files of one size and mtime whose names are swapped (`mv` keeps mtimes): each path's scan record, with
+    its sha256, is made again, where size and mtime alone had kept them (each caption then sat on the other's
+    latents, under the other's hash)."""
+    import os
+
+    from moviola.data.folder import file_sha256
+    from moviola.data.folder_cache import _scan_record
+    from moviola.video_io import write_video
+
+    a, b = tmp_path / "a.mkv", tmp_path / "b.mkv"
+    write_video(a, np.full((9, 32, 32, 3), 200, np.uint8), 8)
+    write_video(b, np.full((9, 32, 32, 3), 30, np.uint8), 8)
+    assert a.stat().st_size == b.stat().st_size  # flat frames: the same bytes but for the colour
+    os.utime(b, ns=(a.stat().st_atime_ns, a.stat().st_mtime_ns))
+    old_a = _scan_record(a, None)
+    assert _scan_record(a, old_a) is old_a  # the same file: reused
+    os.replace(a, tmp_path / "t.mkv")
+    os.replace(b, a)
+    os.replace(tmp_path / "t.mkv", b)
+    assert _scan_record(a, old_a)["sha256"] == file_sha256(a) != old_a["sha256"]

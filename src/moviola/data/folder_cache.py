@@ -13,7 +13,7 @@ its rows (``part_NNNN.json``, written first) and its latents (``part_NNNN.safete
 carry the key of exactly the clips the plan puts there, and ``meta.json``, which ``open_cache`` requires,
 is written last of all. A rerun skips done parts and re-encodes the rest, so an interrupted build
 finishes as the uninterrupted one would have; a changed folder or config re-encodes only the parts whose
-clips changed. Decoding results are kept in ``scan.json`` (keyed by file size and mtime) so a rerun does
+clips changed. Decoding results are kept in ``scan.json`` (keyed by file size, mtime, inode and ctime) so a rerun does
 not decode every file again.
 
 Layout:
@@ -83,10 +83,12 @@ def _key(obj) -> str:
 
 
 def _scan_record(path: Path, old: dict | None) -> dict:
-    """Decode ``path`` once, unless ``old`` was made from a file of the same size and mtime."""
+    """Decode ``path`` once, unless ``old`` was made from the same file: same size, mtime, inode and ctime (size
+    and mtime alone had kept two equal-sized files' records after their names were swapped, `mv` keeping mtimes:
+    each caption then sat on the other's latents, under the other's sha256; a rename changes the ctime)."""
     st = path.stat()
-    same = (st.st_size, st.st_mtime_ns, SCORE_VERSION)
-    if old and (old.get("size"), old.get("mtime_ns"), old.get("version")) == same:
+    same = (st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns, SCORE_VERSION)
+    if old and (old.get("size"), old.get("mtime_ns"), old.get("ino"), old.get("ctime_ns"), old.get("version")) == same:
         return old
     try:
         scan = scan_video(path)
@@ -95,8 +97,8 @@ def _scan_record(path: Path, old: dict | None) -> dict:
     else:
         rec = {"width": scan.width, "height": scan.height, "fps": scan.fps,
                "times": [round(float(t), 6) for t in scan.times], "scores": [round(float(s), 5) for s in scan.scores]}
-    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "version": SCORE_VERSION, "sha256": file_sha256(path),
-            **rec}
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ino": st.st_ino, "ctime_ns": st.st_ctime_ns,
+            "version": SCORE_VERSION, "sha256": file_sha256(path), **rec}
 
 
 def plan_clips(root: str | Path, cfg: FolderCacheConfig, *, manifest: str | Path | None = None,
