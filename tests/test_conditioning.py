@@ -840,8 +840,8 @@ def test_objects_weights_draw_clips_by_their_object_count(tmp_path):
 
     assert set(drawn([1.0, 0.0, 0.0])) == {1}
     assert 1 not in drawn([0.0, 1.0, 1.0])
-    # a batch holds each clip once while the bucket has enough (12 clips, batches of 8): drawn with replacement, a
-    # clip had come twice in about half the steps of a small footage set, often on two ranks at once
+    # unweighted, a batch holds each clip once while the bucket has enough (12 clips, batches of 8): drawn with
+    # replacement, a clip had come twice in about half the steps of a small footage set, often on two ranks at once
     batches = T.Batches(cache, T.TrainDiTConfig(data=data, optim=optim), (1, 2, 2))
     for step in range(20):
         x0 = batches.batch(step)["x0"]

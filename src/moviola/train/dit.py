@@ -314,12 +314,12 @@ class Batches:
         rng = np.random.default_rng([cfg.data.seed, 7, step])
         b = int(rng.choice(len(self.weights), p=self.weights))
         lat = self.cache.latents[b]
-        # Without replacement while the bucket has the clips (drawn with it, a clip had come twice in about half
-        # the steps of a small footage set, often on two ranks at once)
+        # Unweighted, without replacement while the bucket has the clips (drawn with it, a clip had come twice in
+        # about half the steps of a small footage set, often on two ranks at once); weighted (objects_weights), with
+        # it, so the weights hold (once per batch at most would cap a heavy clip's share near the batch size)
         p = None if self.clip_p is None else self.clip_p[b]
         n, size = lat.shape[0], self.sizes[b]
-        drawable = n if p is None else int(np.count_nonzero(p))
-        idx = rng.choice(n, size=size, replace=drawable < size, p=p)
+        idx = rng.choice(n, size=size, replace=p is not None or n < size, p=p)
         x0 = lat[torch.from_numpy(idx)].float()
         rows_t = torch.tensor([self._caption(self.cache.rows[b][int(i)], rng) for i in idx])
         g = torch.Generator().manual_seed(int(rng.integers(2 ** 62)))
