@@ -714,12 +714,11 @@ def cmd_keys(args) -> int:
     from moviola.server.db import Database
 
     if not args.db:  # keys live in the database only: a --db leaves the storage folder alone (it had been made)
-        if Path(args.storage).exists():
-            _storage_dir(args.storage)  # a file in the way is said as such
+        if args.keys_verb == "create" or Path(args.storage).exists():
+            _storage_dir(args.storage)  # made for a new key; a file in the way is said as such
         if args.keys_verb != "create" and not (Path(args.storage) / "moviola.db").is_file():
             raise ValueError(f"{Path(args.storage) / 'moviola.db'}: no server database there yet (moviola keys "
                              "create, or moviola serve, makes it; or give --db / --storage)")
-        _storage_dir(args.storage)
     with _database_errors():
         db = Database(_server_db(args))
         t0 = time.perf_counter()

@@ -433,9 +433,8 @@ class Pipeline:
         for name, text in (("prompt", prompt), ("negative_prompt", negative_prompt)):
             if not isinstance(text, str):
                 raise GenerationError(f"{name} must be a string, got {type(text).__name__}")
-        for name, text in (("prompt", prompt), ("negative prompt", negative_prompt)):
             if hasattr(self.text_encoder, "warn_if_truncated"):
-                self.text_encoder.warn_if_truncated(text, name)
+                self.text_encoder.warn_if_truncated(text, name.replace("_", " "))
         ctx, mask = self.text_encoder.encode([prompt])
         uctx, umask = self.text_encoder.encode([negative_prompt])
         return ({"context": ctx.to(self.device), "context_mask": mask.to(self.device)},

@@ -155,19 +155,22 @@ def to_video(row: dict[str, Any]) -> dict[str, Any]:
 
 # --- the worker's side ------------------------------------------------------------------------------
 
-_RUNNABLE = "deleted_at IS NULL AND (status = 'queued' OR (status = 'in_progress' AND lease_until < ?))"
+def _runnable(now: float, model: str | None = None) -> tuple[str, tuple]:
+    """The WHERE clause of the jobs a worker may take at ``now`` (queued, or in progress with an expired lease;
+    of ``model``, if given) and its parameters: one definition for claims, the idle worker's note and /healthz."""
+    clause = "deleted_at IS NULL AND (status = 'queued' OR (status = 'in_progress' AND lease_until < ?))"
+    return (clause, (now,)) if model is None else (clause + " AND model = ?", (now, model))
 
 
 def claim(db: Database, owner: str, lease_seconds: float, model: str | None = None) -> dict[str, Any] | None:
     """Take the oldest runnable job (queued, or in progress with an expired lease) for ``owner``; with ``model``,
     only a job asked of that model (a worker serving other weights than the API's had made clips recorded as
     the API's model)."""
-    only = "" if model is None else " AND model = ?"
     while True:
         now = time.time()
         with db.transaction() as tx:
-            row = tx.one(f"SELECT * FROM jobs WHERE {_RUNNABLE}{only} ORDER BY seq LIMIT 1" + db.skip_locked,
-                         (now,) if model is None else (now, model))
+            where, params = _runnable(now, model)
+            row = tx.one(f"SELECT * FROM jobs WHERE {where} ORDER BY seq LIMIT 1" + db.skip_locked, params)
             if row is None:
                 return None
             if row["attempts"] >= MAX_ATTEMPTS:
@@ -195,7 +198,8 @@ def claim(db: Database, owner: str, lease_seconds: float, model: str | None = No
 
 def waiting_models(db: Database) -> list[str]:
     """The models that runnable jobs ask for (what an idle worker serving another one can tell its operator)."""
-    return [r["model"] for r in db.query(f"SELECT DISTINCT model FROM jobs WHERE {_RUNNABLE}", (time.time(),))]
+    where, params = _runnable(time.time())
+    return [r["model"] for r in db.query(f"SELECT DISTINCT model FROM jobs WHERE {where}", params)]
 
 
 def heartbeat(db: Database, video_id: str, owner: str, lease_seconds: float, progress: int | None = None) -> bool:
@@ -325,10 +329,9 @@ def oldest_queued_wait(db: Database, model: str | None = None) -> tuple[int, flo
     """(jobs waiting for a worker, seconds the oldest has waited): queued ones, and in-progress ones whose
     worker's lease ran out (killed mid-job), timed from when it did; indexed lookups, cheap however long the
     history. With ``model``, only jobs asked of it."""
+    where, params = _runnable(time.time(), model)
     r = db.one("SELECT COUNT(*) AS n, MIN(CASE WHEN status = 'queued' THEN created_at ELSE lease_until END) AS first "
-               "FROM jobs WHERE deleted_at IS NULL AND (status = 'queued' OR "
-               "(status = 'in_progress' AND lease_until < ?))" + ("" if model is None else " AND model = ?"),
-               (time.time(),) if model is None else (time.time(), model))
+               f"FROM jobs WHERE {where}", params)
     n = int(r["n"] or 0)
     return n, (time.time() - float(r["first"])) if n and r["first"] is not None else 0.0
 

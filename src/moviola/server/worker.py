@@ -79,6 +79,7 @@ class Worker:
 
             model_dir = str(DEFAULT_MODEL_DIR)
         self.model = ModelInfo.from_dir(model_dir)
+        self._told_others = -math.inf  # when _say_if_other_models last spoke
 
     def load(self) -> None:
         if self.pipe is None:
@@ -136,7 +137,7 @@ class Worker:
             alive.join(timeout=5.0)
 
     def _loop(self) -> int:
-        done, told = 0, [-math.inf]  # said at the first idle moment, then once a minute
+        done = 0
         while not self.stopping.is_set():
             try:
                 job = jobs.claim(self.db, self.owner, self.cfg.lease_seconds, model=self.model.name)
@@ -146,7 +147,7 @@ class Worker:
                 self.stopping.wait(max(1.0, self.cfg.poll_seconds))
                 continue
             if job is None:
-                self._say_if_other_models(told)
+                self._say_if_other_models()
                 self.stopping.wait(self.cfg.poll_seconds)
                 continue
             self.run_one(job)
@@ -155,12 +156,13 @@ class Worker:
                 break
         return done
 
-    def _say_if_other_models(self, told: list[float]) -> None:
-        """Idle while jobs wait for other models (a --model that differs from the API's): say so, once a minute."""
+    def _say_if_other_models(self) -> None:
+        """Idle while jobs wait for other models (a --model that differs from the API's): say so, at the first idle
+        moment and then once a minute."""
         now = time.monotonic()
-        if now - told[0] < 60.0:
+        if now - self._told_others < 60.0:
             return
-        told[0] = now
+        self._told_others = now
         try:
             others = [m for m in jobs.waiting_models(self.db) if m != self.model.name]
         except Exception:  # the database: the next claim says it

@@ -195,9 +195,7 @@ def _normal(key: str, value):
     """A setting as compared across runs: folders by where they are, lists as lists (TOML tuples)."""
     if key in ("init_from", "vae", "data.cache_dir") and value and value != "default":
         return str(Path(value).expanduser().resolve())
-    if isinstance(value, tuple):
-        return [_normal(key, v) for v in value]
-    if isinstance(value, list):
+    if isinstance(value, (tuple, list)):
         return [_normal(key, v) for v in value]
     return value
 
